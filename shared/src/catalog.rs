@@ -1,0 +1,264 @@
+//! The model catalog (`config/catalog.toml`): providers, models, prices and the resolution of a
+//! requested model name to an ordered plan.
+//!
+//! Parsed once per load with unknown keys rejected, then cross-checked so that every error names
+//! both ends of a broken reference.
+
+use crate::contracts::{Candidate, Plan, ProviderTarget};
+use crate::error::ApiError;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Wire dialects a provider may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dialect {
+    /// OpenAI Chat Completions and every compatible server (vLLM, TGI, Groq, ...).
+    Openai,
+}
+
+/// Capabilities a model may have.
+pub const CAPABILITIES: &[&str] = &["chat", "stream", "tools", "json_object", "json_schema", "vision"];
+
+/// A provider: how to reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Wire dialect.
+    pub dialect: Dialect,
+    /// Spin variable holding the base URL (e.g. `https://api.openai.com/v1`).
+    pub base_url_variable: String,
+    /// Spin variable holding the API key; empty value means no `Authorization` header.
+    pub api_key_variable: String,
+}
+
+/// Prices in US dollars per million tokens, with where and when they were read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Input (prompt) tokens.
+    pub input: f64,
+    /// Output (completion) tokens.
+    pub output: f64,
+    /// Prompt tokens read from the provider's cache; defaults to `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+    /// Where the price was read.
+    pub source: String,
+    /// When it was read (`YYYY-MM-DD`).
+    pub as_of: String,
+}
+
+/// A model offered through one provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Key into `[providers]`.
+    pub provider: String,
+    /// The id the upstream knows the model by.
+    pub upstream_id: String,
+    /// Context window in tokens.
+    pub context_window: u64,
+    /// Subset of [`CAPABILITIES`].
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Other names clients may use.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Prices.
+    pub price: Price,
+}
+
+/// The whole catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// Providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Models by id.
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    it.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+impl Catalog {
+    /// Parses and checks a catalog; `origin` names the file in messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Catalog, String> {
+        let cat: Catalog = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        cat.check().map_err(|e| format!("{origin}: {e}"))?;
+        Ok(cat)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.models.is_empty() {
+            return Err("the catalog lists no models; add a [models.\"<id>\"] table".into());
+        }
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (id, m) in &self.models {
+            if !self.providers.contains_key(&m.provider) {
+                return Err(format!(
+                    "unknown provider \"{}\" in model \"{id}\"; configured providers: {}",
+                    m.provider,
+                    names(self.providers.keys())
+                ));
+            }
+            for cap in &m.capabilities {
+                if !CAPABILITIES.contains(&cap.as_str()) {
+                    return Err(format!(
+                        "unknown capability \"{cap}\" in model \"{id}\"; known capabilities: {}",
+                        CAPABILITIES.join(", ")
+                    ));
+                }
+            }
+            let p = &m.price;
+            for (name, v) in [("input", Some(p.input)), ("output", Some(p.output)), ("cached_input", p.cached_input)] {
+                if let Some(v) = v {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(format!("price.{name} of model \"{id}\" must be a non-negative number, got {v}"));
+                    }
+                }
+            }
+            for name in std::iter::once(id).chain(&m.aliases) {
+                if let Some(other) = seen.insert(name, id) {
+                    return Err(format!("model name \"{name}\" is used by both \"{other}\" and \"{id}\"; names and aliases must be unique"));
+                }
+            }
+        }
+        for (id, p) in &self.providers {
+            for (field, v) in [("base_url_variable", &p.base_url_variable), ("api_key_variable", &p.api_key_variable)] {
+                let ok = !v.is_empty() && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') && v.starts_with(|c: char| c.is_ascii_lowercase());
+                if !ok {
+                    return Err(format!("{field} \"{v}\" of provider \"{id}\" is not a valid Spin variable name (lowercase letters, digits and '_', starting with a letter)"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a model by id or alias; returns its canonical id.
+    pub fn lookup(&self, name: &str) -> Option<(&str, &ModelConfig)> {
+        if let Some((id, m)) = self.models.get_key_value(name) {
+            return Some((id.as_str(), m));
+        }
+        self.models.iter().find(|(_, m)| m.aliases.iter().any(|a| a == name)).map(|(id, m)| (id.as_str(), m))
+    }
+
+    /// Resolves a requested model to an ordered plan, honouring the key's allowed models
+    /// (empty = all).
+    pub fn plan(&self, requested: &str, allowed: &[String]) -> Result<Plan, ApiError> {
+        let (id, model) = self.lookup(requested).ok_or_else(|| {
+            ApiError::not_found(
+                format!("the model \"{requested}\" does not exist; available models: {}", names(self.models.keys())),
+                Some("model"),
+                "model_not_found",
+            )
+        })?;
+        if !allowed.is_empty() && !allowed.iter().any(|a| a == id || a == requested) {
+            return Err(ApiError::permission(
+                format!("this API key may not use model \"{id}\"; allowed models: {}", names(allowed.iter())),
+                "model_not_allowed",
+            ));
+        }
+        let provider = &self.providers[&model.provider];
+        let reason = if id == requested { "pinned model" } else { "alias" };
+        Ok(Plan {
+            requested: requested.to_string(),
+            reason: format!("{reason} \"{requested}\" → {id} on {}", model.provider),
+            candidates: vec![Candidate {
+                model: id.to_string(),
+                upstream_model: model.upstream_id.clone(),
+                price: model.price.clone(),
+                context_window: model.context_window,
+                provider: ProviderTarget {
+                    name: model.provider.clone(),
+                    dialect: provider.dialect,
+                    base_url_variable: provider.base_url_variable.clone(),
+                    api_key_variable: provider.api_key_variable.clone(),
+                },
+            }],
+        })
+    }
+
+    /// The `GET /v1/models` list.
+    pub fn models_list(&self, created: u64) -> serde_json::Value {
+        let data: Vec<_> = self
+            .models
+            .iter()
+            .map(|(id, m)| {
+                serde_json::json!({
+                    "id": id,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": m.provider,
+                    "context_window": m.context_window,
+                    "capabilities": m.capabilities,
+                    "aliases": m.aliases,
+                    "pricing": {
+                        "input_per_mtok": m.price.input,
+                        "output_per_mtok": m.price.output,
+                        "cached_input_per_mtok": m.price.cached_input.unwrap_or(m.price.input),
+                        "source": m.price.source,
+                        "as_of": m.price.as_of,
+                    },
+                })
+            })
+            .collect();
+        serde_json::json!({"object": "list", "data": data})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[providers.openai]
+dialect = "openai"
+base_url_variable = "openai_base_url"
+api_key_variable = "openai_api_key"
+
+[models."gpt-4o-mini"]
+provider = "openai"
+upstream_id = "gpt-4o-mini"
+context_window = 128000
+capabilities = ["chat", "tools"]
+aliases = ["mini"]
+price = { input = 0.15, output = 0.6, cached_input = 0.075, source = "https://openai.com/api/pricing", as_of = "2026-11-01" }
+"#;
+
+    #[test]
+    fn the_bundled_catalog_parses() {
+        let text = include_str!("../../config/catalog.toml");
+        let cat = Catalog::from_toml(text, "config/catalog.toml").unwrap();
+        assert!(cat.lookup("gpt-4o-mini").is_some());
+        assert!(cat.lookup("gpt-4o").is_some());
+    }
+
+    #[test]
+    fn resolves_ids_and_aliases() {
+        let cat = Catalog::from_toml(GOOD, "t").unwrap();
+        let p = cat.plan("mini", &[]).unwrap();
+        assert_eq!(p.candidates[0].model, "gpt-4o-mini");
+        assert_eq!(p.candidates[0].provider.name, "openai");
+        let e = cat.plan("gpt-5", &[]).unwrap_err();
+        assert_eq!((e.status, e.code.as_deref()), (404, Some("model_not_found")));
+        let e = cat.plan("gpt-4o-mini", &["gpt-4o".into()]).unwrap_err();
+        assert_eq!(e.status, 403);
+        assert!(cat.plan("mini", &["gpt-4o-mini".into()]).is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_refs_are_errors() {
+        let e = Catalog::from_toml(&GOOD.replace("context_window", "context_windw"), "cat.toml").unwrap_err();
+        assert!(e.starts_with("cat.toml:") && e.contains("context_windw"), "{e}");
+        let e = Catalog::from_toml(&GOOD.replace("provider = \"openai\"", "provider = \"opena\""), "cat.toml").unwrap_err();
+        assert!(e.contains("unknown provider \"opena\" in model \"gpt-4o-mini\"; configured providers: openai"), "{e}");
+        let e = Catalog::from_toml(&GOOD.replace("\"tools\"", "\"telepathy\""), "c").unwrap_err();
+        assert!(e.contains("unknown capability \"telepathy\""), "{e}");
+        let e = Catalog::from_toml(&GOOD.replace("dialect = \"openai\"", "dialect = \"smoke\""), "c").unwrap_err();
+        assert!(e.contains("smoke"), "{e}");
+    }
+}

@@ -1,0 +1,183 @@
+//! Internal contracts between components: small JSON documents sent over
+//! `http://<component>.spin.internal/...`. Defined once here so each component is testable alone.
+
+use crate::catalog::{Dialect, Price};
+use crate::openai::Usage;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Internal routes.
+pub mod routes {
+    /// router: `POST` a [`super::PlanRequest`], get a [`super::Plan`].
+    pub const PLAN: &str = "http://router.spin.internal/plan";
+    /// router: `GET` the `/v1/models` list.
+    pub const MODELS: &str = "http://router.spin.internal/models";
+    /// provider: `POST` a [`super::CallRequest`], get the client-facing response.
+    pub const CALL: &str = "http://provider.spin.internal/call";
+    /// meter: `POST` a [`super::SettleRequest`].
+    pub const SETTLE: &str = "http://meter.spin.internal/settle";
+    /// meter: `GET` with `?key_id=` for a [`super::UsageSummary`].
+    pub const USAGE: &str = "http://meter.spin.internal/usage";
+}
+
+/// Headers on internal responses (never forwarded to clients).
+pub mod headers {
+    /// provider → auth, non-stream and errors: the [`super::UsageReport`] as JSON.
+    pub const USAGE: &str = "lumen-usage";
+    /// provider → auth: milliseconds the upstream took to answer with headers.
+    pub const UPSTREAM_MS: &str = "lumen-upstream-ms";
+    /// provider → auth: catalog model that served.
+    pub const MODEL: &str = "lumen-model";
+    /// provider → auth: provider that served.
+    pub const PROVIDER: &str = "lumen-provider";
+}
+
+/// The SSE event name of the provider's final, internal usage event (stripped by auth).
+pub const USAGE_EVENT: &str = "lumen-usage";
+
+/// auth → router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanRequest {
+    /// The `model` of the request.
+    pub model: String,
+    /// Models the key may use; empty means all.
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+}
+
+/// Where and how to call a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProviderTarget {
+    /// Provider name in the catalog.
+    pub name: String,
+    /// Wire dialect.
+    pub dialect: Dialect,
+    /// Spin variable with the base URL.
+    pub base_url_variable: String,
+    /// Spin variable with the API key.
+    pub api_key_variable: String,
+}
+
+/// One model on one provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Candidate {
+    /// Catalog model id.
+    pub model: String,
+    /// Id the upstream knows it by.
+    pub upstream_model: String,
+    /// Prices.
+    pub price: Price,
+    /// Context window.
+    pub context_window: u64,
+    /// The provider.
+    pub provider: ProviderTarget,
+}
+
+/// router → auth: candidates in the order to try them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Plan {
+    /// What the client asked for.
+    pub requested: String,
+    /// Why this plan.
+    pub reason: String,
+    /// Ordered candidates; never empty.
+    pub candidates: Vec<Candidate>,
+}
+
+/// auth → provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// Request id.
+    pub request_id: String,
+    /// Candidates in order.
+    pub candidates: Vec<Candidate>,
+    /// Whether the client asked for a usage chunk at the end of its stream.
+    pub include_usage: bool,
+    /// The client's body, unknown fields included.
+    pub body: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Completed normally.
+    Ok,
+    /// The upstream failed (status, connection, malformed or cut stream).
+    UpstreamError,
+    /// The client went away before the end.
+    ClientDisconnected,
+    /// Lumen refused or failed before calling an upstream.
+    Rejected,
+}
+
+/// provider → auth: what one request used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsageReport {
+    /// Catalog model that served (or was last tried).
+    pub model: String,
+    /// Provider that served.
+    pub provider: String,
+    /// Tokens.
+    pub usage: Usage,
+    /// True when tokens are estimated (upstream never reported them).
+    #[serde(default)]
+    pub estimated: bool,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Milliseconds the upstream took to answer with headers.
+    pub upstream_ms: f64,
+}
+
+/// auth → meter: settle one request, exactly once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SettleRequest {
+    /// Request id (the idempotency key).
+    pub request_id: String,
+    /// API key id.
+    pub key_id: String,
+    /// Unix time in ms when the request arrived.
+    pub started_ms: u64,
+    /// Gateway latency in ms, arrival to last byte.
+    pub latency_ms: f64,
+    /// Whether the response was streamed.
+    pub stream: bool,
+    /// What was used.
+    pub report: UsageReport,
+    /// Prices of the model that served.
+    pub price: Option<Price>,
+}
+
+/// One row of `GET /v1/usage`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsageRow {
+    /// `YYYY-MM-DD` (UTC); absent in totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    /// Model; absent in totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Requests.
+    pub requests: u64,
+    /// Requests that did not end `ok`.
+    pub errors: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Cached prompt tokens.
+    pub cached_tokens: u64,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+}
+
+/// `GET /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsageSummary {
+    /// Always `"usage"`.
+    pub object: String,
+    /// Rows by day and model.
+    pub data: Vec<UsageRow>,
+    /// Totals.
+    pub total: UsageRow,
+}

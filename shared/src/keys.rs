@@ -1,0 +1,199 @@
+//! API keys: minting, hashing, authentication and the admin operations on them.
+//!
+//! Secrets are `lm_` + 43 base64url characters (32 random bytes). Only `sha256(secret)` is
+//! stored; lookups go by hash and the stored hash is compared again in constant time.
+
+use crate::error::ApiError;
+use crate::kv::{self, ApiKeyRecord, KeyByHash, KeyById, KeyIndex, KeySeq, Kv, KvError};
+use base64::Engine as _;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Prefix of every secret.
+pub const SECRET_PREFIX: &str = "lm_";
+/// Default requests per minute of a new key.
+pub const DEFAULT_RPM: u32 = 600;
+
+/// Hex sha256 of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Constant-time equality of two byte strings (length may leak, content does not).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Extracts the bearer token of an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+    let h = header.ok_or_else(|| {
+        ApiError::authentication("missing Authorization header; send 'Authorization: Bearer <your Lumen API key>'")
+    })?;
+    let token = h
+        .strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::authentication("malformed Authorization header; expected 'Bearer <your Lumen API key>'"))?;
+    Ok(token)
+}
+
+fn kv_failure(e: KvError) -> ApiError {
+    ApiError::internal(format!("could not reach the key store ({})", e.0))
+}
+
+/// Looks a secret up and returns its record, or 401.
+pub fn authenticate(store: &dyn Kv, secret: &str) -> Result<ApiKeyRecord, ApiError> {
+    let wrong = || ApiError::authentication("incorrect API key provided; create one with POST /admin/keys");
+    if !secret.starts_with(SECRET_PREFIX) {
+        return Err(wrong());
+    }
+    let hash = hash_secret(secret);
+    let rec = kv::load(store, &KeyByHash(&hash)).map_err(kv_failure)?.ok_or_else(wrong)?;
+    if !ct_eq(rec.hash.as_bytes(), hash.as_bytes()) {
+        return Err(wrong());
+    }
+    Ok(rec)
+}
+
+/// `POST /admin/keys` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Display name.
+    pub name: String,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm_limit: Option<u32>,
+    /// Allowed models (empty = all).
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+}
+
+/// Parses a `POST /admin/keys` body, naming what is wrong.
+pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let req: CreateKey = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let param = (path != ".").then_some(path.as_str());
+        ApiError::invalid_request(
+            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string]}}", e.inner()),
+            param,
+            "invalid_value",
+        )
+    })?;
+    if req.name.trim().is_empty() || req.name.chars().count() > 128 {
+        return Err(ApiError::invalid_request("'name' must be 1 to 128 characters", Some("name"), "invalid_value"));
+    }
+    if req.rpm_limit == Some(0) {
+        return Err(ApiError::invalid_request("'rpm_limit' must be at least 1", Some("rpm_limit"), "invalid_value"));
+    }
+    Ok(req)
+}
+
+/// Mints a key from 32 random bytes for the secret and 8 for the id; returns the stored record
+/// and the secret (shown to the caller once).
+pub fn create(store: &dyn Kv, req: CreateKey, secret_bytes: &[u8; 32], id_bytes: &[u8; 8], now_secs: u64) -> Result<(ApiKeyRecord, String), ApiError> {
+    let secret = format!("{SECRET_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes));
+    let rec = ApiKeyRecord {
+        id: format!("key_{}", hex::encode(id_bytes)),
+        name: req.name,
+        hash: hash_secret(&secret),
+        rpm_limit: req.rpm_limit.unwrap_or(DEFAULT_RPM),
+        allowed_models: req.allowed_models,
+        created: now_secs,
+    };
+    kv::store(store, &KeyByHash(&rec.hash), &rec).map_err(kv_failure)?;
+    kv::store(store, &KeyById(&rec.id), &rec.hash).map_err(kv_failure)?;
+    let n = kv::incr(store, &KeySeq, 1).map_err(kv_failure)?;
+    kv::store(store, &KeyIndex(n), &rec.id).map_err(kv_failure)?;
+    Ok((rec, secret))
+}
+
+/// All live keys, oldest first.
+pub fn list(store: &dyn Kv) -> Result<Vec<ApiKeyRecord>, ApiError> {
+    let n = kv::read_counter(store, &KeySeq).map_err(kv_failure)?;
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let Some(id) = kv::load(store, &KeyIndex(i)).map_err(kv_failure)? else { continue };
+        if let Some(rec) = get(store, &id)? {
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+/// One key by id.
+pub fn get(store: &dyn Kv, id: &str) -> Result<Option<ApiKeyRecord>, ApiError> {
+    let Some(hash) = kv::load(store, &KeyById(id)).map_err(kv_failure)? else { return Ok(None) };
+    kv::load(store, &KeyByHash(&hash)).map_err(kv_failure)
+}
+
+/// Revokes a key; 404 when there is none.
+pub fn delete(store: &dyn Kv, id: &str) -> Result<ApiKeyRecord, ApiError> {
+    let rec = get(store, id)?.ok_or_else(|| ApiError::not_found(format!("no API key with id \"{id}\""), Some("id"), "key_not_found"))?;
+    kv::remove(store, &KeyByHash(&rec.hash)).map_err(kv_failure)?;
+    kv::remove(store, &KeyById(id)).map_err(kv_failure)?;
+    Ok(rec)
+}
+
+/// The public view of a key (never the secret or its hash).
+pub fn public_view(rec: &ApiKeyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": rec.id,
+        "object": "api_key",
+        "name": rec.name,
+        "rpm_limit": rec.rpm_limit,
+        "allowed_models": rec.allowed_models,
+        "created": rec.created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::MemKv;
+
+    fn mk(kv: &MemKv, name: &str, seed: u8) -> (ApiKeyRecord, String) {
+        let req = parse_create(format!(r#"{{"name":"{name}","rpm_limit":5}}"#).as_bytes()).unwrap();
+        create(kv, req, &[seed; 32], &[seed; 8], 100).unwrap()
+    }
+
+    #[test]
+    fn create_authenticate_list_delete() {
+        let kv = MemKv::default();
+        let (rec, secret) = mk(&kv, "a", 1);
+        assert!(secret.starts_with("lm_") && secret.len() == 46);
+        assert_eq!(authenticate(&kv, &secret).unwrap(), rec);
+        assert!(!kv.keys().iter().any(|k| k.contains(&secret)), "secret must not be stored");
+        let (b, _) = mk(&kv, "b", 2);
+        assert_eq!(list(&kv).unwrap().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![rec.id.clone(), b.id.clone()]);
+        delete(&kv, &rec.id).unwrap();
+        assert_eq!(authenticate(&kv, &secret).unwrap_err().status, 401);
+        assert_eq!(list(&kv).unwrap(), vec![b]);
+        assert_eq!(delete(&kv, &rec.id).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn wrong_and_missing_keys_are_401() {
+        let kv = MemKv::default();
+        mk(&kv, "a", 1);
+        assert_eq!(authenticate(&kv, "lm_nope").unwrap_err().status, 401);
+        assert_eq!(authenticate(&kv, "sk-other").unwrap_err().status, 401);
+        assert_eq!(bearer(None).unwrap_err().status, 401);
+        assert_eq!(bearer(Some("Basic abc")).unwrap_err().status, 401);
+        assert_eq!(bearer(Some("Bearer  lm_x ")).unwrap(), "lm_x");
+    }
+
+    #[test]
+    fn create_body_errors_name_the_field() {
+        let e = parse_create(br#"{"name":"a","rpm":5}"#).unwrap_err();
+        assert!(e.message.contains("unknown field `rpm`"), "{}", e.message);
+        let e = parse_create(br#"{"name":"a","rpm_limit":"five"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("rpm_limit"));
+        let e = parse_create(br#"{"rpm_limit":5}"#).unwrap_err();
+        assert!(e.message.contains("missing field `name`"), "{}", e.message);
+        assert_eq!(parse_create(br#"{"name":"a","rpm_limit":0}"#).unwrap_err().param.as_deref(), Some("rpm_limit"));
+    }
+}

@@ -1,0 +1,21 @@
+//! Lumen's shared crate: wire types, internal contracts, KV key families, the error model and
+//! the pure cores every component calls.
+//!
+//! Nothing here imports `spin_sdk`: cores take their inputs, `now`, and a [`kv::Kv`] so they run
+//! natively in unit tests and unchanged inside the wasm components.
+#![deny(missing_docs)]
+
+pub mod catalog;
+pub mod contracts;
+pub mod error;
+pub mod keys;
+pub mod kv;
+pub mod openai;
+pub mod pricing;
+pub mod ratelimit;
+pub mod schemas;
+pub mod sse;
+pub mod time;
+pub mod usage;
+
+pub use error::ApiError;

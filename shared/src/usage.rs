@@ -1,0 +1,160 @@
+//! Metering: settle each request exactly once into a usage record and per-(day, model) rollups,
+//! and read a key's totals back.
+//!
+//! Exactly once: the settle guard is an atomic counter per request id; only the call that takes
+//! it from 0 to 1 writes. Rollups are atomic increments, so concurrent instances never lose an
+//! update. A rollup's (day, model) is indexed the first time its request counter goes to 1.
+
+use crate::contracts::{Outcome, SettleRequest, UsageRow, UsageSummary};
+use crate::kv::{
+    self, Kv, KvError, Rollup, RollupField, SettleOnce, UsageDim, UsageDimKey, UsageDimSeq, UsageRecord, UsageRecordKey, UsageSeq,
+};
+use crate::pricing::{cost_nanos, NANOS_PER_USD};
+use crate::time::utc_day;
+
+/// What settling did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// False when this request id was already settled (nothing written).
+    pub recorded: bool,
+    /// The record.
+    pub record: UsageRecord,
+}
+
+/// Settles one request.
+pub fn settle(store: &dyn Kv, req: &SettleRequest) -> Result<Settled, KvError> {
+    let cost = req.price.as_ref().map_or(0, |p| cost_nanos(&req.report.usage, p));
+    let record = UsageRecord::from_settle(req, cost);
+    if kv::incr(store, &SettleOnce(&req.request_id), 1)? != 1 {
+        return Ok(Settled { recorded: false, record });
+    }
+    let key_id = record.key_id.as_str();
+    let seq = kv::incr(store, &UsageSeq(key_id), 1)?;
+    kv::store(store, &UsageRecordKey { key_id, seq }, &record)?;
+
+    let day = utc_day(record.time_ms);
+    let model = record.model.as_str();
+    let add = |field, v: i64| -> Result<i64, KvError> {
+        kv::incr(store, &Rollup { key_id, day: &day, model, field }, v)
+    };
+    if add(RollupField::Requests, 1)? == 1 {
+        let n = kv::incr(store, &UsageDimSeq(key_id), 1)?;
+        kv::store(store, &UsageDimKey { key_id, n }, &UsageDim { day: day.clone(), model: model.to_string() })?;
+    }
+    if record.outcome != Outcome::Ok {
+        add(RollupField::Errors, 1)?;
+    }
+    for (field, v) in [
+        (RollupField::PromptTokens, record.prompt_tokens),
+        (RollupField::CompletionTokens, record.completion_tokens),
+        (RollupField::CachedTokens, record.cached_tokens),
+    ] {
+        if v > 0 {
+            add(field, v as i64)?;
+        }
+    }
+    if cost != 0 {
+        add(RollupField::CostNanos, cost)?;
+    }
+    Ok(Settled { recorded: true, record })
+}
+
+/// A key's usage by day and model, oldest day first, plus totals.
+pub fn summary(store: &dyn Kv, key_id: &str) -> Result<UsageSummary, KvError> {
+    let n = kv::read_counter(store, &UsageDimSeq(key_id))?;
+    let mut rows = Vec::new();
+    let mut total = UsageRow::default();
+    for i in 1..=n {
+        let Some(dim) = kv::load(store, &UsageDimKey { key_id, n: i })? else { continue };
+        let get = |field| kv::read_counter(store, &Rollup { key_id, day: &dim.day, model: &dim.model, field }).map(|v| v.max(0) as u64);
+        let cost = kv::read_counter(store, &Rollup { key_id, day: &dim.day, model: &dim.model, field: RollupField::CostNanos })?;
+        let row = UsageRow {
+            requests: get(RollupField::Requests)?,
+            errors: get(RollupField::Errors)?,
+            prompt_tokens: get(RollupField::PromptTokens)?,
+            completion_tokens: get(RollupField::CompletionTokens)?,
+            cached_tokens: get(RollupField::CachedTokens)?,
+            cost_usd: cost as f64 / NANOS_PER_USD,
+            day: Some(dim.day),
+            model: Some(dim.model),
+        };
+        total.requests += row.requests;
+        total.errors += row.errors;
+        total.prompt_tokens += row.prompt_tokens;
+        total.completion_tokens += row.completion_tokens;
+        total.cached_tokens += row.cached_tokens;
+        total.cost_usd += row.cost_usd;
+        rows.push(row);
+    }
+    rows.sort_by(|a, b| (&a.day, &a.model).cmp(&(&b.day, &b.model)));
+    Ok(UsageSummary { object: "usage".into(), data: rows, total })
+}
+
+/// A key's records, oldest first (at most `limit`, newest kept).
+pub fn records(store: &dyn Kv, key_id: &str, limit: usize) -> Result<Vec<UsageRecord>, KvError> {
+    let n = kv::read_counter(store, &UsageSeq(key_id))?;
+    let first = (n - limit as i64 + 1).max(1);
+    let mut out = Vec::new();
+    for seq in first..=n {
+        if let Some(r) = kv::load(store, &UsageRecordKey { key_id, seq })? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Price;
+    use crate::contracts::UsageReport;
+    use crate::kv::MemKv;
+    use crate::openai::Usage;
+
+    fn req(id: &str, model: &str, day_ms: u64, p: u64, c: u64, outcome: Outcome) -> SettleRequest {
+        SettleRequest {
+            request_id: id.into(),
+            key_id: "key_a".into(),
+            started_ms: day_ms,
+            latency_ms: 12.5,
+            stream: false,
+            report: UsageReport {
+                model: model.into(),
+                provider: "openai".into(),
+                usage: Usage { prompt_tokens: p, completion_tokens: c, cached_tokens: 0 },
+                estimated: false,
+                outcome,
+                upstream_ms: 10.0,
+            },
+            price: Some(Price { input: 1.0, output: 2.0, cached_input: None, source: "s".into(), as_of: "d".into() }),
+        }
+    }
+
+    #[test]
+    fn settles_once_and_sums_by_day_and_model() {
+        let kv = MemKv::default();
+        let d1 = 1_795_000_000_000;
+        let d2 = d1 + 86_400_000;
+        assert!(settle(&kv, &req("r1", "m1", d1, 100, 10, Outcome::Ok)).unwrap().recorded);
+        assert!(!settle(&kv, &req("r1", "m1", d1, 100, 10, Outcome::Ok)).unwrap().recorded, "second settle is a no-op");
+        settle(&kv, &req("r2", "m1", d1, 50, 5, Outcome::ClientDisconnected)).unwrap();
+        settle(&kv, &req("r3", "m2", d1, 1, 1, Outcome::Ok)).unwrap();
+        settle(&kv, &req("r4", "m1", d2, 1_000_000, 0, Outcome::Ok)).unwrap();
+        let s = summary(&kv, "key_a").unwrap();
+        let rows: Vec<_> = s.data.iter().map(|r| (r.day.clone().unwrap(), r.model.clone().unwrap(), r.requests, r.errors, r.prompt_tokens, r.completion_tokens)).collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("2026-11-18".into(), "m1".into(), 2, 1, 150, 15),
+                ("2026-11-18".into(), "m2".into(), 1, 0, 1, 1),
+                ("2026-11-19".into(), "m1".into(), 1, 0, 1_000_000, 0),
+            ]
+        );
+        assert_eq!(s.total.requests, 4);
+        // 150×1 + 15×2 = 180 µ$; 1+2 = 3 µ$; 1e6×1 = 1 $.
+        assert!((s.data[0].cost_usd - 180e-6).abs() < 1e-12);
+        assert!((s.total.cost_usd - (1.0 + 183e-6)).abs() < 1e-9);
+        assert_eq!(records(&kv, "key_a", 10).unwrap().len(), 4);
+        assert_eq!(summary(&kv, "key_b").unwrap().data, vec![]);
+    }
+}

@@ -1,0 +1,216 @@
+"""Session fixtures for the OpenAI SDK tests: run lumen-mock and lumen-host as subprocesses.
+
+Both binaries come from ``target/release`` (override the directory with ``LUMEN_BIN_DIR``); build
+them first with ``scripts/build.sh`` and ``cargo build --release -p lumen-tests --bins``. Each
+prints ``Serving http://ADDR`` as its first stdout line, which is how the fixtures learn the
+ephemeral port. Process output goes to log files under pytest's temporary directory; their paths
+are shown in startup failures and in the report header (``-v``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from openai import OpenAI
+
+REPO = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(os.environ.get("LUMEN_BIN_DIR", REPO / "target" / "release"))
+# Compiling the wasm components on first start can take a while on a 2-core machine.
+HOST_STARTUP_TIMEOUT_S = float(os.environ.get("LUMEN_HOST_STARTUP_TIMEOUT", "180"))
+MOCK_STARTUP_TIMEOUT_S = 30.0
+UPSTREAM_KEY = "sk-upstream-test"
+MOCK_TOKEN_DELAY_MS = 2
+
+
+@dataclass
+class Server:
+    """A child process that announced ``Serving http://ADDR``."""
+
+    name: str
+    proc: subprocess.Popen
+    addr: str
+    stdout_log: Path
+    stderr_log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "<no log>"
+
+
+def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path, timeout_s: float) -> Server:
+    """Starts ``argv`` and waits up to ``timeout_s`` for its ``Serving http://ADDR`` line."""
+    binary = Path(argv[0])
+    if not binary.is_file():
+        pytest.fail(
+            f"{binary} not found: build it first (scripts/build.sh and "
+            "`cargo build --release -p lumen-tests --bins`) or set LUMEN_BIN_DIR",
+            pytrace=False,
+        )
+    stdout_log = log_dir / f"{name}.stdout.log"
+    stderr_log = log_dir / f"{name}.stderr.log"
+    stderr = stderr_log.open("wb")
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        bufsize=1,
+    )
+    stderr.close()
+    first_line: queue.Queue[str | None] = queue.Queue(maxsize=1)
+
+    def pump() -> None:
+        # Hand the first line to the fixture, then keep draining so the child never blocks.
+        assert proc.stdout is not None
+        with stdout_log.open("w") as log:
+            announced = False
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if not announced:
+                    first_line.put(line)
+                    announced = True
+            if not announced:
+                first_line.put(None)
+
+    threading.Thread(target=pump, name=f"{name}-stdout", daemon=True).start()
+    try:
+        line = first_line.get(timeout=timeout_s)
+    except queue.Empty:
+        line = None
+    prefix = "Serving http://"
+    if line is None or not line.startswith(prefix):
+        status = proc.poll()
+        if status is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        pytest.fail(
+            f"{name} did not announce itself within {timeout_s:.0f}s "
+            f"(exit status {status}, first line {line!r}); stderr tail:\n{_tail(stderr_log)}",
+            pytrace=False,
+        )
+    return Server(name, proc, line[len(prefix):].strip().rstrip("/"), stdout_log, stderr_log)
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lumen-logs")
+
+
+@pytest.fixture(scope="session")
+def mock_server(log_dir: Path) -> Iterator[Server]:
+    """The mock OpenAI upstream; it requires the upstream key the gateway is configured with."""
+    argv = [
+        str(BIN_DIR / "lumen-mock"),
+        "--listen", "127.0.0.1:0",
+        "--api-key", UPSTREAM_KEY,
+        "--token-delay-ms", str(MOCK_TOKEN_DELAY_MS),
+    ]
+    server = spawn_server("lumen-mock", argv, dict(os.environ), log_dir, MOCK_STARTUP_TIMEOUT_S)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_token() -> str:
+    return "adm_" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session")
+def gateway(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """lumen-host serving spin.toml, with the mock as its OpenAI upstream."""
+    state_dir = tmp_path_factory.mktemp("lumen-state")
+    env = dict(os.environ)
+    env.update(
+        SPIN_VARIABLE_ADMIN_TOKEN=admin_token,
+        SPIN_VARIABLE_OPENAI_BASE_URL=f"{mock_server.url}/v1",
+        SPIN_VARIABLE_OPENAI_API_KEY=UPSTREAM_KEY,
+    )
+    argv = [
+        str(BIN_DIR / "lumen-host"),
+        "up",
+        "--listen", "127.0.0.1:0",
+        "--manifest", str(REPO / "spin.toml"),
+        "--state-dir", str(state_dir),
+    ]
+    server = spawn_server("lumen-host", argv, env, log_dir, HOST_STARTUP_TIMEOUT_S)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(gateway: Server, admin_token: str) -> Iterator[httpx.Client]:
+    """An httpx client for the gateway's admin API."""
+    with httpx.Client(
+        base_url=gateway.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
+    ) as client:
+        yield client
+
+
+def create_key(admin: httpx.Client, name: str, rpm_limit: int = 100_000, allowed_models: list[str] | None = None) -> dict:
+    """Creates a Lumen API key through the admin API and returns the 201 body (with ``key``)."""
+    response = admin.post(
+        "/admin/keys",
+        json={"name": name, "rpm_limit": rpm_limit, "allowed_models": allowed_models or []},
+    )
+    assert response.status_code == 201, f"POST /admin/keys: {response.status_code} {response.text}"
+    body = response.json()
+    assert body["key"].startswith("lm_"), body
+    return body
+
+
+@pytest.fixture(scope="session")
+def api_key(admin: httpx.Client) -> str:
+    """A key with a generous rate limit, shared by the tests that don't need their own."""
+    return create_key(admin, "python-sdk-tests")["key"]
+
+
+def sdk_client(gateway: Server, key: str) -> OpenAI:
+    """The unmodified OpenAI SDK pointed at the gateway; retries off so every status is visible."""
+    return OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=30)
+
+
+@pytest.fixture()
+def client(gateway: Server, api_key: str) -> Iterator[OpenAI]:
+    with sdk_client(gateway, api_key) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def mock_http(mock_server: Server) -> Iterator[httpx.Client]:
+    """An httpx client for the mock's ``/mock/*`` inspection endpoints."""
+    with httpx.Client(base_url=mock_server.url, timeout=30) as c:
+        yield c
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"lumen binaries: {BIN_DIR}"]
