@@ -1,0 +1,70 @@
+//! The wasmtime engine (pooling allocator) and the on-disk cache of compiled components, so a
+//! restart deserialises in milliseconds instead of recompiling for a second or more.
+
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Result};
+
+/// Concurrent component instances the pool holds (each request uses up to four at once).
+pub const POOL_INSTANCES: u32 = 1000;
+
+/// Builds the engine: pooling allocator sized for [`POOL_INSTANCES`]; falls back to on-demand
+/// allocation where the machine cannot reserve the pool's address space.
+pub fn new_engine() -> Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(POOL_INSTANCES * 4)
+        .total_memories(POOL_INSTANCES * 2)
+        .total_tables(POOL_INSTANCES * 4)
+        .max_memory_size(512 << 20)
+        .max_core_instances_per_component(50)
+        .max_memories_per_component(10)
+        .max_tables_per_component(20);
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true);
+    cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&cfg) {
+        Ok(e) => Ok(e),
+        Err(err) => {
+            eprintln!("lumen-host: pooling allocator unavailable ({err}); using on-demand allocation");
+            let mut cfg = Config::new();
+            cfg.wasm_component_model(true);
+            Engine::new(&cfg)
+        }
+    }
+}
+
+/// Loads a component, from `cache_dir` when it holds a build for these exact bytes and this
+/// engine configuration, otherwise compiling and writing the cache.
+pub fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Result<Component> {
+    let bytes = std::fs::read(wasm_path).map_err(|e| {
+        wasmtime::format_err!("cannot read component {}: {e} (build the components first: scripts/build.sh)", wasm_path.display())
+    })?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let key = format!("{}-{:016x}.cwasm", hex::encode(Sha256::digest(&bytes)), h.finish());
+    let cached = cache_dir.join(key);
+    if cached.is_file() {
+        // SAFETY: the file was written by `Component::serialize` of this engine configuration
+        // (the name binds the wasm's sha256 and the engine's compatibility hash) into a cache
+        // directory only this host writes; wasmtime also checks the header before use.
+        #[expect(unsafe_code, reason = "deserialising our own precompiled cache")]
+        let loaded = unsafe { Component::deserialize_file(engine, &cached) };
+        match loaded {
+            Ok(c) => return Ok(c),
+            Err(e) => eprintln!("lumen-host: ignoring unusable cache entry {}: {e}", cached.display()),
+        }
+    }
+    let component = Component::new(engine, &bytes).map_err(|e| wasmtime::format_err!("cannot compile {}: {e}", wasm_path.display()))?;
+    if std::fs::create_dir_all(cache_dir).is_ok() {
+        let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+        if let Ok(ser) = component.serialize() {
+            if std::fs::write(&tmp, ser).is_ok() {
+                let _ = std::fs::rename(&tmp, &cached);
+            }
+        }
+    }
+    Ok(component)
+}

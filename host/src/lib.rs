@@ -1,0 +1,165 @@
+//! `lumen-host`: Lumen's runtime on wasmtime. It runs the Spin application described by
+//! `spin.toml` — the same manifest and `.wasm` files `spin up` runs — providing exactly the
+//! imports Spin provides, so tests and single-machine deployments need no `spin` CLI.
+
+pub mod app;
+pub mod engine;
+pub mod kv;
+pub mod manifest;
+pub mod outbound;
+pub mod runtime_config;
+pub mod spin;
+pub mod variables;
+
+use app::{App, AppConfig};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use kv::{KvBackend, MemoryKv, SqliteKv};
+use runtime_config::KvStoreConfig;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{format_err, Result};
+
+/// How to run the app.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Path to `spin.toml`.
+    pub manifest: PathBuf,
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Spin runtime config file (key-value store backends).
+    pub runtime_config: Option<PathBuf>,
+    /// State directory (default `<manifest dir>/.spin`): the default SQLite store lives here.
+    pub state_dir: Option<PathBuf>,
+    /// Keep the default store in memory instead of SQLite (unit tests).
+    pub memory_kv: bool,
+    /// Variable values, highest precedence (the CLI passes `SPIN_VARIABLE_*` here).
+    pub variables: HashMap<String, String>,
+    /// Compiled-component cache (default `<state dir>/cache`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl HostOptions {
+    /// Defaults for `manifest`: 127.0.0.1:0, SQLite under `.spin`, no variable overrides.
+    pub fn new(manifest: impl Into<PathBuf>) -> Self {
+        Self {
+            manifest: manifest.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            runtime_config: None,
+            state_dir: None,
+            memory_kv: false,
+            variables: HashMap::new(),
+            cache_dir: None,
+        }
+    }
+}
+
+/// A host serving requests.
+pub struct RunningHost {
+    addr: SocketAddr,
+    app: Arc<App>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningHost {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The route table as `spin up` prints it.
+    pub fn describe_routes(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.app.routes().iter().map(|r| r.describe(self.addr)).collect();
+        for id in self.app.private_components() {
+            lines.push(format!("{id}: private (http://{id}.spin.internal)"));
+        }
+        lines
+    }
+
+    /// Stops accepting, waits up to 5 s for requests in flight, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Loads the app and starts serving.
+pub async fn start(opts: HostOptions) -> Result<RunningHost> {
+    let manifest = manifest::Manifest::load(&opts.manifest)?;
+    let vars = variables::AppVariables::resolve(&manifest, &opts.variables)?;
+    let state_dir = opts.state_dir.clone().unwrap_or_else(|| manifest.dir.join(".spin"));
+    let mut configs: HashMap<String, KvStoreConfig> = HashMap::new();
+    configs.insert(
+        "default".into(),
+        if opts.memory_kv { KvStoreConfig::Memory } else { KvStoreConfig::Sqlite(state_dir.join("sqlite_key_value.db")) },
+    );
+    if let Some(rc) = &opts.runtime_config {
+        configs.extend(runtime_config::load(rc)?);
+    }
+    let mut stores: HashMap<String, Arc<dyn KvBackend>> = HashMap::new();
+    for (label, cfg) in configs {
+        let backend: Arc<dyn KvBackend> = match cfg {
+            KvStoreConfig::Memory => Arc::new(MemoryKv::default()),
+            KvStoreConfig::Sqlite(path) => Arc::new(SqliteKv::open(&path)?),
+        };
+        stores.insert(label, backend);
+    }
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| state_dir.join("cache"));
+    let app = App::load(AppConfig { manifest: &manifest, variables: &vars, stores: &stores, cache_dir: &cache_dir })?;
+
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| format_err!("cannot listen on {}: {e}", opts.listen))?;
+    let addr = listener.local_addr().map_err(|e| format_err!("{e}"))?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let served = app.clone();
+    let task = tokio::spawn(async move {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        loop {
+            let (sock, client) = tokio::select! {
+                _ = stopped.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("lumen-host: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = sock.set_nodelay(true);
+            let app = served.clone();
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    let in_flight = in_flight.clone();
+                    async move {
+                        in_flight.fetch_add(1, Ordering::SeqCst);
+                        let resp = app.handle_public(req, client, addr).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                if let Err(e) = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(sock), service).await {
+                    if !e.is_incomplete_message() {
+                        eprintln!("lumen-host: connection from {client}: {e}");
+                    }
+                }
+            });
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    Ok(RunningHost { addr, app, stop, task })
+}

@@ -1,0 +1,84 @@
+//! Spin variables: application variables (manifest defaults, `required`, `SPIN_VARIABLE_*`
+//! overrides) and component variables, which are templates over them (`"{{ name }}"`).
+
+use crate::manifest::Manifest;
+use std::collections::{BTreeMap, HashMap};
+use wasmtime::{bail, Result};
+
+/// Resolved application variables.
+#[derive(Debug, Clone, Default)]
+pub struct AppVariables {
+    values: HashMap<String, String>,
+}
+
+impl AppVariables {
+    /// Resolves every declared variable; `overrides` win over defaults (the host passes
+    /// `SPIN_VARIABLE_*` here). A required variable without a value is an error.
+    pub fn resolve(manifest: &Manifest, overrides: &HashMap<String, String>) -> Result<Self> {
+        let mut values = HashMap::new();
+        for (name, var) in &manifest.variables {
+            match overrides.get(name).or(var.default.as_ref()) {
+                Some(v) => {
+                    values.insert(name.clone(), v.clone());
+                }
+                None if var.required => bail!(
+                    "variable {name:?} is required: set SPIN_VARIABLE_{} in the environment",
+                    name.to_ascii_uppercase()
+                ),
+                None => bail!("variable {name:?} needs a `default` or `required = true`"),
+            }
+        }
+        Ok(Self { values })
+    }
+
+    /// Expands `{{ name }}` templates in `text`.
+    pub fn expand(&self, text: &str) -> Result<String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else { bail!("unterminated template in {text:?}") };
+            let name = after[..end].trim();
+            match self.values.get(name) {
+                Some(v) => out.push_str(v),
+                None => bail!("template {text:?} refers to undeclared variable {name:?}; declare it under [variables]"),
+            }
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// A component's variables, resolved.
+    pub fn for_component(&self, templates: &BTreeMap<String, String>) -> Result<HashMap<String, String>> {
+        templates.iter().map(|(k, t)| Ok((k.clone(), self.expand(t)?))).collect()
+    }
+}
+
+/// `SPIN_VARIABLE_FOO_BAR=x` → `foo_bar = x`.
+pub fn from_env(env: impl Iterator<Item = (String, String)>) -> HashMap<String, String> {
+    env.filter_map(|(k, v)| k.strip_prefix("SPIN_VARIABLE_").map(|n| (n.to_ascii_lowercase(), v))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn manifest() -> Manifest {
+        let text = "spin_manifest_version = 2\n[application]\nname = \"x\"\n[variables]\na = { default = \"1\" }\nb = { required = true, secret = true }\n";
+        Manifest::parse(text, std::path::Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn overrides_defaults_and_required() {
+        let m = manifest();
+        let e = AppVariables::resolve(&m, &HashMap::new()).unwrap_err().to_string();
+        assert!(e.contains("SPIN_VARIABLE_B"), "{e}");
+        let env = from_env(vec![("SPIN_VARIABLE_B".to_string(), "two".to_string()), ("PATH".into(), "/bin".into())].into_iter());
+        let vars = AppVariables::resolve(&m, &env).unwrap();
+        assert_eq!(vars.expand("x{{ a }}-{{b}}y").unwrap(), "x1-twoy");
+        assert!(vars.expand("{{ c }}").unwrap_err().to_string().contains("undeclared variable \"c\""));
+    }
+}
