@@ -108,7 +108,7 @@ pub struct AppConfig<'a> {
 impl App {
     /// Compiles (or loads from cache) and pre-links every component.
     pub fn load(cfg: AppConfig<'_>) -> Result<Arc<App>> {
-        let engine = engine::new_engine()?;
+        let engine = engine::shared_engine()?;
         let mut linker: Linker<Ctx> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;

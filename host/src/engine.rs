@@ -10,7 +10,17 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// Concurrent component instances the pool holds (each request uses up to four at once).
 pub const POOL_INSTANCES: u32 = 1000;
 
-/// Builds the engine: pooling allocator sized for [`POOL_INSTANCES`]; falls back to on-demand
+/// The process-wide engine: one pooling allocator shared by every app this process loads.
+pub fn shared_engine() -> Result<Engine> {
+    static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    if let Some(e) = ENGINE.get() {
+        return Ok(e.clone());
+    }
+    let engine = new_engine()?;
+    Ok(ENGINE.get_or_init(|| engine).clone())
+}
+
+/// Builds an engine: pooling allocator sized for [`POOL_INSTANCES`]; falls back to on-demand
 /// allocation where the machine cannot reserve the pool's address space.
 pub fn new_engine() -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
@@ -59,7 +69,9 @@ pub fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Re
     }
     let component = Component::new(engine, &bytes).map_err(|e| wasmtime::format_err!("cannot compile {}: {e}", wasm_path.display()))?;
     if std::fs::create_dir_all(cache_dir).is_ok() {
-        let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = cached.with_extension(format!("tmp{}-{n}", std::process::id()));
         if let Ok(ser) = component.serialize() {
             if std::fs::write(&tmp, ser).is_ok() {
                 let _ = std::fs::rename(&tmp, &cached);

@@ -109,15 +109,21 @@ def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
         line = None
     prefix = "Serving http://"
     if line is None or not line.startswith(prefix):
-        status = proc.poll()
+        try:
+            # stdout closing usually means the process is exiting: give it a moment to be reaped.
+            status = proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            status = None
         if status is None:
             proc.kill()
             proc.wait(timeout=10)
-        pytest.fail(
-            f"{name} did not announce itself within {timeout_s:.0f}s "
-            f"(exit status {status}, first line {line!r}); stderr tail:\n{_tail(stderr_log)}",
-            pytrace=False,
-        )
+        if status is not None:
+            problem = f"exited with status {status} before printing 'Serving http://ADDR'"
+        elif line is None:
+            problem = f"printed nothing within {timeout_s:.0f}s"
+        else:
+            problem = f"printed {line!r} instead of 'Serving http://ADDR'"
+        pytest.fail(f"{name} {problem}; stderr tail:\n{_tail(stderr_log)}", pytrace=False)
     return Server(name, proc, line[len(prefix):].strip().rstrip("/"), stdout_log, stderr_log)
 
 
@@ -153,6 +159,8 @@ def gateway(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_facto
     env.update(
         SPIN_VARIABLE_ADMIN_TOKEN=admin_token,
         SPIN_VARIABLE_OPENAI_BASE_URL=f"{mock_server.url}/v1",
+        # spin.toml allows outbound calls only to this scheme://host:port.
+        SPIN_VARIABLE_OPENAI_ALLOWED_HOST=mock_server.url,
         SPIN_VARIABLE_OPENAI_API_KEY=UPSTREAM_KEY,
     )
     argv = [

@@ -218,6 +218,7 @@ def test_usage_api_reports_metered_tokens(gateway: Server, admin: httpx.Client) 
     assert usage["object"] == "usage"
     total = usage["total"]
     assert total["requests"] == 2
+    assert total.get("errors", 0) == 0
     assert total["prompt_tokens"] == want_prompt
     assert total["completion_tokens"] == 8
     assert total["cost_usd"] > 0

@@ -7,8 +7,10 @@
 //! Phases, each bounded in request count and time:
 //! 1. non-stream latency at concurrency 1 (`--requests`, after `--warmup` requests);
 //! 2. stream time to first token (first `data:` chunk with content) at concurrency 1;
-//! 3. open-loop latency at fixed rates (`--rates`, each for `--duration-s`), measured from each
-//!    request's scheduled send time so a stalled server cannot hide its queueing delay;
+//! 3. open-loop latency at fixed rates (`--rates`, each for `--duration-s`): requests are sent on
+//!    schedule whether or not earlier ones have finished, so a stalled server cannot hide its
+//!    queueing delay; latency counts from the actual send (the dispatcher's lag behind the
+//!    schedule, i.e. timer slack or a saturated client, is reported separately);
 //! 4. maximum throughput at `--concurrency` closed-loop workers for `--duration-s`.
 //!
 //! Prints a markdown table; `--out FILE` appends it with the date and host facts.
@@ -248,6 +250,8 @@ struct PhaseResult {
     errors: usize,
     first_error: Option<String>,
     elapsed: Duration,
+    /// Open loop only: the largest delay between a request's scheduled and actual send.
+    max_lag: Duration,
 }
 
 impl PhaseResult {
@@ -349,6 +353,10 @@ async fn open_loop(
     for i in 0..total {
         let at = first + interval * i as u32;
         tokio::time::sleep_until(at).await;
+        let dispatched = Instant::now();
+        result.max_lag = result
+            .max_lag
+            .max(dispatched.saturating_duration_since(at.into_std()));
         while let Some(done) = in_flight.try_join_next() {
             result.record(done.unwrap_or_else(|e| Err(e.into())));
         }
@@ -359,7 +367,6 @@ async fn open_loop(
             continue;
         }
         let (target, pool) = (target.clone(), pool.clone());
-        let scheduled = at.into_std();
         in_flight.spawn(async move {
             let pooled = pool.lock().expect("pool poisoned").pop();
             let outcome = tokio::time::timeout(timeout, async {
@@ -367,7 +374,7 @@ async fn open_loop(
                     Some(conn) => conn,
                     None => target.connect().await?,
                 };
-                let sample = call(&mut conn, &target, false, scheduled).await?;
+                let sample = call(&mut conn, &target, false, dispatched).await?;
                 Ok::<_, anyhow::Error>((sample, conn))
             })
             .await
@@ -488,11 +495,19 @@ where
     let gateway = phase(targets[1].clone()).await;
     for (target, result) in targets.iter().zip([&direct, &gateway]) {
         eprintln!(
-            "lumen-bench: {label} [{}]: {} ok, {} errors in {:.1}s{}",
+            "lumen-bench: {label} [{}]: {} ok, {} errors in {:.1}s{}{}",
             target.name,
             result.samples.len(),
             result.errors,
             result.elapsed.as_secs_f64(),
+            if result.max_lag.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    ", max send lag {:.2} ms",
+                    result.max_lag.as_secs_f64() * 1000.0
+                )
+            },
             result
                 .first_error
                 .as_deref()
@@ -625,7 +640,7 @@ async fn main() -> anyhow::Result<()> {
         direct: format!("{dt:.0}"),
         gateway: format!("{gt:.0}"),
         added: if dt > 0.0 {
-            format!("{:.0}% of direct", 100.0 * gt / dt)
+            format!("{:.1}% of direct", 100.0 * gt / dt)
         } else {
             "n/a".to_owned()
         },
@@ -654,6 +669,24 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         wall.as_secs_f64()
     ));
+    let lags: Vec<String> = open
+        .iter()
+        .map(|p| {
+            let lag = |r: &PhaseResult| r.max_lag.as_secs_f64() * 1000.0;
+            format!(
+                "{} {:.2}/{:.2} ms",
+                p.label,
+                lag(&p.direct),
+                lag(&p.gateway)
+            )
+        })
+        .collect();
+    if !lags.is_empty() {
+        report.push_str(&format!(
+            "Open-loop max send lag behind schedule (direct/gateway): {}.\n",
+            lags.join(", ")
+        ));
+    }
     if let Some(pid) = args.host_pid {
         report.push_str(&format!(
             "lumen-host (pid {pid}) VmRSS: {} before, {} after (peak VmHWM {}).\n",

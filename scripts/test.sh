@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: format and lint checks, unit tests, end-to-end tests of the compiled
+# components through lumen-host, and the official OpenAI Python SDK against the gateway.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs="${CARGO_BUILD_JOBS:-2}"
+
+scripts/build.sh
+
+echo "== rustfmt"
+cargo fmt --all -- --check
+echo "== clippy (host and wasm targets)"
+cargo clippy --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests --all-targets -- -D warnings
+cargo clippy --release -j "$jobs" --target wasm32-wasip2 -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-spin -- -D warnings
+
+echo "== cargo test (unit, end-to-end through the host)"
+cargo test --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests
+
+echo "== OpenAI Python SDK"
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+.venv/bin/python -m pytest tests/python -q

@@ -1,0 +1,204 @@
+//! Test harness: the real host running the real `.wasm` components from `spin.toml`, in front of
+//! the mock upstream, plus a small HTTP client that records when each body frame arrives.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use lumen_host::{HostOptions, RunningHost};
+use lumen_tests::mock::{MockConfig, MockUpstream};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "test-admin-token";
+pub const UPSTREAM_KEY: &str = "upstream-secret";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn check_built() {
+    let wasm = repo().join("target/wasm32-wasip2/release/lumen_auth.wasm");
+    assert!(wasm.is_file(), "{} is missing: run scripts/build.sh (scripts/test.sh does) before cargo test", wasm.display());
+}
+
+/// Host options for tests: in-memory KV, shared compile cache, mock upstream variables.
+pub fn options(mock: &MockUpstream) -> HostOptions {
+    check_built();
+    let mut o = HostOptions::new(repo().join("spin.toml"));
+    o.memory_kv = true;
+    o.cache_dir = Some(repo().join("target/lumen-cache"));
+    let vars = [
+        ("admin_token", ADMIN.to_string()),
+        ("openai_base_url", mock.base_url()),
+        ("openai_allowed_host", format!("http://{}", mock.addr())),
+        ("openai_api_key", UPSTREAM_KEY.to_string()),
+        ("max_request_bytes", "65536".to_string()),
+    ];
+    o.variables = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<HashMap<_, _>>();
+    o
+}
+
+pub struct Gateway {
+    pub host: RunningHost,
+    pub mock: MockUpstream,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Asserts an OpenAI error body with this status and returns the error object.
+    pub fn error(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        let v = self.json();
+        let e = v["error"].clone();
+        for field in ["message", "type", "param", "code"] {
+            assert!(e.get(field).is_some(), "error body lacks {field}: {v}");
+        }
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+        e
+    }
+    /// Every response carries the x-lumen headers.
+    pub fn assert_lumen_headers(&self) {
+        for h in ["x-lumen-model", "x-lumen-provider", "x-lumen-overhead-ms"] {
+            assert!(self.header(h).is_some(), "missing {h} in {:?}", self.headers);
+        }
+    }
+}
+
+/// A streamed response: body frames with their arrival times.
+pub struct Streamed {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub frames: Vec<(Instant, Bytes)>,
+}
+
+impl Streamed {
+    pub fn text(&self) -> String {
+        self.frames.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect()
+    }
+    /// The `data:` payloads in order.
+    pub fn data(&self) -> Vec<String> {
+        let mut p = lumen_shared::sse::Parser::default();
+        let evs = p.push(self.text().as_bytes());
+        evs.into_iter().filter(|e| !e.comment_only).map(|e| {
+            assert!(e.event.is_none(), "named event leaked to the client: {:?}", e.event);
+            e.data
+        }).collect()
+    }
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        Self::start_with(MockConfig { api_key: Some(UPSTREAM_KEY.into()), ..MockConfig::default() }, |_| {}).await
+    }
+
+    pub async fn start_with(cfg: MockConfig, tweak: impl FnOnce(&mut HostOptions)) -> Gateway {
+        let mock = MockUpstream::start(cfg).await.expect("mock starts");
+        let mut o = options(&mock);
+        tweak(&mut o);
+        let host = lumen_host::start(o).await.expect("host starts");
+        Gateway { host, mock }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.host.addr()
+    }
+
+    pub async fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+        send(self.addr(), method, path, bearer, body).await
+    }
+
+    pub async fn chat(&self, key: &str, body: Value) -> Resp {
+        self.call("POST", "/v1/chat/completions", Some(key), Some(body.to_string().into_bytes())).await
+    }
+
+    pub async fn create_key(&self, rpm: u32, allowed: &[&str]) -> (String, String) {
+        let r = self
+            .call("POST", "/admin/keys", Some(ADMIN), Some(json!({"name": "test", "rpm_limit": rpm, "allowed_models": allowed}).to_string().into_bytes()))
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        (v["key"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string())
+    }
+
+    /// Polls `GET /v1/usage` until `pred` holds (at most 5 s).
+    pub async fn usage_until(&self, key: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = self.call("GET", "/v1/usage", Some(key), None).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            let v = r.json();
+            if pred(&v) || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn chat_body(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<Vec<u8>>) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder().method(method).uri(path).header("host", addr.to_string());
+    if let Some(t) = bearer {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    b.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap()
+}
+
+pub async fn send(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+    let mut s = connect(addr).await;
+    let resp = tokio::time::timeout(Duration::from_secs(20), s.send_request(request(addr, method, path, bearer, body)))
+        .await
+        .expect("response within 20 s")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Resp { status, headers, body }
+}
+
+/// Sends a request and reads the body frame by frame; `stop_after` frames then drops the
+/// connection (a client abandoning the stream).
+pub async fn stream(addr: SocketAddr, path: &str, bearer: &str, body: Value, stop_after: Option<usize>) -> Streamed {
+    let mut s = connect(addr).await;
+    let resp = s.send_request(request(addr, "POST", path, Some(bearer), Some(body.to_string().into_bytes()))).await.expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut frames = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame()).await.expect("frame within 20 s") {
+        if let Ok(data) = frame.expect("frame").into_data() {
+            frames.push((Instant::now(), data));
+        }
+        if stop_after.is_some_and(|n| frames.len() >= n) {
+            break;
+        }
+    }
+    Streamed { status, headers, frames }
+}
