@@ -11,17 +11,19 @@ use crate::variables::AppVariables;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime::{bail, format_err, Engine, Result, Store};
-use std::future::Future;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 /// A response as the host hands it to hyper.
 pub type HostResponse = http::Response<HyperOutgoingBody>;
@@ -53,14 +55,25 @@ impl RouteEntry {
             Some(b) => (b, true),
             None => (pattern.trim_end_matches('/'), false),
         };
-        let segments = base.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
-        Self { pattern: pattern.to_string(), component: component.to_string(), segments, wildcard }
+        let segments = base
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        Self {
+            pattern: pattern.to_string(),
+            component: component.to_string(),
+            segments,
+            wildcard,
+        }
     }
 
     /// The matched base path and the rest (`spin-path-info`), when `path` matches.
     fn matches(&self, path: &str) -> Option<(String, String)> {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if parts.len() < self.segments.len() || (!self.wildcard && parts.len() != self.segments.len()) {
+        if parts.len() < self.segments.len()
+            || (!self.wildcard && parts.len() != self.segments.len())
+        {
             return None;
         }
         for (want, got) in self.segments.iter().zip(&parts) {
@@ -81,7 +94,11 @@ impl RouteEntry {
     /// `auth: http://ADDR/v1 (wildcard)` as `spin up` prints it.
     pub fn describe(&self, addr: SocketAddr) -> String {
         let base = self.pattern.strip_suffix("/...").unwrap_or(&self.pattern);
-        format!("{}: http://{addr}{base}{}", self.component, if self.wildcard { " (wildcard)" } else { "" })
+        format!(
+            "{}: http://{addr}{base}{}",
+            self.component,
+            if self.wildcard { " (wildcard)" } else { "" }
+        )
     }
 }
 
@@ -121,7 +138,11 @@ impl App {
             let mut allowed = Vec::new();
             for rule in &def.allowed_outbound_hosts {
                 let resolved = expand_with(&variables, cfg.variables, rule).map_err(at)?;
-                allowed.push(AllowedHost::parse(&resolved).map_err(|e| format_err!("component {id:?}: allowed_outbound_hosts: {e}"))?);
+                allowed.push(
+                    AllowedHost::parse(&resolved).map_err(|e| {
+                        format_err!("component {id:?}: allowed_outbound_hosts: {e}")
+                    })?,
+                );
             }
             let mut stores = HashMap::new();
             for label in &def.key_value_stores {
@@ -134,7 +155,9 @@ impl App {
             let pre = linker.instantiate_pre(&component).map_err(|e| {
                 format_err!("component {id:?} imports something lumen-host does not provide (only what Spin provides is available): {e}")
             })?;
-            let pre = ProxyPre::new(pre).map_err(|e| format_err!("component {id:?} does not export wasi:http/incoming-handler: {e}"))?;
+            let pre = ProxyPre::new(pre).map_err(|e| {
+                format_err!("component {id:?} does not export wasi:http/incoming-handler: {e}")
+            })?;
             components.insert(
                 id.clone(),
                 Arc::new(ComponentRuntime {
@@ -156,7 +179,12 @@ impl App {
             }
         }
         routes.sort_by_key(RouteEntry::priority);
-        Ok(Arc::new(App { engine, components, routes, private }))
+        Ok(Arc::new(App {
+            engine,
+            components,
+            routes,
+            private,
+        }))
     }
 
     /// Public routes in matching order.
@@ -170,28 +198,56 @@ impl App {
     }
 
     /// Serves one public request.
-    pub async fn handle_public<B>(self: &Arc<Self>, req: http::Request<B>, client: SocketAddr, local: SocketAddr) -> HostResponse
+    pub async fn handle_public<B>(
+        self: &Arc<Self>,
+        req: http::Request<B>,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> HostResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let path = req.uri().path().to_string();
-        let Some((route, base, rest)) = self.routes.iter().find_map(|r| r.matches(&path).map(|(b, rest)| (r, b, rest))) else {
-            return error_response(404, "route_not_found", &format!("no route matches {path}; Lumen serves /v1/... and /admin/..."));
+        let Some((route, base, rest)) = self
+            .routes
+            .iter()
+            .find_map(|r| r.matches(&path).map(|(b, rest)| (r, b, rest)))
+        else {
+            return error_response(
+                404,
+                "route_not_found",
+                &format!("no route matches {path}; Lumen serves /v1/... and /admin/..."),
+            );
         };
         let Some(comp) = self.components.get(&route.component).cloned() else {
             return error_response(500, "internal_error", "route points at a missing component");
         };
         let (mut parts, body) = req.into_parts();
-        let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string).unwrap_or_else(|| local.to_string());
-        let full = format!("http://{host}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| local.to_string());
+        let full = format!(
+            "http://{host}{}",
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        );
         if let Ok(uri) = full.parse() {
             parts.uri = uri;
         }
         let h = &mut parts.headers;
         for (name, value) in [
             ("spin-full-url", full.as_str()),
-            ("spin-path-info", if rest == "/" && !path.ends_with('/') { "" } else { rest.as_str() }),
+            (
+                "spin-path-info",
+                if rest == "/" && !path.ends_with('/') {
+                    ""
+                } else {
+                    rest.as_str()
+                },
+            ),
             ("spin-matched-route", route.pattern.as_str()),
             ("spin-raw-component-route", route.pattern.as_str()),
             ("spin-component-route", base.as_str()),
@@ -207,14 +263,23 @@ impl App {
             Ok(resp) => resp,
             Err(e) => {
                 eprintln!("lumen-host: {path}: {e:?}");
-                error_response(500, "internal_error", "the gateway failed while handling this request")
+                error_response(
+                    500,
+                    "internal_error",
+                    "the gateway failed while handling this request",
+                )
             }
         }
     }
 
     /// Runs `comp`'s handler on a fresh instance; resolves when the guest sets its response.
     /// The guest keeps running afterwards (streaming the body, settling usage) in its own task.
-    async fn invoke<B>(self: Arc<Self>, comp: Arc<ComponentRuntime>, req: http::Request<B>, scheme: Scheme) -> Result<HostResponse>
+    async fn invoke<B>(
+        self: Arc<Self>,
+        comp: Arc<ComponentRuntime>,
+        req: http::Request<B>,
+        scheme: Scheme,
+    ) -> Result<HostResponse>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -227,7 +292,10 @@ impl App {
         let id = comp.id.clone();
         let task = tokio::spawn(async move {
             let proxy = pre.instantiate_async(&mut store).await?;
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
         });
         match rx.await {
             Ok(Ok(resp)) => {
@@ -240,7 +308,10 @@ impl App {
             }
             Ok(Err(code)) => bail!("component {:?} answered with error {code:?}", comp.id),
             Err(_) => match task.await {
-                Ok(Ok(())) => bail!("component {:?} returned without setting a response", comp.id),
+                Ok(Ok(())) => bail!(
+                    "component {:?} returned without setting a response",
+                    comp.id
+                ),
                 Ok(Err(e)) => Err(e.context(format!("component {:?} trapped", comp.id))),
                 Err(e) => bail!("component {:?} task failed: {e}", comp.id),
             },
@@ -255,27 +326,45 @@ impl App {
         }
         for m in &comp.def.files {
             wasi.preopened_dir(&m.source, &m.destination, FsPerms::ReadOnly)
-                .map_err(|e| format_err!("component {:?}: cannot mount {}: {e}", comp.id, m.source.display()))?;
+                .map_err(|e| {
+                    format_err!(
+                        "component {:?}: cannot mount {}: {e}",
+                        comp.id,
+                        m.source.display()
+                    )
+                })?;
         }
         let ctx = Ctx {
             table: ResourceTable::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            hooks: Hooks { app: self.clone(), component: comp.clone() },
-            spin: SpinState { stores: comp.stores.clone(), variables: comp.variables.clone() },
+            hooks: Hooks {
+                app: self.clone(),
+                component: comp.clone(),
+            },
+            spin: SpinState {
+                stores: comp.stores.clone(),
+                variables: comp.variables.clone(),
+            },
         };
         Ok(Store::new(&self.engine, ctx))
     }
 }
 
 /// Expands a template against a component's variables first, then the application's.
-fn expand_with(component_vars: &HashMap<String, String>, app: &AppVariables, text: &str) -> Result<String> {
+fn expand_with(
+    component_vars: &HashMap<String, String>,
+    app: &AppVariables,
+    text: &str,
+) -> Result<String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else { bail!("unterminated template in {text:?}") };
+        let Some(end) = after.find("}}") else {
+            bail!("unterminated template in {text:?}")
+        };
         let name = after[..end].trim();
         match component_vars.get(name) {
             Some(v) => out.push_str(v),
@@ -292,10 +381,18 @@ pub fn error_response(status: u16, code: &str, message: &str) -> HostResponse {
     let body = serde_json::json!({"error": {"message": message, "type": if status >= 500 { "server_error" } else { "invalid_request_error" }, "param": null, "code": code}});
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     let len = bytes.len();
-    let mut resp = http::Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = http::Response::new(
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     resp
 }
@@ -311,7 +408,10 @@ pub struct Ctx {
 
 impl Ctx {
     fn spin_view(&mut self) -> SpinView<'_> {
-        SpinView { state: &self.spin, table: &mut self.table }
+        SpinView {
+            state: &self.spin,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -322,13 +422,20 @@ impl HasData for SpinData {
 
 impl WasiView for Ctx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for Ctx {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { hooks: &mut self.hooks, table: &mut self.table, ctx: &mut self.http }
+        WasiHttpCtxView {
+            hooks: &mut self.hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
     }
 }
 
@@ -338,15 +445,32 @@ struct Hooks {
     component: Arc<ComponentRuntime>,
 }
 
-type SendFuture = Box<dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>)>> + Send>;
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
 
 impl WasiHttpHooks for Hooks {
-    fn send_request(&mut self, request: http::Request<WasiBody>, options: Option<RequestOptions>, _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>) -> SendFuture {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
         let uri = request.uri();
         let scheme = uri.scheme_str().unwrap_or("http").to_string();
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16();
-        if !self.component.allowed.iter().any(|r| r.allows(&scheme, &host, port)) {
+        if !self
+            .component
+            .allowed
+            .iter()
+            .any(|r| r.allows(&scheme, &host, port))
+        {
             eprintln!(
                 "lumen-host: component {:?} may not reach {scheme}://{host}{}: not in its allowed_outbound_hosts",
                 self.component.id,
@@ -358,20 +482,30 @@ impl WasiHttpHooks for Hooks {
             let target = self.app.components.get(target).cloned();
             let app = self.app.clone();
             return Box::new(async move {
-                let Some(target) = target else { return Err(wasmtime_wasi_http::Error::DestinationNotFound) };
+                let Some(target) = target else {
+                    return Err(wasmtime_wasi_http::Error::DestinationNotFound);
+                };
                 let id = target.id.clone();
                 match app.invoke(target, request, Scheme::Http).await {
-                    Ok(resp) => Ok((resp, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>)),
+                    Ok(resp) => Ok((
+                        resp,
+                        Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                    )),
                     Err(e) => {
                         eprintln!("lumen-host: service chaining to {id:?} failed: {e:?}");
-                        Err(wasmtime_wasi_http::Error::InternalError(Some(format!("component {id:?} failed"))))
+                        Err(wasmtime_wasi_http::Error::InternalError(Some(format!(
+                            "component {id:?} failed"
+                        ))))
                     }
                 }
             });
         }
         Box::new(async move {
             let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((resp.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+            Ok((
+                resp.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
         })
     }
 }
@@ -383,7 +517,10 @@ mod tests {
     #[test]
     fn routes_match_like_spin() {
         let w = RouteEntry::new("/v1/...", "auth");
-        assert_eq!(w.matches("/v1/chat/completions"), Some(("/v1".into(), "/chat/completions".into())));
+        assert_eq!(
+            w.matches("/v1/chat/completions"),
+            Some(("/v1".into(), "/chat/completions".into()))
+        );
         assert_eq!(w.matches("/v1"), Some(("/v1".into(), "/".into())));
         assert_eq!(w.matches("/v2/x"), None);
         assert_eq!(w.matches("/v10"), None);
@@ -391,8 +528,15 @@ mod tests {
         assert!(e.matches("/health").is_some() && e.matches("/health/x").is_none());
         let p = RouteEntry::new("/users/:id", "u");
         assert!(p.matches("/users/42").is_some());
-        let mut rs = vec![RouteEntry::new("/...", "root"), RouteEntry::new("/v1/...", "auth"), e];
+        let mut rs = [
+            RouteEntry::new("/...", "root"),
+            RouteEntry::new("/v1/...", "auth"),
+            e,
+        ];
         rs.sort_by_key(RouteEntry::priority);
-        assert_eq!(rs.iter().map(|r| r.component.as_str()).collect::<Vec<_>>(), vec!["h", "auth", "root"]);
+        assert_eq!(
+            rs.iter().map(|r| r.component.as_str()).collect::<Vec<_>>(),
+            vec!["h", "auth", "root"]
+        );
     }
 }

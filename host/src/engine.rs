@@ -38,7 +38,9 @@ pub fn new_engine() -> Result<Engine> {
     match Engine::new(&cfg) {
         Ok(e) => Ok(e),
         Err(err) => {
-            eprintln!("lumen-host: pooling allocator unavailable ({err}); using on-demand allocation");
+            eprintln!(
+                "lumen-host: pooling allocator unavailable ({err}); using on-demand allocation"
+            );
             let mut cfg = Config::new();
             cfg.wasm_component_model(true);
             Engine::new(&cfg)
@@ -50,11 +52,18 @@ pub fn new_engine() -> Result<Engine> {
 /// engine configuration, otherwise compiling and writing the cache.
 pub fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Result<Component> {
     let bytes = std::fs::read(wasm_path).map_err(|e| {
-        wasmtime::format_err!("cannot read component {}: {e} (build the components first: scripts/build.sh)", wasm_path.display())
+        wasmtime::format_err!(
+            "cannot read component {}: {e} (build the components first: scripts/build.sh)",
+            wasm_path.display()
+        )
     })?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
-    let key = format!("{}-{:016x}.cwasm", hex::encode(Sha256::digest(&bytes)), h.finish());
+    let key = format!(
+        "{}-{:016x}.cwasm",
+        hex::encode(Sha256::digest(&bytes)),
+        h.finish()
+    );
     let cached = cache_dir.join(key);
     if cached.is_file() {
         // SAFETY: the file was written by `Component::serialize` of this engine configuration
@@ -64,10 +73,14 @@ pub fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Re
         let loaded = unsafe { Component::deserialize_file(engine, &cached) };
         match loaded {
             Ok(c) => return Ok(c),
-            Err(e) => eprintln!("lumen-host: ignoring unusable cache entry {}: {e}", cached.display()),
+            Err(e) => eprintln!(
+                "lumen-host: ignoring unusable cache entry {}: {e}",
+                cached.display()
+            ),
         }
     }
-    let component = Component::new(engine, &bytes).map_err(|e| wasmtime::format_err!("cannot compile {}: {e}", wasm_path.display()))?;
+    let component = Component::new(engine, &bytes)
+        .map_err(|e| wasmtime::format_err!("cannot compile {}: {e}", wasm_path.display()))?;
     if std::fs::create_dir_all(cache_dir).is_ok() {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

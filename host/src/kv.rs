@@ -29,9 +29,12 @@ pub trait KvBackend: Send + Sync {
 }
 
 fn decode_counter(key: &str, bytes: &[u8]) -> Result<i64> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| wasmtime::format_err!("value at {key:?} is not a counter (expected 8 bytes, found {})", bytes.len()))?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| {
+        wasmtime::format_err!(
+            "value at {key:?} is not a counter (expected 8 bytes, found {})",
+            bytes.len()
+        )
+    })?;
     Ok(i64::from_le_bytes(arr))
 }
 
@@ -49,10 +52,14 @@ impl MemoryKv {
 
 impl KvBackend for MemoryKv {
     fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.map().get(&(store.to_string(), key.to_string())).cloned())
+        Ok(self
+            .map()
+            .get(&(store.to_string(), key.to_string()))
+            .cloned())
     }
     fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<()> {
-        self.map().insert((store.to_string(), key.to_string()), value.to_vec());
+        self.map()
+            .insert((store.to_string(), key.to_string()), value.to_vec());
         Ok(())
     }
     fn delete(&self, store: &str, key: &str) -> Result<()> {
@@ -60,7 +67,12 @@ impl KvBackend for MemoryKv {
         Ok(())
     }
     fn keys(&self, store: &str) -> Result<Vec<String>> {
-        Ok(self.map().keys().filter(|(s, _)| s == store).map(|(_, k)| k.clone()).collect())
+        Ok(self
+            .map()
+            .keys()
+            .filter(|(s, _)| s == store)
+            .map(|(_, k)| k.clone())
+            .collect())
     }
     fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64> {
         let mut map = self.map();
@@ -69,7 +81,9 @@ impl KvBackend for MemoryKv {
             Some(b) => decode_counter(key, b)?,
             None => 0,
         };
-        let next = cur.checked_add(delta).ok_or_else(|| wasmtime::format_err!("counter {key:?} overflowed"))?;
+        let next = cur
+            .checked_add(delta)
+            .ok_or_else(|| wasmtime::format_err!("counter {key:?} overflowed"))?;
         map.insert(k, next.to_le_bytes().to_vec());
         Ok(next)
     }
@@ -85,18 +99,26 @@ impl SqliteKv {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| wasmtime::format_err!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| wasmtime::format_err!("cannot create {}: {e}", dir.display()))?;
         }
-        let conn = Connection::open(path).map_err(|e| wasmtime::format_err!("cannot open key-value database {}: {e}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+        let conn = Connection::open(path).map_err(|e| {
+            wasmtime::format_err!("cannot open key-value database {}: {e}", path.display())
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
         conn.execute(
             "CREATE TABLE IF NOT EXISTS spin_key_value (store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (store, key))",
             [],
         )
         .map_err(sql)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -111,8 +133,12 @@ fn sql(e: rusqlite::Error) -> wasmtime::Error {
 impl KvBackend for SqliteKv {
     fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2").map_err(sql)?;
-        stmt.query_row(params![store, key], |r| r.get(0)).optional().map_err(sql)
+        let mut stmt = conn
+            .prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")
+            .map_err(sql)?;
+        stmt.query_row(params![store, key], |r| r.get(0))
+            .optional()
+            .map_err(sql)
     }
     fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<()> {
         let conn = self.conn();
@@ -124,28 +150,41 @@ impl KvBackend for SqliteKv {
     }
     fn delete(&self, store: &str, key: &str) -> Result<()> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2").map_err(sql)?;
+        let mut stmt = conn
+            .prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")
+            .map_err(sql)?;
         stmt.execute(params![store, key]).map_err(sql)?;
         Ok(())
     }
     fn keys(&self, store: &str) -> Result<Vec<String>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1").map_err(sql)?;
+        let mut stmt = conn
+            .prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1")
+            .map_err(sql)?;
         let rows = stmt.query_map(params![store], |r| r.get(0)).map_err(sql)?;
-        rows.collect::<std::result::Result<Vec<String>, _>>().map_err(sql)
+        rows.collect::<std::result::Result<Vec<String>, _>>()
+            .map_err(sql)
     }
     fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
         let cur: Option<Vec<u8>> = tx
-            .query_row("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(sql)?;
         let cur = match cur {
             Some(b) => decode_counter(key, &b)?,
             None => 0,
         };
-        let next = cur.checked_add(delta).ok_or_else(|| wasmtime::format_err!("counter {key:?} overflowed"))?;
+        let next = cur
+            .checked_add(delta)
+            .ok_or_else(|| wasmtime::format_err!("counter {key:?} overflowed"))?;
         tx.execute(
             "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(store, key) DO UPDATE SET value = excluded.value",
             params![store, key, next.to_le_bytes().to_vec()],
@@ -169,8 +208,14 @@ mod tests {
         assert_eq!(kv.keys("default").unwrap(), vec!["a".to_string()]);
         assert_eq!(kv.increment("default", "n", 3).unwrap(), 3);
         assert_eq!(kv.increment("default", "n", -1).unwrap(), 2);
-        assert_eq!(kv.get("default", "n").unwrap().unwrap(), 2i64.to_le_bytes().to_vec());
-        assert!(kv.increment("default", "a", 1).is_err(), "increment on a non-counter fails");
+        assert_eq!(
+            kv.get("default", "n").unwrap().unwrap(),
+            2i64.to_le_bytes().to_vec()
+        );
+        assert!(
+            kv.increment("default", "a", 1).is_err(),
+            "increment on a non-counter fails"
+        );
         kv.delete("default", "a").unwrap();
         assert!(!kv.exists("default", "a").unwrap());
         assert!(kv.exists("other", "a").unwrap());
@@ -188,7 +233,11 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         exercise(&SqliteKv::open(&path).unwrap());
         let again = SqliteKv::open(&path).unwrap();
-        assert_eq!(again.increment("default", "n", 0).unwrap(), 2, "survives reopen");
+        assert_eq!(
+            again.increment("default", "n", 0).unwrap(),
+            2,
+            "survives reopen"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -197,12 +246,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lumen-kv-conc-{}", std::process::id()));
         let path = dir.join("kv.db");
         let _ = std::fs::remove_file(&path);
-        let backends: Vec<Arc<dyn KvBackend>> = vec![Arc::new(MemoryKv::default()), Arc::new(SqliteKv::open(&path).unwrap())];
+        let backends: Vec<Arc<dyn KvBackend>> = vec![
+            Arc::new(MemoryKv::default()),
+            Arc::new(SqliteKv::open(&path).unwrap()),
+        ];
         for kv in backends {
             let threads: Vec<_> = (0..8)
                 .map(|_| {
                     let kv = kv.clone();
-                    std::thread::spawn(move || (0..100).for_each(|_| drop(kv.increment("default", "c", 1).unwrap())))
+                    std::thread::spawn(move || {
+                        (0..100).for_each(|_| {
+                            kv.increment("default", "c", 1).unwrap();
+                        })
+                    })
                 })
                 .collect();
             threads.into_iter().for_each(|t| t.join().unwrap());

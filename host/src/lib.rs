@@ -79,7 +79,12 @@ impl RunningHost {
 
     /// The route table as `spin up` prints it.
     pub fn describe_routes(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.app.routes().iter().map(|r| r.describe(self.addr)).collect();
+        let mut lines: Vec<String> = self
+            .app
+            .routes()
+            .iter()
+            .map(|r| r.describe(self.addr))
+            .collect();
         for id in self.app.private_components() {
             lines.push(format!("{id}: private (http://{id}.spin.internal)"));
         }
@@ -97,11 +102,18 @@ impl RunningHost {
 pub async fn start(opts: HostOptions) -> Result<RunningHost> {
     let manifest = manifest::Manifest::load(&opts.manifest)?;
     let vars = variables::AppVariables::resolve(&manifest, &opts.variables)?;
-    let state_dir = opts.state_dir.clone().unwrap_or_else(|| manifest.dir.join(".spin"));
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| manifest.dir.join(".spin"));
     let mut configs: HashMap<String, KvStoreConfig> = HashMap::new();
     configs.insert(
         "default".into(),
-        if opts.memory_kv { KvStoreConfig::Memory } else { KvStoreConfig::Sqlite(state_dir.join("sqlite_key_value.db")) },
+        if opts.memory_kv {
+            KvStoreConfig::Memory
+        } else {
+            KvStoreConfig::Sqlite(state_dir.join("sqlite_key_value.db"))
+        },
     );
     if let Some(rc) = &opts.runtime_config {
         configs.extend(runtime_config::load(rc)?);
@@ -114,10 +126,20 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         };
         stores.insert(label, backend);
     }
-    let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| state_dir.join("cache"));
-    let app = App::load(AppConfig { manifest: &manifest, variables: &vars, stores: &stores, cache_dir: &cache_dir })?;
+    let cache_dir = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("cache"));
+    let app = App::load(AppConfig {
+        manifest: &manifest,
+        variables: &vars,
+        stores: &stores,
+        cache_dir: &cache_dir,
+    })?;
 
-    let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| format_err!("cannot listen on {}: {e}", opts.listen))?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| format_err!("cannot listen on {}: {e}", opts.listen))?;
     let addr = listener.local_addr().map_err(|e| format_err!("{e}"))?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let served = app.clone();
@@ -139,17 +161,23 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
             let app = served.clone();
             let in_flight = in_flight.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let app = app.clone();
-                    let in_flight = in_flight.clone();
-                    async move {
-                        in_flight.fetch_add(1, Ordering::SeqCst);
-                        let resp = app.handle_public(req, client, addr).await;
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                if let Err(e) = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(sock), service).await {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let app = app.clone();
+                        let in_flight = in_flight.clone();
+                        async move {
+                            in_flight.fetch_add(1, Ordering::SeqCst);
+                            let resp = app.handle_public(req, client, addr).await;
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                if let Err(e) = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(sock), service)
+                    .await
+                {
                     if !e.is_incomplete_message() {
                         eprintln!("lumen-host: connection from {client}: {e}");
                     }
@@ -161,5 +189,10 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    Ok(RunningHost { addr, app, stop, task })
+    Ok(RunningHost {
+        addr,
+        app,
+        stop,
+        task,
+    })
 }

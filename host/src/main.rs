@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "lumen-host", version, about = "Runs Lumen's Spin app on wasmtime without the spin CLI")]
+#[command(
+    name = "lumen-host",
+    version,
+    about = "Runs Lumen's Spin app on wasmtime without the spin CLI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lumen-host: cannot start the runtime: {e}");
@@ -52,7 +59,13 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> wasmtime::Result<()> {
-    let Command::Up { listen, manifest, runtime_config_file, state_dir, cache_dir } = cli.command;
+    let Command::Up {
+        listen,
+        manifest,
+        runtime_config_file,
+        state_dir,
+        cache_dir,
+    } = cli.command;
     let mut opts = lumen_host::HostOptions::new(manifest);
     opts.listen = listen;
     opts.runtime_config = runtime_config_file;
@@ -65,7 +78,8 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
     for line in host.describe_routes() {
         println!("  {line}");
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| wasmtime::format_err!("{e}"))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| wasmtime::format_err!("{e}"))?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

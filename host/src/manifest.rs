@@ -158,19 +158,26 @@ struct RawComponent {
 }
 
 fn is_spin_name(s: &str) -> bool {
-    s.starts_with(|c: char| c.is_ascii_lowercase()) && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn is_kebab_id(s: &str) -> bool {
     !s.is_empty()
-        && s.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        && s.split('-').all(|w| {
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
         && s.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
 impl Manifest {
     /// Reads and checks the manifest at `path`.
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).map_err(|e| format_err!("cannot read manifest {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format_err!("cannot read manifest {}: {e}", path.display()))?;
         let dir = path
             .canonicalize()
             .map_err(|e| format_err!("cannot resolve {}: {e}", path.display()))?
@@ -188,10 +195,17 @@ impl Manifest {
         }
         if let Some(t) = &raw.application.trigger {
             if !t.is_empty() {
-                bail!("[application.trigger] settings are not supported by lumen-host (found {:?})", t.keys().collect::<Vec<_>>());
+                bail!(
+                    "[application.trigger] settings are not supported by lumen-host (found {:?})",
+                    t.keys().collect::<Vec<_>>()
+                );
             }
         }
-        let _ = (&raw.application.version, &raw.application.description, &raw.application.authors);
+        let _ = (
+            &raw.application.version,
+            &raw.application.description,
+            &raw.application.authors,
+        );
         for name in raw.variables.keys() {
             if !is_spin_name(name) {
                 bail!("variable name {name:?} is invalid: use lowercase letters, digits and '_', starting with a letter");
@@ -206,7 +220,9 @@ impl Manifest {
         let mut triggers = Vec::new();
         for (kind, list) in &raw.trigger {
             if kind != "http" {
-                bail!("trigger type {kind:?} is not supported by lumen-host; only [[trigger.http]]");
+                bail!(
+                    "trigger type {kind:?} is not supported by lumen-host; only [[trigger.http]]"
+                );
             }
             for t in list {
                 if let Some(e) = &t.executor {
@@ -249,13 +265,24 @@ impl Manifest {
                 ("allowed_http_hosts", c.allowed_http_hosts.is_empty()),
                 ("sqlite_databases", c.sqlite_databases.is_empty()),
                 ("ai_models", c.ai_models.is_empty()),
-                ("dependencies", c.dependencies.as_ref().is_none_or(toml::Table::is_empty)),
+                (
+                    "dependencies",
+                    c.dependencies.as_ref().is_none_or(toml::Table::is_empty),
+                ),
             ] {
                 if !empty {
-                    bail!("{}", at(&format!("`{field}` is not supported by lumen-host")));
+                    bail!(
+                        "{}",
+                        at(&format!("`{field}` is not supported by lumen-host"))
+                    );
                 }
             }
-            let _ = (&c.description, &c.build, &c.dependencies_inherit_configuration, &c.tool);
+            let _ = (
+                &c.description,
+                &c.build,
+                &c.dependencies_inherit_configuration,
+                &c.tool,
+            );
             let mut files = Vec::new();
             for f in &c.files {
                 let (src, dst) = match f {
@@ -277,9 +304,17 @@ impl Manifest {
                     bail!("{}", at(&format!("files source {src:?} must be an existing directory (lumen-host mounts directories)")));
                 }
                 if !dst.starts_with('/') {
-                    bail!("{}", at(&format!("files destination {dst:?} must be an absolute guest path")));
+                    bail!(
+                        "{}",
+                        at(&format!(
+                            "files destination {dst:?} must be an absolute guest path"
+                        ))
+                    );
                 }
-                files.push(Mount { source, destination: dst });
+                files.push(Mount {
+                    source,
+                    destination: dst,
+                });
             }
             for v in c.variables.keys() {
                 if !is_spin_name(v) {
@@ -308,7 +343,13 @@ impl Manifest {
                 );
             }
         }
-        Ok(Manifest { dir: dir.to_path_buf(), name: raw.application.name, variables: raw.variables, triggers, components })
+        Ok(Manifest {
+            dir: dir.to_path_buf(),
+            name: raw.application.name,
+            variables: raw.variables,
+            triggers,
+            components,
+        })
     }
 }
 
@@ -325,7 +366,12 @@ mod tests {
         let m = Manifest::load(&dir().join("spin.toml")).unwrap();
         assert_eq!(m.name, "lumen");
         assert_eq!(m.components.len(), 4);
-        let public: Vec<_> = m.triggers.iter().filter(|t| t.route != Route::Private).map(|t| t.component.as_str()).collect();
+        let public: Vec<_> = m
+            .triggers
+            .iter()
+            .filter(|t| t.route != Route::Private)
+            .map(|t| t.component.as_str())
+            .collect();
         assert_eq!(public, vec!["auth", "auth"]);
         assert!(m.variables["admin_token"].secret);
         assert_eq!(m.components["router"].files[0].destination, "/config");
@@ -335,17 +381,38 @@ mod tests {
     fn unsupported_and_unknown_keys_are_named() {
         let base = "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n";
         Manifest::parse(base, &dir()).unwrap();
-        let e = Manifest::parse(&format!("{base}colour = \"red\"\n"), &dir()).unwrap_err().to_string();
+        let e = Manifest::parse(&format!("{base}colour = \"red\"\n"), &dir())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
-        let e = Manifest::parse(&format!("{base}sqlite_databases = [\"default\"]\n"), &dir()).unwrap_err().to_string();
-        assert!(e.contains("sqlite_databases") && e.contains("not supported"), "{e}");
-        let e = Manifest::parse(&base.replace("component = \"a\"", "component = \"b\""), &dir()).unwrap_err().to_string();
+        let e = Manifest::parse(&format!("{base}sqlite_databases = [\"default\"]\n"), &dir())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sqlite_databases") && e.contains("not supported"),
+            "{e}"
+        );
+        let e = Manifest::parse(
+            &base.replace("component = \"a\"", "component = \"b\""),
+            &dir(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown component \"b\""), "{e}");
-        let e = Manifest::parse(&base.replace("= 2", "= 1"), &dir()).unwrap_err().to_string();
+        let e = Manifest::parse(&base.replace("= 2", "= 1"), &dir())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be 2"), "{e}");
-        let e = Manifest::parse(&format!("{base}files = [\"*.txt\"]\n"), &dir()).unwrap_err().to_string();
+        let e = Manifest::parse(&format!("{base}files = [\"*.txt\"]\n"), &dir())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not supported"), "{e}");
-        let e = Manifest::parse(&base.replace("[[trigger.http]]", "[[trigger.redis]]"), &dir()).unwrap_err().to_string();
+        let e = Manifest::parse(
+            &base.replace("[[trigger.http]]", "[[trigger.redis]]"),
+            &dir(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("redis"), "{e}");
     }
 }

@@ -42,9 +42,13 @@ impl AllowedHost {
     pub fn parse(rule: &str) -> Result<Self> {
         let rule = rule.trim();
         if rule == "insecure:allow-all" {
-            bail!("'insecure:allow-all' is not allowed; use '*://*:*' to allow all outbound traffic");
+            bail!(
+                "'insecure:allow-all' is not allowed; use '*://*:*' to allow all outbound traffic"
+            );
         }
-        let (scheme, rest) = rule.split_once("://").ok_or_else(|| format_err!("{rule:?} does not contain a scheme (e.g. 'https://')"))?;
+        let (scheme, rest) = rule
+            .split_once("://")
+            .ok_or_else(|| format_err!("{rule:?} does not contain a scheme (e.g. 'https://')"))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') {
             bail!("{rule:?} has a path but is not allowed to; use scheme://host[:port]");
@@ -60,26 +64,36 @@ impl AllowedHost {
         };
         let host = match host {
             "*" => HostRule::Any,
-            h if h.starts_with("*.") && !h[2..].contains('*') => HostRule::Suffix(h[1..].to_ascii_lowercase()),
-            h if h.is_empty() || h.contains('*') => bail!("{rule:?}: wildcards are only allowed as a whole host or a '*.' prefix"),
+            h if h.starts_with("*.") && !h[2..].contains('*') => {
+                HostRule::Suffix(h[1..].to_ascii_lowercase())
+            }
+            h if h.is_empty() || h.contains('*') => {
+                bail!("{rule:?}: wildcards are only allowed as a whole host or a '*.' prefix")
+            }
             h => HostRule::Exact(h.to_ascii_lowercase()),
         };
         let port = match port {
             None => {
-                let p = scheme
-                    .as_deref()
-                    .and_then(default_port)
-                    .ok_or_else(|| format_err!("{rule:?}: no port given and the scheme has no default port"))?;
+                let p = scheme.as_deref().and_then(default_port).ok_or_else(|| {
+                    format_err!("{rule:?}: no port given and the scheme has no default port")
+                })?;
                 PortRule::Range(p, p)
             }
             Some("*") => PortRule::Any,
             Some(p) => match p.split_once("..") {
                 Some((a, b)) => {
-                    let (a, b): (u16, u16) = (a.parse().map_err(|_| format_err!("{rule:?}: bad port {a:?}"))?, b.parse().map_err(|_| format_err!("{rule:?}: bad port {b:?}"))?);
+                    let (a, b): (u16, u16) = (
+                        a.parse()
+                            .map_err(|_| format_err!("{rule:?}: bad port {a:?}"))?,
+                        b.parse()
+                            .map_err(|_| format_err!("{rule:?}: bad port {b:?}"))?,
+                    );
                     PortRule::Range(a, b.saturating_sub(1))
                 }
                 None => {
-                    let p: u16 = p.parse().map_err(|_| format_err!("{rule:?}: port {p:?} is not a number"))?;
+                    let p: u16 = p
+                        .parse()
+                        .map_err(|_| format_err!("{rule:?}: port {p:?} is not a number"))?;
                     PortRule::Range(p, p)
                 }
             },
@@ -107,7 +121,8 @@ impl AllowedHost {
 
 /// The service-chaining target of a host, if it is `<id>.spin.internal`.
 pub fn chaining_target(host: &str) -> Option<&str> {
-    host.strip_suffix(".spin.internal").filter(|id| !id.is_empty() && !id.contains('.'))
+    host.strip_suffix(".spin.internal")
+        .filter(|id| !id.is_empty() && !id.contains('.'))
 }
 
 #[cfg(test)]
@@ -127,7 +142,9 @@ mod tests {
         let r = AllowedHost::parse("*://*.spin.internal:*").unwrap();
         assert!(r.allows("http", "router.spin.internal", None));
         let r = AllowedHost::parse("http://localhost:8000..8002").unwrap();
-        assert!(r.allows("http", "localhost", Some(8001)) && !r.allows("http", "localhost", Some(8002)));
+        assert!(
+            r.allows("http", "localhost", Some(8001)) && !r.allows("http", "localhost", Some(8002))
+        );
         assert!(AllowedHost::parse("https://api.openai.com/").is_ok());
     }
 

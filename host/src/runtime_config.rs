@@ -34,7 +34,8 @@ struct RawStore {
 
 /// Store labels configured by a runtime config file (relative paths resolve against its folder).
 pub fn load(path: &Path) -> Result<BTreeMap<String, KvStoreConfig>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format_err!("cannot read runtime config {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format_err!("cannot read runtime config {}: {e}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     parse(&text, dir).map_err(|e| format_err!("{}: {e}", path.display()))
 }
@@ -69,9 +70,24 @@ mod tests {
     #[test]
     fn spin_sqlite_and_memory() {
         let m = parse("[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n[key_value_store.cache]\ntype = \"spin\"\n", Path::new("/tmp")).unwrap();
-        assert_eq!(m["default"], KvStoreConfig::Sqlite(PathBuf::from("/tmp/kv.db")));
+        assert_eq!(
+            m["default"],
+            KvStoreConfig::Sqlite(PathBuf::from("/tmp/kv.db"))
+        );
         assert_eq!(m["cache"], KvStoreConfig::Memory);
-        assert!(parse("[key_value_store.default]\ntype = \"mongo\"\n", Path::new(".")).unwrap_err().to_string().contains("mongo"));
-        assert!(parse("[sqlite_database.default]\ntype = \"spin\"\n", Path::new(".")).unwrap_err().to_string().contains("sqlite_database"));
+        assert!(parse(
+            "[key_value_store.default]\ntype = \"mongo\"\n",
+            Path::new(".")
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("mongo"));
+        assert!(parse(
+            "[sqlite_database.default]\ntype = \"spin\"\n",
+            Path::new(".")
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("sqlite_database"));
     }
 }

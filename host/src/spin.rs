@@ -73,28 +73,66 @@ impl spin_kv::Host for SpinView<'_> {}
 
 impl spin_kv::HostStore for SpinView<'_> {
     fn open(&mut self, label: String) -> Result<Resource<OpenStore>, spin_kv::Error> {
-        let backend = self.open(&label).map_err(|_| spin_kv::Error::AccessDenied)?;
-        self.table.push(OpenStore { label, backend }).map_err(|_| spin_kv::Error::StoreTableFull)
+        let backend = self
+            .open(&label)
+            .map_err(|_| spin_kv::Error::AccessDenied)?;
+        self.table
+            .push(OpenStore { label, backend })
+            .map_err(|_| spin_kv::Error::StoreTableFull)
     }
-    fn get(&mut self, s: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, spin_kv::Error> {
-        let s = self.table.get(&s).map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend.get(&s.label, &key).map_err(|e| spin_kv::Error::Other(other(e)))
+    fn get(
+        &mut self,
+        s: Resource<OpenStore>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, spin_kv::Error> {
+        let s = self
+            .table
+            .get(&s)
+            .map_err(|e| spin_kv::Error::Other(other(e)))?;
+        s.backend
+            .get(&s.label, &key)
+            .map_err(|e| spin_kv::Error::Other(other(e)))
     }
-    fn set(&mut self, s: Resource<OpenStore>, key: String, value: Vec<u8>) -> Result<(), spin_kv::Error> {
-        let s = self.table.get(&s).map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend.set(&s.label, &key, &value).map_err(|e| spin_kv::Error::Other(other(e)))
+    fn set(
+        &mut self,
+        s: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), spin_kv::Error> {
+        let s = self
+            .table
+            .get(&s)
+            .map_err(|e| spin_kv::Error::Other(other(e)))?;
+        s.backend
+            .set(&s.label, &key, &value)
+            .map_err(|e| spin_kv::Error::Other(other(e)))
     }
     fn delete(&mut self, s: Resource<OpenStore>, key: String) -> Result<(), spin_kv::Error> {
-        let s = self.table.get(&s).map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend.delete(&s.label, &key).map_err(|e| spin_kv::Error::Other(other(e)))
+        let s = self
+            .table
+            .get(&s)
+            .map_err(|e| spin_kv::Error::Other(other(e)))?;
+        s.backend
+            .delete(&s.label, &key)
+            .map_err(|e| spin_kv::Error::Other(other(e)))
     }
     fn exists(&mut self, s: Resource<OpenStore>, key: String) -> Result<bool, spin_kv::Error> {
-        let s = self.table.get(&s).map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend.exists(&s.label, &key).map_err(|e| spin_kv::Error::Other(other(e)))
+        let s = self
+            .table
+            .get(&s)
+            .map_err(|e| spin_kv::Error::Other(other(e)))?;
+        s.backend
+            .exists(&s.label, &key)
+            .map_err(|e| spin_kv::Error::Other(other(e)))
     }
     fn get_keys(&mut self, s: Resource<OpenStore>) -> Result<Vec<String>, spin_kv::Error> {
-        let s = self.table.get(&s).map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend.keys(&s.label).map_err(|e| spin_kv::Error::Other(other(e)))
+        let s = self
+            .table
+            .get(&s)
+            .map_err(|e| spin_kv::Error::Other(other(e)))?;
+        s.backend
+            .keys(&s.label)
+            .map_err(|e| spin_kv::Error::Other(other(e)))
     }
     fn drop(&mut self, s: Resource<OpenStore>) -> wasmtime::Result<()> {
         self.table.delete(s)?;
@@ -107,15 +145,19 @@ impl spin_kv::HostStore for SpinView<'_> {
 impl spin_vars::Host for SpinView<'_> {
     fn get(&mut self, name: String) -> Result<String, spin_vars::Error> {
         let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
-            return Err(spin_vars::Error::InvalidName(format!("invalid variable name {name:?}")));
+            return Err(spin_vars::Error::InvalidName(format!(
+                "invalid variable name {name:?}"
+            )));
         }
-        self.state
-            .variables
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| spin_vars::Error::Undefined(format!("no variable named {name:?} in this component's [component.<id>.variables]")))
+        self.state.variables.get(&name).cloned().ok_or_else(|| {
+            spin_vars::Error::Undefined(format!(
+                "no variable named {name:?} in this component's [component.<id>.variables]"
+            ))
+        })
     }
 }
 
@@ -127,17 +169,33 @@ fn wasi_err(e: impl std::fmt::Display) -> wasi_kv::Error {
 
 impl wasi_kv::Host for SpinView<'_> {
     fn open(&mut self, identifier: String) -> Result<Resource<OpenStore>, wasi_kv::Error> {
-        let backend = self.open(&identifier).map_err(|_| wasi_kv::Error::AccessDenied)?;
-        self.table.push(OpenStore { label: identifier, backend }).map_err(wasi_err)
+        let backend = self
+            .open(&identifier)
+            .map_err(|_| wasi_kv::Error::AccessDenied)?;
+        self.table
+            .push(OpenStore {
+                label: identifier,
+                backend,
+            })
+            .map_err(wasi_err)
     }
 }
 
 impl wasi_kv::HostBucket for SpinView<'_> {
-    fn get(&mut self, b: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
+    fn get(
+        &mut self,
+        b: Resource<OpenStore>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
         let b = self.table.get(&b).map_err(wasi_err)?;
         b.backend.get(&b.label, &key).map_err(wasi_err)
     }
-    fn set(&mut self, b: Resource<OpenStore>, key: String, value: Vec<u8>) -> Result<(), wasi_kv::Error> {
+    fn set(
+        &mut self,
+        b: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), wasi_kv::Error> {
         let b = self.table.get(&b).map_err(wasi_err)?;
         b.backend.set(&b.label, &key, &value).map_err(wasi_err)
     }
@@ -149,12 +207,21 @@ impl wasi_kv::HostBucket for SpinView<'_> {
         let b = self.table.get(&b).map_err(wasi_err)?;
         b.backend.exists(&b.label, &key).map_err(wasi_err)
     }
-    fn list_keys(&mut self, b: Resource<OpenStore>, cursor: Option<String>) -> Result<wasi_kv::KeyResponse, wasi_kv::Error> {
+    fn list_keys(
+        &mut self,
+        b: Resource<OpenStore>,
+        cursor: Option<String>,
+    ) -> Result<wasi_kv::KeyResponse, wasi_kv::Error> {
         if cursor.is_some() {
-            return Err(wasi_kv::Error::Other("list-keys cursors are not supported; the first call returns every key".into()));
+            return Err(wasi_kv::Error::Other(
+                "list-keys cursors are not supported; the first call returns every key".into(),
+            ));
         }
         let b = self.table.get(&b).map_err(wasi_err)?;
-        Ok(wasi_kv::KeyResponse { keys: b.backend.keys(&b.label).map_err(wasi_err)?, cursor: None })
+        Ok(wasi_kv::KeyResponse {
+            keys: b.backend.keys(&b.label).map_err(wasi_err)?,
+            cursor: None,
+        })
     }
     fn drop(&mut self, b: Resource<OpenStore>) -> wasmtime::Result<()> {
         self.table.delete(b)?;
@@ -163,28 +230,55 @@ impl wasi_kv::HostBucket for SpinView<'_> {
 }
 
 impl atomics::Host for SpinView<'_> {
-    fn increment(&mut self, b: Resource<OpenStore>, key: String, delta: i64) -> Result<i64, wasi_kv::Error> {
+    fn increment(
+        &mut self,
+        b: Resource<OpenStore>,
+        key: String,
+        delta: i64,
+    ) -> Result<i64, wasi_kv::Error> {
         let b = self.table.get(&b).map_err(wasi_err)?;
         b.backend.increment(&b.label, &key, delta).map_err(wasi_err)
     }
     fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> Result<(), atomics::CasError> {
-        let cas = self.table.delete(cas).map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
-        let now = cas.backend.get(&cas.label, &cas.key).map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
+        let cas = self
+            .table
+            .delete(cas)
+            .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
+        let now = cas
+            .backend
+            .get(&cas.label, &cas.key)
+            .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
         if now != cas.seen {
             let again = Cas { seen: now, ..cas };
-            let res = self.table.push(again).map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
+            let res = self
+                .table
+                .push(again)
+                .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
             return Err(atomics::CasError::CasFailed(res));
         }
-        cas.backend.set(&cas.label, &cas.key, &value).map_err(|e| atomics::CasError::StoreError(wasi_err(e)))
+        cas.backend
+            .set(&cas.label, &cas.key, &value)
+            .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))
     }
 }
 
 impl atomics::HostCas for SpinView<'_> {
-    fn new(&mut self, b: Resource<OpenStore>, key: String) -> Result<Resource<Cas>, wasi_kv::Error> {
+    fn new(
+        &mut self,
+        b: Resource<OpenStore>,
+        key: String,
+    ) -> Result<Resource<Cas>, wasi_kv::Error> {
         let b = self.table.get(&b).map_err(wasi_err)?;
         let (label, backend) = (b.label.clone(), b.backend.clone());
         let seen = backend.get(&label, &key).map_err(wasi_err)?;
-        self.table.push(Cas { label, backend, key, seen }).map_err(wasi_err)
+        self.table
+            .push(Cas {
+                label,
+                backend,
+                key,
+                seen,
+            })
+            .map_err(wasi_err)
     }
     fn current(&mut self, cas: Resource<Cas>) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
         Ok(self.table.get(&cas).map_err(wasi_err)?.seen.clone())
@@ -196,16 +290,32 @@ impl atomics::HostCas for SpinView<'_> {
 }
 
 impl batch::Host for SpinView<'_> {
-    fn get_many(&mut self, b: Resource<OpenStore>, keys: Vec<String>) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error> {
+    fn get_many(
+        &mut self,
+        b: Resource<OpenStore>,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error> {
         let b = self.table.get(&b).map_err(wasi_err)?;
-        keys.into_iter().map(|k| Ok((k.clone(), b.backend.get(&b.label, &k).map_err(wasi_err)?))).collect()
+        keys.into_iter()
+            .map(|k| Ok((k.clone(), b.backend.get(&b.label, &k).map_err(wasi_err)?)))
+            .collect()
     }
-    fn set_many(&mut self, b: Resource<OpenStore>, kvs: Vec<(String, Vec<u8>)>) -> Result<(), wasi_kv::Error> {
+    fn set_many(
+        &mut self,
+        b: Resource<OpenStore>,
+        kvs: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), wasi_kv::Error> {
         let b = self.table.get(&b).map_err(wasi_err)?;
-        kvs.iter().try_for_each(|(k, v)| b.backend.set(&b.label, k, v).map_err(wasi_err))
+        kvs.iter()
+            .try_for_each(|(k, v)| b.backend.set(&b.label, k, v).map_err(wasi_err))
     }
-    fn delete_many(&mut self, b: Resource<OpenStore>, keys: Vec<String>) -> Result<(), wasi_kv::Error> {
+    fn delete_many(
+        &mut self,
+        b: Resource<OpenStore>,
+        keys: Vec<String>,
+    ) -> Result<(), wasi_kv::Error> {
         let b = self.table.get(&b).map_err(wasi_err)?;
-        keys.iter().try_for_each(|k| b.backend.delete(&b.label, k).map_err(wasi_err))
+        keys.iter()
+            .try_for_each(|k| b.backend.delete(&b.label, k).map_err(wasi_err))
     }
 }

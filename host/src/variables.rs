@@ -38,7 +38,9 @@ impl AppVariables {
         while let Some(start) = rest.find("{{") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else { bail!("unterminated template in {text:?}") };
+            let Some(end) = after.find("}}") else {
+                bail!("unterminated template in {text:?}")
+            };
             let name = after[..end].trim();
             match self.values.get(name) {
                 Some(v) => out.push_str(v),
@@ -51,14 +53,24 @@ impl AppVariables {
     }
 
     /// A component's variables, resolved.
-    pub fn for_component(&self, templates: &BTreeMap<String, String>) -> Result<HashMap<String, String>> {
-        templates.iter().map(|(k, t)| Ok((k.clone(), self.expand(t)?))).collect()
+    pub fn for_component(
+        &self,
+        templates: &BTreeMap<String, String>,
+    ) -> Result<HashMap<String, String>> {
+        templates
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), self.expand(t)?)))
+            .collect()
     }
 }
 
 /// `SPIN_VARIABLE_FOO_BAR=x` → `foo_bar = x`.
 pub fn from_env(env: impl Iterator<Item = (String, String)>) -> HashMap<String, String> {
-    env.filter_map(|(k, v)| k.strip_prefix("SPIN_VARIABLE_").map(|n| (n.to_ascii_lowercase(), v))).collect()
+    env.filter_map(|(k, v)| {
+        k.strip_prefix("SPIN_VARIABLE_")
+            .map(|n| (n.to_ascii_lowercase(), v))
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -74,11 +86,23 @@ mod tests {
     #[test]
     fn overrides_defaults_and_required() {
         let m = manifest();
-        let e = AppVariables::resolve(&m, &HashMap::new()).unwrap_err().to_string();
+        let e = AppVariables::resolve(&m, &HashMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SPIN_VARIABLE_B"), "{e}");
-        let env = from_env(vec![("SPIN_VARIABLE_B".to_string(), "two".to_string()), ("PATH".into(), "/bin".into())].into_iter());
+        let env = from_env(
+            vec![
+                ("SPIN_VARIABLE_B".to_string(), "two".to_string()),
+                ("PATH".into(), "/bin".into()),
+            ]
+            .into_iter(),
+        );
         let vars = AppVariables::resolve(&m, &env).unwrap();
         assert_eq!(vars.expand("x{{ a }}-{{b}}y").unwrap(), "x1-twoy");
-        assert!(vars.expand("{{ c }}").unwrap_err().to_string().contains("undeclared variable \"c\""));
+        assert!(vars
+            .expand("{{ c }}")
+            .unwrap_err()
+            .to_string()
+            .contains("undeclared variable \"c\""));
     }
 }

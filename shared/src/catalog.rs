@@ -19,7 +19,14 @@ pub enum Dialect {
 }
 
 /// Capabilities a model may have.
-pub const CAPABILITIES: &[&str] = &["chat", "stream", "tools", "json_object", "json_schema", "vision"];
+pub const CAPABILITIES: &[&str] = &[
+    "chat",
+    "stream",
+    "tools",
+    "json_object",
+    "json_schema",
+    "vision",
+];
 
 /// A provider: how to reach it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -114,10 +121,16 @@ impl Catalog {
                 }
             }
             let p = &m.price;
-            for (name, v) in [("input", Some(p.input)), ("output", Some(p.output)), ("cached_input", p.cached_input)] {
+            for (name, v) in [
+                ("input", Some(p.input)),
+                ("output", Some(p.output)),
+                ("cached_input", p.cached_input),
+            ] {
                 if let Some(v) = v {
                     if !(v.is_finite() && v >= 0.0) {
-                        return Err(format!("price.{name} of model \"{id}\" must be a non-negative number, got {v}"));
+                        return Err(format!(
+                            "price.{name} of model \"{id}\" must be a non-negative number, got {v}"
+                        ));
                     }
                 }
             }
@@ -128,8 +141,14 @@ impl Catalog {
             }
         }
         for (id, p) in &self.providers {
-            for (field, v) in [("base_url_variable", &p.base_url_variable), ("api_key_variable", &p.api_key_variable)] {
-                let ok = !v.is_empty() && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') && v.starts_with(|c: char| c.is_ascii_lowercase());
+            for (field, v) in [
+                ("base_url_variable", &p.base_url_variable),
+                ("api_key_variable", &p.api_key_variable),
+            ] {
+                let ok = !v.is_empty()
+                    && v.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    && v.starts_with(|c: char| c.is_ascii_lowercase());
                 if !ok {
                     return Err(format!("{field} \"{v}\" of provider \"{id}\" is not a valid Spin variable name (lowercase letters, digits and '_', starting with a letter)"));
                 }
@@ -143,7 +162,10 @@ impl Catalog {
         if let Some((id, m)) = self.models.get_key_value(name) {
             return Some((id.as_str(), m));
         }
-        self.models.iter().find(|(_, m)| m.aliases.iter().any(|a| a == name)).map(|(id, m)| (id.as_str(), m))
+        self.models
+            .iter()
+            .find(|(_, m)| m.aliases.iter().any(|a| a == name))
+            .map(|(id, m)| (id.as_str(), m))
     }
 
     /// Resolves a requested model to an ordered plan, honouring the key's allowed models
@@ -151,19 +173,29 @@ impl Catalog {
     pub fn plan(&self, requested: &str, allowed: &[String]) -> Result<Plan, ApiError> {
         let (id, model) = self.lookup(requested).ok_or_else(|| {
             ApiError::not_found(
-                format!("the model \"{requested}\" does not exist; available models: {}", names(self.models.keys())),
+                format!(
+                    "the model \"{requested}\" does not exist; available models: {}",
+                    names(self.models.keys())
+                ),
                 Some("model"),
                 "model_not_found",
             )
         })?;
         if !allowed.is_empty() && !allowed.iter().any(|a| a == id || a == requested) {
             return Err(ApiError::permission(
-                format!("this API key may not use model \"{id}\"; allowed models: {}", names(allowed.iter())),
+                format!(
+                    "this API key may not use model \"{id}\"; allowed models: {}",
+                    names(allowed.iter())
+                ),
                 "model_not_allowed",
             ));
         }
         let provider = &self.providers[&model.provider];
-        let reason = if id == requested { "pinned model" } else { "alias" };
+        let reason = if id == requested {
+            "pinned model"
+        } else {
+            "alias"
+        };
         Ok(Plan {
             requested: requested.to_string(),
             reason: format!("{reason} \"{requested}\" → {id} on {}", model.provider),
@@ -244,7 +276,10 @@ price = { input = 0.15, output = 0.6, cached_input = 0.075, source = "https://op
         assert_eq!(p.candidates[0].model, "gpt-4o-mini");
         assert_eq!(p.candidates[0].provider.name, "openai");
         let e = cat.plan("gpt-5", &[]).unwrap_err();
-        assert_eq!((e.status, e.code.as_deref()), (404, Some("model_not_found")));
+        assert_eq!(
+            (e.status, e.code.as_deref()),
+            (404, Some("model_not_found"))
+        );
         let e = cat.plan("gpt-4o-mini", &["gpt-4o".into()]).unwrap_err();
         assert_eq!(e.status, 403);
         assert!(cat.plan("mini", &["gpt-4o-mini".into()]).is_ok());
@@ -252,13 +287,30 @@ price = { input = 0.15, output = 0.6, cached_input = 0.075, source = "https://op
 
     #[test]
     fn unknown_keys_and_bad_refs_are_errors() {
-        let e = Catalog::from_toml(&GOOD.replace("context_window", "context_windw"), "cat.toml").unwrap_err();
-        assert!(e.starts_with("cat.toml:") && e.contains("context_windw"), "{e}");
-        let e = Catalog::from_toml(&GOOD.replace("provider = \"openai\"", "provider = \"opena\""), "cat.toml").unwrap_err();
-        assert!(e.contains("unknown provider \"opena\" in model \"gpt-4o-mini\"; configured providers: openai"), "{e}");
+        let e = Catalog::from_toml(&GOOD.replace("context_window", "context_windw"), "cat.toml")
+            .unwrap_err();
+        assert!(
+            e.starts_with("cat.toml:") && e.contains("context_windw"),
+            "{e}"
+        );
+        let e = Catalog::from_toml(
+            &GOOD.replace("provider = \"openai\"", "provider = \"opena\""),
+            "cat.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "unknown provider \"opena\" in model \"gpt-4o-mini\"; configured providers: openai"
+            ),
+            "{e}"
+        );
         let e = Catalog::from_toml(&GOOD.replace("\"tools\"", "\"telepathy\""), "c").unwrap_err();
         assert!(e.contains("unknown capability \"telepathy\""), "{e}");
-        let e = Catalog::from_toml(&GOOD.replace("dialect = \"openai\"", "dialect = \"smoke\""), "c").unwrap_err();
+        let e = Catalog::from_toml(
+            &GOOD.replace("dialect = \"openai\"", "dialect = \"smoke\""),
+            "c",
+        )
+        .unwrap_err();
         assert!(e.contains("smoke"), "{e}");
     }
 }

@@ -137,9 +137,19 @@ impl ApiError {
 
     /// An upstream failure with the status the client should see.
     pub fn upstream(status: u16, message: impl Into<String>, retryable: bool) -> Self {
-        let kind = if status == 429 { "rate_limit_error" } else if status < 500 { "invalid_request_error" } else { "upstream_error" };
+        let kind = if status == 429 {
+            "rate_limit_error"
+        } else if status < 500 {
+            "invalid_request_error"
+        } else {
+            "upstream_error"
+        };
         let mut e = Self::new(status, kind, Blame::Upstream, message);
-        e.code = Some(if status == 429 { "upstream_rate_limited".into() } else { "upstream_error".into() });
+        e.code = Some(if status == 429 {
+            "upstream_rate_limited".into()
+        } else {
+            "upstream_error".into()
+        });
         e.retryable = retryable;
         e
     }
@@ -183,7 +193,11 @@ mod tests {
 
     #[test]
     fn renders_openai_shape() {
-        let e = ApiError::invalid_request("missing required parameter: 'messages'", Some("messages"), "missing_required_parameter");
+        let e = ApiError::invalid_request(
+            "missing required parameter: 'messages'",
+            Some("messages"),
+            "missing_required_parameter",
+        );
         let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
         assert_eq!(
             v,

@@ -28,14 +28,20 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// Extracts the bearer token of an `Authorization` header value.
 pub fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
     let h = header.ok_or_else(|| {
-        ApiError::authentication("missing Authorization header; send 'Authorization: Bearer <your Lumen API key>'")
+        ApiError::authentication(
+            "missing Authorization header; send 'Authorization: Bearer <your Lumen API key>'",
+        )
     })?;
     let token = h
         .strip_prefix("Bearer ")
         .or_else(|| h.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::authentication("malformed Authorization header; expected 'Bearer <your Lumen API key>'"))?;
+        .ok_or_else(|| {
+            ApiError::authentication(
+                "malformed Authorization header; expected 'Bearer <your Lumen API key>'",
+            )
+        })?;
     Ok(token)
 }
 
@@ -45,12 +51,15 @@ fn kv_failure(e: KvError) -> ApiError {
 
 /// Looks a secret up and returns its record, or 401.
 pub fn authenticate(store: &dyn Kv, secret: &str) -> Result<ApiKeyRecord, ApiError> {
-    let wrong = || ApiError::authentication("incorrect API key provided; create one with POST /admin/keys");
+    let wrong =
+        || ApiError::authentication("incorrect API key provided; create one with POST /admin/keys");
     if !secret.starts_with(SECRET_PREFIX) {
         return Err(wrong());
     }
     let hash = hash_secret(secret);
-    let rec = kv::load(store, &KeyByHash(&hash)).map_err(kv_failure)?.ok_or_else(wrong)?;
+    let rec = kv::load(store, &KeyByHash(&hash))
+        .map_err(kv_failure)?
+        .ok_or_else(wrong)?;
     if !ct_eq(rec.hash.as_bytes(), hash.as_bytes()) {
         return Err(wrong());
     }
@@ -84,18 +93,35 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
         )
     })?;
     if req.name.trim().is_empty() || req.name.chars().count() > 128 {
-        return Err(ApiError::invalid_request("'name' must be 1 to 128 characters", Some("name"), "invalid_value"));
+        return Err(ApiError::invalid_request(
+            "'name' must be 1 to 128 characters",
+            Some("name"),
+            "invalid_value",
+        ));
     }
     if req.rpm_limit == Some(0) {
-        return Err(ApiError::invalid_request("'rpm_limit' must be at least 1", Some("rpm_limit"), "invalid_value"));
+        return Err(ApiError::invalid_request(
+            "'rpm_limit' must be at least 1",
+            Some("rpm_limit"),
+            "invalid_value",
+        ));
     }
     Ok(req)
 }
 
 /// Mints a key from 32 random bytes for the secret and 8 for the id; returns the stored record
 /// and the secret (shown to the caller once).
-pub fn create(store: &dyn Kv, req: CreateKey, secret_bytes: &[u8; 32], id_bytes: &[u8; 8], now_secs: u64) -> Result<(ApiKeyRecord, String), ApiError> {
-    let secret = format!("{SECRET_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes));
+pub fn create(
+    store: &dyn Kv,
+    req: CreateKey,
+    secret_bytes: &[u8; 32],
+    id_bytes: &[u8; 8],
+    now_secs: u64,
+) -> Result<(ApiKeyRecord, String), ApiError> {
+    let secret = format!(
+        "{SECRET_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes)
+    );
     let rec = ApiKeyRecord {
         id: format!("key_{}", hex::encode(id_bytes)),
         name: req.name,
@@ -116,7 +142,9 @@ pub fn list(store: &dyn Kv) -> Result<Vec<ApiKeyRecord>, ApiError> {
     let n = kv::read_counter(store, &KeySeq).map_err(kv_failure)?;
     let mut out = Vec::new();
     for i in 1..=n {
-        let Some(id) = kv::load(store, &KeyIndex(i)).map_err(kv_failure)? else { continue };
+        let Some(id) = kv::load(store, &KeyIndex(i)).map_err(kv_failure)? else {
+            continue;
+        };
         if let Some(rec) = get(store, &id)? {
             out.push(rec);
         }
@@ -126,13 +154,21 @@ pub fn list(store: &dyn Kv) -> Result<Vec<ApiKeyRecord>, ApiError> {
 
 /// One key by id.
 pub fn get(store: &dyn Kv, id: &str) -> Result<Option<ApiKeyRecord>, ApiError> {
-    let Some(hash) = kv::load(store, &KeyById(id)).map_err(kv_failure)? else { return Ok(None) };
+    let Some(hash) = kv::load(store, &KeyById(id)).map_err(kv_failure)? else {
+        return Ok(None);
+    };
     kv::load(store, &KeyByHash(&hash)).map_err(kv_failure)
 }
 
 /// Revokes a key; 404 when there is none.
 pub fn delete(store: &dyn Kv, id: &str) -> Result<ApiKeyRecord, ApiError> {
-    let rec = get(store, id)?.ok_or_else(|| ApiError::not_found(format!("no API key with id \"{id}\""), Some("id"), "key_not_found"))?;
+    let rec = get(store, id)?.ok_or_else(|| {
+        ApiError::not_found(
+            format!("no API key with id \"{id}\""),
+            Some("id"),
+            "key_not_found",
+        )
+    })?;
     kv::remove(store, &KeyByHash(&rec.hash)).map_err(kv_failure)?;
     kv::remove(store, &KeyById(id)).map_err(kv_failure)?;
     Ok(rec)
@@ -166,9 +202,19 @@ mod tests {
         let (rec, secret) = mk(&kv, "a", 1);
         assert!(secret.starts_with("lm_") && secret.len() == 46);
         assert_eq!(authenticate(&kv, &secret).unwrap(), rec);
-        assert!(!kv.keys().iter().any(|k| k.contains(&secret)), "secret must not be stored");
+        assert!(
+            !kv.keys().iter().any(|k| k.contains(&secret)),
+            "secret must not be stored"
+        );
         let (b, _) = mk(&kv, "b", 2);
-        assert_eq!(list(&kv).unwrap().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![rec.id.clone(), b.id.clone()]);
+        assert_eq!(
+            list(&kv)
+                .unwrap()
+                .iter()
+                .map(|r| r.id.clone())
+                .collect::<Vec<_>>(),
+            vec![rec.id.clone(), b.id.clone()]
+        );
         delete(&kv, &rec.id).unwrap();
         assert_eq!(authenticate(&kv, &secret).unwrap_err().status, 401);
         assert_eq!(list(&kv).unwrap(), vec![b]);
@@ -194,6 +240,12 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("rpm_limit"));
         let e = parse_create(br#"{"rpm_limit":5}"#).unwrap_err();
         assert!(e.message.contains("missing field `name`"), "{}", e.message);
-        assert_eq!(parse_create(br#"{"name":"a","rpm_limit":0}"#).unwrap_err().param.as_deref(), Some("rpm_limit"));
+        assert_eq!(
+            parse_create(br#"{"name":"a","rpm_limit":0}"#)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("rpm_limit")
+        );
     }
 }

@@ -54,7 +54,9 @@ pub trait Counter {
 pub fn load<F: Family>(kv: &dyn Kv, f: &F) -> Result<Option<F::Value>, KvError> {
     match kv.get(&f.key())? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| KvError(format!("corrupt value at {}: {e}", f.key()))),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| KvError(format!("corrupt value at {}: {e}", f.key()))),
     }
 }
 
@@ -317,7 +319,13 @@ pub struct Rollup<'a> {
 }
 impl Counter for Rollup<'_> {
     fn key(&self) -> String {
-        format!("v1/usage/sum/{}/{}/{}/{}", self.key_id, self.day, self.field.name(), self.model)
+        format!(
+            "v1/usage/sum/{}/{}/{}/{}",
+            self.key_id,
+            self.day,
+            self.field.name(),
+            self.model
+        )
     }
 }
 
@@ -330,27 +338,47 @@ pub struct MemKv {
 impl MemKv {
     /// All keys, sorted.
     pub fn keys(&self) -> Vec<String> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
 impl Kv for MemKv {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned())
+        Ok(self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned())
     }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), value.to_vec());
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), value.to_vec());
         Ok(())
     }
     fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         Ok(())
     }
     fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let cur = match map.get(key) {
             None => 0,
-            Some(b) => i64::from_le_bytes(b.as_slice().try_into().map_err(|_| KvError(format!("{key} is not a counter")))?),
+            Some(b) => i64::from_le_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| KvError(format!("{key} is not a counter")))?,
+            ),
         };
         let next = cur + delta;
         map.insert(key.to_string(), next.to_le_bytes().to_vec());
@@ -369,14 +397,41 @@ mod tests {
         assert_eq!(KeyById("key_1").key(), "v1/key/id/key_1");
         assert_eq!(KeySeq.key(), "v1/key/seq");
         assert_eq!(KeyIndex(3).key(), "v1/key/index/3");
-        assert_eq!(RpmWindow { key_id: "key_1", window: 60 }.key(), "v1/rl/rpm/key_1/60");
+        assert_eq!(
+            RpmWindow {
+                key_id: "key_1",
+                window: 60
+            }
+            .key(),
+            "v1/rl/rpm/key_1/60"
+        );
         assert_eq!(SettleOnce("req_1").key(), "v1/usage/once/req_1");
         assert_eq!(UsageSeq("key_1").key(), "v1/usage/seq/key_1");
-        assert_eq!(UsageRecordKey { key_id: "key_1", seq: 2 }.key(), "v1/usage/rec/key_1/2");
-        assert_eq!(UsageDimSeq("key_1").key(), "v1/usage/dimseq/key_1");
-        assert_eq!(UsageDimKey { key_id: "key_1", n: 1 }.key(), "v1/usage/dim/key_1/1");
         assert_eq!(
-            Rollup { key_id: "key_1", day: "2026-11-21", model: "openai/gpt-4o", field: RollupField::CostNanos }.key(),
+            UsageRecordKey {
+                key_id: "key_1",
+                seq: 2
+            }
+            .key(),
+            "v1/usage/rec/key_1/2"
+        );
+        assert_eq!(UsageDimSeq("key_1").key(), "v1/usage/dimseq/key_1");
+        assert_eq!(
+            UsageDimKey {
+                key_id: "key_1",
+                n: 1
+            }
+            .key(),
+            "v1/usage/dim/key_1/1"
+        );
+        assert_eq!(
+            Rollup {
+                key_id: "key_1",
+                day: "2026-11-21",
+                model: "openai/gpt-4o",
+                field: RollupField::CostNanos
+            }
+            .key(),
             "v1/usage/sum/key_1/2026-11-21/cost_nanos/openai/gpt-4o"
         );
     }

@@ -10,7 +10,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Roles accepted in `messages[].role`.
-pub const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+pub const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// A validated chat completion request.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +50,10 @@ impl Usage {
         let obj = usage.as_object()?;
         Some(Usage {
             prompt_tokens: obj.get("prompt_tokens")?.as_u64()?,
-            completion_tokens: obj.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+            completion_tokens: obj
+                .get("completion_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
             cached_tokens: obj
                 .get("prompt_tokens_details")
                 .and_then(|d| d.get("cached_tokens"))
@@ -66,7 +76,10 @@ fn type_name(v: &Value) -> &'static str {
 
 fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::invalid_request(
-        format!("invalid type for '{param}': expected {expected}, but got {}", type_name(got)),
+        format!(
+            "invalid type for '{param}': expected {expected}, but got {}",
+            type_name(got)
+        ),
         Some(param),
         "invalid_type",
     )
@@ -88,7 +101,10 @@ pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(ApiError::invalid_request(
-            format!("request body must be a JSON object, but got {}", type_name(&other)),
+            format!(
+                "request body must be a JSON object, but got {}",
+                type_name(&other)
+            ),
             None,
             "invalid_json",
         )),
@@ -100,7 +116,12 @@ pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn check_number(body: &Map<String, Value>, param: &str, min: f64, max: f64) -> Result<(), ApiError> {
+fn check_number(
+    body: &Map<String, Value>,
+    param: &str,
+    min: f64,
+    max: f64,
+) -> Result<(), ApiError> {
     match body.get(param) {
         None | Some(Value::Null) => Ok(()),
         Some(v @ Value::Number(n)) => {
@@ -108,7 +129,10 @@ fn check_number(body: &Map<String, Value>, param: &str, min: f64, max: f64) -> R
             if x >= min && x <= max {
                 Ok(())
             } else {
-                Err(invalid_value(param, format!("'{param}' must be between {min} and {max}, but got {v}")))
+                Err(invalid_value(
+                    param,
+                    format!("'{param}' must be between {min} and {max}, but got {v}"),
+                ))
             }
         }
         Some(v) => Err(wrong_type(param, "a number", v)),
@@ -119,14 +143,19 @@ fn check_positive_int(body: &Map<String, Value>, param: &str) -> Result<(), ApiE
     match body.get(param) {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Number(n)) if n.as_u64().is_some_and(|x| x >= 1) => Ok(()),
-        Some(v @ Value::Number(_)) => Err(invalid_value(param, format!("'{param}' must be an integer of at least 1, but got {v}"))),
+        Some(v @ Value::Number(_)) => Err(invalid_value(
+            param,
+            format!("'{param}' must be an integer of at least 1, but got {v}"),
+        )),
         Some(v) => Err(wrong_type(param, "an integer", v)),
     }
 }
 
 fn check_message(i: usize, msg: &Value) -> Result<(), ApiError> {
     let at = format!("messages[{i}]");
-    let obj = msg.as_object().ok_or_else(|| wrong_type(&at, "a message object", msg))?;
+    let obj = msg
+        .as_object()
+        .ok_or_else(|| wrong_type(&at, "a message object", msg))?;
     let role_param = format!("{at}.role");
     let role = match obj.get("role") {
         None => {
@@ -142,7 +171,10 @@ fn check_message(i: usize, msg: &Value) -> Result<(), ApiError> {
     if !ROLES.contains(&role) {
         return Err(invalid_value(
             &role_param,
-            format!("invalid value for '{role_param}': \"{role}\"; expected one of {}", ROLES.join(", ")),
+            format!(
+                "invalid value for '{role_param}': \"{role}\"; expected one of {}",
+                ROLES.join(", ")
+            ),
         ));
     }
     let content_param = format!("{at}.content");
@@ -154,7 +186,11 @@ fn check_message(i: usize, msg: &Value) -> Result<(), ApiError> {
             Some(&content_param),
             "missing_required_parameter",
         )),
-        Some(v) => Err(wrong_type(&content_param, "a string or an array of content parts", v)),
+        Some(v) => Err(wrong_type(
+            &content_param,
+            "a string or an array of content parts",
+            v,
+        )),
     }
 }
 
@@ -170,7 +206,9 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             ))
         }
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) => return Err(invalid_value("model", "'model' must not be empty".into())),
+        Some(Value::String(_)) => {
+            return Err(invalid_value("model", "'model' must not be empty".into()))
+        }
         Some(v) => return Err(wrong_type("model", "a string", v)),
     };
     match body.get("messages") {
@@ -182,7 +220,10 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             ))
         }
         Some(Value::Array(msgs)) if msgs.is_empty() => {
-            return Err(invalid_value("messages", "'messages' must contain at least one message".into()))
+            return Err(invalid_value(
+                "messages",
+                "'messages' must contain at least one message".into(),
+            ))
         }
         Some(Value::Array(msgs)) => {
             for (i, m) in msgs.iter().enumerate() {
@@ -220,7 +261,12 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     check_positive_int(&body, "max_tokens")?;
     check_positive_int(&body, "max_completion_tokens")?;
     check_positive_int(&body, "n")?;
-    Ok(ChatRequest { model, stream, include_usage, body })
+    Ok(ChatRequest {
+        model,
+        stream,
+        include_usage,
+        body,
+    })
 }
 
 /// A rough prompt size in tokens (4 characters a token) used where the upstream's count is not
@@ -229,13 +275,19 @@ pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
     fn text_len(v: &Value) -> usize {
         match v {
             Value::String(s) => s.chars().count(),
-            Value::Array(parts) => parts.iter().map(|p| p.get("text").map_or(0, text_len)).sum(),
+            Value::Array(parts) => parts
+                .iter()
+                .map(|p| p.get("text").map_or(0, text_len))
+                .sum(),
             _ => 0,
         }
     }
     let msgs = body.get("messages").and_then(Value::as_array);
     msgs.map_or(0, |m| {
-        m.iter().map(|msg| 3 + (msg.get("content").map_or(0, text_len) as u64).div_ceil(4)).sum::<u64>() + 3
+        m.iter()
+            .map(|msg| 3 + (msg.get("content").map_or(0, text_len) as u64).div_ceil(4))
+            .sum::<u64>()
+            + 3
     })
 }
 
@@ -267,18 +319,66 @@ mod tests {
     fn errors_name_the_field() {
         let cases: &[(&str, &str, &str)] = &[
             ("{", "", "request body is not valid JSON"),
-            ("[1]", "", "request body must be a JSON object, but got an array"),
-            (r#"{"messages":[]}"#, "model", "missing required parameter: 'model'"),
-            (r#"{"model":5,"messages":[]}"#, "model", "invalid type for 'model': expected a string, but got a number"),
-            (r#"{"model":"m"}"#, "messages", "missing required parameter: 'messages'"),
-            (r#"{"model":"m","messages":"hi"}"#, "messages", "invalid type for 'messages'"),
-            (r#"{"model":"m","messages":[]}"#, "messages", "at least one message"),
-            (r#"{"model":"m","messages":[{"content":"x"}]}"#, "messages[0].role", "missing required parameter"),
-            (r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#, "messages[0].role", "\"robot\""),
-            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content", "got a number"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream", "expected a boolean"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#, "temperature", "between 0 and 2"),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#, "max_tokens", "at least 1"),
+            (
+                "[1]",
+                "",
+                "request body must be a JSON object, but got an array",
+            ),
+            (
+                r#"{"messages":[]}"#,
+                "model",
+                "missing required parameter: 'model'",
+            ),
+            (
+                r#"{"model":5,"messages":[]}"#,
+                "model",
+                "invalid type for 'model': expected a string, but got a number",
+            ),
+            (
+                r#"{"model":"m"}"#,
+                "messages",
+                "missing required parameter: 'messages'",
+            ),
+            (
+                r#"{"model":"m","messages":"hi"}"#,
+                "messages",
+                "invalid type for 'messages'",
+            ),
+            (
+                r#"{"model":"m","messages":[]}"#,
+                "messages",
+                "at least one message",
+            ),
+            (
+                r#"{"model":"m","messages":[{"content":"x"}]}"#,
+                "messages[0].role",
+                "missing required parameter",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
+                "messages[0].role",
+                "\"robot\"",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+                "got a number",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "stream",
+                "expected a boolean",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+                "temperature",
+                "between 0 and 2",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "max_tokens",
+                "at least 1",
+            ),
         ];
         for (body, param, needle) in cases {
             let e = err(body);
@@ -296,7 +396,14 @@ mod tests {
     #[test]
     fn usage_reads_cached_tokens() {
         let u = Usage::from_openai(&serde_json::json!({"prompt_tokens":10,"completion_tokens":3,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":4}})).unwrap();
-        assert_eq!(u, Usage { prompt_tokens: 10, completion_tokens: 3, cached_tokens: 4 });
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 10,
+                completion_tokens: 3,
+                cached_tokens: 4
+            }
+        );
     }
 
     #[test]

@@ -26,14 +26,28 @@ mod tests {
     use super::*;
 
     fn price() -> Price {
-        Price { input: 0.15, output: 0.6, cached_input: Some(0.075), source: "s".into(), as_of: "d".into() }
+        Price {
+            input: 0.15,
+            output: 0.6,
+            cached_input: Some(0.075),
+            source: "s".into(),
+            as_of: "d".into(),
+        }
     }
 
     #[test]
     fn golden_arithmetic() {
-        let u = Usage { prompt_tokens: 1_000_000, completion_tokens: 1_000_000, cached_tokens: 0 };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 1_000_000,
+            cached_tokens: 0,
+        };
         assert!((cost_usd(&u, &price()) - 0.75).abs() < 1e-12);
-        let u = Usage { prompt_tokens: 1000, completion_tokens: 500, cached_tokens: 400 };
+        let u = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 500,
+            cached_tokens: 400,
+        };
         // 600 fresh × 0.15 + 400 cached × 0.075 + 500 × 0.6 = 90 + 30 + 300 = 420 per 1e6
         assert_eq!(cost_nanos(&u, &price()), 420_000);
         let mut p = price();

@@ -23,15 +23,24 @@ pub struct RateStatus {
 }
 
 /// Admits or refuses one request of `key_id` at `now_ms`.
-pub fn check_rpm(store: &dyn Kv, key_id: &str, limit: u32, now_ms: u64) -> Result<RateStatus, ApiError> {
+pub fn check_rpm(
+    store: &dyn Kv,
+    key_id: &str,
+    limit: u32,
+    now_ms: u64,
+) -> Result<RateStatus, ApiError> {
     let now = now_ms / 1000;
     let window = now - now % WINDOW_SECS;
     let reset_secs = (window + WINDOW_SECS - now).max(1);
-    let count = kv::incr(store, &RpmWindow { key_id, window }, 1)
-        .map_err(|e| ApiError::internal(format!("could not reach the rate-limit store ({})", e.0)))?;
+    let count = kv::incr(store, &RpmWindow { key_id, window }, 1).map_err(|e| {
+        ApiError::internal(format!("could not reach the rate-limit store ({})", e.0))
+    })?;
     if count == 1 && window >= 2 * WINDOW_SECS {
         // First request of a window: drop the counter of the window before last, which no one reads.
-        let _ = store.delete(&kv::Counter::key(&RpmWindow { key_id, window: window - 2 * WINDOW_SECS }));
+        let _ = store.delete(&kv::Counter::key(&RpmWindow {
+            key_id,
+            window: window - 2 * WINDOW_SECS,
+        }));
     }
     if count > i64::from(limit) {
         return Err(ApiError::rate_limited(
@@ -39,7 +48,11 @@ pub fn check_rpm(store: &dyn Kv, key_id: &str, limit: u32, now_ms: u64) -> Resul
             reset_secs,
         ));
     }
-    Ok(RateStatus { limit, remaining: (i64::from(limit) - count).max(0) as u32, reset_secs })
+    Ok(RateStatus {
+        limit,
+        remaining: (i64::from(limit) - count).max(0) as u32,
+        reset_secs,
+    })
 }
 
 #[cfg(test)]
@@ -57,8 +70,14 @@ mod tests {
         }
         let e = check_rpm(&kv, "k", 3, t0 + 15_000).unwrap_err();
         assert_eq!((e.status, e.retry_after), (429, Some(45)));
-        assert!(check_rpm(&kv, "other", 3, t0 + 15_000).is_ok(), "keys are independent");
-        assert!(check_rpm(&kv, "k", 3, t0 + 60_000).is_ok(), "a new window admits again");
+        assert!(
+            check_rpm(&kv, "other", 3, t0 + 15_000).is_ok(),
+            "keys are independent"
+        );
+        assert!(
+            check_rpm(&kv, "k", 3, t0 + 60_000).is_ok(),
+            "a new window admits again"
+        );
     }
 
     #[test]

@@ -69,9 +69,17 @@ fn parse_block(block: &[u8]) -> Option<Event> {
         }
     }
     if !any_field {
-        return (!text.trim().is_empty()).then(|| Event { event: None, data: String::new(), comment_only: true });
+        return (!text.trim().is_empty()).then(|| Event {
+            event: None,
+            data: String::new(),
+            comment_only: true,
+        });
     }
-    Some(Event { event, data: data.join("\n"), comment_only: false })
+    Some(Event {
+        event,
+        data: data.join("\n"),
+        comment_only: false,
+    })
 }
 
 /// Frames a `data:` event.
@@ -93,7 +101,14 @@ mod tests {
         let mut p = Parser::default();
         assert!(p.push(b"data: {\"a\"").is_empty());
         let evs = p.push(b":1}\n\ndata: [DONE]\n");
-        assert_eq!(evs, vec![Event { event: None, data: "{\"a\":1}".into(), comment_only: false }]);
+        assert_eq!(
+            evs,
+            vec![Event {
+                event: None,
+                data: "{\"a\":1}".into(),
+                comment_only: false
+            }]
+        );
         let evs = p.push(b"\nevent: lumen-usage\r\ndata: x\r\n\r\n: keep-alive\n\n");
         assert_eq!(evs.len(), 3);
         assert_eq!(evs[0].data, "[DONE]");

@@ -7,7 +7,8 @@
 
 use crate::contracts::{Outcome, SettleRequest, UsageRow, UsageSummary};
 use crate::kv::{
-    self, Kv, KvError, Rollup, RollupField, SettleOnce, UsageDim, UsageDimKey, UsageDimSeq, UsageRecord, UsageRecordKey, UsageSeq,
+    self, Kv, KvError, Rollup, RollupField, SettleOnce, UsageDim, UsageDimKey, UsageDimSeq,
+    UsageRecord, UsageRecordKey, UsageSeq,
 };
 use crate::pricing::{cost_nanos, NANOS_PER_USD};
 use crate::time::utc_day;
@@ -23,10 +24,16 @@ pub struct Settled {
 
 /// Settles one request.
 pub fn settle(store: &dyn Kv, req: &SettleRequest) -> Result<Settled, KvError> {
-    let cost = req.price.as_ref().map_or(0, |p| cost_nanos(&req.report.usage, p));
+    let cost = req
+        .price
+        .as_ref()
+        .map_or(0, |p| cost_nanos(&req.report.usage, p));
     let record = UsageRecord::from_settle(req, cost);
     if kv::incr(store, &SettleOnce(&req.request_id), 1)? != 1 {
-        return Ok(Settled { recorded: false, record });
+        return Ok(Settled {
+            recorded: false,
+            record,
+        });
     }
     let key_id = record.key_id.as_str();
     let seq = kv::incr(store, &UsageSeq(key_id), 1)?;
@@ -35,11 +42,27 @@ pub fn settle(store: &dyn Kv, req: &SettleRequest) -> Result<Settled, KvError> {
     let day = utc_day(record.time_ms);
     let model = record.model.as_str();
     let add = |field, v: i64| -> Result<i64, KvError> {
-        kv::incr(store, &Rollup { key_id, day: &day, model, field }, v)
+        kv::incr(
+            store,
+            &Rollup {
+                key_id,
+                day: &day,
+                model,
+                field,
+            },
+            v,
+        )
     };
     if add(RollupField::Requests, 1)? == 1 {
         let n = kv::incr(store, &UsageDimSeq(key_id), 1)?;
-        kv::store(store, &UsageDimKey { key_id, n }, &UsageDim { day: day.clone(), model: model.to_string() })?;
+        kv::store(
+            store,
+            &UsageDimKey { key_id, n },
+            &UsageDim {
+                day: day.clone(),
+                model: model.to_string(),
+            },
+        )?;
     }
     if record.outcome != Outcome::Ok {
         add(RollupField::Errors, 1)?;
@@ -56,7 +79,10 @@ pub fn settle(store: &dyn Kv, req: &SettleRequest) -> Result<Settled, KvError> {
     if cost != 0 {
         add(RollupField::CostNanos, cost)?;
     }
-    Ok(Settled { recorded: true, record })
+    Ok(Settled {
+        recorded: true,
+        record,
+    })
 }
 
 /// A key's usage by day and model, oldest day first, plus totals.
@@ -65,9 +91,30 @@ pub fn summary(store: &dyn Kv, key_id: &str) -> Result<UsageSummary, KvError> {
     let mut rows = Vec::new();
     let mut total = UsageRow::default();
     for i in 1..=n {
-        let Some(dim) = kv::load(store, &UsageDimKey { key_id, n: i })? else { continue };
-        let get = |field| kv::read_counter(store, &Rollup { key_id, day: &dim.day, model: &dim.model, field }).map(|v| v.max(0) as u64);
-        let cost = kv::read_counter(store, &Rollup { key_id, day: &dim.day, model: &dim.model, field: RollupField::CostNanos })?;
+        let Some(dim) = kv::load(store, &UsageDimKey { key_id, n: i })? else {
+            continue;
+        };
+        let get = |field| {
+            kv::read_counter(
+                store,
+                &Rollup {
+                    key_id,
+                    day: &dim.day,
+                    model: &dim.model,
+                    field,
+                },
+            )
+            .map(|v| v.max(0) as u64)
+        };
+        let cost = kv::read_counter(
+            store,
+            &Rollup {
+                key_id,
+                day: &dim.day,
+                model: &dim.model,
+                field: RollupField::CostNanos,
+            },
+        )?;
         let row = UsageRow {
             requests: get(RollupField::Requests)?,
             errors: get(RollupField::Errors)?,
@@ -87,7 +134,11 @@ pub fn summary(store: &dyn Kv, key_id: &str) -> Result<UsageSummary, KvError> {
         rows.push(row);
     }
     rows.sort_by(|a, b| (&a.day, &a.model).cmp(&(&b.day, &b.model)));
-    Ok(UsageSummary { object: "usage".into(), data: rows, total })
+    Ok(UsageSummary {
+        object: "usage".into(),
+        data: rows,
+        total,
+    })
 }
 
 /// A key's records, oldest first (at most `limit`, newest kept).
@@ -121,12 +172,22 @@ mod tests {
             report: UsageReport {
                 model: model.into(),
                 provider: "openai".into(),
-                usage: Usage { prompt_tokens: p, completion_tokens: c, cached_tokens: 0 },
+                usage: Usage {
+                    prompt_tokens: p,
+                    completion_tokens: c,
+                    cached_tokens: 0,
+                },
                 estimated: false,
                 outcome,
                 upstream_ms: 10.0,
             },
-            price: Some(Price { input: 1.0, output: 2.0, cached_input: None, source: "s".into(), as_of: "d".into() }),
+            price: Some(Price {
+                input: 1.0,
+                output: 2.0,
+                cached_input: None,
+                source: "s".into(),
+                as_of: "d".into(),
+            }),
         }
     }
 
@@ -135,13 +196,39 @@ mod tests {
         let kv = MemKv::default();
         let d1 = 1_795_000_000_000;
         let d2 = d1 + 86_400_000;
-        assert!(settle(&kv, &req("r1", "m1", d1, 100, 10, Outcome::Ok)).unwrap().recorded);
-        assert!(!settle(&kv, &req("r1", "m1", d1, 100, 10, Outcome::Ok)).unwrap().recorded, "second settle is a no-op");
-        settle(&kv, &req("r2", "m1", d1, 50, 5, Outcome::ClientDisconnected)).unwrap();
+        assert!(
+            settle(&kv, &req("r1", "m1", d1, 100, 10, Outcome::Ok))
+                .unwrap()
+                .recorded
+        );
+        assert!(
+            !settle(&kv, &req("r1", "m1", d1, 100, 10, Outcome::Ok))
+                .unwrap()
+                .recorded,
+            "second settle is a no-op"
+        );
+        settle(
+            &kv,
+            &req("r2", "m1", d1, 50, 5, Outcome::ClientDisconnected),
+        )
+        .unwrap();
         settle(&kv, &req("r3", "m2", d1, 1, 1, Outcome::Ok)).unwrap();
         settle(&kv, &req("r4", "m1", d2, 1_000_000, 0, Outcome::Ok)).unwrap();
         let s = summary(&kv, "key_a").unwrap();
-        let rows: Vec<_> = s.data.iter().map(|r| (r.day.clone().unwrap(), r.model.clone().unwrap(), r.requests, r.errors, r.prompt_tokens, r.completion_tokens)).collect();
+        let rows: Vec<_> = s
+            .data
+            .iter()
+            .map(|r| {
+                (
+                    r.day.clone().unwrap(),
+                    r.model.clone().unwrap(),
+                    r.requests,
+                    r.errors,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                )
+            })
+            .collect();
         assert_eq!(
             rows,
             vec![

@@ -15,16 +15,27 @@ async fn non_stream_completion_end_to_end() {
     let (key, _) = gw.create_key(100, &[]).await;
     let mut body = chat_body("gpt-4o-mini", "Say hi [mock tokens=5]");
     body["seed"] = json!(42);
-    body["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    body["tools"] =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
     body["response_format"] = json!({"type": "json_object"});
     let r = gw.chat(&key, body.clone()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.assert_lumen_headers();
     assert_eq!(r.header("x-lumen-model"), Some("gpt-4o-mini"));
     assert_eq!(r.header("x-lumen-provider"), Some("openai"));
-    assert!(r.header("x-lumen-overhead-ms").unwrap().parse::<f64>().unwrap() >= 0.0);
+    assert!(
+        r.header("x-lumen-overhead-ms")
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            >= 0.0
+    );
     assert!(r.header("content-length").is_some());
-    assert!(r.headers.keys().all(|k| !k.as_str().starts_with("lumen-")), "internal headers leaked: {:?}", r.headers);
+    assert!(
+        r.headers.keys().all(|k| !k.as_str().starts_with("lumen-")),
+        "internal headers leaked: {:?}",
+        r.headers
+    );
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["usage"]["completion_tokens"], 5);
@@ -37,7 +48,10 @@ async fn non_stream_completion_end_to_end() {
     let ub = up.body.unwrap();
     assert_eq!(ub["model"], "gpt-4o-mini");
     for field in ["seed", "tools", "response_format", "messages"] {
-        assert_eq!(ub[field], body[field], "{field} changed on the way upstream");
+        assert_eq!(
+            ub[field], body[field],
+            "{field} changed on the way upstream"
+        );
     }
 }
 
@@ -54,8 +68,14 @@ async fn stream_relays_chunks_and_usage_only_when_asked() {
     assert_eq!(s.headers.get("x-lumen-model").unwrap(), "gpt-4o-mini");
     let data = s.data();
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text, "tok0 tok1 tok2 tok3 ");
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
@@ -69,7 +89,10 @@ async fn stream_relays_chunks_and_usage_only_when_asked() {
     assert_eq!(data.last().unwrap(), "[DONE]");
     for d in &data[..data.len() - 1] {
         let c: Value = serde_json::from_str(d).unwrap();
-        assert!(c.get("usage").is_none_or(Value::is_null), "usage leaked: {c}");
+        assert!(
+            c.get("usage").is_none_or(Value::is_null),
+            "usage leaked: {c}"
+        );
         assert_ne!(c["choices"], json!([]), "usage-only chunk leaked: {c}");
     }
     let up = gw.mock.last_request().unwrap().body.unwrap();
@@ -94,9 +117,20 @@ async fn stream_chunks_arrive_as_the_upstream_sends_them() {
         .filter(|(_, b)| String::from_utf8_lossy(b).contains("\"content\":\"tok"))
         .map(|(t, _)| *t)
         .collect();
-    assert_eq!(content_times.len(), 5, "each token arrives in its own frame: {}", s.text());
-    let gaps: Vec<u128> = content_times.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
-    assert!(gaps.iter().all(|g| *g >= 150), "chunks were batched: gaps {gaps:?} ms");
+    assert_eq!(
+        content_times.len(),
+        5,
+        "each token arrives in its own frame: {}",
+        s.text()
+    );
+    let gaps: Vec<u128> = content_times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert!(
+        gaps.iter().all(|g| *g >= 150),
+        "chunks were batched: gaps {gaps:?} ms"
+    );
 }
 
 #[tokio::test]
@@ -104,14 +138,25 @@ async fn wrong_or_missing_key_is_401() {
     let gw = Gateway::start().await;
     gw.create_key(100, &[]).await;
     for bearer in [Some("lm_wrong"), Some("sk-not-ours"), None] {
-        let r = gw.call("POST", "/v1/chat/completions", bearer, Some(chat_body("gpt-4o-mini", "hi").to_string().into_bytes())).await;
+        let r = gw
+            .call(
+                "POST",
+                "/v1/chat/completions",
+                bearer,
+                Some(chat_body("gpt-4o-mini", "hi").to_string().into_bytes()),
+            )
+            .await;
         let e = r.error(401);
         assert_eq!(e["type"], "authentication_error");
         r.assert_lumen_headers();
     }
     let r = gw.call("GET", "/v1/models", Some("lm_wrong"), None).await;
     r.error(401);
-    assert_eq!(gw.mock.request_count(), 0, "unauthenticated requests never reach the upstream");
+    assert_eq!(
+        gw.mock.request_count(),
+        0,
+        "unauthenticated requests never reach the upstream"
+    );
 }
 
 #[tokio::test]
@@ -126,13 +171,20 @@ async fn rpm_limit_gives_429_with_retry_after() {
     let r = gw.chat(&key, chat_body("gpt-4o-mini", "hi")).await;
     let e = r.error(429);
     assert_eq!(e["type"], "rate_limit_error");
-    let retry: u64 = r.header("retry-after").expect("retry-after").parse().unwrap();
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry));
     r.assert_lumen_headers();
     assert_eq!(gw.mock.request_count(), 2);
     // Another key has its own budget.
     let (other, _) = gw.create_key(2, &[]).await;
-    assert_eq!(gw.chat(&other, chat_body("gpt-4o-mini", "hi")).await.status, 200);
+    assert_eq!(
+        gw.chat(&other, chat_body("gpt-4o-mini", "hi")).await.status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -153,15 +205,33 @@ async fn bad_input_gets_a_400_naming_the_problem() {
         (format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(70_000)).into_bytes(), 413, None, "limit"),
     ];
     for (body, status, param, needle) in cases {
-        let r = gw.call("POST", "/v1/chat/completions", Some(&key), Some(body.clone())).await;
+        let r = gw
+            .call(
+                "POST",
+                "/v1/chat/completions",
+                Some(&key),
+                Some(body.clone()),
+            )
+            .await;
         let e = r.error(status);
-        assert_eq!(e["param"].as_str(), param, "{}", String::from_utf8_lossy(&body[..body.len().min(80)]));
-        assert!(e["message"].as_str().unwrap().contains(needle), "{} lacks {needle:?}", e["message"]);
+        assert_eq!(
+            e["param"].as_str(),
+            param,
+            "{}",
+            String::from_utf8_lossy(&body[..body.len().min(80)])
+        );
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{} lacks {needle:?}",
+            e["message"]
+        );
         r.assert_lumen_headers();
     }
     let r = gw.chat(&key, chat_body("no-such-model", "hi")).await;
     assert_eq!(r.error(404)["code"], "model_not_found");
-    let r = gw.call("GET", "/v1/chat/completions", Some(&key), None).await;
+    let r = gw
+        .call("GET", "/v1/chat/completions", Some(&key), None)
+        .await;
     r.error(405);
     let r = gw.call("GET", "/v1/nothing-here", Some(&key), None).await;
     r.error(404);
@@ -183,17 +253,42 @@ async fn usage_records_requests_tokens_and_cost_per_key() {
     let u = gw.usage_until(&key, |u| u["total"]["requests"] == 3).await;
     assert_eq!(u["object"], "usage");
     let rows = u["data"].as_array().unwrap();
-    let row = |m: &str| rows.iter().find(|r| r["model"] == m).unwrap_or_else(|| panic!("no row for {m}: {u}")).clone();
+    let row = |m: &str| {
+        rows.iter()
+            .find(|r| r["model"] == m)
+            .unwrap_or_else(|| panic!("no row for {m}: {u}"))
+            .clone()
+    };
     let (mini, big) = (row("gpt-4o-mini"), row("gpt-4o"));
     let p1 = mock::prompt_tokens(&b1);
     let p2 = mock::prompt_tokens(&b2);
-    assert_eq!((mini["requests"].as_u64(), mini["prompt_tokens"].as_u64(), mini["completion_tokens"].as_u64()), (Some(2), Some(2 * p1), Some(20)));
-    assert_eq!((big["requests"].as_u64(), big["prompt_tokens"].as_u64(), big["completion_tokens"].as_u64()), (Some(1), Some(p2), Some(20)));
+    assert_eq!(
+        (
+            mini["requests"].as_u64(),
+            mini["prompt_tokens"].as_u64(),
+            mini["completion_tokens"].as_u64()
+        ),
+        (Some(2), Some(2 * p1), Some(20))
+    );
+    assert_eq!(
+        (
+            big["requests"].as_u64(),
+            big["prompt_tokens"].as_u64(),
+            big["completion_tokens"].as_u64()
+        ),
+        (Some(1), Some(p2), Some(20))
+    );
     // Catalog prices: mini $0.15 / $0.60, gpt-4o $2.50 / $10.00 per million tokens.
     let want_mini = (2 * p1) as f64 * 0.15e-6 + 20.0 * 0.60e-6;
     let want_big = p2 as f64 * 2.5e-6 + 20.0 * 10.0e-6;
-    assert!((mini["cost_usd"].as_f64().unwrap() - want_mini).abs() < 1e-9, "{mini}");
-    assert!((big["cost_usd"].as_f64().unwrap() - want_big).abs() < 1e-9, "{big}");
+    assert!(
+        (mini["cost_usd"].as_f64().unwrap() - want_mini).abs() < 1e-9,
+        "{mini}"
+    );
+    assert!(
+        (big["cost_usd"].as_f64().unwrap() - want_big).abs() < 1e-9,
+        "{big}"
+    );
     assert!((u["total"]["cost_usd"].as_f64().unwrap() - want_mini - want_big).abs() < 1e-9);
     assert!(mini["day"].as_str().unwrap().len() == 10);
     // Tenants are isolated.
@@ -217,20 +312,35 @@ async fn abandoned_stream_is_recorded_once() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let u = gw.usage_until(&key, |_| true).await;
     assert_eq!(u["total"]["requests"], 1, "{u}");
-    assert!(u["total"]["completion_tokens"].as_u64().unwrap() < 40, "counted only what was sent: {u}");
+    assert!(
+        u["total"]["completion_tokens"].as_u64().unwrap() < 40,
+        "counted only what was sent: {u}"
+    );
 }
 
 #[tokio::test]
 async fn upstream_failures_are_openai_errors_and_metered() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(100, &[]).await;
-    let r = gw.chat(&key, chat_body("gpt-4o-mini", "[mock status=500]")).await;
+    let r = gw
+        .chat(&key, chat_body("gpt-4o-mini", "[mock status=500]"))
+        .await;
     let e = r.error(502);
-    assert!(!e["message"].as_str().unwrap().contains("mock error"), "upstream body leaked: {e}");
+    assert!(
+        !e["message"].as_str().unwrap().contains("mock error"),
+        "upstream body leaked: {e}"
+    );
     r.assert_lumen_headers();
-    let r = gw.chat(&key, chat_body("gpt-4o-mini", "[mock status=400]")).await;
-    assert!(r.error(400)["message"].as_str().unwrap().starts_with("upstream rejected the request"));
-    let r = gw.chat(&key, chat_body("gpt-4o-mini", "[mock status=429]")).await;
+    let r = gw
+        .chat(&key, chat_body("gpt-4o-mini", "[mock status=400]"))
+        .await;
+    assert!(r.error(400)["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("upstream rejected the request"));
+    let r = gw
+        .chat(&key, chat_body("gpt-4o-mini", "[mock status=429]"))
+        .await;
     r.error(429);
     let u = gw.usage_until(&key, |u| u["total"]["requests"] == 3).await;
     assert_eq!(u["total"]["errors"], 3, "{u}");
@@ -240,16 +350,27 @@ async fn upstream_failures_are_openai_errors_and_metered() {
     let data = s.data();
     assert_ne!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
-    assert!(last.get("error").is_some(), "ends with an error event: {last}");
+    assert!(
+        last.get("error").is_some(),
+        "ends with an error event: {last}"
+    );
 }
 
 #[tokio::test]
 async fn admin_api_is_behind_its_own_secret() {
     let gw = Gateway::start().await;
-    let body = json!({"name": "ci", "rpm_limit": 10}).to_string().into_bytes();
-    gw.call("POST", "/admin/keys", None, Some(body.clone())).await.error(401);
-    gw.call("POST", "/admin/keys", Some("wrong"), Some(body.clone())).await.error(401);
-    let r = gw.call("POST", "/admin/keys", Some(ADMIN), Some(body)).await;
+    let body = json!({"name": "ci", "rpm_limit": 10})
+        .to_string()
+        .into_bytes();
+    gw.call("POST", "/admin/keys", None, Some(body.clone()))
+        .await
+        .error(401);
+    gw.call("POST", "/admin/keys", Some("wrong"), Some(body.clone()))
+        .await
+        .error(401);
+    let r = gw
+        .call("POST", "/admin/keys", Some(ADMIN), Some(body))
+        .await;
     assert_eq!(r.status, 201);
     let created = r.json();
     let secret = created["key"].as_str().unwrap().to_string();
@@ -260,11 +381,32 @@ async fn admin_api_is_behind_its_own_secret() {
     let text = String::from_utf8_lossy(&list.body).to_string();
     assert!(text.contains(&id) && !text.contains(&secret), "{text}");
     assert!(list.json()["data"][0].get("hash").is_none());
-    assert_eq!(gw.chat(&secret, chat_body("gpt-4o-mini", "hi")).await.status, 200);
-    assert_eq!(gw.call("DELETE", &format!("/admin/keys/{id}"), Some(ADMIN), None).await.status, 200);
-    gw.chat(&secret, chat_body("gpt-4o-mini", "hi")).await.error(401);
-    gw.call("DELETE", &format!("/admin/keys/{id}"), Some(ADMIN), None).await.error(404);
-    let r = gw.call("POST", "/admin/keys", Some(ADMIN), Some(br#"{"name":"x","rpm":5}"#.to_vec())).await;
+    assert_eq!(
+        gw.chat(&secret, chat_body("gpt-4o-mini", "hi"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.call("DELETE", &format!("/admin/keys/{id}"), Some(ADMIN), None)
+            .await
+            .status,
+        200
+    );
+    gw.chat(&secret, chat_body("gpt-4o-mini", "hi"))
+        .await
+        .error(401);
+    gw.call("DELETE", &format!("/admin/keys/{id}"), Some(ADMIN), None)
+        .await
+        .error(404);
+    let r = gw
+        .call(
+            "POST",
+            "/admin/keys",
+            Some(ADMIN),
+            Some(br#"{"name":"x","rpm":5}"#.to_vec()),
+        )
+        .await;
     assert!(r.error(400)["message"].as_str().unwrap().contains("rpm"));
 }
 
@@ -275,7 +417,10 @@ async fn admin_api_disabled_without_a_token() {
     })
     .await;
     let r = gw.call("GET", "/admin/keys", Some(""), None).await;
-    assert!(r.error(403)["message"].as_str().unwrap().contains("admin_token"));
+    assert!(r.error(403)["message"]
+        .as_str()
+        .unwrap()
+        .contains("admin_token"));
 }
 
 #[tokio::test]
@@ -285,29 +430,60 @@ async fn models_and_allowed_models() {
     let r = gw.call("GET", "/v1/models", Some(&key), None).await;
     assert_eq!(r.status, 200);
     let v = r.json();
-    let ids: Vec<_> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
-    assert!(ids.contains(&"gpt-4o-mini".to_string()) && ids.contains(&"gpt-4o".to_string()), "{ids:?}");
-    let mini = v["data"].as_array().unwrap().iter().find(|m| m["id"] == "gpt-4o-mini").unwrap();
+    let ids: Vec<_> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.contains(&"gpt-4o-mini".to_string()) && ids.contains(&"gpt-4o".to_string()),
+        "{ids:?}"
+    );
+    let mini = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "gpt-4o-mini")
+        .unwrap();
     assert_eq!(mini["pricing"]["input_per_mtok"], 0.15);
     assert_eq!(mini["context_window"], 128000);
 
     let (limited, _) = gw.create_key(100, &["gpt-4o-mini"]).await;
-    let v = gw.call("GET", "/v1/models", Some(&limited), None).await.json();
+    let v = gw
+        .call("GET", "/v1/models", Some(&limited), None)
+        .await
+        .json();
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
-    gw.chat(&limited, chat_body("gpt-4o", "hi")).await.error(403);
-    assert_eq!(gw.chat(&limited, chat_body("openai/gpt-4o-mini", "hi")).await.status, 200, "aliases of allowed models work");
+    gw.chat(&limited, chat_body("gpt-4o", "hi"))
+        .await
+        .error(403);
+    assert_eq!(
+        gw.chat(&limited, chat_body("openai/gpt-4o-mini", "hi"))
+            .await
+            .status,
+        200,
+        "aliases of allowed models work"
+    );
 }
 
 #[tokio::test]
 async fn outbound_host_not_allowed_is_a_clear_error() {
     let gw = Gateway::start_with(mock::MockConfig::default(), |o| {
-        o.variables.insert("openai_allowed_host".into(), "http://127.0.0.1:1".into());
+        o.variables
+            .insert("openai_allowed_host".into(), "http://127.0.0.1:1".into());
     })
     .await;
     let (key, _) = gw.create_key(100, &[]).await;
     let r = gw.chat(&key, chat_body("gpt-4o-mini", "hi")).await;
     let e = r.error(502);
-    assert!(e["message"].as_str().unwrap().contains("allowed_outbound_hosts"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_outbound_hosts"),
+        "{e}"
+    );
     assert_eq!(gw.mock.request_count(), 0);
 }
 
@@ -315,17 +491,33 @@ async fn outbound_host_not_allowed_is_a_clear_error() {
 async fn keys_persist_in_the_sqlite_store_across_restarts() {
     let state = std::env::temp_dir().join(format!("lumen-e2e-state-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    let mock = mock::MockUpstream::start(mock::MockConfig::default()).await.unwrap();
+    let mock = mock::MockUpstream::start(mock::MockConfig::default())
+        .await
+        .unwrap();
     let mut o = options(&mock);
     o.memory_kv = false;
     o.state_dir = Some(state.clone());
     let host = lumen_host::start(o.clone()).await.unwrap();
-    let r = send(host.addr(), "POST", "/admin/keys", Some(ADMIN), Some(br#"{"name":"p"}"#.to_vec())).await;
+    let r = send(
+        host.addr(),
+        "POST",
+        "/admin/keys",
+        Some(ADMIN),
+        Some(br#"{"name":"p"}"#.to_vec()),
+    )
+    .await;
     let key = r.json()["key"].as_str().unwrap().to_string();
     host.shutdown().await;
     assert!(state.join("sqlite_key_value.db").is_file());
     let host = lumen_host::start(o).await.unwrap();
-    let r = send(host.addr(), "POST", "/v1/chat/completions", Some(&key), Some(chat_body("gpt-4o-mini", "hi").to_string().into_bytes())).await;
+    let r = send(
+        host.addr(),
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat_body("gpt-4o-mini", "hi").to_string().into_bytes()),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     host.shutdown().await;
     std::fs::remove_dir_all(&state).unwrap();

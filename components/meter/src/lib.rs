@@ -1,1 +1,80 @@
+//! The meter component: settles every request exactly once into usage records and rollups
+//! (`POST /settle`) and reads a key's usage back (`GET /usage?key_id=`). Private to the app.
 
+use lumen_shared::contracts::SettleRequest;
+use lumen_shared::pricing::NANOS_PER_USD;
+use lumen_shared::{usage, ApiError};
+use lumen_spin::http::{read_request_body, respond};
+use lumen_spin::kv::{unavailable, SpinKv};
+use lumen_spin::util::{query_param, split_path};
+use lumen_spin::Reply;
+use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
+use spin_sdk::http_component;
+
+/// Settle requests are small; anything larger is a bug in the caller.
+const MAX_BODY: usize = 256 * 1024;
+
+async fn settle(req: IncomingRequest) -> Result<Reply, ApiError> {
+    let body = read_request_body(req, MAX_BODY).await?;
+    let settle: SettleRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(format!("invalid settle request: {e}"), None, "invalid_json")
+    })?;
+    let kv = SpinKv::open_or_503()?;
+    let done = usage::settle(&kv, &settle).map_err(|e| unavailable(&e))?;
+    Ok(Reply::json(
+        200,
+        &serde_json::json!({"recorded": done.recorded, "cost_usd": done.record.cost_nanos as f64 / NANOS_PER_USD}),
+    ))
+}
+
+fn summary(query: &str) -> Result<Reply, ApiError> {
+    let key_id = query_param(query, "key_id")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid_request(
+                "missing required query parameter: 'key_id'",
+                Some("key_id"),
+                "missing_required_parameter",
+            )
+        })?;
+    let kv = SpinKv::open_or_503()?;
+    let s = usage::summary(&kv, &key_id).map_err(|e| unavailable(&e))?;
+    Ok(Reply::json(200, &s))
+}
+
+async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {
+    let method = req.method();
+    let target = req.path_with_query().unwrap_or_default();
+    let (path, query) = split_path(&target);
+    match (path, &method) {
+        ("/settle", Method::Post) => settle(req).await,
+        ("/usage", Method::Get) => summary(query),
+        ("/settle", _) => Err(ApiError::method_not_allowed(
+            &method.to_string(),
+            path,
+            "POST",
+        )),
+        ("/usage", _) => Err(ApiError::method_not_allowed(
+            &method.to_string(),
+            path,
+            "GET",
+        )),
+        _ => Err(ApiError::not_found(
+            format!("unknown route {method} {path}"),
+            None,
+            "unknown_route",
+        )),
+    }
+}
+
+/// The export: the code `#[http_component]` generates is the only unsafe code in the component.
+#[allow(unsafe_code)]
+mod entry {
+    use super::*;
+
+    #[http_component]
+    async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+        let reply = route(req).await.unwrap_or_else(Reply::from);
+        respond(out, reply).await;
+    }
+}

@@ -1,1 +1,78 @@
+//! The router component: resolves a requested model against `config/catalog.toml` into an ordered
+//! plan (`POST /plan`) and lists the catalog's models (`GET /models`). Private to the app.
 
+use lumen_shared::catalog::Catalog;
+use lumen_shared::contracts::PlanRequest;
+use lumen_shared::ApiError;
+use lumen_spin::http::{read_request_body, respond};
+use lumen_spin::util::{now_ms, split_path};
+use lumen_spin::Reply;
+use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
+use spin_sdk::http_component;
+use std::sync::OnceLock;
+
+/// Where spin.toml mounts the catalog.
+const CATALOG_PATH: &str = "/config/catalog.toml";
+/// How the catalog is named in messages.
+const CATALOG_NAME: &str = "config/catalog.toml";
+/// Plan requests are tiny; anything larger is a bug in the caller.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The catalog, read and checked once per instance.
+fn catalog() -> Result<&'static Catalog, ApiError> {
+    static CATALOG: OnceLock<Result<Catalog, String>> = OnceLock::new();
+    CATALOG
+        .get_or_init(|| {
+            let text = std::fs::read_to_string(CATALOG_PATH)
+                .map_err(|e| format!("could not read {CATALOG_NAME}: {e}"))?;
+            Catalog::from_toml(&text, CATALOG_NAME)
+        })
+        .as_ref()
+        .map_err(|e| ApiError::internal(format!("the model catalog is invalid: {e}")))
+}
+
+async fn plan(req: IncomingRequest) -> Result<Reply, ApiError> {
+    let body = read_request_body(req, MAX_BODY).await?;
+    let ask: PlanRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(format!("invalid plan request: {e}"), None, "invalid_json")
+    })?;
+    let plan = catalog()?.plan(&ask.model, &ask.allowed_models)?;
+    Ok(Reply::json(200, &plan))
+}
+
+async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {
+    let method = req.method();
+    let target = req.path_with_query().unwrap_or_default();
+    let (path, _) = split_path(&target);
+    match (path, &method) {
+        ("/plan", Method::Post) => plan(req).await,
+        ("/models", Method::Get) => Ok(Reply::json(200, &catalog()?.models_list(now_ms() / 1000))),
+        ("/plan", _) => Err(ApiError::method_not_allowed(
+            &method.to_string(),
+            path,
+            "POST",
+        )),
+        ("/models", _) => Err(ApiError::method_not_allowed(
+            &method.to_string(),
+            path,
+            "GET",
+        )),
+        _ => Err(ApiError::not_found(
+            format!("unknown route {method} {path}"),
+            None,
+            "unknown_route",
+        )),
+    }
+}
+
+/// The export: the code `#[http_component]` generates is the only unsafe code in the component.
+#[allow(unsafe_code)]
+mod entry {
+    use super::*;
+
+    #[http_component]
+    async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+        let reply = route(req).await.unwrap_or_else(Reply::from);
+        respond(out, reply).await;
+    }
+}

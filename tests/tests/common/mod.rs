@@ -21,7 +21,11 @@ pub fn repo() -> PathBuf {
 
 fn check_built() {
     let wasm = repo().join("target/wasm32-wasip2/release/lumen_auth.wasm");
-    assert!(wasm.is_file(), "{} is missing: run scripts/build.sh (scripts/test.sh does) before cargo test", wasm.display());
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run scripts/build.sh (scripts/test.sh does) before cargo test",
+        wasm.display()
+    );
 }
 
 /// Host options for tests: in-memory KV, shared compile cache, mock upstream variables.
@@ -37,7 +41,10 @@ pub fn options(mock: &MockUpstream) -> HostOptions {
         ("openai_api_key", UPSTREAM_KEY.to_string()),
         ("max_request_bytes", "65536".to_string()),
     ];
-    o.variables = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<HashMap<_, _>>();
+    o.variables = vars
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect::<HashMap<_, _>>();
     o
 }
 
@@ -54,14 +61,20 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     /// Asserts an OpenAI error body with this status and returns the error object.
     pub fn error(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
         let v = self.json();
         let e = v["error"].clone();
         for field in ["message", "type", "param", "code"] {
@@ -73,7 +86,11 @@ impl Resp {
     /// Every response carries the x-lumen headers.
     pub fn assert_lumen_headers(&self) {
         for h in ["x-lumen-model", "x-lumen-provider", "x-lumen-overhead-ms"] {
-            assert!(self.header(h).is_some(), "missing {h} in {:?}", self.headers);
+            assert!(
+                self.header(h).is_some(),
+                "missing {h} in {:?}",
+                self.headers
+            );
         }
     }
 }
@@ -87,22 +104,39 @@ pub struct Streamed {
 
 impl Streamed {
     pub fn text(&self) -> String {
-        self.frames.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect()
+        self.frames
+            .iter()
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect()
     }
     /// The `data:` payloads in order.
     pub fn data(&self) -> Vec<String> {
         let mut p = lumen_shared::sse::Parser::default();
         let evs = p.push(self.text().as_bytes());
-        evs.into_iter().filter(|e| !e.comment_only).map(|e| {
-            assert!(e.event.is_none(), "named event leaked to the client: {:?}", e.event);
-            e.data
-        }).collect()
+        evs.into_iter()
+            .filter(|e| !e.comment_only)
+            .map(|e| {
+                assert!(
+                    e.event.is_none(),
+                    "named event leaked to the client: {:?}",
+                    e.event
+                );
+                e.data
+            })
+            .collect()
     }
 }
 
 impl Gateway {
     pub async fn start() -> Gateway {
-        Self::start_with(MockConfig { api_key: Some(UPSTREAM_KEY.into()), ..MockConfig::default() }, |_| {}).await
+        Self::start_with(
+            MockConfig {
+                api_key: Some(UPSTREAM_KEY.into()),
+                ..MockConfig::default()
+            },
+            |_| {},
+        )
+        .await
     }
 
     pub async fn start_with(cfg: MockConfig, tweak: impl FnOnce(&mut HostOptions)) -> Gateway {
@@ -117,21 +151,45 @@ impl Gateway {
         self.host.addr()
     }
 
-    pub async fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Resp {
         send(self.addr(), method, path, bearer, body).await
     }
 
     pub async fn chat(&self, key: &str, body: Value) -> Resp {
-        self.call("POST", "/v1/chat/completions", Some(key), Some(body.to_string().into_bytes())).await
+        self.call(
+            "POST",
+            "/v1/chat/completions",
+            Some(key),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 
     pub async fn create_key(&self, rpm: u32, allowed: &[&str]) -> (String, String) {
         let r = self
-            .call("POST", "/admin/keys", Some(ADMIN), Some(json!({"name": "test", "rpm_limit": rpm, "allowed_models": allowed}).to_string().into_bytes()))
+            .call(
+                "POST",
+                "/admin/keys",
+                Some(ADMIN),
+                Some(
+                    json!({"name": "test", "rpm_limit": rpm, "allowed_models": allowed})
+                        .to_string()
+                        .into_bytes(),
+                ),
+            )
             .await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         let v = r.json();
-        (v["key"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string())
+        (
+            v["key"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
     }
 
     /// Polls `GET /v1/usage` until `pred` holds (at most 5 s).
@@ -155,44 +213,88 @@ pub fn chat_body(model: &str, text: &str) -> Value {
 
 async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
     tokio::spawn(conn);
     sender
 }
 
-fn request(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<Vec<u8>>) -> http::Request<Full<Bytes>> {
-    let mut b = http::Request::builder().method(method).uri(path).header("host", addr.to_string());
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     if let Some(t) = bearer {
         b = b.header("authorization", format!("Bearer {t}"));
     }
     if body.is_some() {
         b = b.header("content-type", "application/json");
     }
-    b.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap()
+    b.body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap()
 }
 
-pub async fn send(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Resp {
     let mut s = connect(addr).await;
-    let resp = tokio::time::timeout(Duration::from_secs(20), s.send_request(request(addr, method, path, bearer, body)))
-        .await
-        .expect("response within 20 s")
-        .expect("response");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        s.send_request(request(addr, method, path, bearer, body)),
+    )
+    .await
+    .expect("response within 20 s")
+    .expect("response");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Sends a request and reads the body frame by frame; `stop_after` frames then drops the
 /// connection (a client abandoning the stream).
-pub async fn stream(addr: SocketAddr, path: &str, bearer: &str, body: Value, stop_after: Option<usize>) -> Streamed {
+pub async fn stream(
+    addr: SocketAddr,
+    path: &str,
+    bearer: &str,
+    body: Value,
+    stop_after: Option<usize>,
+) -> Streamed {
     let mut s = connect(addr).await;
-    let resp = s.send_request(request(addr, "POST", path, Some(bearer), Some(body.to_string().into_bytes()))).await.expect("response");
+    let resp = s
+        .send_request(request(
+            addr,
+            "POST",
+            path,
+            Some(bearer),
+            Some(body.to_string().into_bytes()),
+        ))
+        .await
+        .expect("response");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let mut body = resp.into_body();
     let mut frames = Vec::new();
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame()).await.expect("frame within 20 s") {
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .expect("frame within 20 s")
+    {
         if let Ok(data) = frame.expect("frame").into_data() {
             frames.push((Instant::now(), data));
         }
@@ -200,5 +302,9 @@ pub async fn stream(addr: SocketAddr, path: &str, bearer: &str, body: Value, sto
             break;
         }
     }
-    Streamed { status, headers, frames }
+    Streamed {
+        status,
+        headers,
+        frames,
+    }
 }

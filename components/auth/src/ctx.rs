@@ -1,0 +1,140 @@
+//! Per-request context: the request id, the clock, the headers every response carries
+//! (`x-request-id`, `x-lumen-model`, `x-lumen-provider`, `x-lumen-overhead-ms`, rate-limit
+//! headers once known), and what was read from the incoming request before its body.
+
+use lumen_shared::ratelimit::RateStatus;
+use lumen_shared::ApiError;
+use lumen_spin::http::{read_request_body, request_header};
+use lumen_spin::util::{
+    content_length_exceeds, elapsed_ms, format_ms, now_ms, parse_byte_limit, request_id,
+    split_path, DEFAULT_MAX_REQUEST_BYTES,
+};
+use lumen_spin::Reply;
+use spin_sdk::http::IncomingRequest;
+use spin_sdk::variables;
+use std::time::Instant;
+
+/// `x-lumen-model` / `x-lumen-provider` when no model was involved.
+pub const NONE: &str = "none";
+
+/// What a response needs to know about its request.
+pub struct Ctx {
+    /// `req_` + 24 hex characters.
+    pub request_id: String,
+    /// Arrival.
+    pub started: Instant,
+    /// Arrival, unix ms.
+    pub started_ms: u64,
+    /// Catalog model planned or served.
+    pub model: String,
+    /// Provider planned or served.
+    pub provider: String,
+    /// Upstream time to headers, as reported by the provider.
+    pub upstream_ms: f64,
+    /// Rate-limit headers, once the key was counted.
+    pub rate: Vec<(String, String)>,
+}
+
+impl Default for Ctx {
+    fn default() -> Ctx {
+        Ctx::new()
+    }
+}
+
+impl Ctx {
+    /// A context for a request arriving now.
+    pub fn new() -> Ctx {
+        Ctx {
+            request_id: request_id(),
+            started: Instant::now(),
+            started_ms: now_ms(),
+            model: NONE.into(),
+            provider: NONE.into(),
+            upstream_ms: 0.0,
+            rate: Vec::new(),
+        }
+    }
+
+    /// Records the rate-limit state for the `x-ratelimit-*` headers.
+    pub fn set_rate(&mut self, s: &RateStatus) {
+        self.rate = vec![
+            ("x-ratelimit-limit-requests".into(), s.limit.to_string()),
+            (
+                "x-ratelimit-remaining-requests".into(),
+                s.remaining.to_string(),
+            ),
+            (
+                "x-ratelimit-reset-requests".into(),
+                format!("{}s", s.reset_secs),
+            ),
+        ];
+    }
+
+    /// The headers every response carries, computed now (the overhead excludes the upstream's
+    /// time to headers).
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let mut h = vec![
+            ("x-request-id".to_string(), self.request_id.clone()),
+            ("x-lumen-model".to_string(), self.model.clone()),
+            ("x-lumen-provider".to_string(), self.provider.clone()),
+            (
+                "x-lumen-overhead-ms".to_string(),
+                format_ms(elapsed_ms(self.started) - self.upstream_ms),
+            ),
+        ];
+        h.extend(self.rate.iter().cloned());
+        h
+    }
+
+    /// Adds the headers to a whole reply.
+    pub fn stamp(&self, mut reply: Reply) -> Reply {
+        for (n, v) in self.headers() {
+            reply.set_header(&n, v);
+        }
+        reply
+    }
+}
+
+/// The parts of the incoming request used before (or instead of) its body.
+pub struct ReqInfo {
+    /// Method, upper case.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// `Authorization` header.
+    pub authorization: Option<String>,
+    /// `Content-Length` header.
+    pub content_length: Option<String>,
+}
+
+impl ReqInfo {
+    /// Reads method, path and the headers that matter.
+    pub fn read(req: &IncomingRequest) -> ReqInfo {
+        let target = req.path_with_query().unwrap_or_default();
+        let (path, _query) = split_path(&target);
+        ReqInfo {
+            method: req.method().to_string(),
+            path: path.to_string(),
+            authorization: request_header(req, "authorization"),
+            content_length: request_header(req, "content-length"),
+        }
+    }
+}
+
+/// The `max_request_bytes` variable (4 MiB when unset or invalid).
+pub fn max_request_bytes() -> usize {
+    parse_byte_limit(
+        variables::get("max_request_bytes").ok().as_deref(),
+        DEFAULT_MAX_REQUEST_BYTES,
+    )
+}
+
+/// Reads the body: refused from `content-length` before reading when over the limit, and
+/// refused while reading when more arrives than the limit.
+pub async fn read_body(req: IncomingRequest, info: &ReqInfo) -> Result<Vec<u8>, ApiError> {
+    let limit = max_request_bytes();
+    if content_length_exceeds(info.content_length.as_deref(), limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    read_request_body(req, limit).await
+}

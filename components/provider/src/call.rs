@@ -1,0 +1,290 @@
+//! `POST /call`: tries the plan's candidates in order (falling back on retryable failures before
+//! the first byte) and answers with the upstream's JSON or relays its SSE stream, always telling
+//! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
+
+use crate::upstream::{answer_usage, send_error, status_error, upstream_body, wants_error_body};
+use futures::{SinkExt, StreamExt};
+use lumen_shared::contracts::{headers, CallRequest, Candidate, Outcome, UsageReport};
+use lumen_shared::openai::{estimate_prompt_tokens, Usage};
+use lumen_shared::sse::Parser;
+use lumen_shared::ApiError;
+use lumen_spin::http::{
+    json_post, read_request_body, read_response_body, respond, response_header, send_request,
+    start_stream,
+};
+use lumen_spin::relay::UpstreamRelay;
+use lumen_spin::util::{elapsed_ms, format_ms, origin_of};
+use lumen_spin::Reply;
+use serde_json::Value;
+use spin_sdk::http::{IncomingRequest, IncomingResponse, ResponseOutparam};
+use spin_sdk::variables;
+use std::time::Instant;
+
+/// Call requests carry the client's body, already limited by auth; this is a backstop.
+const MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
+/// Largest upstream answer read whole (non-streamed answers and error bodies).
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// Largest upstream error body read for its message.
+const MAX_ERROR_BYTES: usize = 256 * 1024;
+
+/// What a successful attempt produced.
+enum Success {
+    /// A non-streamed answer, read whole.
+    Whole {
+        body: Vec<u8>,
+        usage: Usage,
+        estimated: bool,
+    },
+    /// A streamed answer, headers received.
+    Stream(IncomingResponse),
+}
+
+/// One failed attempt.
+struct Failure {
+    error: ApiError,
+    upstream_ms: f64,
+}
+
+impl Failure {
+    fn new(error: ApiError) -> Failure {
+        Failure {
+            error,
+            upstream_ms: 0.0,
+        }
+    }
+}
+
+fn config_error(c: &Candidate, message: String) -> Failure {
+    let mut e = ApiError::internal(format!(
+        "provider \"{}\" is misconfigured: {message}",
+        c.provider.name
+    ));
+    // Another candidate may be configured correctly.
+    e.retryable = true;
+    Failure::new(e)
+}
+
+async fn attempt(
+    c: &Candidate,
+    call: &CallRequest,
+    stream: bool,
+    prompt_estimate: u64,
+) -> Result<(Success, f64), Failure> {
+    let p = &c.provider;
+    let base = variables::get(&p.base_url_variable).map_err(|e| {
+        config_error(
+            c,
+            format!("could not read the {} variable: {e}", p.base_url_variable),
+        )
+    })?;
+    let base = base.trim().trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(config_error(
+            c,
+            format!(
+                "the {} variable must be an http:// or https:// URL, got \"{base}\"",
+                p.base_url_variable
+            ),
+        ));
+    }
+    let key = variables::get(&p.api_key_variable).unwrap_or_default();
+    let body = serde_json::to_vec(&upstream_body(&call.body, &c.upstream_model)).map_err(|e| {
+        Failure::new(ApiError::internal(format!(
+            "could not serialise the upstream request: {e}"
+        )))
+    })?;
+    let mut req = json_post(&format!("{base}/chat/completions"), body);
+    if !key.trim().is_empty() {
+        req.set_header("authorization", format!("Bearer {}", key.trim()));
+    }
+
+    let sent = Instant::now();
+    let resp = send_request(req).await.map_err(|e| Failure {
+        error: send_error(p, &origin_of(base), &e),
+        upstream_ms: elapsed_ms(sent),
+    })?;
+    let upstream_ms = elapsed_ms(sent);
+    let status = resp.status();
+    if !(200..300).contains(&status) {
+        let retry_after = response_header(&resp, "retry-after");
+        let body = if wants_error_body(status) {
+            read_response_body(&resp, MAX_ERROR_BYTES).await.ok()
+        } else {
+            None
+        };
+        return Err(Failure {
+            error: status_error(p, status, body.as_deref(), retry_after.as_deref()),
+            upstream_ms,
+        });
+    }
+    if stream {
+        return Ok((Success::Stream(resp), upstream_ms));
+    }
+    let lost = |why: String| Failure {
+        error: ApiError::upstream(
+            502,
+            format!("provider \"{}\" failed mid-answer: {why}", p.name),
+            true,
+        ),
+        upstream_ms,
+    };
+    let body = read_response_body(&resp, MAX_ANSWER_BYTES)
+        .await
+        .map_err(lost)?;
+    drop(resp);
+    let answer: Value =
+        serde_json::from_slice(&body).map_err(|e| lost(format!("the answer is not JSON ({e})")))?;
+    let (usage, estimated) = answer_usage(&answer, prompt_estimate);
+    Ok((
+        Success::Whole {
+            body,
+            usage,
+            estimated,
+        },
+        upstream_ms,
+    ))
+}
+
+fn served_headers(c: &Candidate, upstream_ms: f64) -> Vec<(String, String)> {
+    vec![
+        (headers::MODEL.into(), c.model.clone()),
+        (headers::PROVIDER.into(), c.provider.name.clone()),
+        (headers::UPSTREAM_MS.into(), format_ms(upstream_ms)),
+    ]
+}
+
+fn report(
+    c: &Candidate,
+    usage: Usage,
+    estimated: bool,
+    outcome: Outcome,
+    upstream_ms: f64,
+) -> UsageReport {
+    UsageReport {
+        model: c.model.clone(),
+        provider: c.provider.name.clone(),
+        usage,
+        estimated,
+        outcome,
+        upstream_ms,
+    }
+}
+
+fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
+    reply.set_header(headers::USAGE, serde_json::to_string(r).unwrap_or_default());
+    reply
+}
+
+/// Handles `POST /call`.
+pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
+    let call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
+        serde_json::from_slice::<CallRequest>(&b).map_err(|e| {
+            ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
+        })
+    }) {
+        Ok(call) => call,
+        Err(e) => return respond(out, Reply::error(&e)).await,
+    };
+    let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
+    let prompt_estimate = estimate_prompt_tokens(&call.body);
+
+    let mut last: Option<(&Candidate, Failure)> = None;
+    for c in &call.candidates {
+        match attempt(c, &call, stream, prompt_estimate).await {
+            Ok((
+                Success::Whole {
+                    body,
+                    usage,
+                    estimated,
+                },
+                ms,
+            )) => {
+                let mut reply = Reply::json_bytes(200, body);
+                reply.headers.extend(served_headers(c, ms));
+                let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
+                return respond(out, reply).await;
+            }
+            Ok((Success::Stream(resp), ms)) => {
+                return relay(out, resp, c, ms, call.include_usage, prompt_estimate).await
+            }
+            Err(f) => {
+                let retry = f.error.retryable;
+                last = Some((c, f));
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    let reply = match last {
+        Some((c, f)) => {
+            let mut reply = Reply::error(&f.error);
+            reply.headers.extend(served_headers(c, f.upstream_ms));
+            with_usage(
+                reply,
+                &report(
+                    c,
+                    Usage::default(),
+                    false,
+                    Outcome::UpstreamError,
+                    f.upstream_ms,
+                ),
+            )
+        }
+        None => Reply::error(&ApiError::internal("the plan has no candidates")),
+    };
+    respond(out, reply).await;
+}
+
+/// Relays an upstream SSE stream event by event; stops as soon as auth goes away.
+async fn relay(
+    out: ResponseOutparam,
+    resp: IncomingResponse,
+    c: &Candidate,
+    upstream_ms: f64,
+    include_usage: bool,
+    prompt_estimate: u64,
+) {
+    let mut hs = vec![
+        ("content-type".to_string(), "text/event-stream".to_string()),
+        ("cache-control".to_string(), "no-cache".to_string()),
+    ];
+    hs.extend(served_headers(c, upstream_ms));
+    let mut sink = start_stream(out, 200, &hs);
+    let mut relay = UpstreamRelay::new(include_usage);
+    let mut parser = Parser::default();
+    {
+        let mut body = resp.take_body_stream();
+        while let Some(Ok(chunk)) = body.next().await {
+            for ev in parser.push(&chunk) {
+                if let Some(bytes) = relay.on_event(&ev) {
+                    if sink.send(bytes).await.is_err() {
+                        // The caller went away: dropping `body` and `resp` cancels the upstream.
+                        return;
+                    }
+                }
+            }
+        }
+        // An upstream that ends its last event without the blank line: complete it, but keep only
+        // whole events (a cut JSON chunk is dropped, the cut is reported below).
+        if !parser.pending().iter().all(u8::is_ascii_whitespace) {
+            for ev in parser.push(b"\n\n") {
+                let data = ev.data.trim();
+                if data != "[DONE]"
+                    && serde_json::from_str::<serde_json::Map<String, Value>>(data).is_err()
+                {
+                    continue;
+                }
+                if let Some(bytes) = relay.on_event(&ev) {
+                    if sink.send(bytes).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    drop(resp);
+    let (tail, _) = relay.finish(&c.model, &c.provider.name, upstream_ms, prompt_estimate);
+    let _ = sink.send(tail).await;
+    let _ = sink.close().await;
+}

@@ -1,0 +1,322 @@
+//! The OpenAI dialect, as pure functions: the body sent upstream, and the classification of
+//! upstream failures into [`ApiError`]s (which ones fall back to the next candidate, what the
+//! client is told, never an upstream body or key for credential errors).
+
+use lumen_shared::contracts::ProviderTarget;
+use lumen_shared::openai::Usage;
+use lumen_shared::ApiError;
+use lumen_spin::util::parse_retry_after;
+use serde_json::{Map, Value};
+use spin_sdk::http::{ErrorCode, SendError};
+
+/// The client's body for one candidate: `model` becomes the upstream id and a streamed request
+/// asks for the usage chunk (other `stream_options` fields are kept). Everything else is untouched.
+pub fn upstream_body(client: &Map<String, Value>, upstream_model: &str) -> Map<String, Value> {
+    let mut body = client.clone();
+    body.insert("model".into(), Value::String(upstream_model.to_string()));
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        let mut opts = match body.remove("stream_options") {
+            Some(Value::Object(o)) => o,
+            _ => Map::new(),
+        };
+        opts.insert("include_usage".into(), Value::Bool(true));
+        body.insert("stream_options".into(), Value::Object(opts));
+    }
+    body
+}
+
+/// The Spin variable that lists the provider's host in `allowed_outbound_hosts`.
+pub fn allowed_host_variable(p: &ProviderTarget) -> String {
+    match p.base_url_variable.strip_suffix("_base_url") {
+        Some(prefix) => format!("{prefix}_allowed_host"),
+        None => format!("{}_allowed_host", p.name),
+    }
+}
+
+/// Whether the body of a failed upstream answer is read (for the upstream's message).
+pub fn wants_error_body(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 429)
+}
+
+fn upstream_error_field<'a>(body: Option<&'a Value>, field: &str) -> Option<&'a str> {
+    body?
+        .get("error")?
+        .get(field)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+}
+
+/// Classifies a non-2xx upstream answer. `retryable` errors fall back to the next candidate.
+pub fn status_error(
+    p: &ProviderTarget,
+    status: u16,
+    body: Option<&[u8]>,
+    retry_after: Option<&str>,
+) -> ApiError {
+    let name = &p.name;
+    match status {
+        401 | 403 => ApiError::upstream(
+            502,
+            format!(
+                "provider \"{name}\" rejected Lumen's credentials; check the {} variable",
+                p.api_key_variable
+            ),
+            true,
+        ),
+        408 => ApiError::upstream(
+            502,
+            format!("provider \"{name}\" timed out (HTTP 408)"),
+            true,
+        ),
+        429 => {
+            let mut e = ApiError::upstream(
+                429,
+                format!("provider \"{name}\" is rate limiting Lumen (HTTP 429); retry later"),
+                true,
+            );
+            e.retry_after = retry_after.and_then(parse_retry_after);
+            e
+        }
+        400..=499 => {
+            let parsed: Option<Value> = body.and_then(|b| serde_json::from_slice(b).ok());
+            let msg = upstream_error_field(parsed.as_ref(), "message")
+                .map_or_else(|| format!("HTTP {status}"), str::to_string);
+            let mut e =
+                ApiError::upstream(400, format!("upstream rejected the request: {msg}"), false);
+            e.param = upstream_error_field(parsed.as_ref(), "param").map(str::to_string);
+            if let Some(code) = upstream_error_field(parsed.as_ref(), "code") {
+                e.code = Some(code.to_string());
+            }
+            e
+        }
+        500..=599 => ApiError::upstream(
+            502,
+            format!("provider \"{name}\" failed with HTTP {status}"),
+            true,
+        ),
+        _ => ApiError::upstream(
+            502,
+            format!("provider \"{name}\" answered with unexpected HTTP {status}"),
+            false,
+        ),
+    }
+}
+
+fn describe(code: &ErrorCode) -> String {
+    match code {
+        ErrorCode::ConnectionRefused => "connection refused".into(),
+        ErrorCode::ConnectionTimeout => "connection timed out".into(),
+        ErrorCode::ConnectionReadTimeout => "timed out waiting for the response".into(),
+        ErrorCode::ConnectionTerminated => "connection closed before a response".into(),
+        ErrorCode::ConnectionLimitReached => "connection limit reached".into(),
+        ErrorCode::DestinationNotFound => "destination not found".into(),
+        ErrorCode::DestinationUnavailable => "destination unavailable".into(),
+        ErrorCode::DestinationIpUnroutable => "destination IP unroutable".into(),
+        ErrorCode::DestinationIpProhibited => "destination IP prohibited".into(),
+        ErrorCode::DnsTimeout => "DNS lookup timed out".into(),
+        ErrorCode::DnsError(_) => "DNS lookup failed".into(),
+        ErrorCode::TlsProtocolError => "TLS protocol error".into(),
+        ErrorCode::TlsCertificateError => "TLS certificate error".into(),
+        ErrorCode::InternalError(Some(m)) => m.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn is_denied(e: &SendError) -> bool {
+    match e {
+        SendError::Http(ErrorCode::HttpRequestDenied) => true,
+        SendError::Http(other) => {
+            let text = format!("{other:?}").to_ascii_lowercase();
+            text.contains("denied") || text.contains("not allowed")
+        }
+        _ => false,
+    }
+}
+
+/// Classifies a failure to send the request at all (all retryable: the next candidate may be
+/// reachable).
+pub fn send_error(p: &ProviderTarget, origin: &str, e: &SendError) -> ApiError {
+    if is_denied(e) {
+        return ApiError::upstream(
+            502,
+            format!(
+                "outbound request to {origin} was denied by spin.toml allowed_outbound_hosts; set the {} variable to the origin of {}",
+                allowed_host_variable(p),
+                p.base_url_variable
+            ),
+            true,
+        );
+    }
+    let why = match e {
+        SendError::Http(code) => describe(code),
+        SendError::RequestConversion(err) => format!(
+            "invalid request URL ({err}); check the {} variable",
+            p.base_url_variable
+        ),
+        other => other.to_string(),
+    };
+    ApiError::upstream(
+        502,
+        format!("could not reach provider \"{}\" at {origin}: {why}", p.name),
+        true,
+    )
+}
+
+/// A rough completion size when a non-streamed answer carries no `usage` (4 characters a token).
+pub fn estimate_completion_tokens(answer: &Value) -> u64 {
+    let chars: usize = answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(0, |cs| {
+            cs.iter()
+                .filter_map(|c| c.get("message")?.get("content")?.as_str())
+                .map(|s| s.chars().count())
+                .sum()
+        });
+    (chars as u64).div_ceil(4)
+}
+
+/// Usage of a non-streamed answer, or an estimate (`true`) when the upstream reported none.
+pub fn answer_usage(answer: &Value, prompt_estimate: u64) -> (Usage, bool) {
+    match answer.get("usage").and_then(Usage::from_openai) {
+        Some(u) => (u, false),
+        None => (
+            Usage {
+                prompt_tokens: prompt_estimate,
+                completion_tokens: estimate_completion_tokens(answer),
+                cached_tokens: 0,
+            },
+            true,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lumen_shared::catalog::Dialect;
+    use serde_json::json;
+
+    fn openai() -> ProviderTarget {
+        ProviderTarget {
+            name: "openai".into(),
+            dialect: Dialect::Openai,
+            base_url_variable: "openai_base_url".into(),
+            api_key_variable: "openai_api_key".into(),
+        }
+    }
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn body_rewrites_model_and_asks_for_usage() {
+        let client = map(json!({"model":"mini","messages":[],"seed":1,"x_future":{"a":[1]}}));
+        let b = upstream_body(&client, "gpt-4o-mini");
+        assert_eq!(b["model"], "gpt-4o-mini");
+        assert_eq!(b["x_future"], json!({"a":[1]}));
+        assert!(!b.contains_key("stream_options"));
+
+        let client = map(
+            json!({"model":"m","stream":true,"stream_options":{"include_usage":false,"other":3}}),
+        );
+        let b = upstream_body(&client, "u");
+        assert_eq!(b["stream_options"], json!({"include_usage":true,"other":3}));
+        let b = upstream_body(&map(json!({"model":"m","stream":true})), "u");
+        assert_eq!(b["stream_options"], json!({"include_usage":true}));
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let p = openai();
+        let e = status_error(
+            &p,
+            401,
+            Some(b"{\"error\":{\"message\":\"sk-secret is wrong\"}}"),
+            None,
+        );
+        assert_eq!((e.status, e.retryable), (502, true));
+        assert_eq!(
+            e.message,
+            "provider \"openai\" rejected Lumen's credentials; check the openai_api_key variable"
+        );
+        let e = status_error(&p, 404, Some(br#"{"error":{"message":"The model `x` does not exist","param":"model","code":"model_not_found"}}"#), None);
+        assert_eq!(
+            (e.status, e.retryable, e.param.as_deref(), e.code.as_deref()),
+            (400, false, Some("model"), Some("model_not_found"))
+        );
+        assert_eq!(
+            e.message,
+            "upstream rejected the request: The model `x` does not exist"
+        );
+        let e = status_error(&p, 422, Some(b"not json"), None);
+        assert_eq!(e.message, "upstream rejected the request: HTTP 422");
+        let e = status_error(&p, 429, None, Some("7"));
+        assert_eq!((e.status, e.retryable, e.retry_after), (429, true, Some(7)));
+        let e = status_error(&p, 503, None, None);
+        assert_eq!((e.status, e.retryable), (502, true));
+        assert_eq!(status_error(&p, 408, None, None).status, 502);
+        assert!(!status_error(&p, 302, None, None).retryable);
+        assert!(
+            wants_error_body(400)
+                && wants_error_body(422)
+                && !wants_error_body(401)
+                && !wants_error_body(429)
+                && !wants_error_body(500)
+        );
+    }
+
+    #[test]
+    fn send_errors_name_the_fix() {
+        let p = openai();
+        let e = send_error(
+            &p,
+            "http://127.0.0.1:9000",
+            &SendError::Http(ErrorCode::HttpRequestDenied),
+        );
+        assert_eq!(e.status, 502);
+        assert_eq!(
+            e.message,
+            "outbound request to http://127.0.0.1:9000 was denied by spin.toml allowed_outbound_hosts; set the openai_allowed_host variable to the origin of openai_base_url"
+        );
+        let e = send_error(
+            &p,
+            "http://127.0.0.1:9",
+            &SendError::Http(ErrorCode::ConnectionRefused),
+        );
+        assert_eq!(
+            e.message,
+            "could not reach provider \"openai\" at http://127.0.0.1:9: connection refused"
+        );
+        assert!(e.retryable);
+    }
+
+    #[test]
+    fn usage_or_estimate() {
+        let a = json!({"choices":[{"message":{"content":"12345"}}],"usage":{"prompt_tokens":3,"completion_tokens":2}});
+        assert_eq!(
+            answer_usage(&a, 99),
+            (
+                Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2,
+                    cached_tokens: 0
+                },
+                false
+            )
+        );
+        let a = json!({"choices":[{"message":{"content":"12345"}}]});
+        assert_eq!(
+            answer_usage(&a, 99),
+            (
+                Usage {
+                    prompt_tokens: 99,
+                    completion_tokens: 2,
+                    cached_tokens: 0
+                },
+                true
+            )
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Glue shared by Lumen's four Spin components, so nothing is written four times: Spin KV behind
+//! the shared [`lumen_shared::kv::Kv`] trait, JSON replies with `content-length`, bounded body
+//! reads, internal JSON calls, and the SSE relays.
+//!
+//! [`util`] and [`relay`] import nothing from Spin and are unit-tested natively; [`kv`] and
+//! [`http`] are the thin Spin-facing layer.
+
+pub mod http;
+pub mod kv;
+pub mod relay;
+pub mod util;
+
+pub use http::Reply;
+pub use kv::SpinKv;
