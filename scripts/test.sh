@@ -15,6 +15,8 @@ cargo clippy --release -j "$jobs" --target wasm32-wasip2 -p lumen-auth -p lumen-
 
 echo "== cargo test (unit, end-to-end through the host)"
 cargo test --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests
+echo "== component unit tests (native)"
+cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter
 
 echo "== OpenAI Python SDK"
 if [[ ! -x .venv/bin/python ]]; then

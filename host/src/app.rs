@@ -320,7 +320,9 @@ impl App {
 
     fn new_store(self: &Arc<Self>, comp: &Arc<ComponentRuntime>) -> Result<Store<Ctx>> {
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stdout().inherit_stderr();
+        wasi.inherit_stdout()
+            .inherit_stderr()
+            .allow_blocking_current_thread(true);
         for (k, v) in &comp.def.environment {
             wasi.env(k, v);
         }

@@ -98,6 +98,19 @@ impl RunningHost {
     }
 }
 
+/// Binds with `SO_REUSEADDR`, so a restart can take the port while old connections sit in
+/// TIME_WAIT (as `spin up` can).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Loads the app and starts serving.
 pub async fn start(opts: HostOptions) -> Result<RunningHost> {
     let manifest = manifest::Manifest::load(&opts.manifest)?;
@@ -137,9 +150,8 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         cache_dir: &cache_dir,
     })?;
 
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| format_err!("cannot listen on {}: {e}", opts.listen))?;
+    let listener =
+        bind(opts.listen).map_err(|e| format_err!("cannot listen on {}: {e}", opts.listen))?;
     let addr = listener.local_addr().map_err(|e| format_err!("{e}"))?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let served = app.clone();
@@ -160,6 +172,7 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
             let _ = sock.set_nodelay(true);
             let app = served.clone();
             let in_flight = in_flight.clone();
+            let mut stop = stopped.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
@@ -173,11 +186,19 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
                         }
                     },
                 );
-                if let Err(e) = http1::Builder::new()
+                let conn = http1::Builder::new()
                     .keep_alive(true)
-                    .serve_connection(TokioIo::new(sock), service)
-                    .await
-                {
+                    .serve_connection(TokioIo::new(sock), service);
+                tokio::pin!(conn);
+                // On shutdown, finish the request in progress and close the connection.
+                let served = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = served {
                     if !e.is_incomplete_message() {
                         eprintln!("lumen-host: connection from {client}: {e}");
                     }

@@ -522,3 +522,41 @@ async fn keys_persist_in_the_sqlite_store_across_restarts() {
     host.shutdown().await;
     std::fs::remove_dir_all(&state).unwrap();
 }
+
+/// Regression: the listener lacked SO_REUSEADDR, so a restart on the same port failed with
+/// "address already in use" while the previous run's connections sat in TIME_WAIT; and
+/// `shutdown` left keep-alive connections open, still served by the stopped app.
+#[tokio::test]
+async fn shutdown_closes_connections_and_the_port_is_reusable_at_once() {
+    let mock = mock::MockUpstream::start(mock::MockConfig::default())
+        .await
+        .unwrap();
+    let host = lumen_host::start(options(&mock)).await.unwrap();
+    let addr = host.addr();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = || {
+        http::Request::get("/v1/models")
+            .header("host", addr.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(s.send_request(get()).await.unwrap().status(), 401);
+    // The server closes the idle keep-alive connection first, leaving TIME_WAIT on its port.
+    host.shutdown().await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), conn)
+        .await
+        .expect("shutdown closes open connections")
+        .unwrap()
+        .unwrap();
+    let mut o = options(&mock);
+    o.listen = addr;
+    let again = lumen_host::start(o)
+        .await
+        .expect("rebinding the same port succeeds");
+    assert_eq!(again.addr(), addr);
+    again.shutdown().await;
+}
