@@ -6,6 +6,7 @@ use crate::engine;
 use crate::kv::KvBackend;
 use crate::manifest::{Component as ComponentDef, Manifest, Route};
 use crate::outbound::{chaining_target, AllowedHost};
+use crate::outbound_http::OutboundHttp;
 use crate::spin::{bindings::SpinImports, SpinState, SpinView};
 use crate::variables::AppVariables;
 use bytes::Bytes;
@@ -105,6 +106,7 @@ impl RouteEntry {
 /// The whole application.
 pub struct App {
     engine: Engine,
+    outbound: OutboundHttp,
     components: HashMap<String, Arc<ComponentRuntime>>,
     routes: Vec<RouteEntry>,
     private: Vec<String>,
@@ -181,6 +183,7 @@ impl App {
         routes.sort_by_key(RouteEntry::priority);
         Ok(Arc::new(App {
             engine,
+            outbound: OutboundHttp::new(),
             components,
             routes,
             private,
@@ -502,11 +505,12 @@ impl WasiHttpHooks for Hooks {
                 }
             });
         }
+        let client = self.app.outbound.clone();
         Box::new(async move {
-            let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let resp = client.send(request, options).await?;
             Ok((
-                resp.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                resp,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
             ))
         })
     }

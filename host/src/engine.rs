@@ -31,7 +31,12 @@ pub fn new_engine() -> Result<Engine> {
         .max_memory_size(512 << 20)
         .max_core_instances_per_component(50)
         .max_memories_per_component(10)
-        .max_tables_per_component(20);
+        .max_tables_per_component(20)
+        // Reset recycled instances by zeroing up to 128 KiB in place instead of madvise, and
+        // return memory to the kernel in batches: both avoid a TLB shootdown per request.
+        .linear_memory_keep_resident(128 << 10)
+        .table_keep_resident(64 << 10)
+        .decommit_batch_size(16);
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

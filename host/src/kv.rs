@@ -126,6 +126,10 @@ impl SqliteKv {
     }
 }
 
+const SELECT: &str = "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2";
+const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3) \
+     ON CONFLICT(store, key) DO UPDATE SET value = excluded.value";
+
 fn sql(e: rusqlite::Error) -> wasmtime::Error {
     wasmtime::format_err!("sqlite: {e}")
 }
@@ -133,18 +137,14 @@ fn sql(e: rusqlite::Error) -> wasmtime::Error {
 impl KvBackend for SqliteKv {
     fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")
-            .map_err(sql)?;
+        let mut stmt = conn.prepare_cached(SELECT).map_err(sql)?;
         stmt.query_row(params![store, key], |r| r.get(0))
             .optional()
             .map_err(sql)
     }
     fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<()> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(store, key) DO UPDATE SET value = excluded.value")
-            .map_err(sql)?;
+        let mut stmt = conn.prepare_cached(UPSERT).map_err(sql)?;
         stmt.execute(params![store, key, value]).map_err(sql)?;
         Ok(())
     }
@@ -171,11 +171,9 @@ impl KvBackend for SqliteKv {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let cur: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                params![store, key],
-                |r| r.get(0),
-            )
+            .prepare_cached(SELECT)
+            .map_err(sql)?
+            .query_row(params![store, key], |r| r.get(0))
             .optional()
             .map_err(sql)?;
         let cur = match cur {
@@ -185,11 +183,10 @@ impl KvBackend for SqliteKv {
         let next = cur
             .checked_add(delta)
             .ok_or_else(|| wasmtime::format_err!("counter {key:?} overflowed"))?;
-        tx.execute(
-            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3) ON CONFLICT(store, key) DO UPDATE SET value = excluded.value",
-            params![store, key, next.to_le_bytes().to_vec()],
-        )
-        .map_err(sql)?;
+        tx.prepare_cached(UPSERT)
+            .map_err(sql)?
+            .execute(params![store, key, next.to_le_bytes().to_vec()])
+            .map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(next)
     }

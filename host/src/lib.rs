@@ -7,6 +7,7 @@ pub mod engine;
 pub mod kv;
 pub mod manifest;
 pub mod outbound;
+pub mod outbound_http;
 pub mod runtime_config;
 pub mod spin;
 pub mod variables;

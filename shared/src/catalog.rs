@@ -6,8 +6,10 @@
 
 use crate::contracts::{Candidate, Plan, ProviderTarget};
 use crate::error::ApiError;
+use crate::kv::{self, CompiledCatalog, Kv};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Wire dialects a provider may speak.
@@ -157,6 +159,20 @@ impl Catalog {
         Ok(())
     }
 
+    /// Like [`Catalog::from_toml`], but reuses the checked catalog stored in `kv` under the
+    /// sha256 of `text` (JSON parses several times faster than TOML in wasm). An edited file has
+    /// a new hash, so a stale catalog is never served.
+    pub fn from_toml_cached(text: &str, origin: &str, kv: &dyn Kv) -> Result<Catalog, String> {
+        let key = CompiledCatalog(hex::encode(Sha256::digest(text.as_bytes())));
+        if let Ok(Some(cat)) = kv::load(kv, &key) {
+            return Ok(cat);
+        }
+        let cat = Self::from_toml(text, origin)?;
+        // A cache write failure only costs the next request a parse.
+        let _ = kv::store(kv, &key, &cat);
+        Ok(cat)
+    }
+
     /// Finds a model by id or alias; returns its canonical id.
     pub fn lookup(&self, name: &str) -> Option<(&str, &ModelConfig)> {
         if let Some((id, m)) = self.models.get_key_value(name) {
@@ -267,6 +283,20 @@ price = { input = 0.15, output = 0.6, cached_input = 0.075, source = "https://op
         let cat = Catalog::from_toml(text, "config/catalog.toml").unwrap();
         assert!(cat.lookup("gpt-4o-mini").is_some());
         assert!(cat.lookup("gpt-4o").is_some());
+    }
+
+    #[test]
+    fn cached_parse_reuses_the_checked_catalog_and_follows_edits() {
+        let store = crate::kv::MemKv::default();
+        let a = Catalog::from_toml_cached(GOOD, "t", &store).unwrap();
+        assert_eq!(store.keys().len(), 1);
+        assert_eq!(Catalog::from_toml_cached(GOOD, "t", &store).unwrap(), a);
+        let edited = GOOD.replace("context_window = 128000", "context_window = 64000");
+        let b = Catalog::from_toml_cached(&edited, "t", &store).unwrap();
+        assert_eq!(b.models["gpt-4o-mini"].context_window, 64000);
+        assert_eq!(store.keys().len(), 2);
+        let e = Catalog::from_toml_cached("nonsense = 1", "t", &store).unwrap_err();
+        assert!(e.contains("nonsense"), "{e}");
     }
 
     #[test]

@@ -134,6 +134,15 @@ impl Family for KeyIndex {
     }
 }
 
+/// `v1/catalog/compiled/{sha256 of catalog.toml}` → the checked [`crate::catalog::Catalog`].
+pub struct CompiledCatalog(pub String);
+impl Family for CompiledCatalog {
+    type Value = crate::catalog::Catalog;
+    fn key(&self) -> String {
+        format!("v1/catalog/compiled/{}", self.0)
+    }
+}
+
 /// `v1/rl/rpm/{key_id}/{window_start_secs}` — requests admitted in one minute window.
 pub struct RpmWindow<'a> {
     /// Key id.
@@ -396,6 +405,7 @@ mod tests {
         assert_eq!(KeyByHash("ab").key(), "v1/key/hash/ab");
         assert_eq!(KeyById("key_1").key(), "v1/key/id/key_1");
         assert_eq!(KeySeq.key(), "v1/key/seq");
+        assert_eq!(CompiledCatalog("ab".into()).key(), "v1/catalog/compiled/ab");
         assert_eq!(KeyIndex(3).key(), "v1/key/index/3");
         assert_eq!(
             RpmWindow {

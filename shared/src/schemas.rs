@@ -15,6 +15,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("kv.api-key-record.v1.json", s::<ApiKeyRecord>()),
         ("kv.usage-record.v1.json", s::<UsageRecord>()),
         ("kv.usage-dim.v1.json", s::<UsageDim>()),
+        (
+            "kv.compiled-catalog.v1.json",
+            s::<crate::catalog::Catalog>(),
+        ),
         ("contract.plan-request.json", s::<PlanRequest>()),
         ("contract.plan.json", s::<Plan>()),
         ("contract.settle-request.json", s::<SettleRequest>()),

@@ -6,7 +6,7 @@ use lumen_shared::contracts::PlanRequest;
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_request_body, respond};
 use lumen_spin::util::{now_ms, split_path};
-use lumen_spin::Reply;
+use lumen_spin::{Reply, SpinKv};
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 use std::sync::OnceLock;
@@ -25,7 +25,12 @@ fn catalog() -> Result<&'static Catalog, ApiError> {
         .get_or_init(|| {
             let text = std::fs::read_to_string(CATALOG_PATH)
                 .map_err(|e| format!("could not read {CATALOG_NAME}: {e}"))?;
-            Catalog::from_toml(&text, CATALOG_NAME)
+            // Parsed TOML is cached in KV by content hash: a fresh instance per request would
+            // otherwise pay the TOML parse on every plan.
+            match SpinKv::open() {
+                Ok(kv) => Catalog::from_toml_cached(&text, CATALOG_NAME, &kv),
+                Err(_) => Catalog::from_toml(&text, CATALOG_NAME),
+            }
         })
         .as_ref()
         .map_err(|e| ApiError::internal(format!("the model catalog is invalid: {e}")))
