@@ -139,7 +139,10 @@ impl App {
             let variables = cfg.variables.for_component(&def.variables).map_err(at)?;
             let mut allowed = Vec::new();
             for rule in &def.allowed_outbound_hosts {
-                let resolved = expand_with(&variables, cfg.variables, rule).map_err(at)?;
+                let resolved = cfg
+                    .variables
+                    .expand_over(Some(&variables), rule)
+                    .map_err(at)?;
                 allowed.push(
                     AllowedHost::parse(&resolved).map_err(|e| {
                         format_err!("component {id:?}: allowed_outbound_hosts: {e}")
@@ -354,31 +357,6 @@ impl App {
         };
         Ok(Store::new(&self.engine, ctx))
     }
-}
-
-/// Expands a template against a component's variables first, then the application's.
-fn expand_with(
-    component_vars: &HashMap<String, String>,
-    app: &AppVariables,
-    text: &str,
-) -> Result<String> {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            bail!("unterminated template in {text:?}")
-        };
-        let name = after[..end].trim();
-        match component_vars.get(name) {
-            Some(v) => out.push_str(v),
-            None => out.push_str(&app.expand(&format!("{{{{ {name} }}}}"))?),
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// An OpenAI-shaped error produced by the host itself.

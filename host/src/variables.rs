@@ -33,6 +33,16 @@ impl AppVariables {
 
     /// Expands `{{ name }}` templates in `text`.
     pub fn expand(&self, text: &str) -> Result<String> {
+        self.expand_over(None, text)
+    }
+
+    /// Expands `{{ name }}` templates, looking names up in `first` (a component's variables)
+    /// before the application's.
+    pub fn expand_over(
+        &self,
+        first: Option<&HashMap<String, String>>,
+        text: &str,
+    ) -> Result<String> {
         let mut out = String::new();
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
@@ -42,7 +52,7 @@ impl AppVariables {
                 bail!("unterminated template in {text:?}")
             };
             let name = after[..end].trim();
-            match self.values.get(name) {
+            match first.and_then(|f| f.get(name)).or_else(|| self.values.get(name)) {
                 Some(v) => out.push_str(v),
                 None => bail!("template {text:?} refers to undeclared variable {name:?}; declare it under [variables]"),
             }
