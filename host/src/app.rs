@@ -223,7 +223,7 @@ impl App {
             return error_response(
                 404,
                 "route_not_found",
-                &format!("no route matches {path}; Lumen serves /v1/... and /admin/..."),
+                &format!("no route in spin.toml matches {path}"),
             );
         };
         let Some(comp) = self.components.get(&route.component).cloned() else {

@@ -372,7 +372,7 @@ mod tests {
             .filter(|t| t.route != Route::Private)
             .map(|t| t.component.as_str())
             .collect();
-        assert_eq!(public, vec!["auth", "auth"]);
+        assert_eq!(public, vec!["auth"]);
         assert!(m.variables["admin_token"].secret);
         assert_eq!(m.components["router"].files[0].destination, "/config");
     }

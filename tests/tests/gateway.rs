@@ -237,6 +237,7 @@ async fn bad_input_gets_a_400_naming_the_problem() {
     r.error(404);
     let r = gw.call("GET", "/elsewhere", None, None).await;
     r.error(404);
+    r.assert_lumen_headers();
     assert_eq!(gw.mock.request_count(), 0);
 }
 
