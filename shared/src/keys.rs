@@ -109,6 +109,46 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
     Ok(req)
 }
 
+/// Checks a new key's `allowed_models` against the model names the catalog knows (ids and
+/// aliases, as `GET /v1/models` lists them), so a typo is a 400 instead of a useless key.
+pub fn check_allowed_models(
+    allowed: &[String],
+    models_list: &serde_json::Value,
+) -> Result<(), ApiError> {
+    let data = models_list
+        .get("data")
+        .and_then(serde_json::Value::as_array);
+    let mut known: Vec<&str> = Vec::new();
+    for m in data.into_iter().flatten() {
+        known.extend(m.get("id").and_then(serde_json::Value::as_str));
+        let aliases = m.get("aliases").and_then(serde_json::Value::as_array);
+        known.extend(
+            aliases
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str),
+        );
+    }
+    for (i, name) in allowed.iter().enumerate() {
+        if !known.contains(&name.as_str()) {
+            let ids: Vec<&str> = data
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.get("id")?.as_str())
+                .collect();
+            return Err(ApiError::invalid_request(
+                format!(
+                    "unknown model \"{name}\" in allowed_models; available models: {}",
+                    ids.join(", ")
+                ),
+                Some(&format!("allowed_models[{i}]")),
+                "model_not_found",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Mints a key from 32 random bytes for the secret and 8 for the id; returns the stored record
 /// and the secret (shown to the caller once).
 pub fn create(
@@ -230,6 +270,25 @@ mod tests {
         assert_eq!(bearer(None).unwrap_err().status, 401);
         assert_eq!(bearer(Some("Basic abc")).unwrap_err().status, 401);
         assert_eq!(bearer(Some("Bearer  lm_x ")).unwrap(), "lm_x");
+    }
+
+    #[test]
+    fn allowed_models_must_exist() {
+        let list = serde_json::json!({"object": "list", "data": [
+            {"id": "gpt-4o-mini", "aliases": ["openai/gpt-4o-mini"]},
+            {"id": "gpt-4o", "aliases": []}
+        ]});
+        check_allowed_models(&[], &list).unwrap();
+        check_allowed_models(&["gpt-4o".into(), "openai/gpt-4o-mini".into()], &list).unwrap();
+        let e = check_allowed_models(&["gpt-4o".into(), "gpt-4o-mni".into()], &list).unwrap_err();
+        assert_eq!(
+            (e.status, e.param.as_deref()),
+            (400, Some("allowed_models[1]"))
+        );
+        assert_eq!(
+            e.message,
+            "unknown model \"gpt-4o-mni\" in allowed_models; available models: gpt-4o-mini, gpt-4o"
+        );
     }
 
     #[test]

@@ -405,6 +405,17 @@ async fn admin_api_is_behind_its_own_secret() {
             "POST",
             "/admin/keys",
             Some(ADMIN),
+            Some(br#"{"name":"x","allowed_models":["gpt-4o","gpt-5-typo"]}"#.to_vec()),
+        )
+        .await;
+    let e = r.error(400);
+    assert_eq!(e["param"], "allowed_models[1]");
+    assert!(e["message"].as_str().unwrap().contains("gpt-5-typo"), "{e}");
+    let r = gw
+        .call(
+            "POST",
+            "/admin/keys",
+            Some(ADMIN),
             Some(br#"{"name":"x","rpm":5}"#.to_vec()),
         )
         .await;

@@ -2,7 +2,9 @@
 //! compared as sha256 digests in constant time.
 
 use crate::ctx::{read_body, ReqInfo};
+use lumen_shared::contracts::routes;
 use lumen_shared::{keys, ApiError};
+use lumen_spin::http::get_json;
 use lumen_spin::util::{fill_random, now_ms};
 use lumen_spin::{Reply, SpinKv};
 use spin_sdk::http::IncomingRequest;
@@ -39,6 +41,10 @@ pub async fn create(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiEr
     check_admin(info)?;
     let body = read_body(req, info).await?;
     let ask = keys::parse_create(&body)?;
+    if !ask.allowed_models.is_empty() {
+        let models: serde_json::Value = get_json("router", routes::MODELS).await?;
+        keys::check_allowed_models(&ask.allowed_models, &models)?;
+    }
     let kv = SpinKv::open_or_503()?;
     let mut secret = [0u8; 32];
     let mut id = [0u8; 8];
