@@ -572,3 +572,19 @@ async fn shutdown_closes_connections_and_the_port_is_reusable_at_once() {
     assert_eq!(again.addr(), addr);
     again.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_invalid_body_limit_is_named_not_ignored() {
+    let gw = Gateway::start_with(mock::MockConfig::default(), |o| {
+        o.variables.insert("max_request_bytes".into(), "4MB".into());
+    })
+    .await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    let r = gw.chat(&key, chat_body("gpt-4o-mini", "hi")).await;
+    let e = r.error(500);
+    assert!(
+        e["message"].as_str().unwrap().contains("max_request_bytes"),
+        "{e}"
+    );
+    assert_eq!(gw.mock.request_count(), 0);
+}

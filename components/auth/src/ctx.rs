@@ -121,9 +121,10 @@ impl ReqInfo {
     }
 }
 
-/// The `max_request_bytes` variable (4 MiB when unset or invalid).
-pub fn max_request_bytes() -> usize {
+/// The `max_request_bytes` variable (4 MiB when unset; an invalid value is an error).
+pub fn max_request_bytes() -> Result<usize, ApiError> {
     parse_byte_limit(
+        "max_request_bytes",
         variables::get("max_request_bytes").ok().as_deref(),
         DEFAULT_MAX_REQUEST_BYTES,
     )
@@ -132,7 +133,7 @@ pub fn max_request_bytes() -> usize {
 /// Reads the body: refused from `content-length` before reading when over the limit, and
 /// refused while reading when more arrives than the limit.
 pub async fn read_body(req: IncomingRequest, info: &ReqInfo) -> Result<Vec<u8>, ApiError> {
-    let limit = max_request_bytes();
+    let limit = max_request_bytes()?;
     if content_length_exceeds(info.content_length.as_deref(), limit) {
         return Err(ApiError::payload_too_large(limit));
     }

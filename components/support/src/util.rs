@@ -139,12 +139,22 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
-/// Reads a byte limit from a variable's text; unset, empty, zero or invalid gives `default`.
-pub fn parse_byte_limit(value: Option<&str>, default: usize) -> usize {
-    value
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
+/// Reads the byte limit in variable `name`: unset or empty gives `default`; anything but a
+/// positive integer is a configuration error naming the variable (never silently ignored).
+pub fn parse_byte_limit(
+    name: &str,
+    value: Option<&str>,
+    default: usize,
+) -> Result<usize, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            ApiError::internal(format!(
+                "the {name} variable must be a positive number of bytes, got \"{v}\"; fix SPIN_VARIABLE_{}",
+                name.to_ascii_uppercase()
+            ))
+        }),
+    }
 }
 
 /// True when a `content-length` header announces more than `limit` bytes.
@@ -270,11 +280,17 @@ mod tests {
 
     #[test]
     fn limits() {
-        assert_eq!(parse_byte_limit(None, 7), 7);
-        assert_eq!(parse_byte_limit(Some(""), 7), 7);
-        assert_eq!(parse_byte_limit(Some("abc"), 7), 7);
-        assert_eq!(parse_byte_limit(Some("0"), 7), 7);
-        assert_eq!(parse_byte_limit(Some(" 1024 "), 7), 1024);
+        assert_eq!(parse_byte_limit("m", None, 7), Ok(7));
+        assert_eq!(parse_byte_limit("m", Some(""), 7), Ok(7));
+        assert_eq!(parse_byte_limit("m", Some(" 1024 "), 7), Ok(1024));
+        for bad in ["abc", "0", "-5", "4MB"] {
+            let e = parse_byte_limit("max_request_bytes", Some(bad), 7).unwrap_err();
+            assert!(
+                e.message.contains("max_request_bytes") && e.message.contains(bad),
+                "{}",
+                e.message
+            );
+        }
         assert!(content_length_exceeds(Some("11"), 10));
         assert!(!content_length_exceeds(Some("10"), 10));
         assert!(!content_length_exceeds(Some("x"), 10));
