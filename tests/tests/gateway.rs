@@ -579,12 +579,23 @@ async fn an_invalid_body_limit_is_named_not_ignored() {
         o.variables.insert("max_request_bytes".into(), "4MB".into());
     })
     .await;
-    let (key, _) = gw.create_key(100, &[]).await;
-    let r = gw.chat(&key, chat_body("gpt-4o-mini", "hi")).await;
-    let e = r.error(500);
-    assert!(
-        e["message"].as_str().unwrap().contains("max_request_bytes"),
-        "{e}"
-    );
+    // Every route that reads a body refuses, naming the variable to fix.
+    let r = gw
+        .call(
+            "POST",
+            "/admin/keys",
+            Some(ADMIN),
+            Some(br#"{"name":"k"}"#.to_vec()),
+        )
+        .await;
+    assert!(r.error(500)["message"]
+        .as_str()
+        .unwrap()
+        .contains("SPIN_VARIABLE_MAX_REQUEST_BYTES"));
+    let r = gw.chat("lm_any", chat_body("gpt-4o-mini", "hi")).await;
+    assert!(r.error(500)["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_request_bytes"));
     assert_eq!(gw.mock.request_count(), 0);
 }
