@@ -15,6 +15,9 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Parser {
     buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a boundary (so a long event arriving in small
+    /// pieces is scanned once, not once per piece).
+    scanned: usize,
 }
 
 impl Parser {
@@ -22,12 +25,16 @@ impl Parser {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Event> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some((end, sep)) = find_boundary(&self.buf) {
+        // A separator may straddle the previous push: back up by its longest length less one.
+        let mut from = self.scanned.saturating_sub(3);
+        while let Some((end, sep)) = find_boundary(&self.buf, from) {
             let block: Vec<u8> = self.buf.drain(..end + sep).collect();
             if let Some(ev) = parse_block(&block[..end]) {
                 out.push(ev);
             }
+            from = 0;
         }
+        self.scanned = self.buf.len();
         out
     }
 
@@ -37,8 +44,8 @@ impl Parser {
     }
 }
 
-fn find_boundary(buf: &[u8]) -> Option<(usize, usize)> {
-    for i in 0..buf.len() {
+fn find_boundary(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    for i in from..buf.len() {
         for sep in [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"] {
             if buf[i..].starts_with(sep) {
                 return Some((i, sep.len()));
@@ -114,6 +121,17 @@ mod tests {
         assert_eq!(evs[0].data, "[DONE]");
         assert_eq!(evs[1].event.as_deref(), Some("lumen-usage"));
         assert!(evs[2].comment_only);
+        assert!(p.pending().is_empty());
+    }
+
+    #[test]
+    fn separators_split_across_pushes_and_byte_by_byte_input() {
+        let text = b"data: one\r\n\r\ndata: two\n\nevent: x\ndata: three\n\n";
+        let mut p = Parser::default();
+        let evs: Vec<Event> = text.iter().flat_map(|b| p.push(&[*b])).collect();
+        let data: Vec<&str> = evs.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data, vec!["one", "two", "three"]);
+        assert_eq!(evs[2].event.as_deref(), Some("x"));
         assert!(p.pending().is_empty());
     }
 
