@@ -351,15 +351,19 @@ mod tests {
         Parser::default().push(bytes)
     }
 
+    /// The `data:` of unnamed, non-comment events: what an OpenAI client reads.
+    fn plain_data(evs: &[Event]) -> Vec<&str> {
+        evs.iter()
+            .filter(|e| !e.comment_only && e.event.is_none())
+            .map(|e| e.data.as_str())
+            .collect()
+    }
+
     #[test]
     fn upstream_with_usage_forwards_everything() {
         let (out, report, writes) = run_upstream(true, true);
         let evs = data_events(&out);
-        let datas: Vec<&str> = evs
-            .iter()
-            .filter(|e| !e.comment_only && e.event.is_none())
-            .map(|e| e.data.as_str())
-            .collect();
+        let datas = plain_data(&evs);
         assert_eq!(datas, vec![ROLE, TOK, TOK, FIN, USAGE, "[DONE]"]);
         assert_eq!(writes.len(), 7, "one write per event, keep-alive included");
         assert_eq!(
@@ -384,11 +388,7 @@ mod tests {
     fn upstream_without_usage_strips_it() {
         let (out, report, _) = run_upstream(false, true);
         let evs = data_events(&out);
-        let datas: Vec<&str> = evs
-            .iter()
-            .filter(|e| !e.comment_only && e.event.is_none())
-            .map(|e| e.data.as_str())
-            .collect();
+        let datas = plain_data(&evs);
         assert_eq!(datas.len(), 5, "{datas:?}");
         assert!(datas.iter().all(|d| !d.contains("usage")), "{datas:?}");
         assert_eq!(
