@@ -54,17 +54,38 @@ pub struct SpinView<'a> {
     pub table: &'a mut ResourceTable,
 }
 
-impl SpinView<'_> {
-    fn open(&mut self, label: &str) -> Result<Arc<dyn KvBackend>, Denial> {
-        self.state.stores.get(label).cloned().ok_or(Denial)
-    }
+/// Why a store could not be opened.
+enum OpenError {
+    /// The label is not in the component's `key_value_stores`.
+    Denied,
+    /// The resource table refused another handle.
+    Table(String),
 }
 
-/// A store label the component may not open.
-struct Denial;
+impl SpinView<'_> {
+    /// Opens `label` when the component may use it.
+    fn open_store(&mut self, label: String) -> Result<Resource<OpenStore>, OpenError> {
+        let backend = self
+            .state
+            .stores
+            .get(&label)
+            .cloned()
+            .ok_or(OpenError::Denied)?;
+        self.table
+            .push(OpenStore { label, backend })
+            .map_err(|e| OpenError::Table(e.to_string()))
+    }
 
-fn other(e: impl std::fmt::Display) -> String {
-    e.to_string()
+    /// Runs `op` on an open store; any failure is reported as text, which each interface wraps
+    /// in its own error type.
+    fn on<T>(
+        &self,
+        store: &Resource<OpenStore>,
+        op: impl FnOnce(&dyn KvBackend, &str) -> wasmtime::Result<T>,
+    ) -> Result<T, String> {
+        let s = self.table.get(store).map_err(|e| e.to_string())?;
+        op(s.backend.as_ref(), &s.label).map_err(|e| e.to_string())
+    }
 }
 
 // ---- fermyon:spin/key-value@2.0.0 ----
@@ -73,25 +94,18 @@ impl spin_kv::Host for SpinView<'_> {}
 
 impl spin_kv::HostStore for SpinView<'_> {
     fn open(&mut self, label: String) -> Result<Resource<OpenStore>, spin_kv::Error> {
-        let backend = self
-            .open(&label)
-            .map_err(|_| spin_kv::Error::AccessDenied)?;
-        self.table
-            .push(OpenStore { label, backend })
-            .map_err(|_| spin_kv::Error::StoreTableFull)
+        self.open_store(label).map_err(|e| match e {
+            OpenError::Denied => spin_kv::Error::AccessDenied,
+            OpenError::Table(_) => spin_kv::Error::StoreTableFull,
+        })
     }
     fn get(
         &mut self,
         s: Resource<OpenStore>,
         key: String,
     ) -> Result<Option<Vec<u8>>, spin_kv::Error> {
-        let s = self
-            .table
-            .get(&s)
-            .map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend
-            .get(&s.label, &key)
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        self.on(&s, |kv, l| kv.get(l, &key))
+            .map_err(spin_kv::Error::Other)
     }
     fn set(
         &mut self,
@@ -99,40 +113,20 @@ impl spin_kv::HostStore for SpinView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), spin_kv::Error> {
-        let s = self
-            .table
-            .get(&s)
-            .map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend
-            .set(&s.label, &key, &value)
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        self.on(&s, |kv, l| kv.set(l, &key, &value))
+            .map_err(spin_kv::Error::Other)
     }
     fn delete(&mut self, s: Resource<OpenStore>, key: String) -> Result<(), spin_kv::Error> {
-        let s = self
-            .table
-            .get(&s)
-            .map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend
-            .delete(&s.label, &key)
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        self.on(&s, |kv, l| kv.delete(l, &key))
+            .map_err(spin_kv::Error::Other)
     }
     fn exists(&mut self, s: Resource<OpenStore>, key: String) -> Result<bool, spin_kv::Error> {
-        let s = self
-            .table
-            .get(&s)
-            .map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend
-            .exists(&s.label, &key)
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        self.on(&s, |kv, l| kv.exists(l, &key))
+            .map_err(spin_kv::Error::Other)
     }
     fn get_keys(&mut self, s: Resource<OpenStore>) -> Result<Vec<String>, spin_kv::Error> {
-        let s = self
-            .table
-            .get(&s)
-            .map_err(|e| spin_kv::Error::Other(other(e)))?;
-        s.backend
-            .keys(&s.label)
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        self.on(&s, |kv, l| kv.keys(l))
+            .map_err(spin_kv::Error::Other)
     }
     fn drop(&mut self, s: Resource<OpenStore>) -> wasmtime::Result<()> {
         self.table.delete(s)?;
@@ -169,15 +163,10 @@ fn wasi_err(e: impl std::fmt::Display) -> wasi_kv::Error {
 
 impl wasi_kv::Host for SpinView<'_> {
     fn open(&mut self, identifier: String) -> Result<Resource<OpenStore>, wasi_kv::Error> {
-        let backend = self
-            .open(&identifier)
-            .map_err(|_| wasi_kv::Error::AccessDenied)?;
-        self.table
-            .push(OpenStore {
-                label: identifier,
-                backend,
-            })
-            .map_err(wasi_err)
+        self.open_store(identifier).map_err(|e| match e {
+            OpenError::Denied => wasi_kv::Error::AccessDenied,
+            OpenError::Table(m) => wasi_kv::Error::Other(m),
+        })
     }
 }
 
@@ -187,8 +176,8 @@ impl wasi_kv::HostBucket for SpinView<'_> {
         b: Resource<OpenStore>,
         key: String,
     ) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        b.backend.get(&b.label, &key).map_err(wasi_err)
+        self.on(&b, |kv, l| kv.get(l, &key))
+            .map_err(wasi_kv::Error::Other)
     }
     fn set(
         &mut self,
@@ -196,16 +185,16 @@ impl wasi_kv::HostBucket for SpinView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), wasi_kv::Error> {
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        b.backend.set(&b.label, &key, &value).map_err(wasi_err)
+        self.on(&b, |kv, l| kv.set(l, &key, &value))
+            .map_err(wasi_kv::Error::Other)
     }
     fn delete(&mut self, b: Resource<OpenStore>, key: String) -> Result<(), wasi_kv::Error> {
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        b.backend.delete(&b.label, &key).map_err(wasi_err)
+        self.on(&b, |kv, l| kv.delete(l, &key))
+            .map_err(wasi_kv::Error::Other)
     }
     fn exists(&mut self, b: Resource<OpenStore>, key: String) -> Result<bool, wasi_kv::Error> {
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        b.backend.exists(&b.label, &key).map_err(wasi_err)
+        self.on(&b, |kv, l| kv.exists(l, &key))
+            .map_err(wasi_kv::Error::Other)
     }
     fn list_keys(
         &mut self,
@@ -217,11 +206,10 @@ impl wasi_kv::HostBucket for SpinView<'_> {
                 "list-keys cursors are not supported; the first call returns every key".into(),
             ));
         }
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        Ok(wasi_kv::KeyResponse {
-            keys: b.backend.keys(&b.label).map_err(wasi_err)?,
-            cursor: None,
-        })
+        let keys = self
+            .on(&b, |kv, l| kv.keys(l))
+            .map_err(wasi_kv::Error::Other)?;
+        Ok(wasi_kv::KeyResponse { keys, cursor: None })
     }
     fn drop(&mut self, b: Resource<OpenStore>) -> wasmtime::Result<()> {
         self.table.delete(b)?;
@@ -236,8 +224,8 @@ impl atomics::Host for SpinView<'_> {
         key: String,
         delta: i64,
     ) -> Result<i64, wasi_kv::Error> {
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        b.backend.increment(&b.label, &key, delta).map_err(wasi_err)
+        self.on(&b, |kv, l| kv.increment(l, &key, delta))
+            .map_err(wasi_kv::Error::Other)
     }
     fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> Result<(), atomics::CasError> {
         let cas = self
@@ -295,27 +283,29 @@ impl batch::Host for SpinView<'_> {
         b: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error> {
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        keys.into_iter()
-            .map(|k| Ok((k.clone(), b.backend.get(&b.label, &k).map_err(wasi_err)?)))
-            .collect()
+        self.on(&b, |kv, l| {
+            keys.into_iter()
+                .map(|k| Ok((k.clone(), kv.get(l, &k)?)))
+                .collect()
+        })
+        .map_err(wasi_kv::Error::Other)
     }
     fn set_many(
         &mut self,
         b: Resource<OpenStore>,
         kvs: Vec<(String, Vec<u8>)>,
     ) -> Result<(), wasi_kv::Error> {
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        kvs.iter()
-            .try_for_each(|(k, v)| b.backend.set(&b.label, k, v).map_err(wasi_err))
+        self.on(&b, |kv, l| {
+            kvs.iter().try_for_each(|(k, v)| kv.set(l, k, v))
+        })
+        .map_err(wasi_kv::Error::Other)
     }
     fn delete_many(
         &mut self,
         b: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> Result<(), wasi_kv::Error> {
-        let b = self.table.get(&b).map_err(wasi_err)?;
-        keys.iter()
-            .try_for_each(|k| b.backend.delete(&b.label, k).map_err(wasi_err))
+        self.on(&b, |kv, l| keys.iter().try_for_each(|k| kv.delete(l, k)))
+            .map_err(wasi_kv::Error::Other)
     }
 }
