@@ -6,9 +6,9 @@ use lumen_shared::pricing::NANOS_PER_USD;
 use lumen_shared::{usage, ApiError};
 use lumen_spin::http::{read_request_body, respond};
 use lumen_spin::kv::{unavailable, SpinKv};
-use lumen_spin::util::{query_param, split_path};
+use lumen_spin::util::{dispatch, query_param, split_path};
 use lumen_spin::Reply;
-use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
 
 /// Settle requests are small; anything larger is a bug in the caller.
@@ -46,24 +46,18 @@ async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {
     let method = req.method();
     let target = req.path_with_query().unwrap_or_default();
     let (path, query) = split_path(&target);
-    match (path, &method) {
-        ("/settle", Method::Post) => settle(req).await,
-        ("/usage", Method::Get) => summary(query),
-        ("/settle", _) => Err(ApiError::method_not_allowed(
-            &method.to_string(),
-            path,
-            "POST",
-        )),
-        ("/usage", _) => Err(ApiError::method_not_allowed(
-            &method.to_string(),
-            path,
-            "GET",
-        )),
-        _ => Err(ApiError::not_found(
-            format!("unknown route {method} {path}"),
-            None,
-            "unknown_route",
-        )),
+    #[derive(Clone, Copy)]
+    enum Op {
+        Settle,
+        Usage,
+    }
+    let table = [
+        ("/settle", "POST", Op::Settle),
+        ("/usage", "GET", Op::Usage),
+    ];
+    match dispatch(&method.to_string(), path, &table)? {
+        Op::Settle => settle(req).await,
+        Op::Usage => summary(query),
     }
 }
 

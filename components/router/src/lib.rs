@@ -5,9 +5,9 @@ use lumen_shared::catalog::Catalog;
 use lumen_shared::contracts::PlanRequest;
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_request_body, respond};
-use lumen_spin::util::{now_ms, split_path};
+use lumen_spin::util::{dispatch, now_ms, split_path};
 use lumen_spin::{Reply, SpinKv};
-use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
 use std::sync::OnceLock;
 
@@ -49,24 +49,15 @@ async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {
     let method = req.method();
     let target = req.path_with_query().unwrap_or_default();
     let (path, _) = split_path(&target);
-    match (path, &method) {
-        ("/plan", Method::Post) => plan(req).await,
-        ("/models", Method::Get) => Ok(Reply::json(200, &catalog()?.models_list(now_ms() / 1000))),
-        ("/plan", _) => Err(ApiError::method_not_allowed(
-            &method.to_string(),
-            path,
-            "POST",
-        )),
-        ("/models", _) => Err(ApiError::method_not_allowed(
-            &method.to_string(),
-            path,
-            "GET",
-        )),
-        _ => Err(ApiError::not_found(
-            format!("unknown route {method} {path}"),
-            None,
-            "unknown_route",
-        )),
+    #[derive(Clone, Copy)]
+    enum Op {
+        Plan,
+        Models,
+    }
+    let table = [("/plan", "POST", Op::Plan), ("/models", "GET", Op::Models)];
+    match dispatch(&method.to_string(), path, &table)? {
+        Op::Plan => plan(req).await,
+        Op::Models => Ok(Reply::json(200, &catalog()?.models_list(now_ms() / 1000))),
     }
 }
 

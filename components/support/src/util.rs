@@ -70,6 +70,26 @@ pub fn request_id() -> String {
     format!("req_{}", random_hex(12))
 }
 
+/// Picks the handler for `method` and `path` from a fixed table of `(path, method, handler)`:
+/// 405 naming the allowed method when only the method is wrong, 404 when the path is unknown.
+pub fn dispatch<R: Copy>(
+    method: &str,
+    path: &str,
+    table: &[(&str, &str, R)],
+) -> Result<R, ApiError> {
+    if let Some((_, _, r)) = table.iter().find(|(p, m, _)| *p == path && *m == method) {
+        return Ok(*r);
+    }
+    match table.iter().find(|(p, _, _)| *p == path) {
+        Some((_, allowed, _)) => Err(ApiError::method_not_allowed(method, path, allowed)),
+        None => Err(ApiError::not_found(
+            format!("unknown route {method} {path}"),
+            None,
+            "unknown_route",
+        )),
+    }
+}
+
 /// Splits a request target into path and query (without `?`). A full URL (`http://host/p?q`) is
 /// reduced to its path first.
 pub fn split_path(target: &str) -> (&str, &str) {
@@ -237,6 +257,24 @@ pub fn api_error_from_wire(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dispatch_answers_404_and_405() {
+        let table = [("/plan", "POST", 1), ("/models", "GET", 2)];
+        assert_eq!(dispatch("POST", "/plan", &table), Ok(1));
+        assert_eq!(dispatch("GET", "/models", &table), Ok(2));
+        let e = dispatch("GET", "/plan", &table).unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (405, "method GET is not allowed on /plan; use POST")
+        );
+        let e = dispatch("GET", "/nope", &table).unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (404, "unknown route GET /nope")
+        );
+    }
+
     use super::*;
 
     #[test]
