@@ -18,8 +18,7 @@ UPSTREAM_KEY="bench"
 RPM_LIMIT="${BENCH_RPM_LIMIT:-1000000}"
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  scripts/build.sh
-  cargo build --release -j "${CARGO_BUILD_JOBS:-2}" -p lumen-tests --bins
+  scripts/build.sh  # the components, lumen-host, lumen-mock and lumen-bench
 fi
 for bin in lumen-mock lumen-host lumen-bench; do
   [[ -x "$BIN/$bin" ]] || { echo "bench: $BIN/$bin is missing; build first" >&2; exit 1; }

@@ -1,7 +1,7 @@
 """Session fixtures for the OpenAI SDK tests: run lumen-mock and lumen-host as subprocesses.
 
 Both binaries come from ``target/release`` (override the directory with ``LUMEN_BIN_DIR``); build
-them first with ``scripts/build.sh`` and ``cargo build --release -p lumen-tests --bins``. Each
+them first with ``scripts/build.sh`` (``scripts/test.sh`` does). Each
 prints ``Serving http://ADDR`` as its first stdout line, which is how the fixtures learn the
 ephemeral port. Process output goes to log files under pytest's temporary directory; their paths
 are shown in startup failures and in the report header (``-v``).
@@ -68,8 +68,7 @@ def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
     binary = Path(argv[0])
     if not binary.is_file():
         pytest.fail(
-            f"{binary} not found: build it first (scripts/build.sh and "
-            "`cargo build --release -p lumen-tests --bins`) or set LUMEN_BIN_DIR",
+            f"{binary} not found: build it first (scripts/build.sh) or set LUMEN_BIN_DIR",
             pytrace=False,
         )
     stdout_log = log_dir / f"{name}.stdout.log"

@@ -1,14 +1,13 @@
 //! The `lumen-host` binary: `up` prints where it listens and the route table, stops cleanly on
 //! SIGINT and SIGTERM, and refuses a bad manifest with a message naming the problem.
 
+mod common;
+
+use common::repo;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn host_bin() -> PathBuf {
     let bin = repo().join("target/release/lumen-host");

@@ -1,6 +1,6 @@
 //! The components import only what Spin provides: no host-only interface may ever appear.
 
-use std::path::PathBuf;
+mod common;
 
 /// Interfaces real Spin (3.x/4.x) provides to spin-sdk 5 components, as prefixes of import names.
 const SPIN_PROVIDES: &[&str] = &[
@@ -19,7 +19,7 @@ const SPIN_PROVIDES: &[&str] = &[
 
 #[test]
 fn components_import_only_what_spin_provides() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = common::repo();
     let engine = lumen_host::engine::shared_engine().unwrap();
     for c in ["auth", "router", "provider", "meter"] {
         let wasm = root.join(format!("target/wasm32-wasip2/release/lumen_{c}.wasm"));
