@@ -7,7 +7,9 @@
 
 pub mod catalog;
 pub mod contracts;
+pub mod deadline;
 pub mod error;
+pub mod health;
 pub mod keys;
 pub mod kv;
 pub mod openai;
@@ -15,6 +17,7 @@ pub mod pricing;
 pub mod ratelimit;
 pub mod schemas;
 pub mod sse;
+pub mod stitch;
 pub mod time;
 pub mod usage;
 
