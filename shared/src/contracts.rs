@@ -146,6 +146,9 @@ pub struct SettleRequest {
     pub report: UsageReport,
     /// Prices of the model that served.
     pub price: Option<Price>,
+    /// The budget hold taken at admission, settled to the actual cost with this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<crate::budget::Hold>,
 }
 
 /// One row of `GET /v1/usage`.
@@ -157,6 +160,9 @@ pub struct UsageRow {
     /// Model; absent in totals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// API key id, with `group_by=key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// Requests.
     pub requests: u64,
     /// Requests that did not end `ok`.

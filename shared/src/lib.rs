@@ -5,6 +5,8 @@
 //! natively in unit tests and unchanged inside the wasm components.
 #![deny(missing_docs)]
 
+pub mod audit;
+pub mod budget;
 pub mod catalog;
 pub mod contracts;
 pub mod error;
