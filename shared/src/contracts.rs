@@ -16,8 +16,11 @@ pub mod routes {
     pub const CALL: &str = "http://provider.spin.internal/call";
     /// meter: `POST` a [`super::SettleRequest`].
     pub const SETTLE: &str = "http://meter.spin.internal/settle";
-    /// meter: `GET` with `?key_id=` for a [`super::UsageSummary`].
+    /// meter: `GET` with `?key_id=` (or `?key_ids=a,b`) and `from`, `to`, `model`,
+    /// `group_by` for a [`super::UsageSummary`].
     pub const USAGE: &str = "http://meter.spin.internal/usage";
+    /// meter: `GET` with `?key_id=` (or `?key_ids=`) and `limit` for the newest usage records.
+    pub const RECORDS: &str = "http://meter.spin.internal/records";
 }
 
 /// Headers on internal responses (never forwarded to clients).

@@ -1,12 +1,14 @@
 //! `POST /v1/chat/completions` up to the plan: validate the body, authenticate the key, count it
-//! against its rate limit, then ask the router for a plan. Nothing unauthenticated gets further.
+//! against its rate limit, ask the router for a plan, then hold the most the request can cost
+//! against the tenant's budget. Nothing unauthenticated gets further.
 
 use crate::account::authenticate;
 use crate::ctx::{read_body, Ctx, ReqInfo};
 use crate::relay;
 use lumen_shared::contracts::{routes, Plan, PlanRequest};
-use lumen_shared::kv::ApiKeyRecord;
-use lumen_shared::openai::{self, ChatRequest};
+use lumen_shared::budget::{self, Hold};
+use lumen_shared::kv::{ApiKeyRecord, TenantRecord};
+use lumen_shared::openai::{self, estimate_prompt_tokens, ChatRequest};
 use lumen_shared::ratelimit::{check_rpm, RateStatus};
 use lumen_shared::ApiError;
 use lumen_spin::http::{post_json, respond};
@@ -22,6 +24,12 @@ pub struct Admitted {
     pub chat: ChatRequest,
     /// The router's plan (never empty).
     pub plan: Plan,
+    /// The budget hold (none when the tenant has no budget); settled with the request.
+    pub hold: Option<Hold>,
+    /// The tenant's budget settings.
+    pub tenant: TenantRecord,
+    /// Output tokens the hold covers, and whether the client capped output itself.
+    pub held_output: (u64, bool),
 }
 
 async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Admitted, ApiError> {
@@ -54,7 +62,24 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
         .ok_or_else(|| ApiError::internal("the router returned a plan without candidates"))?;
     ctx.model = first.model.clone();
     ctx.provider = first.provider.name.clone();
-    Ok(Admitted { key, chat, plan })
+    // The hold comes after planning: only the plan knows which prices can apply.
+    let tenant_id = key.tenant_id().to_string();
+    let tenant = budget::tenant(&kv, &tenant_id)?;
+    let held_output = budget::max_output_tokens(&chat.body);
+    let nanos = budget::max_cost_nanos(
+        estimate_prompt_tokens(&chat.body),
+        held_output.0,
+        plan.candidates.iter().map(|c| &c.price),
+    );
+    let hold = budget::hold(&kv, &tenant_id, &tenant, now_ms(), nanos)?;
+    Ok(Admitted {
+        key,
+        chat,
+        plan,
+        hold,
+        tenant,
+        held_output,
+    })
 }
 
 /// Handles the route: refusals before a plan are answered here and never settled; admitted

@@ -101,6 +101,10 @@ pub struct ReqInfo {
     pub method: String,
     /// Path without the query.
     pub path: String,
+    /// The query string (without `?`).
+    pub query: String,
+    /// `Accept` header.
+    pub accept: Option<String>,
     /// `Authorization` header.
     pub authorization: Option<String>,
     /// `Content-Length` header.
@@ -111,10 +115,12 @@ impl ReqInfo {
     /// Reads method, path and the headers that matter.
     pub fn read(req: &IncomingRequest) -> ReqInfo {
         let target = req.path_with_query().unwrap_or_default();
-        let (path, _query) = split_path(&target);
+        let (path, query) = split_path(&target);
         ReqInfo {
             method: req.method().to_string(),
             path: path.to_string(),
+            query: query.to_string(),
+            accept: request_header(req, "accept"),
             authorization: request_header(req, "authorization"),
             content_length: request_header(req, "content-length"),
         }
