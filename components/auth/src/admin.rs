@@ -256,7 +256,13 @@ pub async fn put_tenant(
         prepaid: ask.prepaid,
     };
     kvs::store(&kv, &TenantKey(tenant), &rec).map_err(|e| unavailable(&e))?;
-    record(&kv, "tenant.budget", tenant, "", monthly_budget_nanos.unwrap_or(0))?;
+    record(
+        &kv,
+        "tenant.budget",
+        tenant,
+        "",
+        monthly_budget_nanos.unwrap_or(0),
+    )?;
     Ok(Reply::json(200, &budget::view(&kv, tenant, now_ms())?))
 }
 

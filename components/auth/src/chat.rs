@@ -5,8 +5,8 @@
 use crate::account::authenticate;
 use crate::ctx::{read_body, Ctx, ReqInfo};
 use crate::relay;
-use lumen_shared::contracts::{routes, Plan, PlanRequest};
 use lumen_shared::budget::{self, Hold};
+use lumen_shared::contracts::{routes, Plan, PlanRequest};
 use lumen_shared::kv::{ApiKeyRecord, TenantRecord};
 use lumen_shared::openai::{self, estimate_prompt_tokens, ChatRequest};
 use lumen_shared::ratelimit::{check_rpm, RateStatus};

@@ -12,12 +12,12 @@
 use crate::chat::Admitted;
 use crate::ctx::Ctx;
 use futures::{SinkExt, StreamExt};
+use lumen_shared::budget::{self, Hold};
 use lumen_shared::contracts::{
     headers, routes, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
-use lumen_shared::openai::{estimate_prompt_tokens, Usage};
-use lumen_shared::budget::{self, Hold};
 use lumen_shared::kv::TenantRecord;
+use lumen_shared::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::sse::{self, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{

@@ -77,7 +77,11 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
                     return match method {
                         "DELETE" => Ok(Route::DeleteKey(id)),
                         "PATCH" => Ok(Route::UpdateKey(id)),
-                        _ => Err(ApiError::method_not_allowed(method, path, "DELETE or PATCH")),
+                        _ => Err(ApiError::method_not_allowed(
+                            method,
+                            path,
+                            "DELETE or PATCH",
+                        )),
                     };
                 }
             }
@@ -133,10 +137,18 @@ mod tests {
             match_route("POST", "/admin/tenants/acme/credits"),
             Ok(Route::GrantCredits("acme".into()))
         );
-        assert_eq!(match_route("GET", "/admin/audit/verify"), Ok(Route::AuditVerify));
-        assert_eq!(match_route("GET", "/v1/usage/records"), Ok(Route::UsageRecords));
         assert_eq!(
-            match_route("GET", "/admin/keys/key_ab/rotate").unwrap_err().status,
+            match_route("GET", "/admin/audit/verify"),
+            Ok(Route::AuditVerify)
+        );
+        assert_eq!(
+            match_route("GET", "/v1/usage/records"),
+            Ok(Route::UsageRecords)
+        );
+        assert_eq!(
+            match_route("GET", "/admin/keys/key_ab/rotate")
+                .unwrap_err()
+                .status,
             405
         );
     }

@@ -63,13 +63,16 @@ fn records(query: &str) -> Result<Reply, ApiError> {
     let ids = key_ids(query)?;
     let limit = query_param(query, "limit")
         .map(|l| {
-            l.parse::<usize>().ok().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| {
-                ApiError::invalid_request(
-                    "'limit' must be an integer from 1 to 10000",
-                    Some("limit"),
-                    "invalid_value",
-                )
-            })
+            l.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid_request(
+                        "'limit' must be an integer from 1 to 10000",
+                        Some("limit"),
+                        "invalid_value",
+                    )
+                })
         })
         .transpose()?
         .unwrap_or(100);
