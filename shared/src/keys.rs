@@ -92,6 +92,9 @@ pub struct CreateKey {
     /// Unix seconds after which the key is refused.
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// Plan from `config/plans.toml`.
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// Parses a `POST /admin/keys` body, naming what is wrong.
@@ -101,7 +104,7 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
         let path = e.path().to_string();
         let param = (path != ".").then_some(path.as_str());
         ApiError::invalid_request(
-            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds}}", e.inner()),
+            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds, \"plan\": string}}", e.inner()),
             param,
             "invalid_value",
         )
@@ -199,6 +202,7 @@ pub fn create(
         tenant: req.tenant.unwrap_or_default(),
         expires_at: req.expires_at,
         rotated: None,
+        plan: req.plan.unwrap_or_default(),
     };
     kv::store(store, &KeyByHash(&rec.hash), &rec).map_err(kv_failure)?;
     kv::store(store, &KeyById(&rec.id), &rec.hash).map_err(kv_failure)?;
@@ -289,11 +293,14 @@ pub fn public_view(rec: &ApiKeyRecord) -> serde_json::Value {
         "object": "api_key",
         "name": rec.name,
         "tenant": rec.tenant_id(),
+        "plan": (!rec.plan.is_empty()).then_some(&rec.plan),
         "rpm_limit": rec.rpm_limit,
         "allowed_models": rec.allowed_models,
         "created": rec.created,
         "expires_at": rec.expires_at,
         "rotated": rec.rotated,
+        // Lumen stores no prompt or response content for any key.
+        "zero_retention": true,
     })
 }
 

@@ -116,6 +116,9 @@ pub struct ApiKeyRecord {
     /// Unix seconds of the last rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated: Option<u64>,
+    /// Plan from `config/plans.toml` (empty = none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub plan: String,
 }
 
 impl ApiKeyRecord {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod keys;
 pub mod kv;
 pub mod openai;
+pub mod plans;
 pub mod pricing;
 pub mod ratelimit;
 pub mod schemas;

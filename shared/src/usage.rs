@@ -238,12 +238,12 @@ pub fn parse_query(
     Ok(q)
 }
 
+/// A row's (day, model, key id) group.
+type Group = (Option<String>, Option<String>, Option<String>);
+
 /// Usage of `key_ids` filtered and grouped by `q`.
 pub fn query(store: &dyn Kv, key_ids: &[String], q: &UsageQuery) -> Result<UsageSummary, KvError> {
-    let mut groups: std::collections::BTreeMap<
-        (Option<String>, Option<String>, Option<String>),
-        UsageRow,
-    > = std::collections::BTreeMap::new();
+    let mut groups: std::collections::BTreeMap<Group, UsageRow> = std::collections::BTreeMap::new();
     let mut total = UsageRow::default();
     for key_id in key_ids {
         for row in summary(store, key_id)?.data {

@@ -67,7 +67,17 @@ fn record(kv: &SpinKv, kind: &str, subject: &str, key_id: &str, cost: i64) -> Re
 pub async fn create(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiError> {
     check_admin(info)?;
     let body = read_body(req, info).await?;
-    let ask = keys::parse_create(&body)?;
+    let mut ask = keys::parse_create(&body)?;
+    if let Some(name) = &ask.plan {
+        let all = crate::limits::load_plans()?;
+        let plan = lumen_shared::plans::find(&all, name)?;
+        if ask.rpm_limit.is_none() {
+            ask.rpm_limit = plan.rpm;
+        }
+        if ask.allowed_models.is_empty() {
+            ask.allowed_models = plan.allowed_models.clone();
+        }
+    }
     if !ask.allowed_models.is_empty() {
         let models: serde_json::Value = get_json("router", routes::MODELS).await?;
         keys::check_allowed_models(&ask.allowed_models, &models)?;

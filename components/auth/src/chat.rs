@@ -4,12 +4,13 @@
 
 use crate::account::authenticate;
 use crate::ctx::{read_body, Ctx, ReqInfo};
+use crate::limits;
 use crate::relay;
 use lumen_shared::budget::{self, Hold};
 use lumen_shared::contracts::{routes, Plan, PlanRequest};
 use lumen_shared::kv::{ApiKeyRecord, TenantRecord};
 use lumen_shared::openai::{self, estimate_prompt_tokens, ChatRequest};
-use lumen_shared::ratelimit::{check_rpm, RateStatus};
+use lumen_shared::ratelimit::{check_rpm, Kind, RateStatus, Taken};
 use lumen_shared::ApiError;
 use lumen_spin::http::{post_json, respond};
 use lumen_spin::util::now_ms;
@@ -30,6 +31,8 @@ pub struct Admitted {
     pub tenant: TenantRecord,
     /// Output tokens the hold covers, and whether the client capped output itself.
     pub held_output: (u64, bool),
+    /// Windowed limits taken (token reservations are reconciled after settlement).
+    pub taken: Vec<Taken>,
 }
 
 async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Admitted, ApiError> {
@@ -51,11 +54,38 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
             return Err(e);
         }
     }
+    let key_plan = limits::key_plan(&key)?;
+    let held_output = budget::max_output_tokens(&chat.body);
+    let prompt_estimate = estimate_prompt_tokens(&chat.body);
+    let taken = limits::take_windows(
+        &kv,
+        &key,
+        key_plan.as_ref(),
+        prompt_estimate + held_output.0,
+        now_ms(),
+    )?;
+    if let Some(t) = taken.iter().find(|t| t.kind == Kind::KeyTpm) {
+        ctx.set_token_rate(&t.status);
+    }
+    let allowed_models = if key.allowed_models.is_empty() {
+        key_plan
+            .as_ref()
+            .map(|p| p.allowed_models.clone())
+            .unwrap_or_default()
+    } else {
+        key.allowed_models.clone()
+    };
     let ask = PlanRequest {
         model: chat.model.clone(),
-        allowed_models: key.allowed_models.clone(),
+        allowed_models,
     };
-    let plan: Plan = post_json("router", routes::PLAN, &ask).await?;
+    let plan: Plan = match post_json("router", routes::PLAN, &ask).await {
+        Ok(p) => p,
+        Err(e) => {
+            limits::reconcile(&taken, 0);
+            return Err(e);
+        }
+    };
     let first = plan
         .candidates
         .first()
@@ -64,14 +94,19 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
     ctx.provider = first.provider.name.clone();
     // The hold comes after planning: only the plan knows which prices can apply.
     let tenant_id = key.tenant_id().to_string();
-    let tenant = budget::tenant(&kv, &tenant_id)?;
-    let held_output = budget::max_output_tokens(&chat.body);
+    let tenant = limits::tenant_budget(&kv, &tenant_id, key_plan.as_ref())?;
     let nanos = budget::max_cost_nanos(
-        estimate_prompt_tokens(&chat.body),
+        prompt_estimate,
         held_output.0,
         plan.candidates.iter().map(|c| &c.price),
     );
-    let hold = budget::hold(&kv, &tenant_id, &tenant, now_ms(), nanos)?;
+    let hold = match budget::hold(&kv, &tenant_id, &tenant, now_ms(), nanos) {
+        Ok(h) => h,
+        Err(e) => {
+            limits::reconcile(&taken, 0);
+            return Err(e);
+        }
+    };
     Ok(Admitted {
         key,
         chat,
@@ -79,6 +114,7 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
         hold,
         tenant,
         held_output,
+        taken,
     })
 }
 

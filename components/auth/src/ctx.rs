@@ -70,6 +70,21 @@ impl Ctx {
         ];
     }
 
+    /// Adds the token-limit state (`x-ratelimit-*-tokens`).
+    pub fn set_token_rate(&mut self, s: &lumen_shared::ratelimit::RateStatus64) {
+        self.rate.extend([
+            ("x-ratelimit-limit-tokens".into(), s.limit.to_string()),
+            (
+                "x-ratelimit-remaining-tokens".into(),
+                s.remaining.to_string(),
+            ),
+            (
+                "x-ratelimit-reset-tokens".into(),
+                format!("{}s", s.reset_secs),
+            ),
+        ]);
+    }
+
     /// The headers every response carries, computed now (the overhead excludes the upstream's
     /// time to headers).
     pub fn headers(&self) -> Vec<(String, String)> {

@@ -7,6 +7,7 @@ mod account;
 mod admin;
 mod chat;
 mod ctx;
+mod limits;
 mod relay;
 mod routes;
 

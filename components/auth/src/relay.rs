@@ -11,6 +11,7 @@
 
 use crate::chat::Admitted;
 use crate::ctx::Ctx;
+use crate::limits;
 use futures::{SinkExt, StreamExt};
 use lumen_shared::budget::{self, Hold};
 use lumen_shared::contracts::{
@@ -18,6 +19,7 @@ use lumen_shared::contracts::{
 };
 use lumen_shared::kv::TenantRecord;
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
+use lumen_shared::ratelimit::Taken;
 use lumen_shared::sse::{self, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{
@@ -48,6 +50,7 @@ struct Budget {
     hold: Option<Hold>,
     tenant: TenantRecord,
     held_output: (u64, bool),
+    taken: Vec<Taken>,
 }
 
 /// Calls the provider, answers the client, settles.
@@ -59,11 +62,13 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
         hold,
         tenant,
         held_output,
+        taken,
     } = admitted;
     let mut budget = Budget {
         hold,
         tenant,
         held_output,
+        taken,
     };
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let call = CallRequest {
@@ -84,7 +89,7 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
     match sent {
         Err(e) => {
             let report = fallback_report(&ctx, Usage::default(), false, Outcome::UpstreamError);
-            settle(&ctx, &key.id, chat.stream, report, &plan, budget.hold).await;
+            settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
             respond(out, ctx.stamp(Reply::error(&e))).await;
         }
         Ok(resp) => {
@@ -107,7 +112,7 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
                 stream(&ctx, resp, out, prompt_estimate, &mut budget, seen).await;
             } else {
                 let (reply, report) = whole(&ctx, resp, prompt_estimate, &content_type).await;
-                settle(&ctx, &key.id, chat.stream, report, &plan, budget.hold).await;
+                settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
                 respond(out, ctx.stamp(reply)).await;
             }
         }
@@ -284,7 +289,7 @@ async fn stream(
         last.extend(held_done.unwrap_or_default());
         (relay.report(false, fallback, prompt_estimate), Some(last))
     };
-    settle(ctx, key_id, is_stream, report, plan, budget.hold.take()).await;
+    settle(ctx, key_id, is_stream, report, plan, budget).await;
     if let Some(last) = last {
         if last.is_empty() || sink.send(last).await.is_ok() {
             let _ = sink.close().await;
@@ -293,15 +298,19 @@ async fn stream(
     drop(sink);
 }
 
-/// Settles once with the meter before the response's last bytes: retried once, then logged.
+/// Settles once with the meter before the response's last bytes (retried once, then logged),
+/// then reconciles the token reservations with the actual usage.
 async fn settle(
     ctx: &Ctx,
     key_id: &str,
     stream: bool,
     report: UsageReport,
     plan: &Plan,
-    hold: Option<Hold>,
+    budget: &mut Budget,
 ) {
+    let used = report.usage.prompt_tokens + report.usage.completion_tokens;
+    limits::reconcile(&budget.taken, used);
+    let hold = budget.hold.take();
     let price = plan
         .candidates
         .iter()
