@@ -33,6 +33,21 @@ pub struct Plan {
     /// No content retention (always true in effect: Lumen stores no content).
     #[serde(default)]
     pub zero_retention: bool,
+    /// Per-key limits on one model (by catalog id), on top of the key's own.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelLimits>,
+}
+
+/// Limits of a key on one model.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    /// Requests per minute on this model, per key.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute on this model, per key.
+    #[serde(default)]
+    pub tpm: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +109,7 @@ mod tests {
         assert_eq!(p["free"].rpm, Some(20));
         assert_eq!(p["free"].allowed_models, vec!["gpt-4o-mini".to_string()]);
         assert!(p.contains_key("pro") && p.contains_key("scale"));
+        assert_eq!(p["pro"].models["gpt-4o"].rpm, Some(60));
         assert_eq!(find(&p, "gold").unwrap_err().param.as_deref(), Some("plan"));
     }
 
@@ -106,5 +122,7 @@ mod tests {
         let e = parse("[plan.x]\n", "p.toml").unwrap_err();
         assert!(e.contains("unknown field `plan`"), "{e}");
         assert!(parse("[plans.x]\nmonthly_budget_usd = -1.0\n", "p.toml").is_err());
+        let e = parse("[plans.x.models.m]\nrpd = 1\n", "p.toml").unwrap_err();
+        assert!(e.contains("unknown field `rpd`"), "{e}");
     }
 }

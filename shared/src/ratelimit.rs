@@ -67,6 +67,10 @@ pub enum Kind {
     KeyTpd,
     /// Requests per minute across a tenant's keys.
     TenantRpm,
+    /// Requests per minute of a key on one model (id = `{key}/{model}`).
+    ModelRpm,
+    /// Tokens per minute of a key on one model (id = `{key}/{model}`).
+    ModelTpm,
 }
 
 impl Kind {
@@ -76,12 +80,14 @@ impl Kind {
             Kind::KeyTpm => "tpm",
             Kind::KeyTpd => "tpd",
             Kind::TenantRpm => "tenant-rpm",
+            Kind::ModelRpm => "model-rpm",
+            Kind::ModelTpm => "model-tpm",
         }
     }
     fn window_secs(self) -> u64 {
         match self {
             Kind::KeyRpd | Kind::KeyTpd => 86_400,
-            Kind::KeyTpm | Kind::TenantRpm => WINDOW_SECS,
+            Kind::KeyTpm | Kind::TenantRpm | Kind::ModelRpm | Kind::ModelTpm => WINDOW_SECS,
         }
     }
     fn what(self) -> &'static str {
@@ -90,6 +96,8 @@ impl Kind {
             Kind::KeyTpm => "tokens per minute for this API key",
             Kind::KeyTpd => "tokens per day for this API key",
             Kind::TenantRpm => "requests per minute for this tenant",
+            Kind::ModelRpm => "requests per minute for this API key on this model",
+            Kind::ModelTpm => "tokens per minute for this API key on this model",
         }
     }
 }

@@ -116,3 +116,29 @@ async fn a_tenant_limit_holds_across_its_keys_under_concurrency() {
     }
     assert_eq!(ok, 40, "tenant limit 40/min");
 }
+
+/// The pro plan limits each key to 60 gpt-4o requests a minute (its own limit is 600): 70 at
+/// once admit exactly 60, and other models are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_per_model_limit_holds_under_concurrency() {
+    let gw = Gateway::start().await;
+    let v = create(&gw, json!({"name": "p", "plan": "pro"})).await;
+    let key = v["key"].as_str().unwrap().to_string();
+    early_in_a_minute().await;
+    let mut body = chat_body("gpt-4o", "m [mock tokens=1]");
+    body["max_tokens"] = json!(5);
+    let answers = join_all((0..70).map(|_| gw.chat(&key, body.clone()))).await;
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    for r in answers.iter().filter(|r| r.status != 200) {
+        let e = r.error(429);
+        assert!(
+            e["message"].as_str().unwrap().contains("on this model"),
+            "{e}"
+        );
+    }
+    assert_eq!(ok, 60, "per-model limit 60/min");
+    let r = gw
+        .chat(&key, chat_body("gpt-4o-mini", "other [mock tokens=1]"))
+        .await;
+    assert_eq!(r.status, 200);
+}

@@ -92,6 +92,16 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
         .ok_or_else(|| ApiError::internal("the router returned a plan without candidates"))?;
     ctx.model = first.model.clone();
     ctx.provider = first.provider.name.clone();
+    let mut taken = taken;
+    taken.extend(limits::take_model_windows(
+        &kv,
+        &key,
+        key_plan.as_ref(),
+        &ctx.model,
+        prompt_estimate + held_output.0,
+        now_ms(),
+        &taken,
+    )?);
     // The hold comes after planning: only the plan knows which prices can apply.
     let tenant_id = key.tenant_id().to_string();
     let tenant = limits::tenant_budget(&kv, &tenant_id, key_plan.as_ref())?;

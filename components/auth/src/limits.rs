@@ -1,5 +1,6 @@
 //! Plans and the limits beyond the per-key RPM: requests per day, tokens per minute and per day
-//! per key, requests per minute per tenant, all on atomic KV increments shared by every instance.
+//! per key, requests per minute per tenant, requests and tokens per minute per key on one model,
+//! all on atomic KV increments shared by every instance.
 //! Token limits reserve the request's estimate (prompt estimate + max output) at admission and
 //! are reconciled with the actual usage once the request is settled.
 
@@ -89,12 +90,47 @@ pub fn take_windows(
     Ok(taken)
 }
 
+/// Takes the plan's per-model limits for the planned model; on a refusal, gives back what was
+/// already taken, `earlier` included.
+pub fn take_model_windows(
+    kv: &SpinKv,
+    key: &ApiKeyRecord,
+    plan: Option<&Plan>,
+    model: &str,
+    tokens: u64,
+    now_ms: u64,
+    earlier: &[Taken],
+) -> Result<Vec<Taken>, ApiError> {
+    let Some(m) = plan.and_then(|p| p.models.get(model)) else {
+        return Ok(Vec::new());
+    };
+    let id = format!("{}/{model}", key.id);
+    let asks = [
+        (Kind::ModelRpm, m.rpm.map(u64::from), 1),
+        (Kind::ModelTpm, m.tpm, tokens),
+    ];
+    let mut taken: Vec<Taken> = Vec::new();
+    for (kind, limit, amount) in asks {
+        let Some(limit) = limit else { continue };
+        match ratelimit::take(kv, kind, &id, limit, amount, now_ms) {
+            Ok(t) => taken.push(t),
+            Err(e) => {
+                for t in taken.iter().chain(earlier) {
+                    let _ = ratelimit::adjust(kv, t, -(t.amount as i64));
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(taken)
+}
+
 /// Reconciles token reservations with the tokens actually used.
 pub fn reconcile(taken: &[Taken], actual_tokens: u64) {
     let Ok(kv) = SpinKv::open() else { return };
     for t in taken
         .iter()
-        .filter(|t| matches!(t.kind, Kind::KeyTpm | Kind::KeyTpd))
+        .filter(|t| matches!(t.kind, Kind::KeyTpm | Kind::KeyTpd | Kind::ModelTpm))
     {
         let _ = ratelimit::adjust(&kv, t, actual_tokens as i64 - t.amount as i64);
     }
