@@ -1,8 +1,17 @@
-//! Key-value backends: SQLite (the default, like `spin up`) and in-memory (tests).
+//! Key-value backends: SQLite (the default, like `spin up`), Redis (several hosts sharing one
+//! store, like several Spin replicas) and in-memory (tests).
 //!
 //! The SQLite file uses Spin's own table layout (`spin_key_value(store, key, value)`), so a
 //! state directory is interchangeable between `lumen-host up` and `spin up`. Counters written by
 //! `increment` are 8-byte little-endian i64 values, as Spin stores them.
+//!
+//! Redis keeps every value as a plain Redis string under the key itself (as Spin's Redis store
+//! does). Counters there are Redis integers (decimal ASCII), because `increment` is `INCRBY`,
+//! the one operation that is atomic across every client of the server; components read counters
+//! only through `increment(key, 0)`, never by `get`, so the two encodings never meet.
+//!
+//! `compare_and_swap` is atomic on every backend: SQLite in a `BEGIN IMMEDIATE` transaction,
+//! memory under its lock, Redis in one Lua script (`EVAL` runs alone on the server).
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
@@ -26,6 +35,15 @@ pub trait KvBackend: Send + Sync {
     fn keys(&self, store: &str) -> Result<Vec<String>>;
     /// Atomically adds `delta` to the i64 at `key` (absent = 0); fails on a non-counter value.
     fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64>;
+    /// Atomically writes `new` when the current value is `expected` (`None` = absent); returns
+    /// whether it wrote.
+    fn compare_and_swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool>;
 }
 
 fn decode_counter(key: &str, bytes: &[u8]) -> Result<i64> {
@@ -86,6 +104,21 @@ impl KvBackend for MemoryKv {
             .ok_or_else(|| wasmtime::format_err!("counter {key:?} overflowed"))?;
         map.insert(k, next.to_le_bytes().to_vec());
         Ok(next)
+    }
+    fn compare_and_swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool> {
+        let mut map = self.map();
+        let k = (store.to_string(), key.to_string());
+        if map.get(&k).map(Vec::as_slice) != expected {
+            return Ok(false);
+        }
+        map.insert(k, new.to_vec());
+        Ok(true)
     }
 }
 
@@ -190,6 +223,146 @@ impl KvBackend for SqliteKv {
         tx.commit().map_err(sql)?;
         Ok(next)
     }
+    fn compare_and_swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let cur: Option<Vec<u8>> = tx
+            .prepare_cached(SELECT)
+            .map_err(sql)?
+            .query_row(params![store, key], |r| r.get(0))
+            .optional()
+            .map_err(sql)?;
+        if cur.as_deref() != expected {
+            return Ok(false);
+        }
+        tx.prepare_cached(UPSERT)
+            .map_err(sql)?
+            .execute(params![store, key, new])
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(true)
+    }
+}
+
+/// Redis store: a small pool of synchronous connections to one server. Several host processes
+/// pointing at the same server share every key, counter and compare-and-swap.
+pub struct RedisKv {
+    client: redis::Client,
+    pool: Mutex<Vec<redis::Connection>>,
+}
+
+/// Connections kept idle per process.
+const REDIS_POOL: usize = 32;
+
+/// `KEYS[1]` = key, `ARGV[1]` = "1" when a value is expected ("0" for absent), `ARGV[2]` the
+/// expected value, `ARGV[3]` the new value. Runs atomically on the server.
+const CAS_SCRIPT: &str = "local cur = redis.call('GET', KEYS[1]) \
+if ARGV[1] == '0' then if cur then return 0 end \
+elseif cur ~= ARGV[2] then return 0 end \
+redis.call('SET', KEYS[1], ARGV[3]) return 1";
+
+fn rerr(e: redis::RedisError) -> wasmtime::Error {
+    wasmtime::format_err!("redis: {e}")
+}
+
+impl RedisKv {
+    /// Connects to `url` (`redis://host:port/db` or `redis+unix:///path/to/socket`) and checks
+    /// the server answers.
+    pub fn open(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| wasmtime::format_err!("invalid redis url {url:?}: {e}"))?;
+        let kv = Self {
+            client,
+            pool: Mutex::new(Vec::new()),
+        };
+        kv.with(|c| redis::cmd("PING").query::<String>(c))
+            .map_err(|e| wasmtime::format_err!("cannot reach redis at {url:?}: {e}"))?;
+        Ok(kv)
+    }
+
+    /// Runs `op` on a pooled connection; a connection that failed is not returned to the pool.
+    fn with<T>(
+        &self,
+        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.client.get_connection().map_err(rerr)?,
+        };
+        let out = op(&mut conn).map_err(rerr);
+        if out.is_ok() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < REDIS_POOL {
+                pool.push(conn);
+            }
+        }
+        out
+    }
+}
+
+impl KvBackend for RedisKv {
+    fn get(&self, _store: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.with(|c| redis::cmd("GET").arg(key).query(c))
+    }
+    fn set(&self, _store: &str, key: &str, value: &[u8]) -> Result<()> {
+        self.with(|c| redis::cmd("SET").arg(key).arg(value).query(c))
+    }
+    fn delete(&self, _store: &str, key: &str) -> Result<()> {
+        self.with(|c| redis::cmd("DEL").arg(key).query(c))
+    }
+    fn exists(&self, _store: &str, key: &str) -> Result<bool> {
+        self.with(|c| redis::cmd("EXISTS").arg(key).query(c))
+    }
+    fn keys(&self, _store: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut out = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)?;
+                out.extend(batch);
+                if next == 0 {
+                    return Ok(out);
+                }
+                cursor = next;
+            }
+        })
+    }
+    fn increment(&self, _store: &str, key: &str, delta: i64) -> Result<i64> {
+        self.with(|c| redis::cmd("INCRBY").arg(key).arg(delta).query(c))
+            .map_err(|e| wasmtime::format_err!("counter {key:?}: {e}"))
+    }
+    fn compare_and_swap(
+        &self,
+        _store: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool> {
+        let n: i64 = self.with(|c| {
+            redis::cmd("EVAL")
+                .arg(CAS_SCRIPT)
+                .arg(1)
+                .arg(key)
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .arg(new)
+                .query(c)
+        })?;
+        Ok(n == 1)
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +389,157 @@ mod tests {
         kv.delete("default", "a").unwrap();
         assert!(!kv.exists("default", "a").unwrap());
         assert!(kv.exists("other", "a").unwrap());
+        cas_semantics(kv);
+    }
+
+    fn cas_semantics(kv: &dyn KvBackend) {
+        assert!(kv.compare_and_swap("default", "h", None, b"1").unwrap());
+        assert!(
+            !kv.compare_and_swap("default", "h", None, b"2").unwrap(),
+            "absent expected, present found"
+        );
+        assert!(!kv
+            .compare_and_swap("default", "h", Some(b"0"), b"2")
+            .unwrap());
+        assert!(kv
+            .compare_and_swap("default", "h", Some(b"1"), b"2")
+            .unwrap());
+        assert_eq!(kv.get("default", "h").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+
+    /// 8 threads × 50 increments of a JSON number by compare-and-swap retry loops: any lost
+    /// update (a get-then-set) shows as a total below 400.
+    fn concurrent_cas_is_exact(kv: Arc<dyn KvBackend>) {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        loop {
+                            let cur = kv.get("default", "cas").unwrap();
+                            let n: u64 = cur
+                                .as_deref()
+                                .map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+                            let next = (n + 1).to_string();
+                            if kv
+                                .compare_and_swap("default", "cas", cur.as_deref(), next.as_bytes())
+                                .unwrap()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(
+            kv.get("default", "cas").unwrap().as_deref(),
+            Some(&b"400"[..])
+        );
+    }
+
+    /// A throwaway `redis-server` on a unix socket in a temp dir (no TCP port), killed on drop.
+    struct Redis {
+        child: std::process::Child,
+        dir: std::path::PathBuf,
+    }
+
+    impl Redis {
+        fn start(tag: &str) -> Redis {
+            let dir =
+                std::env::temp_dir().join(format!("lumen-redis-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let sock = dir.join("redis.sock");
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--unixsocket",
+                ])
+                .arg(&sock)
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (apt-get install redis-server)");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !sock.exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Redis { child, dir }
+        }
+        fn url(&self) -> String {
+            format!("redis+unix://{}", self.dir.join("redis.sock").display())
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn redis_semantics_and_atomicity() {
+        let server = Redis::start("kv");
+        let kv = RedisKv::open(&server.url()).unwrap();
+        assert_eq!(kv.get("default", "a").unwrap(), None);
+        kv.set("default", "a", b"1").unwrap();
+        assert_eq!(kv.get("default", "a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(kv.increment("default", "n", 3).unwrap(), 3);
+        assert_eq!(kv.increment("default", "n", -1).unwrap(), 2);
+        assert!(
+            kv.increment("default", "a", 1).is_ok(),
+            "\"1\" is a Redis integer"
+        );
+        kv.set("default", "s", b"x").unwrap();
+        assert!(kv.increment("default", "s", 1).is_err(), "not a counter");
+        let mut keys = kv.keys("default").unwrap();
+        keys.sort();
+        assert_eq!(keys, vec!["a", "n", "s"]);
+        kv.delete("default", "a").unwrap();
+        assert!(!kv.exists("default", "a").unwrap());
+        cas_semantics(&kv);
+        // A second client (another host process) sees the same store.
+        let other = RedisKv::open(&server.url()).unwrap();
+        assert_eq!(other.increment("default", "n", 0).unwrap(), 2);
+        let kv: Arc<dyn KvBackend> = Arc::new(kv);
+        concurrent_cas_is_exact(kv.clone());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    (0..100).for_each(|_| {
+                        kv.increment("default", "c", 1).unwrap();
+                    })
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(other.increment("default", "c", 0).unwrap(), 800);
+        assert!(RedisKv::open("redis+unix:///nonexistent/redis.sock").is_err());
+    }
+
+    #[test]
+    fn concurrent_cas_is_exact_on_memory_and_sqlite() {
+        let dir = std::env::temp_dir().join(format!("lumen-kv-cas-{}", std::process::id()));
+        let path = dir.join("kv.db");
+        let _ = std::fs::remove_file(&path);
+        concurrent_cas_is_exact(Arc::new(MemoryKv::default()));
+        concurrent_cas_is_exact(Arc::new(SqliteKv::open(&path).unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

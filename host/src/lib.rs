@@ -15,7 +15,7 @@ pub mod variables;
 use app::{App, AppConfig};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use kv::{KvBackend, MemoryKv, SqliteKv};
+use kv::{KvBackend, MemoryKv, RedisKv, SqliteKv};
 use runtime_config::KvStoreConfig;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -137,6 +137,7 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         let backend: Arc<dyn KvBackend> = match cfg {
             KvStoreConfig::Memory => Arc::new(MemoryKv::default()),
             KvStoreConfig::Sqlite(path) => Arc::new(SqliteKv::open(&path)?),
+            KvStoreConfig::Redis(url) => Arc::new(RedisKv::open(&url)?),
         };
         stores.insert(label, backend);
     }

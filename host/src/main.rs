@@ -73,15 +73,19 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
     opts.cache_dir = cache_dir;
     opts.variables = lumen_host::variables::from_env(std::env::vars());
     let host = lumen_host::start(opts).await?;
+    // Listen for signals before announcing the address: a supervisor (or a test) may send
+    // SIGTERM as soon as it has read the route table.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| wasmtime::format_err!("{e}"))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| wasmtime::format_err!("{e}"))?;
     println!("Serving {}", host.base_url());
     println!("Available Routes:");
     for line in host.describe_routes() {
         println!("  {line}");
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| wasmtime::format_err!("{e}"))?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     eprintln!("lumen-host: shutting down");

@@ -12,6 +12,8 @@ pub enum KvStoreConfig {
     Sqlite(PathBuf),
     /// In memory, lost on exit.
     Memory,
+    /// A Redis server at this URL (`redis://host:port/db`, `redis+unix:///path/to.sock`).
+    Redis(String),
 }
 
 #[derive(Deserialize)]
@@ -48,15 +50,29 @@ pub fn parse(text: &str, dir: &Path) -> Result<BTreeMap<String, KvStoreConfig>> 
         let cfg = match s.kind.as_str() {
             "spin" => {
                 if s.url.is_some() {
-                    bail!("key_value_store.{label}: `url` is not used by type \"spin\"; use `path`");
+                    bail!(
+                        "key_value_store.{label}: `url` is not used by type \"spin\"; use `path`"
+                    );
                 }
                 match s.path {
                     Some(p) => KvStoreConfig::Sqlite(dir.join(p)),
                     None => KvStoreConfig::Memory,
                 }
             }
-            "redis" => bail!("key_value_store.{label}: type \"redis\" is not supported by this lumen-host build yet; use type \"spin\" with a `path`"),
-            other => bail!("key_value_store.{label}: unknown type {other:?}; supported: \"spin\""),
+            "redis" => {
+                if s.path.is_some() {
+                    bail!(
+                        "key_value_store.{label}: `path` is not used by type \"redis\"; use `url`"
+                    );
+                }
+                match s.url {
+                    Some(u) if !u.trim().is_empty() => KvStoreConfig::Redis(u),
+                    _ => bail!("key_value_store.{label}: type \"redis\" needs `url` (e.g. \"redis://localhost:6379\")"),
+                }
+            }
+            other => bail!(
+                "key_value_store.{label}: unknown type {other:?}; supported: \"spin\", \"redis\""
+            ),
         };
         out.insert(label, cfg);
     }
@@ -82,6 +98,22 @@ mod tests {
         .unwrap_err()
         .to_string()
         .contains("mongo"));
+        let r = parse(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            r["default"],
+            KvStoreConfig::Redis("redis://127.0.0.1:6379".into())
+        );
+        for bad in [
+            "[key_value_store.default]\ntype = \"redis\"\n",
+            "[key_value_store.default]\ntype = \"redis\"\npath = \"x\"\n",
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://x\"\nuser = \"u\"\n",
+        ] {
+            assert!(parse(bad, Path::new(".")).is_err(), "{bad}");
+        }
         assert!(parse(
             "[sqlite_database.default]\ntype = \"spin\"\n",
             Path::new(".")

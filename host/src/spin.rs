@@ -227,26 +227,30 @@ impl atomics::Host for SpinView<'_> {
         self.on(&b, |kv, l| kv.increment(l, &key, delta))
             .map_err(wasi_kv::Error::Other)
     }
+    /// Writes `value` only if the key still holds what the handle saw, in one atomic backend
+    /// operation; on a mismatch the caller gets a fresh handle with the current value.
     fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> Result<(), atomics::CasError> {
         let cas = self
             .table
             .delete(cas)
             .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
+        let swapped = cas
+            .backend
+            .compare_and_swap(&cas.label, &cas.key, cas.seen.as_deref(), &value)
+            .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
+        if swapped {
+            return Ok(());
+        }
         let now = cas
             .backend
             .get(&cas.label, &cas.key)
             .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
-        if now != cas.seen {
-            let again = Cas { seen: now, ..cas };
-            let res = self
-                .table
-                .push(again)
-                .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
-            return Err(atomics::CasError::CasFailed(res));
-        }
-        cas.backend
-            .set(&cas.label, &cas.key, &value)
-            .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))
+        let again = Cas { seen: now, ..cas };
+        let res = self
+            .table
+            .push(again)
+            .map_err(|e| atomics::CasError::StoreError(wasi_err(e)))?;
+        Err(atomics::CasError::CasFailed(res))
     }
 }
 
@@ -307,5 +311,86 @@ impl batch::Host for SpinView<'_> {
     ) -> Result<(), wasi_kv::Error> {
         self.on(&b, |kv, l| keys.iter().try_for_each(|k| kv.delete(l, k)))
             .map_err(wasi_kv::Error::Other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::MemoryKv;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A backend where another writer changes `key` right after the second read of it: the read
+    /// that a get-then-set `swap` makes.
+    struct Racing {
+        inner: MemoryKv,
+        gets: AtomicUsize,
+    }
+
+    impl KvBackend for Racing {
+        fn get(&self, store: &str, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+            let v = self.inner.get(store, key)?;
+            if self.gets.fetch_add(1, Ordering::SeqCst) == 1 {
+                self.inner.set(store, key, b"other writer")?;
+            }
+            Ok(v)
+        }
+        fn set(&self, s: &str, k: &str, v: &[u8]) -> wasmtime::Result<()> {
+            self.inner.set(s, k, v)
+        }
+        fn delete(&self, s: &str, k: &str) -> wasmtime::Result<()> {
+            self.inner.delete(s, k)
+        }
+        fn keys(&self, s: &str) -> wasmtime::Result<Vec<String>> {
+            self.inner.keys(s)
+        }
+        fn increment(&self, s: &str, k: &str, d: i64) -> wasmtime::Result<i64> {
+            self.inner.increment(s, k, d)
+        }
+        fn compare_and_swap(
+            &self,
+            s: &str,
+            k: &str,
+            e: Option<&[u8]>,
+            n: &[u8],
+        ) -> wasmtime::Result<bool> {
+            if self.gets.fetch_add(1, Ordering::SeqCst) == 1 {
+                self.inner.set(s, k, b"other writer")?;
+            }
+            self.inner.compare_and_swap(s, k, e, n)
+        }
+    }
+
+    /// Regression: `swap` used to read the value again and then write, so a writer between the
+    /// two was silently overwritten. It must fail the swap instead.
+    #[test]
+    fn swap_never_overwrites_a_concurrent_write() {
+        let backend: Arc<dyn KvBackend> = Arc::new(Racing {
+            inner: MemoryKv::default(),
+            gets: AtomicUsize::new(0),
+        });
+        backend.set("default", "k", b"v0").unwrap();
+        let state = SpinState {
+            stores: Arc::new(HashMap::from([("default".to_string(), backend.clone())])),
+            variables: Arc::new(HashMap::new()),
+        };
+        let mut table = ResourceTable::new();
+        let mut view = SpinView {
+            state: &state,
+            table: &mut table,
+        };
+        let bucket = wasi_kv::Host::open(&mut view, "default".into()).unwrap();
+        // The first read: the CAS handle remembers "v0".
+        let cas = atomics::HostCas::new(&mut view, bucket, "k".into()).unwrap();
+        // The other writer lands now, during the swap.
+        let res = atomics::Host::swap(&mut view, cas, b"mine".to_vec());
+        assert!(
+            matches!(res, Err(atomics::CasError::CasFailed(_))),
+            "swap must fail when the value changed since the handle was made"
+        );
+        assert_eq!(
+            backend.get("default", "k").unwrap().as_deref(),
+            Some(&b"other writer"[..])
+        );
     }
 }

@@ -16,8 +16,11 @@ pub mod routes {
     pub const CALL: &str = "http://provider.spin.internal/call";
     /// meter: `POST` a [`super::SettleRequest`].
     pub const SETTLE: &str = "http://meter.spin.internal/settle";
-    /// meter: `GET` with `?key_id=` for a [`super::UsageSummary`].
+    /// meter: `GET` with `?key_id=` (or `?key_ids=a,b`) and `from`, `to`, `model`,
+    /// `group_by` for a [`super::UsageSummary`].
     pub const USAGE: &str = "http://meter.spin.internal/usage";
+    /// meter: `GET` with `?key_id=` (or `?key_ids=`) and `limit` for the newest usage records.
+    pub const RECORDS: &str = "http://meter.spin.internal/records";
 }
 
 /// Headers on internal responses (never forwarded to clients).
@@ -146,6 +149,9 @@ pub struct SettleRequest {
     pub report: UsageReport,
     /// Prices of the model that served.
     pub price: Option<Price>,
+    /// The budget hold taken at admission, settled to the actual cost with this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<crate::budget::Hold>,
 }
 
 /// One row of `GET /v1/usage`.
@@ -157,6 +163,9 @@ pub struct UsageRow {
     /// Model; absent in totals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// API key id, with `group_by=key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// Requests.
     pub requests: u64,
     /// Requests that did not end `ok`.

@@ -135,6 +135,14 @@ impl ApiError {
         e
     }
 
+    /// 402: the tenant's budget or credits cannot cover the request (OpenAI's
+    /// `insufficient_quota`).
+    pub fn insufficient_quota(message: impl Into<String>) -> Self {
+        let mut e = Self::new(402, "insufficient_quota", Blame::Client, message);
+        e.code = Some("insufficient_quota".into());
+        e
+    }
+
     /// An upstream failure with the status the client should see.
     pub fn upstream(status: u16, message: impl Into<String>, retryable: bool) -> Self {
         let kind = if status == 429 {

@@ -49,8 +49,8 @@ fn kv_failure(e: KvError) -> ApiError {
     ApiError::internal(format!("could not reach the key store ({})", e.0))
 }
 
-/// Looks a secret up and returns its record, or 401.
-pub fn authenticate(store: &dyn Kv, secret: &str) -> Result<ApiKeyRecord, ApiError> {
+/// Looks a secret up and returns its record, or 401 (also for a key past its `expires_at`).
+pub fn authenticate(store: &dyn Kv, secret: &str, now_secs: u64) -> Result<ApiKeyRecord, ApiError> {
     let wrong =
         || ApiError::authentication("incorrect API key provided; create one with POST /admin/keys");
     if !secret.starts_with(SECRET_PREFIX) {
@@ -62,6 +62,14 @@ pub fn authenticate(store: &dyn Kv, secret: &str) -> Result<ApiKeyRecord, ApiErr
         .ok_or_else(wrong)?;
     if !ct_eq(rec.hash.as_bytes(), hash.as_bytes()) {
         return Err(wrong());
+    }
+    if rec.expires_at.is_some_and(|t| now_secs >= t) {
+        let mut e = ApiError::authentication(format!(
+            "this API key expired at {} (unix seconds); create or rotate a key with the admin API",
+            rec.expires_at.unwrap_or_default()
+        ));
+        e.code = Some("expired_api_key".into());
+        return Err(e);
     }
     Ok(rec)
 }
@@ -78,6 +86,15 @@ pub struct CreateKey {
     /// Allowed models (empty = all).
     #[serde(default)]
     pub allowed_models: Vec<String>,
+    /// Tenant (default: the key is its own tenant).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Unix seconds after which the key is refused.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    /// Plan from `config/plans.toml`.
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// Parses a `POST /admin/keys` body, naming what is wrong.
@@ -87,7 +104,7 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
         let path = e.path().to_string();
         let param = (path != ".").then_some(path.as_str());
         ApiError::invalid_request(
-            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string]}}", e.inner()),
+            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds, \"plan\": string}}", e.inner()),
             param,
             "invalid_value",
         )
@@ -98,6 +115,19 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
             Some("name"),
             "invalid_value",
         ));
+    }
+    if let Some(t) = &req.tenant {
+        let ok = !t.is_empty()
+            && t.len() <= 64
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        if !ok {
+            return Err(ApiError::invalid_request(
+                "'tenant' must be 1 to 64 characters of letters, digits, '_', '-' or '.'",
+                Some("tenant"),
+                "invalid_value",
+            ));
+        }
     }
     if req.rpm_limit == Some(0) {
         return Err(ApiError::invalid_request(
@@ -169,6 +199,10 @@ pub fn create(
         rpm_limit: req.rpm_limit.unwrap_or(DEFAULT_RPM),
         allowed_models: req.allowed_models,
         created: now_secs,
+        tenant: req.tenant.unwrap_or_default(),
+        expires_at: req.expires_at,
+        rotated: None,
+        plan: req.plan.unwrap_or_default(),
     };
     kv::store(store, &KeyByHash(&rec.hash), &rec).map_err(kv_failure)?;
     kv::store(store, &KeyById(&rec.id), &rec.hash).map_err(kv_failure)?;
@@ -202,16 +236,54 @@ pub fn get(store: &dyn Kv, id: &str) -> Result<Option<ApiKeyRecord>, ApiError> {
 
 /// Revokes a key; 404 when there is none.
 pub fn delete(store: &dyn Kv, id: &str) -> Result<ApiKeyRecord, ApiError> {
-    let rec = get(store, id)?.ok_or_else(|| {
-        ApiError::not_found(
-            format!("no API key with id \"{id}\""),
-            Some("id"),
-            "key_not_found",
-        )
-    })?;
+    let rec = get(store, id)?.ok_or_else(|| no_such_key(id))?;
     kv::remove(store, &KeyByHash(&rec.hash)).map_err(kv_failure)?;
     kv::remove(store, &KeyById(id)).map_err(kv_failure)?;
     Ok(rec)
+}
+
+/// Replaces a key's secret: the old secret stops working at once, the id, limits and usage
+/// stay. Returns the record and the new secret (shown once).
+pub fn rotate(
+    store: &dyn Kv,
+    id: &str,
+    secret_bytes: &[u8; 32],
+    now_secs: u64,
+) -> Result<(ApiKeyRecord, String), ApiError> {
+    let old = get(store, id)?.ok_or_else(|| no_such_key(id))?;
+    let secret = format!(
+        "{SECRET_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes)
+    );
+    let rec = ApiKeyRecord {
+        hash: hash_secret(&secret),
+        rotated: Some(now_secs),
+        ..old.clone()
+    };
+    kv::store(store, &KeyByHash(&rec.hash), &rec).map_err(kv_failure)?;
+    kv::store(store, &KeyById(&rec.id), &rec.hash).map_err(kv_failure)?;
+    kv::remove(store, &KeyByHash(&old.hash)).map_err(kv_failure)?;
+    Ok((rec, secret))
+}
+
+/// Sets or clears a key's expiry.
+pub fn set_expiry(
+    store: &dyn Kv,
+    id: &str,
+    expires_at: Option<u64>,
+) -> Result<ApiKeyRecord, ApiError> {
+    let mut rec = get(store, id)?.ok_or_else(|| no_such_key(id))?;
+    rec.expires_at = expires_at;
+    kv::store(store, &KeyByHash(&rec.hash), &rec).map_err(kv_failure)?;
+    Ok(rec)
+}
+
+fn no_such_key(id: &str) -> ApiError {
+    ApiError::not_found(
+        format!("no API key with id \"{id}\""),
+        Some("id"),
+        "key_not_found",
+    )
 }
 
 /// The public view of a key (never the secret or its hash).
@@ -220,9 +292,15 @@ pub fn public_view(rec: &ApiKeyRecord) -> serde_json::Value {
         "id": rec.id,
         "object": "api_key",
         "name": rec.name,
+        "tenant": rec.tenant_id(),
+        "plan": (!rec.plan.is_empty()).then_some(&rec.plan),
         "rpm_limit": rec.rpm_limit,
         "allowed_models": rec.allowed_models,
         "created": rec.created,
+        "expires_at": rec.expires_at,
+        "rotated": rec.rotated,
+        // Lumen stores no prompt or response content for any key.
+        "zero_retention": true,
     })
 }
 
@@ -241,7 +319,7 @@ mod tests {
         let kv = MemKv::default();
         let (rec, secret) = mk(&kv, "a", 1);
         assert!(secret.starts_with("lm_") && secret.len() == 46);
-        assert_eq!(authenticate(&kv, &secret).unwrap(), rec);
+        assert_eq!(authenticate(&kv, &secret, 100).unwrap(), rec);
         assert!(
             !kv.keys().iter().any(|k| k.contains(&secret)),
             "secret must not be stored"
@@ -256,17 +334,48 @@ mod tests {
             vec![rec.id.clone(), b.id.clone()]
         );
         delete(&kv, &rec.id).unwrap();
-        assert_eq!(authenticate(&kv, &secret).unwrap_err().status, 401);
+        assert_eq!(authenticate(&kv, &secret, 100).unwrap_err().status, 401);
         assert_eq!(list(&kv).unwrap(), vec![b]);
         assert_eq!(delete(&kv, &rec.id).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn rotate_and_expire() {
+        let kv = MemKv::default();
+        let (rec, old) = mk(&kv, "a", 1);
+        let (rotated, new) = rotate(&kv, &rec.id, &[9; 32], 200).unwrap();
+        assert_eq!(
+            (rotated.id.as_str(), rotated.rotated),
+            (rec.id.as_str(), Some(200))
+        );
+        assert_eq!(authenticate(&kv, &old, 201).unwrap_err().status, 401);
+        assert_eq!(authenticate(&kv, &new, 201).unwrap().id, rec.id);
+        set_expiry(&kv, &rec.id, Some(300)).unwrap();
+        assert!(authenticate(&kv, &new, 299).is_ok());
+        let e = authenticate(&kv, &new, 300).unwrap_err();
+        assert_eq!(
+            (e.status, e.code.as_deref()),
+            (401, Some("expired_api_key"))
+        );
+        assert_eq!(
+            rotate(&kv, "key_none", &[1; 32], 1).unwrap_err().status,
+            404
+        );
+        assert_eq!(
+            parse_create(br#"{"name":"a","tenant":"a b"}"#)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("tenant")
+        );
     }
 
     #[test]
     fn wrong_and_missing_keys_are_401() {
         let kv = MemKv::default();
         mk(&kv, "a", 1);
-        assert_eq!(authenticate(&kv, "lm_nope").unwrap_err().status, 401);
-        assert_eq!(authenticate(&kv, "sk-other").unwrap_err().status, 401);
+        assert_eq!(authenticate(&kv, "lm_nope", 100).unwrap_err().status, 401);
+        assert_eq!(authenticate(&kv, "sk-other", 100).unwrap_err().status, 401);
         assert_eq!(bearer(None).unwrap_err().status, 401);
         assert_eq!(bearer(Some("Basic abc")).unwrap_err().status, 401);
         assert_eq!(bearer(Some("Bearer  lm_x ")).unwrap(), "lm_x");

@@ -2,8 +2,10 @@
 //! versioned (`v1/...`), so a key's spelling lives in exactly one place. Never `format!` a key at
 //! a call site.
 //!
-//! Counters are built on atomic `increment` only (exact on every Spin backend); compare-and-swap
-//! is not used because Spin's backends do not implement it reliably.
+//! Counters are built on atomic `increment` (exact on every Spin backend). Compare-and-swap
+//! (`wasi:keyvalue/atomics` `cas` + `swap`) is used only where one record must move from one
+//! known state to the next, the audit chain's head; lumen-host implements it atomically on
+//! every backend.
 
 use crate::contracts::{Outcome, SettleRequest};
 use schemars::JsonSchema;
@@ -34,6 +36,14 @@ pub trait Kv {
     fn delete(&self, key: &str) -> Result<(), KvError>;
     /// Atomically adds `delta` to a counter (absent = 0) and returns the new value.
     fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError>;
+    /// Atomically writes `new` when the value is still `expected` (`None` = absent); returns
+    /// whether it wrote.
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, KvError>;
 }
 
 /// A family of keys holding serde values.
@@ -97,6 +107,29 @@ pub struct ApiKeyRecord {
     pub allowed_models: Vec<String>,
     /// Unix seconds.
     pub created: u64,
+    /// Tenant the key belongs to (its usage, budget and credits); empty = the key's own id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
+    /// Unix seconds after which the key is refused (none = never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Unix seconds of the last rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated: Option<u64>,
+    /// Plan from `config/plans.toml` (empty = none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub plan: String,
+}
+
+impl ApiKeyRecord {
+    /// The tenant id: `tenant`, or the key id for a key created without one.
+    pub fn tenant_id(&self) -> &str {
+        if self.tenant.is_empty() {
+            &self.id
+        } else {
+            &self.tenant
+        }
+    }
 }
 
 /// `v1/key/hash/{sha256}` → [`ApiKeyRecord`].
@@ -338,6 +371,114 @@ impl Counter for Rollup<'_> {
     }
 }
 
+/// `v1/tenant/{tenant}` → [`TenantRecord`]: a tenant's budget settings.
+pub struct TenantKey<'a>(pub &'a str);
+impl Family for TenantKey<'_> {
+    type Value = TenantRecord;
+    fn key(&self) -> String {
+        format!("v1/tenant/{}", self.0)
+    }
+}
+
+/// A tenant's budget settings (set with `PUT /admin/tenants/{tenant}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRecord {
+    /// Hard cap on spend per calendar month (UTC), nano-dollars; none = no monthly cap.
+    #[serde(default)]
+    pub monthly_budget_nanos: Option<i64>,
+    /// When true, spend is also limited by prepaid credits (grants minus spend, all time).
+    #[serde(default)]
+    pub prepaid: bool,
+}
+
+/// Ledger counters of a tenant, in nano-dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerField {
+    /// Settled spend plus outstanding holds, this month (checked against the monthly cap).
+    MonthCommitted,
+    /// Outstanding holds, this month.
+    MonthHeld,
+    /// Settled spend, this month.
+    MonthSettled,
+    /// Released hold amounts (hold minus actual), this month.
+    MonthReleased,
+}
+
+/// `v1/ledger/{tenant}/{YYYY-MM}/{field}` — a tenant's monthly ledger counter.
+pub struct MonthLedger<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// `YYYY-MM` (UTC).
+    pub month: &'a str,
+    /// Field.
+    pub field: LedgerField,
+}
+impl Counter for MonthLedger<'_> {
+    fn key(&self) -> String {
+        let f = match self.field {
+            LedgerField::MonthCommitted => "committed",
+            LedgerField::MonthHeld => "held",
+            LedgerField::MonthSettled => "settled",
+            LedgerField::MonthReleased => "released",
+        };
+        format!("v1/ledger/{}/{}/{f}", self.tenant, self.month)
+    }
+}
+
+/// Prepaid-credit counters of a tenant (all time), in nano-dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditField {
+    /// Credits granted (negative grants are refunds to the operator / corrections).
+    Granted,
+    /// Settled spend plus outstanding holds against credits.
+    Committed,
+}
+
+/// `v1/credit/{tenant}/{field}`.
+pub struct Credit<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Field.
+    pub field: CreditField,
+}
+impl Counter for Credit<'_> {
+    fn key(&self) -> String {
+        let f = match self.field {
+            CreditField::Granted => "granted",
+            CreditField::Committed => "committed",
+        };
+        format!("v1/credit/{}/{f}", self.tenant)
+    }
+}
+
+/// `v1/audit/head` → [`crate::audit::AuditHead`], moved only by compare-and-swap.
+pub struct AuditHeadKey;
+impl Family for AuditHeadKey {
+    type Value = crate::audit::AuditHead;
+    fn key(&self) -> String {
+        "v1/audit/head".into()
+    }
+}
+
+/// `v1/audit/entry/{hash}` → [`crate::audit::AuditEntry`] (content-addressed).
+pub struct AuditEntryKey<'a>(pub &'a str);
+impl Family for AuditEntryKey<'_> {
+    type Value = crate::audit::AuditEntry;
+    fn key(&self) -> String {
+        format!("v1/audit/entry/{}", self.0)
+    }
+}
+
+/// `v1/audit/seq/{n}` → hash of the n-th entry (an index written after the head moved).
+pub struct AuditSeqKey(pub u64);
+impl Family for AuditSeqKey {
+    type Value = String;
+    fn key(&self) -> String {
+        format!("v1/audit/seq/{}", self.0)
+    }
+}
+
 /// An in-memory [`Kv`] for unit tests of the cores.
 #[derive(Debug, Default)]
 pub struct MemKv {
@@ -393,6 +534,19 @@ impl Kv for MemKv {
         map.insert(key.to_string(), next.to_le_bytes().to_vec());
         Ok(next)
     }
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(key).map(Vec::as_slice) != expected {
+            return Ok(false);
+        }
+        map.insert(key.to_string(), new.to_vec());
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -416,6 +570,27 @@ mod tests {
             "v1/rl/rpm/key_1/60"
         );
         assert_eq!(SettleOnce("req_1").key(), "v1/usage/once/req_1");
+        assert_eq!(TenantKey("t1").key(), "v1/tenant/t1");
+        assert_eq!(
+            MonthLedger {
+                tenant: "t1",
+                month: "2026-11",
+                field: LedgerField::MonthHeld
+            }
+            .key(),
+            "v1/ledger/t1/2026-11/held"
+        );
+        assert_eq!(
+            Credit {
+                tenant: "t1",
+                field: CreditField::Granted
+            }
+            .key(),
+            "v1/credit/t1/granted"
+        );
+        assert_eq!(AuditHeadKey.key(), "v1/audit/head");
+        assert_eq!(AuditEntryKey("ab").key(), "v1/audit/entry/ab");
+        assert_eq!(AuditSeqKey(7).key(), "v1/audit/seq/7");
         assert_eq!(UsageSeq("key_1").key(), "v1/usage/seq/key_1");
         assert_eq!(
             UsageRecordKey {

@@ -5,6 +5,8 @@
 //! natively in unit tests and unchanged inside the wasm components.
 #![deny(missing_docs)]
 
+pub mod audit;
+pub mod budget;
 pub mod catalog;
 pub mod contracts;
 pub mod deadline;
@@ -13,6 +15,7 @@ pub mod health;
 pub mod keys;
 pub mod kv;
 pub mod openai;
+pub mod plans;
 pub mod pricing;
 pub mod ratelimit;
 pub mod schemas;

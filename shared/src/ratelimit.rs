@@ -55,6 +55,149 @@ pub fn check_rpm(
     })
 }
 
+/// A limit on a fixed window other than the per-key RPM: requests per day, tokens per minute or
+/// day, requests per minute of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Requests per UTC day, per key.
+    KeyRpd,
+    /// Tokens per minute, per key.
+    KeyTpm,
+    /// Tokens per UTC day, per key.
+    KeyTpd,
+    /// Requests per minute across a tenant's keys.
+    TenantRpm,
+    /// Requests per minute of a key on one model (id = `{key}/{model}`).
+    ModelRpm,
+    /// Tokens per minute of a key on one model (id = `{key}/{model}`).
+    ModelTpm,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::KeyRpd => "rpd",
+            Kind::KeyTpm => "tpm",
+            Kind::KeyTpd => "tpd",
+            Kind::TenantRpm => "tenant-rpm",
+            Kind::ModelRpm => "model-rpm",
+            Kind::ModelTpm => "model-tpm",
+        }
+    }
+    fn window_secs(self) -> u64 {
+        match self {
+            Kind::KeyRpd | Kind::KeyTpd => 86_400,
+            Kind::KeyTpm | Kind::TenantRpm | Kind::ModelRpm | Kind::ModelTpm => WINDOW_SECS,
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            Kind::KeyRpd => "requests per day for this API key",
+            Kind::KeyTpm => "tokens per minute for this API key",
+            Kind::KeyTpd => "tokens per day for this API key",
+            Kind::TenantRpm => "requests per minute for this tenant",
+            Kind::ModelRpm => "requests per minute for this API key on this model",
+            Kind::ModelTpm => "tokens per minute for this API key on this model",
+        }
+    }
+}
+
+/// `v1/rl/{kind}/{id}/{window_start_secs}`.
+pub struct Window<'a> {
+    /// What is limited.
+    pub kind: Kind,
+    /// Key or tenant id.
+    pub id: &'a str,
+    /// Unix seconds at the window's start.
+    pub window: u64,
+}
+impl kv::Counter for Window<'_> {
+    fn key(&self) -> String {
+        format!("v1/rl/{}/{}/{}", self.kind.name(), self.id, self.window)
+    }
+}
+
+/// An amount taken from a window, to reconcile or give back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// What was limited.
+    pub kind: Kind,
+    /// Key or tenant id.
+    pub id: String,
+    /// Window start.
+    pub window: u64,
+    /// Amount taken.
+    pub amount: u64,
+    /// The state for headers.
+    pub status: RateStatus64,
+}
+
+/// [`RateStatus`] for token counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateStatus64 {
+    /// Limit per window.
+    pub limit: u64,
+    /// Left in this window.
+    pub remaining: u64,
+    /// Seconds until the window resets.
+    pub reset_secs: u64,
+}
+
+fn rl_err(e: kv::KvError) -> ApiError {
+    ApiError::internal(format!("could not reach the rate-limit store ({})", e.0))
+}
+
+/// Takes `amount` from `id`'s window of `kind` by one atomic increment; over the limit, the
+/// amount is given back at once and the request is refused with 429 (so refused requests do
+/// not use up the window).
+pub fn take(
+    store: &dyn Kv,
+    kind: Kind,
+    id: &str,
+    limit: u64,
+    amount: u64,
+    now_ms: u64,
+) -> Result<Taken, ApiError> {
+    let now = now_ms / 1000;
+    let len = kind.window_secs();
+    let window = now - now % len;
+    let reset_secs = (window + len - now).max(1);
+    let w = Window { kind, id, window };
+    let count = kv::incr(store, &w, amount as i64).map_err(rl_err)?;
+    if count > limit as i64 {
+        kv::incr(store, &w, -(amount as i64)).map_err(rl_err)?;
+        return Err(ApiError::rate_limited(
+            format!(
+                "rate limit reached: {limit} {}; this request needs {amount}; retry in {reset_secs} s",
+                kind.what()
+            ),
+            reset_secs,
+        ));
+    }
+    Ok(Taken {
+        kind,
+        id: id.to_string(),
+        window,
+        amount,
+        status: RateStatus64 {
+            limit,
+            remaining: (limit as i64 - count).max(0) as u64,
+            reset_secs,
+        },
+    })
+}
+
+/// Adds `delta` to a taken window (token reservations reconciled with actual usage; a negative
+/// delta gives tokens back).
+pub fn adjust(store: &dyn Kv, t: &Taken, delta: i64) -> Result<(), ApiError> {
+    let w = Window {
+        kind: t.kind,
+        id: &t.id,
+        window: t.window,
+    };
+    kv::incr(store, &w, delta).map(|_| ()).map_err(rl_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +221,32 @@ mod tests {
             check_rpm(&kv, "k", 3, t0 + 60_000).is_ok(),
             "a new window admits again"
         );
+    }
+
+    #[test]
+    fn token_windows_reserve_give_back_and_reconcile() {
+        let kv = MemKv::default();
+        let t0 = 1_800_000_000_000;
+        let a = take(&kv, Kind::KeyTpm, "k", 100, 60, t0).unwrap();
+        assert_eq!(a.status.remaining, 40);
+        let e = take(&kv, Kind::KeyTpm, "k", 100, 60, t0).unwrap_err();
+        assert_eq!(e.status, 429);
+        assert!(e.message.contains("tokens per minute"), "{}", e.message);
+        // The refused reservation was given back; reconcile the first to its actual 20.
+        adjust(&kv, &a, 20 - 60).unwrap();
+        assert_eq!(
+            take(&kv, Kind::KeyTpm, "k", 100, 80, t0)
+                .unwrap()
+                .status
+                .remaining,
+            0
+        );
+        assert!(take(&kv, Kind::KeyTpm, "k", 100, 80, t0 + 60_000).is_ok());
+        // Day windows are keyed by the UTC day.
+        let d = take(&kv, Kind::KeyRpd, "k", 2, 1, t0).unwrap();
+        assert_eq!(d.window % 86_400, 0);
+        take(&kv, Kind::KeyRpd, "k", 2, 1, t0).unwrap();
+        assert!(take(&kv, Kind::KeyRpd, "k", 2, 1, t0 + 3_600_000).is_err());
     }
 
     #[test]

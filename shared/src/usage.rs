@@ -5,6 +5,8 @@
 //! it from 0 to 1 writes. Rollups are atomic increments, so concurrent instances never lose an
 //! update. A rollup's (day, model) is indexed the first time its request counter goes to 1.
 
+use crate::audit::{self, AuditEvent, AuditTokens};
+use crate::budget;
 use crate::contracts::{Outcome, SettleRequest, UsageRow, UsageSummary};
 use crate::kv::{
     self, Kv, KvError, Rollup, RollupField, SettleOnce, UsageDim, UsageDimKey, UsageDimSeq,
@@ -79,6 +81,29 @@ pub fn settle(store: &dyn Kv, req: &SettleRequest) -> Result<Settled, KvError> {
     if cost != 0 {
         add(RollupField::CostNanos, cost)?;
     }
+    if let Some(h) = &req.hold {
+        budget::settle(store, h, cost)?;
+    }
+    audit::append(
+        store,
+        &AuditEvent {
+            time: record.time_ms,
+            kind: "request".into(),
+            subject: record.request_id.clone(),
+            key_id: record.key_id.clone(),
+            model: record.model.clone(),
+            provider: record.provider.clone(),
+            tokens: AuditTokens {
+                prompt: record.prompt_tokens,
+                completion: record.completion_tokens,
+            },
+            cost,
+            outcome: serde_json::to_value(record.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        },
+    )?;
     Ok(Settled {
         recorded: true,
         record,
@@ -124,6 +149,7 @@ pub fn summary(store: &dyn Kv, key_id: &str) -> Result<UsageSummary, KvError> {
             cost_usd: cost as f64 / NANOS_PER_USD,
             day: Some(dim.day),
             model: Some(dim.model),
+            key_id: None,
         };
         total.requests += row.requests;
         total.errors += row.errors;
@@ -139,6 +165,149 @@ pub fn summary(store: &dyn Kv, key_id: &str) -> Result<UsageSummary, KvError> {
         data: rows,
         total,
     })
+}
+
+/// How `GET /v1/usage` groups rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GroupBy {
+    /// One row per (day, model) (the default).
+    #[default]
+    DayModel,
+    /// One row per day.
+    Day,
+    /// One row per model.
+    Model,
+    /// One row per API key.
+    Key,
+}
+
+/// Filters of `GET /v1/usage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// First day included, `YYYY-MM-DD`.
+    pub from: Option<String>,
+    /// Last day included, `YYYY-MM-DD`.
+    pub to: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Grouping.
+    pub group_by: GroupBy,
+}
+
+fn is_day(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// Parses the query string of `GET /v1/usage`; errors name the parameter.
+pub fn parse_query(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<UsageQuery, crate::error::ApiError> {
+    let bad =
+        |p: &str, m: String| crate::error::ApiError::invalid_request(m, Some(p), "invalid_value");
+    let mut q = UsageQuery::default();
+    for (name, slot) in [("from", &mut q.from), ("to", &mut q.to)] {
+        if let Some(v) = get(name).filter(|v| !v.is_empty()) {
+            if !is_day(&v) {
+                return Err(bad(
+                    name,
+                    format!("'{name}' must be a day as YYYY-MM-DD, got {v:?}"),
+                ));
+            }
+            *slot = Some(v);
+        }
+    }
+    q.model = get("model").filter(|v| !v.is_empty());
+    q.group_by = match get("group_by").as_deref() {
+        None | Some("") => GroupBy::DayModel,
+        Some("day") => GroupBy::Day,
+        Some("model") => GroupBy::Model,
+        Some("key") => GroupBy::Key,
+        Some(other) => {
+            return Err(bad(
+                "group_by",
+                format!("'group_by' must be one of day, model, key; got {other:?}"),
+            ))
+        }
+    };
+    Ok(q)
+}
+
+/// A row's (day, model, key id) group.
+type Group = (Option<String>, Option<String>, Option<String>);
+
+/// Usage of `key_ids` filtered and grouped by `q`.
+pub fn query(store: &dyn Kv, key_ids: &[String], q: &UsageQuery) -> Result<UsageSummary, KvError> {
+    let mut groups: std::collections::BTreeMap<Group, UsageRow> = std::collections::BTreeMap::new();
+    let mut total = UsageRow::default();
+    for key_id in key_ids {
+        for row in summary(store, key_id)?.data {
+            let day = row.day.clone().unwrap_or_default();
+            let model = row.model.clone().unwrap_or_default();
+            if q.from.as_ref().is_some_and(|f| day < *f)
+                || q.to.as_ref().is_some_and(|t| day > *t)
+                || q.model.as_ref().is_some_and(|m| model != *m)
+            {
+                continue;
+            }
+            let group = match q.group_by {
+                GroupBy::DayModel => (Some(day), Some(model), None),
+                GroupBy::Day => (Some(day), None, None),
+                GroupBy::Model => (None, Some(model), None),
+                GroupBy::Key => (None, None, Some(key_id.clone())),
+            };
+            let g = groups.entry(group.clone()).or_default();
+            (g.day, g.model, g.key_id) = group;
+            for acc in [g, &mut total] {
+                acc.requests += row.requests;
+                acc.errors += row.errors;
+                acc.prompt_tokens += row.prompt_tokens;
+                acc.completion_tokens += row.completion_tokens;
+                acc.cached_tokens += row.cached_tokens;
+                acc.cost_usd += row.cost_usd;
+            }
+        }
+    }
+    Ok(UsageSummary {
+        object: "usage".into(),
+        data: groups.into_values().collect(),
+        total,
+    })
+}
+
+/// CSV of a summary's rows: `day,model,key_id,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd`.
+pub fn to_csv(s: &UsageSummary) -> String {
+    let field = |v: &Option<String>| {
+        let v = v.clone().unwrap_or_default();
+        if v.contains([',', '"', '\n']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v
+        }
+    };
+    let mut out = String::from(
+        "day,model,key_id,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd\n",
+    );
+    for r in &s.data {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{:.9}\n",
+            field(&r.day),
+            field(&r.model),
+            field(&r.key_id),
+            r.requests,
+            r.errors,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cached_tokens,
+            r.cost_usd
+        ));
+    }
+    out
 }
 
 /// A key's records, oldest first (at most `limit`, newest kept).
@@ -188,6 +357,7 @@ mod tests {
                 source: "s".into(),
                 as_of: "d".into(),
             }),
+            hold: None,
         }
     }
 
@@ -242,6 +412,34 @@ mod tests {
         assert!((s.data[0].cost_usd - 180e-6).abs() < 1e-12);
         assert!((s.total.cost_usd - (1.0 + 183e-6)).abs() < 1e-9);
         assert_eq!(records(&kv, "key_a", 10).unwrap().len(), 4);
+        let by_model = query(
+            &kv,
+            &["key_a".into()],
+            &UsageQuery {
+                group_by: GroupBy::Model,
+                from: Some("2026-11-18".into()),
+                to: Some("2026-11-18".into()),
+                ..UsageQuery::default()
+            },
+        )
+        .unwrap();
+        let rows: Vec<_> = by_model
+            .data
+            .iter()
+            .map(|r| (r.model.clone().unwrap(), r.requests))
+            .collect();
+        assert_eq!(rows, vec![("m1".into(), 2), ("m2".into(), 1)]);
+        assert_eq!(by_model.total.requests, 3);
+        let csv = to_csv(&by_model);
+        assert!(csv.starts_with("day,model,key_id,requests"), "{csv}");
+        assert!(csv.contains("\n,m1,,2,1,150,15,0,0.000180000\n"), "{csv}");
+        // Every settled request is on the audit chain.
+        let v = audit::verify(&kv).unwrap();
+        assert!(v.ok && v.head.seq == 4, "{v:?}");
+        let e = parse_query(|k| (k == "group_by").then(|| "week".to_string())).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("group_by"));
+        let e = parse_query(|k| (k == "from").then(|| "2026-1-01".to_string())).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("from"));
         assert_eq!(summary(&kv, "key_b").unwrap().data, vec![]);
     }
 }

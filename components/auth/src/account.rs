@@ -1,19 +1,20 @@
 //! What an API key may read about itself: `GET /v1/models` (the catalog, filtered to the key's
-//! allowed models) and `GET /v1/usage` (the key's own usage only).
+//! allowed models), `GET /v1/usage` (the key's own usage only, with `from`, `to`, `model`,
+//! `group_by`, `format=csv`) and `GET /v1/usage/records` (its own newest records).
 
 use crate::ctx::ReqInfo;
-use lumen_shared::contracts::routes;
+use lumen_shared::contracts::{routes, UsageSummary};
 use lumen_shared::kv::ApiKeyRecord;
-use lumen_shared::{keys, ApiError};
+use lumen_shared::{keys, usage, ApiError};
 use lumen_spin::http::get_json;
-use lumen_spin::util::percent_encode;
+use lumen_spin::util::{now_ms, percent_encode, query_param};
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
 
-/// Authenticates the caller's bearer key (401 when missing or wrong).
+/// Authenticates the caller's bearer key (401 when missing, wrong or expired).
 pub fn authenticate(kv: &SpinKv, info: &ReqInfo) -> Result<ApiKeyRecord, ApiError> {
     let secret = keys::bearer(info.authorization.as_deref())?;
-    keys::authenticate(kv, secret)
+    keys::authenticate(kv, secret, now_ms() / 1000)
 }
 
 /// Whether a `/models` entry may be used with `allowed` (by id or by one of its aliases).
@@ -38,15 +39,76 @@ pub async fn models(info: &ReqInfo) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &list))
 }
 
+/// The usage filters of a query string, re-encoded for the meter (validated here so errors
+/// name the parameter before any call).
+pub fn usage_filters(query: &str) -> Result<String, ApiError> {
+    usage::parse_query(|n| query_param(query, n))?;
+    let mut out = String::new();
+    for name in ["from", "to", "model", "group_by"] {
+        if let Some(v) = query_param(query, name) {
+            out.push_str(&format!("&{name}={}", percent_encode(&v)));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the caller asked for CSV (`format=csv` or `Accept: text/csv`).
+fn wants_csv(info: &ReqInfo) -> Result<bool, ApiError> {
+    match query_param(&info.query, "format").as_deref() {
+        Some("csv") => Ok(true),
+        Some("json") => Ok(false),
+        None | Some("") => Ok(info
+            .accept
+            .as_deref()
+            .is_some_and(|a| a.to_ascii_lowercase().contains("text/csv"))),
+        Some(other) => Err(ApiError::invalid_request(
+            format!("'format' must be json or csv, got {other:?}"),
+            Some("format"),
+            "invalid_value",
+        )),
+    }
+}
+
+/// Asks the meter for the usage of `key_ids` and answers in JSON or CSV.
+pub async fn usage_reply(info: &ReqInfo, key_ids: &[String]) -> Result<Reply, ApiError> {
+    let csv = wants_csv(info)?;
+    let filters = usage_filters(&info.query)?;
+    let ids: Vec<String> = key_ids.iter().map(|k| percent_encode(k)).collect();
+    let summary: UsageSummary = get_json(
+        "meter",
+        &format!("{}?key_ids={}{filters}", routes::USAGE, ids.join(",")),
+    )
+    .await?;
+    if csv {
+        return Ok(Reply::new(
+            200,
+            "text/csv; charset=utf-8",
+            usage::to_csv(&summary).into_bytes(),
+        ));
+    }
+    Ok(Reply::json(200, &summary))
+}
+
+/// The newest usage records of `key_id` (`limit`, default 100).
+pub async fn records_reply(info: &ReqInfo, key_id: &str) -> Result<Reply, ApiError> {
+    let mut url = format!("{}?key_id={}", routes::RECORDS, percent_encode(key_id));
+    if let Some(l) = query_param(&info.query, "limit") {
+        url.push_str(&format!("&limit={}", percent_encode(&l)));
+    }
+    let list: Value = get_json("meter", &url).await?;
+    Ok(Reply::json(200, &list))
+}
+
 /// `GET /v1/usage`: always the caller's own key, whatever the query says.
 pub async fn usage(info: &ReqInfo) -> Result<Reply, ApiError> {
     let key = authenticate(&SpinKv::open_or_503()?, info)?;
-    let summary: Value = get_json(
-        "meter",
-        &format!("{}?key_id={}", routes::USAGE, percent_encode(&key.id)),
-    )
-    .await?;
-    Ok(Reply::json(200, &summary))
+    usage_reply(info, &[key.id]).await
+}
+
+/// `GET /v1/usage/records`: the caller's own records.
+pub async fn usage_records(info: &ReqInfo) -> Result<Reply, ApiError> {
+    let key = authenticate(&SpinKv::open_or_503()?, info)?;
+    records_reply(info, &key.id).await
 }
 
 #[cfg(test)]
@@ -61,5 +123,17 @@ mod tests {
         assert!(model_allowed(&m, &["openai/gpt-4o-mini".into()]));
         assert!(!model_allowed(&m, &["gpt-4o".into()]));
         assert!(!model_allowed(&json!({"id":5}), &["5".into()]));
+    }
+
+    #[test]
+    fn usage_filters_are_checked_and_reencoded() {
+        assert_eq!(
+            usage_filters("key_id=other&from=2026-11-01&group_by=model").unwrap(),
+            "&from=2026-11-01&group_by=model"
+        );
+        assert_eq!(
+            usage_filters("group_by=week").unwrap_err().param.as_deref(),
+            Some("group_by")
+        );
     }
 }

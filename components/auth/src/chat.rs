@@ -1,13 +1,16 @@
 //! `POST /v1/chat/completions` up to the plan: validate the body, authenticate the key, count it
-//! against its rate limit, then ask the router for a plan. Nothing unauthenticated gets further.
+//! against its rate limit, ask the router for a plan, then hold the most the request can cost
+//! against the tenant's budget. Nothing unauthenticated gets further.
 
 use crate::account::authenticate;
 use crate::ctx::{read_body, Ctx, ReqInfo};
+use crate::limits;
 use crate::relay;
+use lumen_shared::budget::{self, Hold};
 use lumen_shared::contracts::{routes, Plan, PlanRequest};
-use lumen_shared::kv::ApiKeyRecord;
-use lumen_shared::openai::{self, ChatRequest};
-use lumen_shared::ratelimit::{check_rpm, RateStatus};
+use lumen_shared::kv::{ApiKeyRecord, TenantRecord};
+use lumen_shared::openai::{self, estimate_prompt_tokens, ChatRequest};
+use lumen_shared::ratelimit::{check_rpm, Kind, RateStatus, Taken};
 use lumen_shared::ApiError;
 use lumen_spin::http::{post_json, respond};
 use lumen_spin::util::now_ms;
@@ -22,6 +25,14 @@ pub struct Admitted {
     pub chat: ChatRequest,
     /// The router's plan (never empty).
     pub plan: Plan,
+    /// The budget hold (none when the tenant has no budget); settled with the request.
+    pub hold: Option<Hold>,
+    /// The tenant's budget settings.
+    pub tenant: TenantRecord,
+    /// Output tokens the hold covers, and whether the client capped output itself.
+    pub held_output: (u64, bool),
+    /// Windowed limits taken (token reservations are reconciled after settlement).
+    pub taken: Vec<Taken>,
 }
 
 async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Admitted, ApiError> {
@@ -43,18 +54,78 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
             return Err(e);
         }
     }
+    let key_plan = limits::key_plan(&key)?;
+    let held_output = budget::max_output_tokens(&chat.body);
+    let prompt_estimate = estimate_prompt_tokens(&chat.body);
+    let taken = limits::take_windows(
+        &kv,
+        &key,
+        key_plan.as_ref(),
+        prompt_estimate + held_output.0,
+        now_ms(),
+    )?;
+    if let Some(t) = taken.iter().find(|t| t.kind == Kind::KeyTpm) {
+        ctx.set_token_rate(&t.status);
+    }
+    let allowed_models = if key.allowed_models.is_empty() {
+        key_plan
+            .as_ref()
+            .map(|p| p.allowed_models.clone())
+            .unwrap_or_default()
+    } else {
+        key.allowed_models.clone()
+    };
     let ask = PlanRequest {
         model: chat.model.clone(),
-        allowed_models: key.allowed_models.clone(),
+        allowed_models,
     };
-    let plan: Plan = post_json("router", routes::PLAN, &ask).await?;
+    let plan: Plan = match post_json("router", routes::PLAN, &ask).await {
+        Ok(p) => p,
+        Err(e) => {
+            limits::reconcile(&taken, 0);
+            return Err(e);
+        }
+    };
     let first = plan
         .candidates
         .first()
         .ok_or_else(|| ApiError::internal("the router returned a plan without candidates"))?;
     ctx.model = first.model.clone();
     ctx.provider = first.provider.name.clone();
-    Ok(Admitted { key, chat, plan })
+    let mut taken = taken;
+    taken.extend(limits::take_model_windows(
+        &kv,
+        &key,
+        key_plan.as_ref(),
+        &ctx.model,
+        prompt_estimate + held_output.0,
+        now_ms(),
+        &taken,
+    )?);
+    // The hold comes after planning: only the plan knows which prices can apply.
+    let tenant_id = key.tenant_id().to_string();
+    let tenant = limits::tenant_budget(&kv, &tenant_id, key_plan.as_ref())?;
+    let nanos = budget::max_cost_nanos(
+        prompt_estimate,
+        held_output.0,
+        plan.candidates.iter().map(|c| &c.price),
+    );
+    let hold = match budget::hold(&kv, &tenant_id, &tenant, now_ms(), nanos) {
+        Ok(h) => h,
+        Err(e) => {
+            limits::reconcile(&taken, 0);
+            return Err(e);
+        }
+    };
+    Ok(Admitted {
+        key,
+        chat,
+        plan,
+        hold,
+        tenant,
+        held_output,
+        taken,
+    })
 }
 
 /// Handles the route: refusals before a plan are answered here and never settled; admitted

@@ -70,6 +70,21 @@ impl Ctx {
         ];
     }
 
+    /// Adds the token-limit state (`x-ratelimit-*-tokens`).
+    pub fn set_token_rate(&mut self, s: &lumen_shared::ratelimit::RateStatus64) {
+        self.rate.extend([
+            ("x-ratelimit-limit-tokens".into(), s.limit.to_string()),
+            (
+                "x-ratelimit-remaining-tokens".into(),
+                s.remaining.to_string(),
+            ),
+            (
+                "x-ratelimit-reset-tokens".into(),
+                format!("{}s", s.reset_secs),
+            ),
+        ]);
+    }
+
     /// The headers every response carries, computed now (the overhead excludes the upstream's
     /// time to headers).
     pub fn headers(&self) -> Vec<(String, String)> {
@@ -101,6 +116,10 @@ pub struct ReqInfo {
     pub method: String,
     /// Path without the query.
     pub path: String,
+    /// The query string (without `?`).
+    pub query: String,
+    /// `Accept` header.
+    pub accept: Option<String>,
     /// `Authorization` header.
     pub authorization: Option<String>,
     /// `Content-Length` header.
@@ -111,10 +130,12 @@ impl ReqInfo {
     /// Reads method, path and the headers that matter.
     pub fn read(req: &IncomingRequest) -> ReqInfo {
         let target = req.path_with_query().unwrap_or_default();
-        let (path, _query) = split_path(&target);
+        let (path, query) = split_path(&target);
         ReqInfo {
             method: req.method().to_string(),
             path: path.to_string(),
+            query: query.to_string(),
+            accept: request_header(req, "accept"),
             authorization: request_header(req, "authorization"),
             content_length: request_header(req, "content-length"),
         }

@@ -7,6 +7,7 @@ mod account;
 mod admin;
 mod chat;
 mod ctx;
+mod limits;
 mod relay;
 mod routes;
 
@@ -27,6 +28,16 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::CreateKey) => admin::create(&info, req).await,
         Ok(Route::ListKeys) => admin::list(&info),
         Ok(Route::DeleteKey(id)) => admin::delete(&info, &id),
+        Ok(Route::UpdateKey(id)) => admin::update(&info, &id, req).await,
+        Ok(Route::RotateKey(id)) => admin::rotate(&info, &id),
+        Ok(Route::UsageRecords) => account::usage_records(&info).await,
+        Ok(Route::AdminUsage) => admin::usage(&info).await,
+        Ok(Route::AdminUsageRecords) => admin::usage_records(&info).await,
+        Ok(Route::GetTenant(t)) => admin::get_tenant(&info, &t),
+        Ok(Route::PutTenant(t)) => admin::put_tenant(&info, &t, req).await,
+        Ok(Route::GrantCredits(t)) => admin::grant(&info, &t, req).await,
+        Ok(Route::AuditHead) => admin::audit_head(&info),
+        Ok(Route::AuditVerify) => admin::audit_verify(&info),
         Err(e) => Err(e),
     };
     respond(out, ctx.stamp(reply.unwrap_or_else(Reply::from))).await;

@@ -1,22 +1,33 @@
 //! From the plan to the client: call the provider, relay its answer (whole, or event by event
-//! without the internal usage event), then settle with the meter once the client's response is
-//! finished.
+//! without the internal usage event), and settle with the meter *before* the client's last bytes
+//! (the whole body, or the stream's `data: [DONE]`) are released, so a response the client saw
+//! complete always has its usage record, ledger settlement and audit entry, even if this
+//! process is killed right after.
+//!
+//! A stream whose client set no `max_tokens` was held for [`budget::DEFAULT_HOLD_OUTPUT_TOKENS`]
+//! output tokens; going past that extends the hold, and when the budget cannot cover the
+//! extension the stream ends cleanly: a last chunk with `finish_reason: "length"` and a `lumen`
+//! note, then `[DONE]`.
 
 use crate::chat::Admitted;
 use crate::ctx::Ctx;
+use crate::limits;
 use futures::{SinkExt, StreamExt};
+use lumen_shared::budget::{self, Hold};
 use lumen_shared::contracts::{
     headers, routes, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
+use lumen_shared::kv::TenantRecord;
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
-use lumen_shared::sse::Parser;
+use lumen_shared::ratelimit::Taken;
+use lumen_shared::sse::{self, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{
     post_json, post_streaming, read_response_body, respond, response_header, start_stream,
 };
 use lumen_spin::relay::{ClientRelay, Outgoing};
 use lumen_spin::util::elapsed_ms;
-use lumen_spin::Reply;
+use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
 use spin_sdk::http::{IncomingResponse, ResponseOutparam};
 
@@ -34,9 +45,31 @@ fn fallback_report(ctx: &Ctx, usage: Usage, estimated: bool, outcome: Outcome) -
     }
 }
 
+/// The budget state a relay carries to its settlement.
+struct Budget {
+    hold: Option<Hold>,
+    tenant: TenantRecord,
+    held_output: (u64, bool),
+    taken: Vec<Taken>,
+}
+
 /// Calls the provider, answers the client, settles.
 pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
-    let Admitted { key, chat, plan } = admitted;
+    let Admitted {
+        key,
+        chat,
+        plan,
+        hold,
+        tenant,
+        held_output,
+        taken,
+    } = admitted;
+    let mut budget = Budget {
+        hold,
+        tenant,
+        held_output,
+        taken,
+    };
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let call = CallRequest {
         request_id: ctx.request_id.clone(),
@@ -53,10 +86,11 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
             "could not serialise the provider call: {e}"
         ))),
     };
-    let report = match sent {
+    match sent {
         Err(e) => {
+            let report = fallback_report(&ctx, Usage::default(), false, Outcome::UpstreamError);
+            settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
             respond(out, ctx.stamp(Reply::error(&e))).await;
-            fallback_report(&ctx, Usage::default(), false, Outcome::UpstreamError)
         }
         Ok(resp) => {
             if let Some(m) = response_header(&resp, headers::MODEL) {
@@ -74,23 +108,25 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
                 .to_ascii_lowercase()
                 .starts_with("text/event-stream")
             {
-                stream(&ctx, resp, out, prompt_estimate).await
+                let seen = (key.id.as_str(), chat.stream, &plan);
+                stream(&ctx, resp, out, prompt_estimate, &mut budget, seen).await;
             } else {
-                whole(&ctx, resp, out, prompt_estimate, &content_type).await
+                let (reply, report) = whole(&ctx, resp, prompt_estimate, &content_type).await;
+                settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
+                respond(out, ctx.stamp(reply)).await;
             }
         }
-    };
-    settle(&ctx, &key.id, chat.stream, report, &plan).await;
+    }
 }
 
-/// Relays a whole answer (success or error), with its status, content type and `retry-after`.
+/// Reads a whole answer (success or error) into the reply to relay, with its status, content
+/// type and `retry-after`, and the report to settle.
 async fn whole(
     ctx: &Ctx,
     resp: IncomingResponse,
-    out: ResponseOutparam,
     prompt_estimate: u64,
     content_type: &str,
-) -> UsageReport {
+) -> (Reply, UsageReport) {
     let status = resp.status();
     let retry_after = response_header(&resp, "retry-after");
     let usage = response_header(&resp, headers::USAGE)
@@ -138,17 +174,58 @@ async fn whole(
             )
         }
     };
-    respond(out, ctx.stamp(reply)).await;
-    report
+    (reply, report)
+}
+
+/// The chunk that ends a stream cut by the budget.
+fn budget_cut_chunk(ctx: &Ctx) -> Vec<u8> {
+    let chunk = serde_json::json!({
+        "id": format!("chatcmpl-{}", ctx.request_id),
+        "object": "chat.completion.chunk",
+        "created": ctx.started_ms / 1000,
+        "model": ctx.model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+        "lumen": {"note": "the stream was ended because the tenant's budget cannot cover more output tokens"},
+    });
+    sse::data_event(&chunk.to_string())
+}
+
+/// Extends the hold for another block of output tokens; false when the budget cannot cover it.
+fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
+    let Some(hold) = budget.hold.as_mut() else {
+        return true;
+    };
+    let price = plan
+        .candidates
+        .iter()
+        .find(|c| c.model == model)
+        .or_else(|| plan.candidates.first())
+        .map(|c| c.price.clone());
+    let extra = price.map_or(0, |p| {
+        budget::max_cost_nanos(0, budget::DEFAULT_HOLD_OUTPUT_TOKENS, [&p])
+    });
+    let Ok(kv) = SpinKv::open() else {
+        return false;
+    };
+    match budget::extend(&kv, hold, &budget.tenant, extra) {
+        Ok(true) => {
+            budget.held_output.0 += budget::DEFAULT_HOLD_OUTPUT_TOKENS;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Relays an SSE answer event by event; stops and drops the provider stream if the client goes.
+/// `[DONE]` is held back until the request is settled.
 async fn stream(
     ctx: &Ctx,
     resp: IncomingResponse,
     out: ResponseOutparam,
     prompt_estimate: u64,
-) -> UsageReport {
+    budget: &mut Budget,
+    (key_id, is_stream, plan): (&str, bool, &Plan),
+) {
     let mut hs = vec![
         ("content-type".to_string(), "text/event-stream".to_string()),
         ("cache-control".to_string(), "no-cache".to_string()),
@@ -158,11 +235,26 @@ async fn stream(
     let mut relay = ClientRelay::default();
     let mut parser = Parser::default();
     let mut disconnected = false;
+    let mut cut_by_budget = false;
+    let done_event = sse::data_event("[DONE]");
+    let mut held_done: Option<Vec<u8>> = None;
     {
         let mut body = resp.take_body_stream();
         'read: while let Some(Ok(chunk)) = body.next().await {
             for ev in parser.push(&chunk) {
                 if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
+                    if bytes == done_event {
+                        held_done = Some(bytes);
+                        continue;
+                    }
+                    if content
+                        && !budget.held_output.1
+                        && relay.delivered_chunks() >= budget.held_output.0
+                        && !extend_hold(budget, plan, &ctx.model)
+                    {
+                        cut_by_budget = true;
+                        break 'read;
+                    }
                     if sink.send(bytes).await.is_err() {
                         disconnected = true;
                         break 'read;
@@ -173,22 +265,52 @@ async fn stream(
         }
     }
     drop(resp);
-    if !disconnected {
-        if let Some(tail) = relay.cut_tail() {
-            disconnected = sink.send(tail.to_vec()).await.is_err();
+    let fallback = (ctx.model.as_str(), ctx.provider.as_str(), ctx.upstream_ms);
+    let (report, last) = if cut_by_budget {
+        let report = UsageReport {
+            model: ctx.model.clone(),
+            provider: ctx.provider.clone(),
+            usage: Usage {
+                prompt_tokens: prompt_estimate,
+                completion_tokens: relay.delivered_chunks(),
+                cached_tokens: 0,
+            },
+            estimated: true,
+            outcome: Outcome::Ok,
+            upstream_ms: ctx.upstream_ms,
+        };
+        let mut last = budget_cut_chunk(ctx);
+        last.extend_from_slice(&done_event);
+        (report, Some(last))
+    } else if disconnected {
+        (relay.report(true, fallback, prompt_estimate), None)
+    } else {
+        let mut last = relay.cut_tail().map(<[u8]>::to_vec).unwrap_or_default();
+        last.extend(held_done.unwrap_or_default());
+        (relay.report(false, fallback, prompt_estimate), Some(last))
+    };
+    settle(ctx, key_id, is_stream, report, plan, budget).await;
+    if let Some(last) = last {
+        if last.is_empty() || sink.send(last).await.is_ok() {
+            let _ = sink.close().await;
         }
-        let _ = sink.close().await;
     }
     drop(sink);
-    relay.report(
-        disconnected,
-        (&ctx.model, &ctx.provider, ctx.upstream_ms),
-        prompt_estimate,
-    )
 }
 
-/// Settles once with the meter after the response is finished: retried once, then logged.
-async fn settle(ctx: &Ctx, key_id: &str, stream: bool, report: UsageReport, plan: &Plan) {
+/// Settles once with the meter before the response's last bytes (retried once, then logged),
+/// then reconciles the token reservations with the actual usage.
+async fn settle(
+    ctx: &Ctx,
+    key_id: &str,
+    stream: bool,
+    report: UsageReport,
+    plan: &Plan,
+    budget: &mut Budget,
+) {
+    let used = report.usage.prompt_tokens + report.usage.completion_tokens;
+    limits::reconcile(&budget.taken, used);
+    let hold = budget.hold.take();
     let price = plan
         .candidates
         .iter()
@@ -202,6 +324,7 @@ async fn settle(ctx: &Ctx, key_id: &str, stream: bool, report: UsageReport, plan
         stream,
         report,
         price,
+        hold,
     };
     let mut last = None;
     for _ in 0..2 {

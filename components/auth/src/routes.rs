@@ -19,6 +19,30 @@ pub enum Route {
     ListKeys,
     /// `DELETE /admin/keys/{id}`.
     DeleteKey(String),
+    /// `PATCH /admin/keys/{id}`: set or clear `expires_at`.
+    UpdateKey(String),
+    /// `POST /admin/keys/{id}/rotate`.
+    RotateKey(String),
+    /// `GET /v1/usage/records`: the caller's own newest usage records.
+    UsageRecords,
+    /// `GET /admin/usage`: any key's or tenant's usage.
+    AdminUsage,
+    /// `GET /admin/usage/records`.
+    AdminUsageRecords,
+    /// `GET /admin/tenants/{tenant}`: settings and this month's ledger.
+    GetTenant(String),
+    /// `PUT /admin/tenants/{tenant}`: budget settings.
+    PutTenant(String),
+    /// `POST /admin/tenants/{tenant}/credits`: grant credits.
+    GrantCredits(String),
+    /// `GET /admin/audit/head`.
+    AuditHead,
+    /// `GET /admin/audit/verify`.
+    AuditVerify,
+}
+
+fn segment(s: &str) -> Option<String> {
+    (!s.is_empty() && !s.contains('/')).then(|| percent_decode(s))
 }
 
 /// Resolves a method and path.
@@ -34,21 +58,51 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/v1/chat/completions" => only("POST", Route::Chat),
         "/v1/models" => only("GET", Route::Models),
         "/v1/usage" => only("GET", Route::Usage),
+        "/v1/usage/records" => only("GET", Route::UsageRecords),
+        "/admin/usage" => only("GET", Route::AdminUsage),
+        "/admin/usage/records" => only("GET", Route::AdminUsageRecords),
+        "/admin/audit/head" => only("GET", Route::AuditHead),
+        "/admin/audit/verify" => only("GET", Route::AuditVerify),
         "/admin/keys" => match method {
             "GET" => Ok(Route::ListKeys),
             "POST" => Ok(Route::CreateKey),
             _ => Err(ApiError::method_not_allowed(method, path, "GET or POST")),
         },
-        _ => match path.strip_prefix("/admin/keys/") {
-            Some(id) if !id.is_empty() && !id.contains('/') => {
-                only("DELETE", Route::DeleteKey(percent_decode(id)))
+        _ => {
+            if let Some(rest) = path.strip_prefix("/admin/keys/") {
+                if let Some(id) = rest.strip_suffix("/rotate").and_then(segment) {
+                    return only("POST", Route::RotateKey(id));
+                }
+                if let Some(id) = segment(rest) {
+                    return match method {
+                        "DELETE" => Ok(Route::DeleteKey(id)),
+                        "PATCH" => Ok(Route::UpdateKey(id)),
+                        _ => Err(ApiError::method_not_allowed(
+                            method,
+                            path,
+                            "DELETE or PATCH",
+                        )),
+                    };
+                }
             }
-            _ => Err(ApiError::not_found(
+            if let Some(rest) = path.strip_prefix("/admin/tenants/") {
+                if let Some(t) = rest.strip_suffix("/credits").and_then(segment) {
+                    return only("POST", Route::GrantCredits(t));
+                }
+                if let Some(t) = segment(rest) {
+                    return match method {
+                        "GET" => Ok(Route::GetTenant(t)),
+                        "PUT" => Ok(Route::PutTenant(t)),
+                        _ => Err(ApiError::method_not_allowed(method, path, "GET or PUT")),
+                    };
+                }
+            }
+            Err(ApiError::not_found(
                 format!("unknown route {method} {path}"),
                 None,
                 "unknown_route",
-            )),
-        },
+            ))
+        }
     }
 }
 
@@ -66,6 +120,36 @@ mod tests {
         assert_eq!(
             match_route("DELETE", "/admin/keys/key_ab"),
             Ok(Route::DeleteKey("key_ab".into()))
+        );
+        assert_eq!(
+            match_route("POST", "/admin/keys/key_ab/rotate"),
+            Ok(Route::RotateKey("key_ab".into()))
+        );
+        assert_eq!(
+            match_route("PATCH", "/admin/keys/key_ab"),
+            Ok(Route::UpdateKey("key_ab".into()))
+        );
+        assert_eq!(
+            match_route("PUT", "/admin/tenants/acme"),
+            Ok(Route::PutTenant("acme".into()))
+        );
+        assert_eq!(
+            match_route("POST", "/admin/tenants/acme/credits"),
+            Ok(Route::GrantCredits("acme".into()))
+        );
+        assert_eq!(
+            match_route("GET", "/admin/audit/verify"),
+            Ok(Route::AuditVerify)
+        );
+        assert_eq!(
+            match_route("GET", "/v1/usage/records"),
+            Ok(Route::UsageRecords)
+        );
+        assert_eq!(
+            match_route("GET", "/admin/keys/key_ab/rotate")
+                .unwrap_err()
+                .status,
+            405
         );
     }
 

@@ -1,5 +1,5 @@
-//! [`SpinKv`]: the shared [`Kv`] trait over Spin's `default` key-value store, with counters on
-//! `wasi:keyvalue/atomics` (`increment` is atomic on every Spin backend).
+//! [`SpinKv`]: the shared [`Kv`] trait over Spin's `default` key-value store, with counters and
+//! compare-and-swap on `wasi:keyvalue/atomics`.
 
 use lumen_shared::kv::{Kv, KvError};
 use lumen_shared::ApiError;
@@ -58,5 +58,23 @@ impl Kv for SpinKv {
     fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         atomics::increment(&self.bucket, key, delta)
             .map_err(|e| KvError(format!("increment {key}: {e}")))
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        let fail = |e: &dyn std::fmt::Display| KvError(format!("compare-and-swap {key}: {e}"));
+        let cas = atomics::Cas::new(&self.bucket, key).map_err(|e| fail(&e))?;
+        if cas.current().map_err(|e| fail(&e))?.as_deref() != expected {
+            return Ok(false);
+        }
+        match atomics::swap(cas, new) {
+            Ok(()) => Ok(true),
+            Err(atomics::CasError::CasFailed(_)) => Ok(false),
+            Err(atomics::CasError::StoreError(e)) => Err(fail(&e)),
+        }
     }
 }

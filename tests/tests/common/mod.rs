@@ -2,6 +2,8 @@
 //! the mock upstream, plus a small HTTP client that records when each body frame arrives.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod procs;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use lumen_host::{HostOptions, RunningHost};

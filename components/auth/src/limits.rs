@@ -1,0 +1,137 @@
+//! Plans and the limits beyond the per-key RPM: requests per day, tokens per minute and per day
+//! per key, requests per minute per tenant, requests and tokens per minute per key on one model,
+//! all on atomic KV increments shared by every instance.
+//! Token limits reserve the request's estimate (prompt estimate + max output) at admission and
+//! are reconciled with the actual usage once the request is settled.
+
+use lumen_shared::kv::{self as kvs, ApiKeyRecord, TenantKey, TenantRecord};
+use lumen_shared::plans::{self, Plan, Plans};
+use lumen_shared::pricing::NANOS_PER_USD;
+use lumen_shared::ratelimit::{self, Kind, Taken};
+use lumen_shared::ApiError;
+use lumen_spin::kv::unavailable;
+use lumen_spin::SpinKv;
+
+/// Where the plans file is mounted (`files` of the auth component in spin.toml).
+const PLANS_PATH: &str = "/config/plans.toml";
+
+/// The plans; none when the file is absent.
+pub fn load_plans() -> Result<Plans, ApiError> {
+    match std::fs::read_to_string(PLANS_PATH) {
+        Ok(text) => plans::parse(&text, "config/plans.toml").map_err(ApiError::internal),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Plans::new()),
+        Err(e) => Err(ApiError::internal(format!(
+            "cannot read config/plans.toml: {e}"
+        ))),
+    }
+}
+
+/// The key's plan, if it has one.
+pub fn key_plan(key: &ApiKeyRecord) -> Result<Option<Plan>, ApiError> {
+    if key.plan.is_empty() {
+        return Ok(None);
+    }
+    let all = load_plans()?;
+    plans::find(&all, &key.plan).map(|p| Some(p.clone()))
+}
+
+/// The tenant's budget: its own record if set, else its plan's monthly budget, else none.
+pub fn tenant_budget(
+    kv: &SpinKv,
+    tenant: &str,
+    plan: Option<&Plan>,
+) -> Result<TenantRecord, ApiError> {
+    if let Some(rec) = kvs::load(kv, &TenantKey(tenant)).map_err(|e| unavailable(&e))? {
+        return Ok(rec);
+    }
+    Ok(TenantRecord {
+        monthly_budget_nanos: plan
+            .and_then(|p| p.monthly_budget_usd)
+            .map(|usd| (usd * NANOS_PER_USD).round() as i64),
+        prepaid: false,
+    })
+}
+
+/// Takes every windowed limit of the plan; on a refusal, gives back what was already taken.
+pub fn take_windows(
+    kv: &SpinKv,
+    key: &ApiKeyRecord,
+    plan: Option<&Plan>,
+    tokens: u64,
+    now_ms: u64,
+) -> Result<Vec<Taken>, ApiError> {
+    let Some(p) = plan else {
+        return Ok(Vec::new());
+    };
+    let asks = [
+        (Kind::KeyRpd, key.id.as_str(), p.rpd.map(u64::from), 1),
+        (
+            Kind::TenantRpm,
+            key.tenant_id(),
+            p.tenant_rpm.map(u64::from),
+            1,
+        ),
+        (Kind::KeyTpm, key.id.as_str(), p.tpm, tokens),
+        (Kind::KeyTpd, key.id.as_str(), p.tpd, tokens),
+    ];
+    let mut taken: Vec<Taken> = Vec::new();
+    for (kind, id, limit, amount) in asks {
+        let Some(limit) = limit else { continue };
+        match ratelimit::take(kv, kind, id, limit, amount, now_ms) {
+            Ok(t) => taken.push(t),
+            Err(e) => {
+                for t in &taken {
+                    let _ = ratelimit::adjust(kv, t, -(t.amount as i64));
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// Takes the plan's per-model limits for the planned model; on a refusal, gives back what was
+/// already taken, `earlier` included.
+pub fn take_model_windows(
+    kv: &SpinKv,
+    key: &ApiKeyRecord,
+    plan: Option<&Plan>,
+    model: &str,
+    tokens: u64,
+    now_ms: u64,
+    earlier: &[Taken],
+) -> Result<Vec<Taken>, ApiError> {
+    let Some(m) = plan.and_then(|p| p.models.get(model)) else {
+        return Ok(Vec::new());
+    };
+    let id = format!("{}/{model}", key.id);
+    let asks = [
+        (Kind::ModelRpm, m.rpm.map(u64::from), 1),
+        (Kind::ModelTpm, m.tpm, tokens),
+    ];
+    let mut taken: Vec<Taken> = Vec::new();
+    for (kind, limit, amount) in asks {
+        let Some(limit) = limit else { continue };
+        match ratelimit::take(kv, kind, &id, limit, amount, now_ms) {
+            Ok(t) => taken.push(t),
+            Err(e) => {
+                for t in taken.iter().chain(earlier) {
+                    let _ = ratelimit::adjust(kv, t, -(t.amount as i64));
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// Reconciles token reservations with the tokens actually used.
+pub fn reconcile(taken: &[Taken], actual_tokens: u64) {
+    let Ok(kv) = SpinKv::open() else { return };
+    for t in taken
+        .iter()
+        .filter(|t| matches!(t.kind, Kind::KeyTpm | Kind::KeyTpd | Kind::ModelTpm))
+    {
+        let _ = ratelimit::adjust(&kv, t, actual_tokens as i64 - t.amount as i64);
+    }
+}

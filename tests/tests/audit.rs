@@ -1,0 +1,97 @@
+//! The audit chain through the gateway: settled requests and admin actions are appended, the
+//! head is readable, and tampering with one stored entry (edited straight in the SQLite store)
+//! is detected and named.
+
+mod common;
+
+use common::{chat_body, Gateway, ADMIN};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_one_entry_is_detected() {
+    let state = common::procs::temp_dir("audit-state");
+    let gw = Gateway::start_with(
+        lumen_tests::mock::MockConfig {
+            api_key: Some(common::UPSTREAM_KEY.into()),
+            ..Default::default()
+        },
+        |o| {
+            o.memory_kv = false;
+            o.state_dir = Some(state.clone());
+        },
+    )
+    .await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    for i in 0..4 {
+        let r = gw
+            .chat(
+                &key,
+                chat_body("gpt-4o-mini", &format!("n{i} [mock tokens=3]")),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    gw.usage_until(&key, |u| u["total"]["requests"] == json!(4))
+        .await;
+    let head = gw
+        .call("GET", "/admin/audit/head", Some(ADMIN), None)
+        .await
+        .json();
+    // One admin action (key.create) and four requests.
+    assert_eq!(head["seq"], 5, "{head}");
+    assert_eq!(head["hash"].as_str().unwrap().len(), 64);
+    let v = gw
+        .call("GET", "/admin/audit/verify", Some(ADMIN), None)
+        .await
+        .json();
+    assert_eq!(
+        (v["ok"].clone(), v["checked"].clone()),
+        (json!(true), json!(5)),
+        "{v}"
+    );
+    gw.call("GET", "/admin/audit/verify", Some(&key), None)
+        .await
+        .error(401);
+
+    // Change the cost of entry 3 in the store itself.
+    let db = rusqlite::Connection::open(state.join("sqlite_key_value.db")).unwrap();
+    let rows: Vec<(String, Vec<u8>)> = db
+        .prepare("SELECT key, value FROM spin_key_value WHERE key LIKE 'v1/audit/entry/%'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 5, "one stored entry per chain link");
+    let (k, bytes) = rows
+        .iter()
+        .find(|(_, b)| serde_json::from_slice::<Value>(b).unwrap()["seq"] == 3)
+        .unwrap();
+    let mut entry: Value = serde_json::from_slice(bytes).unwrap();
+    assert_eq!(entry["kind"], "request");
+    for field in [
+        "time", "kind", "subject", "key_id", "model", "provider", "tokens", "cost", "outcome",
+        "prev",
+    ] {
+        assert!(entry.get(field).is_some(), "entry lacks {field}: {entry}");
+    }
+    entry["cost"] = json!(0);
+    db.execute(
+        "UPDATE spin_key_value SET value = ?1 WHERE key = ?2",
+        rusqlite::params![serde_json::to_vec(&entry).unwrap(), k],
+    )
+    .unwrap();
+    let v = gw
+        .call("GET", "/admin/audit/verify", Some(ADMIN), None)
+        .await
+        .json();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_broken"]["seq"], 3, "{v}");
+    assert_eq!(
+        v["first_broken"]["hash"].as_str().unwrap(),
+        k.trim_start_matches("v1/audit/entry/"),
+        "{v}"
+    );
+    drop(gw);
+    std::fs::remove_dir_all(&state).ok();
+}
