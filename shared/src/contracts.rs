@@ -56,6 +56,15 @@ pub struct ProviderTarget {
     pub base_url_variable: String,
     /// Spin variable with the API key.
     pub api_key_variable: String,
+    /// Header carrying the key as-is instead of the dialect's default (catalog `auth_header`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_header: Option<String>,
+    /// Catalog `api_version` (Azure `api-version`, `anthropic-version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Catalog `deployment_path` (Azure deployment URLs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deployment_path: bool,
 }
 
 /// One model on one provider.

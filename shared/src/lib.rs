@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod contracts;
+pub mod dialect;
 pub mod error;
 pub mod keys;
 pub mod kv;

@@ -185,6 +185,7 @@ pub fn answer_usage(answer: &Value, prompt_estimate: u64) -> (Usage, bool) {
                 prompt_tokens: prompt_estimate,
                 completion_tokens: estimate_completion_tokens(answer),
                 cached_tokens: 0,
+                ..Usage::default()
             },
             true,
         ),
@@ -301,7 +302,8 @@ mod tests {
                 Usage {
                     prompt_tokens: 3,
                     completion_tokens: 2,
-                    cached_tokens: 0
+                    cached_tokens: 0,
+                    ..Usage::default()
                 },
                 false
             )
@@ -313,7 +315,8 @@ mod tests {
                 Usage {
                     prompt_tokens: 99,
                     completion_tokens: 2,
-                    cached_tokens: 0
+                    cached_tokens: 0,
+                    ..Usage::default()
                 },
                 true
             )

@@ -183,6 +183,7 @@ impl UpstreamRelay {
                     prompt_tokens: prompt_estimate,
                     completion_tokens: self.content_chunks,
                     cached_tokens: 0,
+                    ..Usage::default()
                 },
                 true,
             ),
@@ -283,6 +284,7 @@ impl ClientRelay {
             prompt_tokens: prompt_estimate,
             completion_tokens: self.delivered_chunks,
             cached_tokens: 0,
+            ..Usage::default()
         };
         let (model, provider, upstream_ms) = fallback;
         let base = self.report.unwrap_or_else(|| UsageReport {
@@ -371,7 +373,8 @@ mod tests {
             Usage {
                 prompt_tokens: 9,
                 completion_tokens: 2,
-                cached_tokens: 0
+                cached_tokens: 0,
+                ..Usage::default()
             }
         );
         assert!(!report.estimated);
@@ -422,7 +425,8 @@ mod tests {
             Usage {
                 prompt_tokens: 40,
                 completion_tokens: 3,
-                cached_tokens: 0
+                cached_tokens: 0,
+                ..Usage::default()
             }
         );
         let err: Value = serde_json::from_str(&data_events(STREAM_CUT_EVENT)[0].data).unwrap();

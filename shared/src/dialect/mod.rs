@@ -1,0 +1,339 @@
+//! Wire dialects: one adapter per dialect (not per vendor) turns the client's OpenAI chat body
+//! into the upstream's request, and the upstream's answer, errors and stream events back into
+//! OpenAI's shapes. Vendor quirks (Azure deployment URLs, `api-key` header, `api-version`) are
+//! catalog data on the [`ProviderTarget`].
+//!
+//! How each dialect reports usage, normalised to [`crate::openai::Usage`]:
+//!
+//! | dialect   | prompt_tokens                                                    | cached_tokens             | cache_write_tokens            | completion_tokens                         | reasoning_tokens                       |
+//! |-----------|------------------------------------------------------------------|---------------------------|-------------------------------|-------------------------------------------|----------------------------------------|
+//! | openai    | `prompt_tokens`                                                  | `prompt_tokens_details.cached_tokens` | —                  | `completion_tokens`                       | `completion_tokens_details.reasoning_tokens` |
+//! | anthropic | `input_tokens + cache_read_input_tokens + cache_creation_input_tokens` | `cache_read_input_tokens` | `cache_creation_input_tokens` | `output_tokens` (last `message_delta` in streams) | —                                 |
+//! | gemini    | `promptTokenCount`                                               | `cachedContentTokenCount` | —                             | `candidatesTokenCount + thoughtsTokenCount` | `thoughtsTokenCount`                 |
+
+pub mod anthropic;
+pub mod gemini;
+pub mod openai_compat;
+
+use crate::catalog::Dialect;
+use crate::contracts::ProviderTarget;
+use crate::error::ApiError;
+use serde_json::{json, Map, Value};
+
+/// A request ready to send upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamRequest {
+    /// Full URL.
+    pub url: String,
+    /// Headers besides `content-type: application/json`.
+    pub headers: Vec<(String, String)>,
+    /// JSON body.
+    pub body: Map<String, Value>,
+}
+
+/// Builds the upstream request for one candidate. `base` is the provider's base URL without a
+/// trailing `/`; `key` may be empty (no key header). A parameter the dialect cannot honour is a
+/// 400 naming it, marked retryable so the plan's next candidate may serve it.
+pub fn build(
+    p: &ProviderTarget,
+    base: &str,
+    key: &str,
+    client: &Map<String, Value>,
+    upstream_model: &str,
+    stream: bool,
+) -> Result<UpstreamRequest, ApiError> {
+    let key = key.trim();
+    let mut headers = Vec::new();
+    let mut key_header = |default: &str, bearer: bool| {
+        if key.is_empty() {
+            return;
+        }
+        match &p.auth_header {
+            Some(h) => headers.push((h.to_ascii_lowercase(), key.to_string())),
+            None if bearer => headers.push((default.to_string(), format!("Bearer {key}"))),
+            None => headers.push((default.to_string(), key.to_string())),
+        }
+    };
+    match p.dialect {
+        Dialect::Openai => {
+            key_header("authorization", true);
+            let url = if p.deployment_path {
+                format!("{base}/openai/deployments/{upstream_model}/chat/completions")
+            } else {
+                format!("{base}/chat/completions")
+            };
+            let url = match &p.api_version {
+                Some(v) => format!("{url}?api-version={v}"),
+                None => url,
+            };
+            Ok(UpstreamRequest {
+                url,
+                headers,
+                body: openai_compat::request(client, upstream_model),
+            })
+        }
+        Dialect::Anthropic => {
+            key_header("x-api-key", false);
+            headers.push((
+                "anthropic-version".into(),
+                p.api_version
+                    .clone()
+                    .unwrap_or_else(|| anthropic::DEFAULT_VERSION.into()),
+            ));
+            let body = anthropic::request(client, upstream_model, stream)
+                .map_err(|e| unsupported(e, p))?;
+            Ok(UpstreamRequest {
+                url: format!("{base}/messages"),
+                headers,
+                body,
+            })
+        }
+        Dialect::Gemini => {
+            key_header("x-goog-api-key", false);
+            let body = gemini::request(client).map_err(|e| unsupported(e, p))?;
+            let url = if stream {
+                format!("{base}/models/{upstream_model}:streamGenerateContent?alt=sse")
+            } else {
+                format!("{base}/models/{upstream_model}:generateContent")
+            };
+            Ok(UpstreamRequest { url, headers, body })
+        }
+    }
+}
+
+/// Why a request could not be translated: the parameter and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Untranslatable {
+    /// The client's parameter path, e.g. `logprobs` or `messages[2].content[0].type`.
+    pub param: String,
+    /// What cannot be done.
+    pub why: String,
+}
+
+impl Untranslatable {
+    /// A parameter the dialect has no equivalent for.
+    pub fn unsupported(param: impl Into<String>) -> Self {
+        Untranslatable {
+            param: param.into(),
+            why: "is not supported".into(),
+        }
+    }
+
+    /// A parameter whose value cannot be honoured.
+    pub fn value(param: impl Into<String>, why: impl Into<String>) -> Self {
+        Untranslatable {
+            param: param.into(),
+            why: why.into(),
+        }
+    }
+}
+
+fn unsupported(e: Untranslatable, p: &ProviderTarget) -> ApiError {
+    let mut err = ApiError::invalid_request(
+        format!(
+            "parameter '{}' {} by provider \"{}\" ({} dialect); remove it or choose another model",
+            e.param,
+            e.why,
+            p.name,
+            p.dialect.as_str()
+        ),
+        Some(&e.param),
+        "unsupported_parameter",
+    );
+    err.retryable = true;
+    err
+}
+
+/// Rejects every non-null top-level parameter outside `supported` (never a silent drop).
+pub(crate) fn only(body: &Map<String, Value>, supported: &[&str]) -> Result<(), Untranslatable> {
+    for (k, v) in body {
+        if !v.is_null() && !supported.contains(&k.as_str()) && k != "lumen" {
+            return Err(Untranslatable::unsupported(k.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// `max_completion_tokens`, else `max_tokens`.
+pub(crate) fn max_tokens(body: &Map<String, Value>) -> Option<u64> {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+}
+
+/// `stop` as a list of strings.
+pub(crate) fn stop_list(body: &Map<String, Value>) -> Result<Option<Vec<Value>>, Untranslatable> {
+    match body.get("stop") {
+        None | Some(Value::Null) => Ok(None),
+        Some(s @ Value::String(_)) => Ok(Some(vec![s.clone()])),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(Some(a.clone())),
+        Some(_) => Err(Untranslatable::value(
+            "stop",
+            "must be a string or an array of strings to be translated",
+        )),
+    }
+}
+
+/// The text of an OpenAI message `content` (a string or text parts); `None` for other parts.
+pub(crate) fn plain_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// Splits a `data:` URL into (media type, base64 data).
+pub(crate) fn data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media = meta.strip_suffix(";base64")?;
+    Some((media, data))
+}
+
+/// One `chat.completion.chunk` as JSON text.
+pub(crate) fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    choices: Value,
+    usage: Option<Value>,
+) -> String {
+    let mut c = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        c["usage"] = u;
+    }
+    c.to_string()
+}
+
+/// An OpenAI-shaped error event for a stream (the relay then reports the stream as cut).
+pub(crate) fn error_event(message: &str, code: &str) -> String {
+    json!({"error": {"message": message, "type": "upstream_error", "param": null, "code": code}})
+        .to_string()
+}
+
+/// The data of the `[DONE]` event.
+pub const DONE: &str = "[DONE]";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(dialect: Dialect) -> ProviderTarget {
+        ProviderTarget {
+            name: "p".into(),
+            dialect,
+            base_url_variable: "p_base_url".into(),
+            api_key_variable: "p_api_key".into(),
+            auth_header: None,
+            api_version: None,
+            deployment_path: false,
+        }
+    }
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn urls_and_key_headers_per_dialect() {
+        let b = body(json!({"model":"x","messages":[{"role":"user","content":"hi"}]}));
+        let r = build(
+            &target(Dialect::Openai),
+            "https://api.openai.com/v1",
+            "sk",
+            &b,
+            "gpt",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.url, "https://api.openai.com/v1/chat/completions");
+        assert_eq!(
+            r.headers,
+            vec![("authorization".into(), "Bearer sk".into())]
+        );
+        assert_eq!(r.body["model"], "gpt");
+
+        let mut azure = target(Dialect::Openai);
+        azure.auth_header = Some("api-key".into());
+        azure.api_version = Some("2024-10-21".into());
+        azure.deployment_path = true;
+        let r = build(
+            &azure,
+            "https://res.openai.azure.com",
+            "k",
+            &b,
+            "my-dep",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            r.url,
+            "https://res.openai.azure.com/openai/deployments/my-dep/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(r.headers, vec![("api-key".into(), "k".into())]);
+
+        let r = build(
+            &target(Dialect::Anthropic),
+            "https://api.anthropic.com/v1",
+            "ak",
+            &b,
+            "claude",
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.url, "https://api.anthropic.com/v1/messages");
+        assert_eq!(
+            r.headers,
+            vec![
+                ("x-api-key".into(), "ak".into()),
+                ("anthropic-version".into(), "2023-06-01".into())
+            ]
+        );
+        let g = target(Dialect::Gemini);
+        let base = "https://generativelanguage.googleapis.com/v1beta";
+        let r = build(&g, base, "gk", &b, "gemini-2.0-flash", true).unwrap();
+        assert_eq!(
+            r.url,
+            format!("{base}/models/gemini-2.0-flash:streamGenerateContent?alt=sse")
+        );
+        assert_eq!(r.headers, vec![("x-goog-api-key".into(), "gk".into())]);
+        let r = build(&g, base, "", &b, "gemini-2.0-flash", false).unwrap();
+        assert_eq!(
+            r.url,
+            format!("{base}/models/gemini-2.0-flash:generateContent")
+        );
+        assert!(r.headers.is_empty(), "an empty key sends no header");
+    }
+
+    #[test]
+    fn unsupported_parameters_are_400s_naming_them() {
+        let b =
+            body(json!({"model":"x","messages":[{"role":"user","content":"hi"}],"logprobs":true}));
+        let e = build(&target(Dialect::Anthropic), "http://h", "", &b, "c", false).unwrap_err();
+        assert_eq!(
+            (e.status, e.param.as_deref(), e.code.as_deref()),
+            (400, Some("logprobs"), Some("unsupported_parameter"))
+        );
+        assert_eq!(e.message, "parameter 'logprobs' is not supported by provider \"p\" (anthropic dialect); remove it or choose another model");
+        assert!(e.retryable, "the next candidate may honour it");
+        // Null means absent; the OpenAI dialect passes everything through.
+        let b =
+            body(json!({"model":"x","messages":[{"role":"user","content":"hi"}],"logprobs":null}));
+        assert!(build(&target(Dialect::Anthropic), "http://h", "", &b, "c", false).is_ok());
+        let b = body(
+            json!({"model":"x","messages":[{"role":"user","content":"hi"}],"logprobs":true,"x_future":1}),
+        );
+        assert!(build(&target(Dialect::Openai), "http://h", "", &b, "c", false).is_ok());
+    }
+}
