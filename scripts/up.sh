@@ -36,6 +36,11 @@ if [[ -z "${SPIN_VARIABLE_OPENAI_BASE_URL:-}" && -z "${SPIN_VARIABLE_OPENAI_API_
   mock_addr=$(sed -n 's#^Serving http://##p' "$mock_log" | head -1)
   [[ -n "$mock_addr" ]] || { echo "lumen-mock did not start" >&2; exit 1; }
   export SPIN_VARIABLE_OPENAI_BASE_URL="http://$mock_addr/v1"
+  # The mock speaks every dialect of the catalog on its own routes.
+  for p in AZURE:"" ANTHROPIC:/v1 GEMINI:/v1beta VLLM:/v1; do
+    name=${p%%:*}; path=${p#*:}
+    export "SPIN_VARIABLE_${name}_BASE_URL=http://$mock_addr$path" "SPIN_VARIABLE_${name}_ALLOWED_HOST=http://$mock_addr"
+  done
   echo "No upstream configured: using the bundled mock at $SPIN_VARIABLE_OPENAI_BASE_URL"
   echo "(set SPIN_VARIABLE_OPENAI_API_KEY for OpenAI, or SPIN_VARIABLE_OPENAI_BASE_URL for another server)"
 fi

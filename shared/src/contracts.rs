@@ -30,6 +30,8 @@ pub mod headers {
     pub const MODEL: &str = "lumen-model";
     /// provider → auth: provider that served.
     pub const PROVIDER: &str = "lumen-provider";
+    /// provider → auth, non-stream: the cost in dollars (auth sends it as `x-lumen-cost`).
+    pub const COST: &str = "lumen-cost";
 }
 
 /// The SSE event name of the provider's final, internal usage event (stripped by auth).

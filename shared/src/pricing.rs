@@ -47,10 +47,11 @@ pub fn lumen_object(usage: &Usage, price: &Price, model: &str, provider: &str) -
     let nanos = cost_nanos(usage, price);
     let cost = nanos as f64 / NANOS_PER_USD;
     let total = usage.prompt_tokens + usage.completion_tokens;
+    // Whole nano-dollars per thousand tokens, so the number prints short and parses back exactly.
     let per_1k = if total == 0 {
         0.0
     } else {
-        cost * 1000.0 / total as f64
+        (nanos as f64 * 1000.0 / total as f64).round() / NANOS_PER_USD
     };
     json!({
         "cost": cost,
@@ -138,7 +139,8 @@ mod tests {
             "prov",
         );
         assert_eq!(obj["cost"], 0.0054);
-        assert_eq!(obj["cost_per_1k"], 0.0054 * 1000.0 / 3150.0);
+        // 5_400_000 nano-dollars × 1000 / 3150 tokens = 1_714_285.7 → 1_714_286.
+        assert_eq!(obj["cost_per_1k"], 0.001714286);
         assert_eq!(
             (obj["model"].as_str(), obj["provider"].as_str()),
             (Some("m"), Some("prov"))

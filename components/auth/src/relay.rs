@@ -93,6 +93,7 @@ async fn whole(
 ) -> UsageReport {
     let status = resp.status();
     let retry_after = response_header(&resp, "retry-after");
+    let cost = response_header(&resp, headers::COST);
     let usage = response_header(&resp, headers::USAGE)
         .and_then(|v| serde_json::from_str::<UsageReport>(&v).ok());
     let body = read_response_body(&resp, MAX_ANSWER_BYTES).await;
@@ -108,6 +109,9 @@ async fn whole(
             let mut reply = Reply::new(status, content_type, body);
             if let Some(ra) = retry_after {
                 reply.set_header("retry-after", ra);
+            }
+            if let Some(cost) = cost {
+                reply.set_header("x-lumen-cost", cost);
             }
             let report = usage.unwrap_or_else(|| {
                 if ok {

@@ -2,18 +2,21 @@
 //! the first byte) and answers with the upstream's JSON or relays its SSE stream, always telling
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
-use crate::upstream::{answer_usage, send_error, status_error, upstream_body, wants_error_body};
+use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use futures::{SinkExt, StreamExt};
+use lumen_shared::catalog::Dialect;
 use lumen_shared::contracts::{headers, CallRequest, Candidate, Outcome, UsageReport};
+use lumen_shared::dialect::{self, anthropic, gemini};
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
-use lumen_shared::sse::Parser;
+use lumen_shared::pricing::{cost_header, lumen_object};
+use lumen_shared::sse::{Event, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{
     json_post, read_request_body, read_response_body, respond, response_header, send_request,
     start_stream,
 };
-use lumen_spin::relay::UpstreamRelay;
-use lumen_spin::util::{elapsed_ms, format_ms, origin_of};
+use lumen_spin::relay::{CostTag, UpstreamRelay};
+use lumen_spin::util::{elapsed_ms, format_ms, now_ms, origin_of};
 use lumen_spin::Reply;
 use serde_json::Value;
 use spin_sdk::http::{IncomingRequest, IncomingResponse, ResponseOutparam};
@@ -88,14 +91,16 @@ async fn attempt(
         ));
     }
     let key = variables::get(&p.api_key_variable).unwrap_or_default();
-    let body = serde_json::to_vec(&upstream_body(&call.body, &c.upstream_model)).map_err(|e| {
+    let up = dialect::build(p, base, &key, &call.body, &c.upstream_model, stream)
+        .map_err(Failure::new)?;
+    let body = serde_json::to_vec(&up.body).map_err(|e| {
         Failure::new(ApiError::internal(format!(
             "could not serialise the upstream request: {e}"
         )))
     })?;
-    let mut req = json_post(&format!("{base}/chat/completions"), body);
-    if !key.trim().is_empty() {
-        req.set_header("authorization", format!("Bearer {}", key.trim()));
+    let mut req = json_post(&up.url, body);
+    for (name, value) in &up.headers {
+        req.set_header(name, value.as_str());
     }
 
     let sent = Instant::now();
@@ -134,7 +139,20 @@ async fn attempt(
     drop(resp);
     let answer: Value =
         serde_json::from_slice(&body).map_err(|e| lost(format!("the answer is not JSON ({e})")))?;
+    let created = now_ms() / 1000;
+    let mut answer = match p.dialect {
+        Dialect::Openai => answer,
+        Dialect::Anthropic => anthropic::response(&answer, created).map_err(lost)?,
+        Dialect::Gemini => gemini::response(&answer, created, &c.upstream_model).map_err(lost)?,
+    };
     let (usage, estimated) = answer_usage(&answer, prompt_estimate);
+    if let Some(obj) = answer.as_object_mut() {
+        obj.insert(
+            "lumen".into(),
+            lumen_object(&usage, &c.price, &c.model, &p.name),
+        );
+    }
+    let body = serde_json::to_vec(&answer).map_err(|e| lost(e.to_string()))?;
     Ok((
         Success::Whole {
             body,
@@ -201,6 +219,7 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
             )) => {
                 let mut reply = Reply::json_bytes(200, body);
                 reply.headers.extend(served_headers(c, ms));
+                reply.set_header(headers::COST, cost_header(&usage, &c.price));
                 let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
                 return respond(out, reply).await;
             }
@@ -251,16 +270,23 @@ async fn relay(
     ];
     hs.extend(served_headers(c, upstream_ms));
     let mut sink = start_stream(out, 200, &hs);
-    let mut relay = UpstreamRelay::new(include_usage);
+    let mut relay = UpstreamRelay::new(include_usage).with_cost(CostTag {
+        price: c.price.clone(),
+        model: c.model.clone(),
+        provider: c.provider.name.clone(),
+    });
     let mut parser = Parser::default();
+    let mut convert = Converter::new(c);
     {
         let mut body = resp.take_body_stream();
         while let Some(Ok(chunk)) = body.next().await {
             for ev in parser.push(&chunk) {
-                if let Some(bytes) = relay.on_event(&ev) {
-                    if sink.send(bytes).await.is_err() {
-                        // The caller went away: dropping `body` and `resp` cancels the upstream.
-                        return;
+                for ev in convert.on_event(ev) {
+                    if let Some(bytes) = relay.on_event(&ev) {
+                        if sink.send(bytes).await.is_err() {
+                            // The caller went away: dropping `body` and `resp` cancels the upstream.
+                            return;
+                        }
                     }
                 }
             }
@@ -275,10 +301,19 @@ async fn relay(
                 {
                     continue;
                 }
-                if let Some(bytes) = relay.on_event(&ev) {
-                    if sink.send(bytes).await.is_err() {
-                        return;
+                for ev in convert.on_event(ev) {
+                    if let Some(bytes) = relay.on_event(&ev) {
+                        if sink.send(bytes).await.is_err() {
+                            return;
+                        }
                     }
+                }
+            }
+        }
+        for ev in convert.finish() {
+            if let Some(bytes) = relay.on_event(&ev) {
+                if sink.send(bytes).await.is_err() {
+                    return;
                 }
             }
         }
@@ -287,4 +322,48 @@ async fn relay(
     let (tail, _) = relay.finish(&c.model, &c.provider.name, upstream_ms, prompt_estimate);
     let _ = sink.send(tail).await;
     let _ = sink.close().await;
+}
+
+/// A stream in the upstream's dialect, turned into OpenAI chunk events.
+enum Converter {
+    Openai,
+    Anthropic(anthropic::Stream),
+    Gemini(gemini::Stream),
+}
+
+fn data(text: String) -> Event {
+    Event {
+        event: None,
+        data: text,
+        comment_only: false,
+    }
+}
+
+impl Converter {
+    fn new(c: &Candidate) -> Converter {
+        let created = now_ms() / 1000;
+        match c.provider.dialect {
+            Dialect::Openai => Converter::Openai,
+            Dialect::Anthropic => Converter::Anthropic(anthropic::Stream::new(created)),
+            Dialect::Gemini => Converter::Gemini(gemini::Stream::new(created, &c.upstream_model)),
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Vec<Event> {
+        if ev.comment_only {
+            return vec![ev];
+        }
+        match self {
+            Converter::Openai => vec![ev],
+            Converter::Anthropic(s) => s.on_event(&ev.data).into_iter().map(data).collect(),
+            Converter::Gemini(s) => s.on_event(&ev.data).into_iter().map(data).collect(),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<Event> {
+        match self {
+            Converter::Gemini(s) => s.finish().into_iter().map(data).collect(),
+            _ => Vec::new(),
+        }
+    }
 }

@@ -389,7 +389,7 @@ pub struct Stream {
     model: String,
     created: u64,
     usage: Usage,
-    started: BTreeMap<u64, bool>,
+    started: std::collections::BTreeSet<u64>,
     tool_calls: BTreeMap<u64, u64>,
     finished: bool,
 }
@@ -463,8 +463,7 @@ impl Stream {
                 .get("index")
                 .and_then(Value::as_u64)
                 .unwrap_or(i as u64);
-            if !self.started.contains_key(&index) {
-                self.started.insert(index, true);
+            if self.started.insert(index) {
                 out.push(self.chunk(index, json!({"role": "assistant", "content": ""}), None));
             }
             let first = self.tool_calls.get(&index).copied().unwrap_or(0);

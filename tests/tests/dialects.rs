@@ -1,0 +1,578 @@
+//! End-to-end: one OpenAI-style request reaches every wire dialect (Anthropic, Gemini,
+//! OpenAI-compatible, a self-hosted open model, Azure) through the compiled components, streamed
+//! and not, tools included; usage and the `lumen` cost object are right on every path.
+
+mod common;
+
+use common::*;
+use lumen_shared::catalog::Catalog;
+use lumen_shared::openai::Usage;
+use lumen_shared::pricing::{cost_header, cost_nanos, lumen_object};
+use lumen_tests::mock::{self, TOOL_ARGUMENTS};
+use lumen_tests::mock_dialects::{anthropic_prompt_tokens, gemini_prompt_tokens};
+use serde_json::{json, Value};
+
+/// (model, provider, upstream path the mock must see).
+const MODELS: &[(&str, &str, &str)] = &[
+    ("claude-3-5-haiku", "anthropic", "/v1/messages"),
+    (
+        "gemini-2.0-flash",
+        "gemini",
+        "/v1beta/models/gemini-2.0-flash:generateContent",
+    ),
+    ("gpt-4o-mini", "openai", "/v1/chat/completions"),
+    ("llama-3.1-8b-instruct", "vllm", "/v1/chat/completions"),
+];
+
+fn catalog() -> Catalog {
+    Catalog::from_toml(include_str!("../../config/catalog.toml"), "catalog").unwrap()
+}
+
+/// The usage the mock reports for the request it recorded, in OpenAI terms.
+fn expected_usage(
+    provider: &str,
+    upstream: &Value,
+    completion: u64,
+    cached: u64,
+    write: u64,
+) -> Usage {
+    let prompt = match provider {
+        "anthropic" => anthropic_prompt_tokens(upstream) + cached + write,
+        "gemini" => gemini_prompt_tokens(upstream),
+        _ => mock::prompt_tokens(upstream),
+    };
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        cached_tokens: cached,
+        cache_write_tokens: write,
+        reasoning_tokens: 0,
+    }
+}
+
+/// Compares `lumen` objects: strings exactly, numbers to 1e-12 relative (JSON float round trips).
+fn assert_lumen(got: &Value, want: &Value, what: &str) {
+    for k in ["model", "provider", "currency"] {
+        assert_eq!(got[k], want[k], "{what}: lumen.{k} in {got}");
+    }
+    for k in ["cost", "cost_per_1k"] {
+        let (g, w) = (got[k].as_f64().unwrap(), want[k].as_f64().unwrap());
+        assert!(
+            (g - w).abs() <= w.abs() * 1e-12,
+            "{what}: lumen.{k} {g} != {w}"
+        );
+    }
+}
+
+fn weather_tool() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+}
+
+/// What a stream delivered: text, tool calls (id, name, arguments) by index, finish reason, the
+/// usage chunk and the `lumen` object of the last chunk.
+struct Collected {
+    text: String,
+    calls: Vec<(String, String, String)>,
+    finish: String,
+    usage: Option<Value>,
+    lumen: Value,
+}
+
+fn collect(s: &Streamed) -> Collected {
+    let data = s.data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let mut c = Collected {
+        text: String::new(),
+        calls: Vec::new(),
+        finish: String::new(),
+        usage: None,
+        lumen: Value::Null,
+    };
+    for ch in &chunks {
+        assert_eq!(ch["object"], "chat.completion.chunk", "{ch}");
+        for choice in ch["choices"].as_array().unwrap() {
+            let d = &choice["delta"];
+            c.text.push_str(d["content"].as_str().unwrap_or(""));
+            for tc in d["tool_calls"].as_array().into_iter().flatten() {
+                let i = tc["index"].as_u64().unwrap() as usize;
+                if c.calls.len() <= i {
+                    c.calls.resize(i + 1, Default::default());
+                }
+                let e = &mut c.calls[i];
+                e.0.push_str(tc["id"].as_str().unwrap_or(""));
+                e.1.push_str(tc["function"]["name"].as_str().unwrap_or(""));
+                e.2.push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+            }
+            if let Some(f) = choice["finish_reason"].as_str() {
+                c.finish = f.to_string();
+            }
+        }
+        if !ch["usage"].is_null() && ch.get("usage").is_some() {
+            c.usage = Some(ch["usage"].clone());
+        }
+    }
+    let last = chunks.last().unwrap();
+    c.lumen = last["lumen"].clone();
+    for ch in &chunks[..chunks.len() - 1] {
+        assert!(
+            ch.get("lumen").is_none(),
+            "only the final chunk carries the cost: {ch}"
+        );
+    }
+    c
+}
+
+#[tokio::test]
+async fn every_dialect_answers_non_stream_with_usage_and_cost() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let cat = catalog();
+    let mut total_nanos = 0;
+    for (model, provider, path) in MODELS {
+        gw.mock.clear_requests();
+        let r = gw
+            .chat(&key, chat_body(model, "Say hi [mock tokens=3]"))
+            .await;
+        assert_eq!(
+            r.status,
+            200,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        assert_eq!(v["object"], "chat.completion", "{model}");
+        assert_eq!(
+            v["choices"][0]["message"]["content"], "tok0 tok1 tok2 ",
+            "{model}"
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{model}");
+        let up = gw.mock.last_request().unwrap();
+        assert_eq!(up.path.split('?').next(), Some(*path), "{model}");
+        match *provider {
+            "anthropic" => assert_eq!(up.header("x-api-key"), Some(UPSTREAM_KEY)),
+            "gemini" => assert_eq!(up.header("x-goog-api-key"), Some(UPSTREAM_KEY)),
+            _ => assert_eq!(
+                up.header("authorization"),
+                Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+            ),
+        }
+        let want = expected_usage(provider, up.body.as_ref().unwrap(), 3, 0, 0);
+        assert_eq!(Usage::from_openai(&v["usage"]), Some(want), "{model}");
+        let price = &cat.models[*model].price;
+        assert_lumen(
+            &v["lumen"],
+            &lumen_object(&want, price, model, provider),
+            model,
+        );
+        assert_eq!(
+            r.header("x-lumen-cost"),
+            Some(cost_header(&want, price).as_str()),
+            "{model}"
+        );
+        assert_eq!(r.header("x-lumen-provider"), Some(*provider));
+        total_nanos += cost_nanos(&want, price);
+    }
+    // The meter priced each request the same way.
+    let u = gw.usage_until(&key, |u| u["total"]["requests"] == 4).await;
+    assert_eq!(u["total"]["requests"], 4);
+    assert!(
+        (u["total"]["cost_usd"].as_f64().unwrap() - total_nanos as f64 / 1e9).abs() < 1e-12,
+        "{u}"
+    );
+}
+
+#[tokio::test]
+async fn every_dialect_streams_with_usage_and_cost_on_the_final_chunk() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let cat = catalog();
+    for (model, provider, _) in MODELS {
+        for include_usage in [true, false] {
+            gw.mock.clear_requests();
+            let mut body = chat_body(model, "Say hi [mock tokens=4]");
+            body["stream"] = json!(true);
+            if include_usage {
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            let s = stream(gw.addr(), "/v1/chat/completions", &key, body, None).await;
+            assert_eq!(s.status, 200, "{model}: {}", s.text());
+            let c = collect(&s);
+            assert_eq!(c.text, "tok0 tok1 tok2 tok3 ", "{model}");
+            assert_eq!(c.finish, "stop", "{model}");
+            let up = gw.mock.last_request().unwrap();
+            if *provider == "gemini" {
+                assert!(
+                    up.path.ends_with(":streamGenerateContent?alt=sse"),
+                    "{}",
+                    up.path
+                );
+            }
+            let want = expected_usage(provider, up.body.as_ref().unwrap(), 4, 0, 0);
+            assert_eq!(
+                c.usage.as_ref().and_then(Usage::from_openai),
+                include_usage.then_some(want),
+                "{model}"
+            );
+            assert_lumen(
+                &c.lumen,
+                &lumen_object(&want, &cat.models[*model].price, model, provider),
+                model,
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_dialect_calls_tools_streamed_and_not() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    for (model, provider, _) in MODELS {
+        let mut body = chat_body(model, "Weather in Paris? [mock tool=get_weather]");
+        body["tools"] = weather_tool();
+        body["tool_choice"] = json!("auto");
+        let r = gw.chat(&key, body.clone()).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        let call = &v["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{model}");
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather", "{model}");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            args,
+            serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap(),
+            "{model}"
+        );
+        assert!(
+            call["id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{model}"
+        );
+        // The tool reached the upstream in its dialect.
+        let up = gw.mock.last_request().unwrap().body.unwrap();
+        match *provider {
+            "anthropic" => {
+                assert_eq!(up["tools"][0]["name"], "get_weather");
+                assert_eq!(up["tools"][0]["input_schema"]["required"], json!(["city"]));
+                assert_eq!(up["tool_choice"], json!({"type": "auto"}));
+            }
+            "gemini" => {
+                assert_eq!(
+                    up["tools"][0]["functionDeclarations"][0]["name"],
+                    "get_weather"
+                );
+                assert_eq!(up["toolConfig"]["functionCallingConfig"]["mode"], "AUTO");
+            }
+            _ => assert_eq!(up["tools"], body["tools"]),
+        }
+
+        // Streamed: the call arrives as tool_call deltas that reassemble to the same call.
+        body["stream"] = json!(true);
+        let s = stream(gw.addr(), "/v1/chat/completions", &key, body.clone(), None).await;
+        let c = collect(&s);
+        assert_eq!(c.finish, "tool_calls", "{model}");
+        assert_eq!(c.calls.len(), 1, "{model}");
+        assert_eq!(c.calls[0].1, "get_weather", "{model}");
+        assert!(!c.calls[0].0.is_empty(), "{model}: a tool call id");
+        let args: Value = serde_json::from_str(&c.calls[0].2).unwrap();
+        assert_eq!(
+            args,
+            serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap(),
+            "{model}"
+        );
+
+        // The tool result goes back in the dialect's own shape, and the answer comes back.
+        let id = call["id"].as_str().unwrap();
+        let follow = json!({"model": model, "tools": weather_tool(), "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": id, "content": "{\"sky\":\"sunny\"}"},
+            {"role": "user", "content": "thanks [mock tokens=2]"}
+        ]});
+        let r = gw.chat(&key, follow).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            "tok0 tok1 ",
+            "{model}"
+        );
+        let up = gw.mock.last_request().unwrap().body.unwrap();
+        match *provider {
+            "anthropic" => {
+                assert_eq!(up["messages"][1]["content"][0]["type"], "tool_use");
+                assert_eq!(
+                    up["messages"][2]["content"][0],
+                    json!({"type": "tool_result", "tool_use_id": id, "content": "{\"sky\":\"sunny\"}"})
+                );
+            }
+            "gemini" => {
+                assert_eq!(
+                    up["contents"][1]["parts"][0]["functionCall"]["name"],
+                    "get_weather"
+                );
+                assert_eq!(
+                    up["contents"][2]["parts"][0]["functionResponse"],
+                    json!({"name": "get_weather", "response": {"sky": "sunny"}})
+                );
+            }
+            _ => assert_eq!(up["messages"][2]["tool_call_id"], id),
+        }
+    }
+}
+
+#[tokio::test]
+async fn anthropic_cache_tokens_are_counted_and_priced_apart() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let price = catalog().models["claude-3-5-haiku"].price.clone();
+    let text = "Summarise [mock tokens=5 cached=1800 cache_write=200]";
+    let r = gw.chat(&key, chat_body("claude-3-5-haiku", text)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let input = anthropic_prompt_tokens(gw.mock.last_request().unwrap().body.as_ref().unwrap());
+    let want = Usage {
+        prompt_tokens: input + 2000,
+        completion_tokens: 5,
+        cached_tokens: 1800,
+        cache_write_tokens: 200,
+        reasoning_tokens: 0,
+    };
+    assert_eq!(Usage::from_openai(&v["usage"]), Some(want));
+    // Golden: fresh × 0.80 + 1800 × 0.08 + 200 × 1.00 + 5 × 4.00 per million tokens.
+    let nanos = (input as f64 * 0.80 + 1800.0 * 0.08 + 200.0 * 1.00 + 5.0 * 4.00) * 1000.0;
+    assert_eq!(cost_nanos(&want, &price), nanos.round() as i64);
+    assert_eq!(v["lumen"]["cost"], json!(nanos.round() / 1e9));
+
+    let mut body = chat_body("claude-3-5-haiku", text);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let c = collect(&stream(gw.addr(), "/v1/chat/completions", &key, body, None).await);
+    assert_eq!(c.usage.as_ref().and_then(Usage::from_openai), Some(want));
+    assert_eq!(c.lumen["cost"], json!(nanos.round() / 1e9));
+}
+
+#[tokio::test]
+async fn gemini_safety_block_is_content_filter_and_fixtures_replay() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let r = gw
+        .chat(
+            &key,
+            chat_body("gemini-2.0-flash", "bad things [mock safety=1]"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+
+    // A recorded Anthropic stream (text, then a tool call in input_json_delta pieces).
+    let mut body = chat_body(
+        "claude-sonnet-4",
+        "[mock fixture=anthropic/tool_stream.sse]",
+    );
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let c = collect(&stream(gw.addr(), "/v1/chat/completions", &key, body, None).await);
+    assert_eq!(c.text, "Let me check.");
+    assert_eq!(
+        c.calls,
+        vec![(
+            "toolu_01T1x1fJ34qAmk2tNTrN7Up6".into(),
+            "get_weather".into(),
+            "{\"city\": \"Paris\"}".into()
+        )]
+    );
+    assert_eq!(c.finish, "tool_calls");
+    let want = Usage {
+        prompt_tokens: 2021,
+        completion_tokens: 57,
+        cached_tokens: 1800,
+        cache_write_tokens: 200,
+        reasoning_tokens: 0,
+    };
+    assert_eq!(c.usage.as_ref().and_then(Usage::from_openai), Some(want));
+    // 21 × 3 + 1800 × 0.30 + 200 × 3.75 + 57 × 15 = 63 + 540 + 750 + 855 = 2208 µ$.
+    assert_eq!(c.lumen["cost"], json!(0.002208));
+
+    // A recorded Gemini stream with a function call.
+    let mut body = chat_body("gemini-2.0-flash", "[mock fixture=gemini/stream.sse]");
+    body["stream"] = json!(true);
+    let c = collect(&stream(gw.addr(), "/v1/chat/completions", &key, body, None).await);
+    assert_eq!(c.text, "Checking the weather.");
+    assert_eq!(c.calls[0].1, "get_weather");
+    assert_eq!(c.finish, "tool_calls");
+
+    // A recorded Anthropic error: overloaded (529) is retryable → 502 for the client.
+    let r = gw
+        .chat(
+            &key,
+            chat_body(
+                "claude-3-5-haiku",
+                "[mock fixture=anthropic/error_overloaded.json status=529]",
+            ),
+        )
+        .await;
+    let e = r.error(502);
+    assert_eq!(e["message"], "provider \"anthropic\" failed with HTTP 529");
+    let r = gw
+        .chat(
+            &key,
+            chat_body(
+                "gemini-2.0-flash",
+                "[mock fixture=gemini/error_invalid.json status=400]",
+            ),
+        )
+        .await;
+    let e = r.error(400);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream rejected the request: Invalid JSON payload received."),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn unsupported_parameters_are_400s_naming_them() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    for (model, param, extra) in [
+        ("claude-3-5-haiku", "logprobs", json!({"logprobs": true})),
+        ("claude-3-5-haiku", "n", json!({"n": 2})),
+        (
+            "claude-3-5-haiku",
+            "response_format",
+            json!({"response_format": {"type": "json_object"}}),
+        ),
+        (
+            "gemini-2.0-flash",
+            "parallel_tool_calls",
+            json!({"parallel_tool_calls": false}),
+        ),
+        ("gemini-2.0-flash", "logprobs", json!({"logprobs": true})),
+    ] {
+        let mut body = chat_body(model, "hi");
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        gw.mock.clear_requests();
+        let r = gw.chat(&key, body).await;
+        let e = r.error(400);
+        assert_eq!(
+            (e["param"].as_str(), e["code"].as_str()),
+            (Some(param), Some("unsupported_parameter")),
+            "{model}"
+        );
+        assert_eq!(
+            gw.mock.request_count(),
+            0,
+            "{model}: nothing reaches the upstream"
+        );
+    }
+    // What a dialect can honour is translated: JSON schema and seed on Gemini.
+    let mut body = chat_body("gemini-2.0-flash", "json please [mock tokens=1]");
+    body["seed"] = json!(7);
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}});
+    let r = gw.chat(&key, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let up = gw.mock.last_request().unwrap().body.unwrap();
+    assert_eq!(up["generationConfig"]["seed"], 7);
+    assert_eq!(
+        up["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    assert_eq!(
+        up["generationConfig"]["responseJsonSchema"],
+        json!({"type": "object"})
+    );
+}
+
+#[tokio::test]
+async fn azure_serves_the_same_model_at_its_own_price_when_openai_fails() {
+    let gw = Gateway::start_with(
+        mock::MockConfig {
+            api_key: Some(UPSTREAM_KEY.into()),
+            ..Default::default()
+        },
+        |o| {
+            // OpenAI unreachable: the plan falls back to the Azure offer of the same model.
+            o.variables
+                .insert("openai_base_url".into(), "http://127.0.0.1:9/v1".into());
+        },
+    )
+    .await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let r = gw
+        .chat(&key, chat_body("gpt-4o-mini", "hi [mock tokens=2]"))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-lumen-provider"), Some("azure"));
+    let up = gw.mock.last_request().unwrap();
+    assert_eq!(
+        up.path,
+        "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(up.header("api-key"), Some(UPSTREAM_KEY));
+    assert_eq!(up.header("authorization"), None);
+    let v = r.json();
+    let usage = Usage::from_openai(&v["usage"]).unwrap();
+    let azure = &catalog().models["gpt-4o-mini"].offers[0].price;
+    assert_lumen(
+        &v["lumen"],
+        &lumen_object(&usage, azure, "gpt-4o-mini", "azure"),
+        "azure",
+    );
+    assert_ne!(
+        cost_nanos(&usage, azure),
+        cost_nanos(&usage, &catalog().models["gpt-4o-mini"].price)
+    );
+}
+
+#[tokio::test]
+async fn models_list_pricing_per_provider_context_and_capabilities() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let r = gw.call("GET", "/v1/models", Some(&key), None).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    let claude = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "claude-3-5-haiku")
+        .unwrap();
+    assert_eq!(claude["dialect"], "anthropic");
+    assert_eq!(claude["context_window"], 200000);
+    assert_eq!(claude["pricing"]["cache_write_per_mtok"], 1.0);
+    assert_eq!(claude["pricing"]["cached_input_per_mtok"], 0.08);
+    assert!(claude["pricing"]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
+    let mini = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "gpt-4o-mini")
+        .unwrap();
+    assert_eq!(mini["offers"][0]["provider"], "azure");
+    assert_eq!(mini["offers"][0]["pricing"]["input_per_mtok"], 0.165);
+}
