@@ -576,3 +576,122 @@ async fn models_list_pricing_per_provider_context_and_capabilities() {
     assert_eq!(mini["offers"][0]["provider"], "azure");
     assert_eq!(mini["offers"][0]["pricing"]["input_per_mtok"], 0.165);
 }
+
+fn messages_body(model: &str, text: &str) -> Value {
+    json!({"model": model, "max_tokens": 100, "system": "be brief", "messages": [{"role": "user", "content": text}]})
+}
+
+#[tokio::test]
+async fn anthropic_messages_ingress_reaches_any_backend_with_usage() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    for (model, provider, _) in MODELS {
+        // Non-stream, with cache tokens where the backend reports them.
+        let r = gw
+            .call(
+                "POST",
+                "/v1/messages",
+                Some(&key),
+                Some(
+                    messages_body(model, "hi [mock tokens=3 cached=4 cache_write=2]")
+                        .to_string()
+                        .into_bytes(),
+                ),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            200,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        assert_eq!(v["type"], "message", "{model}");
+        assert_eq!(
+            v["content"],
+            json!([{"type": "text", "text": "tok0 tok1 tok2 "}]),
+            "{model}"
+        );
+        assert_eq!(v["stop_reason"], "end_turn", "{model}");
+        let up = gw.mock.last_request().unwrap().body.unwrap();
+        let (read, write) = match *provider {
+            "anthropic" => (4, 2),
+            "gemini" | "openai" | "vllm" => (4, 0),
+            _ => unreachable!(),
+        };
+        let prompt = expected_usage(provider, &up, 3, read, write).prompt_tokens;
+        assert_eq!(
+            v["usage"],
+            json!({"input_tokens": prompt - read - write, "cache_creation_input_tokens": write, "cache_read_input_tokens": read, "output_tokens": 3}),
+            "{model}"
+        );
+        assert!(v["lumen"]["cost"].is_number(), "{model}");
+
+        // Streamed: Anthropic events, usage complete in message_delta.
+        let mut body = messages_body(model, "hi [mock tokens=2 cached=4]");
+        body["stream"] = json!(true);
+        let s = stream(gw.addr(), "/v1/messages", &key, body, None).await;
+        assert_eq!(s.status, 200);
+        let evs = lumen_shared::sse::Parser::default().push(s.text().as_bytes());
+        let names: Vec<&str> = evs.iter().filter_map(|e| e.event.as_deref()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ],
+            "{model}"
+        );
+        let delta: Value = serde_json::from_str(&evs[5].data).unwrap();
+        assert_eq!(delta["usage"]["output_tokens"], 2, "{model}");
+        assert_eq!(delta["usage"]["cache_read_input_tokens"], 4, "{model}");
+        assert!(
+            delta["usage"]["input_tokens"].as_u64().unwrap() > 0,
+            "{model}"
+        );
+    }
+    // Errors come back in Anthropic's envelope, still naming the field.
+    let r = gw
+        .call(
+            "POST",
+            "/v1/messages",
+            Some(&key),
+            Some(
+                json!({"model": "gpt-4o-mini", "messages": []})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(
+        (
+            v["type"].as_str(),
+            v["error"]["type"].as_str(),
+            v["error"]["param"].as_str()
+        ),
+        (
+            Some("error"),
+            Some("invalid_request_error"),
+            Some("max_tokens")
+        )
+    );
+    let r = gw
+        .call(
+            "POST",
+            "/v1/messages",
+            Some("lm_wrong"),
+            Some(messages_body("gpt-4o-mini", "x").to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["type"].as_str()),
+        (401, Some("authentication_error"))
+    );
+}

@@ -8,6 +8,7 @@ use futures::{SinkExt, StreamExt};
 use lumen_shared::contracts::{
     headers, routes, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
+use lumen_shared::dialect::messages;
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::sse::Parser;
 use lumen_shared::ApiError;
@@ -34,8 +35,30 @@ fn fallback_report(ctx: &Ctx, usage: Usage, estimated: bool, outcome: Outcome) -
     }
 }
 
+/// The wire shape the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages (`/v1/messages`): answers, events and errors converted back.
+    Anthropic,
+}
+
 /// Calls the provider, answers the client, settles.
-pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
+pub async fn run(ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
+    run_shaped(ctx, admitted, out, Shape::OpenAi).await;
+}
+
+/// A reply in the client's shape (error bodies converted for Anthropic clients).
+pub fn shaped(mut reply: Reply, shape: Shape) -> Reply {
+    if shape == Shape::Anthropic && !(200..300).contains(&reply.status) {
+        reply.body = messages::error_body(reply.status, &reply.body);
+    }
+    reply
+}
+
+/// [`run`] for a client of the given shape.
+pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam, shape: Shape) {
     let Admitted { key, chat, plan } = admitted;
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let call = CallRequest {
@@ -55,7 +78,7 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
     };
     let report = match sent {
         Err(e) => {
-            respond(out, ctx.stamp(Reply::error(&e))).await;
+            respond(out, ctx.stamp(shaped(Reply::error(&e), shape))).await;
             fallback_report(&ctx, Usage::default(), false, Outcome::UpstreamError)
         }
         Ok(resp) => {
@@ -74,9 +97,9 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
                 .to_ascii_lowercase()
                 .starts_with("text/event-stream")
             {
-                stream(&ctx, resp, out, prompt_estimate).await
+                stream(&ctx, resp, out, prompt_estimate, shape).await
             } else {
-                whole(&ctx, resp, out, prompt_estimate, &content_type).await
+                whole(&ctx, resp, out, prompt_estimate, &content_type, shape).await
             }
         }
     };
@@ -90,6 +113,7 @@ async fn whole(
     out: ResponseOutparam,
     prompt_estimate: u64,
     content_type: &str,
+    shape: Shape,
 ) -> UsageReport {
     let status = resp.status();
     let retry_after = response_header(&resp, "retry-after");
@@ -106,7 +130,13 @@ async fn whole(
             } else {
                 content_type
             };
-            let mut reply = Reply::new(status, content_type, body);
+            let body = match shape {
+                Shape::Anthropic if ok => serde_json::from_slice::<Value>(&body)
+                    .map(|v| messages::response(&v).to_string().into_bytes())
+                    .unwrap_or(body),
+                _ => body,
+            };
+            let mut reply = shaped(Reply::new(status, content_type, body), shape);
             if let Some(ra) = retry_after {
                 reply.set_header("retry-after", ra);
             }
@@ -137,7 +167,7 @@ async fn whole(
                 false,
             );
             (
-                Reply::error(&e),
+                shaped(Reply::error(&e), shape),
                 fallback_report(ctx, Usage::default(), false, Outcome::UpstreamError),
             )
         }
@@ -152,7 +182,9 @@ async fn stream(
     resp: IncomingResponse,
     out: ResponseOutparam,
     prompt_estimate: u64,
+    shape: Shape,
 ) -> UsageReport {
+    let mut convert = (shape == Shape::Anthropic).then(messages::Stream::new);
     let mut hs = vec![
         ("content-type".to_string(), "text/event-stream".to_string()),
         ("cache-control".to_string(), "no-cache".to_string()),
@@ -167,6 +199,13 @@ async fn stream(
         'read: while let Some(Ok(chunk)) = body.next().await {
             for ev in parser.push(&chunk) {
                 if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
+                    let bytes = match convert.as_mut() {
+                        Some(c) if !ev.comment_only => c.on_data(&ev.data),
+                        _ => bytes,
+                    };
+                    if bytes.is_empty() {
+                        continue;
+                    }
                     if sink.send(bytes).await.is_err() {
                         disconnected = true;
                         break 'read;
@@ -179,7 +218,15 @@ async fn stream(
     drop(resp);
     if !disconnected {
         if let Some(tail) = relay.cut_tail() {
-            disconnected = sink.send(tail.to_vec()).await.is_err();
+            let tail = match convert.as_mut() {
+                Some(c) => lumen_shared::sse::Parser::default()
+                    .push(tail)
+                    .iter()
+                    .flat_map(|ev| c.on_data(&ev.data))
+                    .collect(),
+                None => tail.to_vec(),
+            };
+            disconnected = sink.send(tail).await.is_err();
         }
         let _ = sink.close().await;
     }

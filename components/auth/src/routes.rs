@@ -9,6 +9,8 @@ use lumen_spin::util::percent_decode;
 pub enum Route {
     /// `POST /v1/chat/completions`.
     Chat,
+    /// `POST /v1/messages` (Anthropic Messages ingress).
+    Messages,
     /// `GET /v1/models`.
     Models,
     /// `GET /v1/usage`.
@@ -32,6 +34,7 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
     };
     match path {
         "/v1/chat/completions" => only("POST", Route::Chat),
+        "/v1/messages" => only("POST", Route::Messages),
         "/v1/models" => only("GET", Route::Models),
         "/v1/usage" => only("GET", Route::Usage),
         "/admin/keys" => match method {
@@ -60,6 +63,7 @@ mod tests {
     fn routes() {
         assert_eq!(match_route("POST", "/v1/chat/completions"), Ok(Route::Chat));
         assert_eq!(match_route("GET", "/v1/models"), Ok(Route::Models));
+        assert_eq!(match_route("POST", "/v1/messages"), Ok(Route::Messages));
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
         assert_eq!(match_route("GET", "/admin/keys"), Ok(Route::ListKeys));
         assert_eq!(match_route("POST", "/admin/keys"), Ok(Route::CreateKey));

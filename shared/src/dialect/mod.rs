@@ -13,6 +13,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+pub mod messages;
 pub mod openai_compat;
 
 use crate::catalog::Dialect;
