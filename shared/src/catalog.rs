@@ -43,6 +43,7 @@ pub const CAPABILITIES: &[&str] = &[
     "json_object",
     "json_schema",
     "vision",
+    "embeddings",
 ];
 
 /// A provider: how to reach it.

@@ -95,9 +95,23 @@ pub struct Plan {
     pub candidates: Vec<Candidate>,
 }
 
+/// Which upstream endpoint a call is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    /// Chat completions.
+    #[default]
+    Chat,
+    /// Embeddings.
+    Embeddings,
+}
+
 /// auth → provider.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRequest {
+    /// The endpoint (chat unless said otherwise).
+    #[serde(default)]
+    pub kind: CallKind,
     /// Request id.
     pub request_id: String,
     /// Candidates in order.

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod contracts;
 pub mod dialect;
+pub mod embeddings;
 pub mod error;
 pub mod keys;
 pub mod kv;

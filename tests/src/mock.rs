@@ -7,6 +7,9 @@
 //! # Endpoints
 //!
 //! * `POST /v1/chat/completions`: non-stream JSON or an SSE stream (`"stream": true`).
+//! * `POST /v1/embeddings`: deterministic vectors (see [`crate::mock_dialects::embedding`]),
+//!   `float` or `base64`, with usage.
+//! * Other dialects (Anthropic, Gemini, Azure, a queue API): [`crate::mock_dialects`].
 //! * `GET /v1/models` and `GET /v1/models/{id}`: an OpenAI model list with [`MockConfig::models`].
 //! * `GET /mock/requests`: JSON array with the parsed JSON body of every recorded request that had
 //!   one (`?full=1` gives objects with `method`, `path`, `headers` and `body`); `DELETE
@@ -882,6 +885,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         (&Method::POST, "/v1/chat/completions") => {
             chat_completions(&state, json, raw.is_empty()).await
         }
+        (&Method::POST, "/v1/embeddings") => Ok(crate::mock_dialects::embeddings(&state, json)),
         (&Method::GET, "/v1/models") => Ok(models(&state)),
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             Ok(model(&state, &p["/v1/models/".len()..]))

@@ -645,6 +645,60 @@ async fn azure(
     chat_completions(state, Some(body), false).await
 }
 
+// ---------------------------------------------------------------- Embeddings
+
+/// The mock's embedding of `text`: `dims` values `((Σ bytes + 7·j) mod 1000) / 1000`, exact in f32
+/// to three decimals.
+pub fn embedding(text: &str, dims: u64) -> Vec<f32> {
+    let sum: u64 = text.bytes().map(u64::from).sum();
+    (0..dims)
+        .map(|j| ((sum + 7 * j) % 1000) as f32 / 1000.0)
+        .collect()
+}
+
+/// `POST /v1/embeddings` (OpenAI): `input` a string or array of strings; `dimensions` (default 8);
+/// `encoding_format` float or base64; usage `prompt_tokens = Σ ceil(chars / 4)`.
+pub(crate) fn embeddings(state: &State, json: Option<Value>) -> Response<MockBody> {
+    use base64::Engine as _;
+    let bad = |m: &str| {
+        json_response(StatusCode::BAD_REQUEST, json!({"error": {"message": m, "type": "invalid_request_error", "param": "input", "code": null}}).to_string().into_bytes())
+    };
+    let Some(body) = json else {
+        return bad("You must provide a JSON body (mock).");
+    };
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => return bad("'input' must be a string or an array of strings (mock)"),
+    };
+    let dims = body.get("dimensions").and_then(Value::as_u64).unwrap_or(8);
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let v = embedding(t, dims);
+            let e = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": e})
+        })
+        .collect();
+    let tokens: u64 = inputs
+        .iter()
+        .map(|t| (t.chars().count() as u64).div_ceil(4))
+        .sum();
+    state.next_id.fetch_add(1, Ordering::SeqCst);
+    let answer = json!({"object": "list", "data": data, "model": body.get("model").cloned().unwrap_or_default(), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    json_response(StatusCode::OK, answer.to_string().into_bytes())
+}
+
 // ---------------------------------------------------------------- Queue-style serverless
 
 fn queue(

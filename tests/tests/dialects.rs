@@ -9,7 +9,7 @@ use lumen_shared::catalog::Catalog;
 use lumen_shared::openai::Usage;
 use lumen_shared::pricing::{cost_header, cost_nanos, lumen_object};
 use lumen_tests::mock::{self, TOOL_ARGUMENTS};
-use lumen_tests::mock_dialects::{anthropic_prompt_tokens, gemini_prompt_tokens};
+use lumen_tests::mock_dialects::{self, anthropic_prompt_tokens, gemini_prompt_tokens};
 use serde_json::{json, Value};
 
 /// (model, provider, upstream path the mock must see).
@@ -693,5 +693,103 @@ async fn anthropic_messages_ingress_reaches_any_backend_with_usage() {
     assert_eq!(
         (r.status, r.json()["error"]["type"].as_str()),
         (401, Some("authentication_error"))
+    );
+}
+
+#[tokio::test]
+async fn embeddings_float_and_base64_with_cost() {
+    use base64::Engine as _;
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let price = catalog().models["text-embedding-3-small"].price.clone();
+    let post = |body: Value| {
+        gw.call(
+            "POST",
+            "/v1/embeddings",
+            Some(&key),
+            Some(body.to_string().into_bytes()),
+        )
+    };
+    let r = post(
+        json!({"model": "text-embedding-3-small", "input": ["hello", "world!!"], "dimensions": 4}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let want: Vec<f64> = mock_dialects::embedding("hello", 4)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let got: Vec<f64> = v["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(v["data"][1]["index"], 1);
+    // ceil(5/4) + ceil(7/4) = 4 tokens at 0.02 $/M.
+    assert_eq!(v["usage"]["prompt_tokens"], 4);
+    let usage = Usage {
+        prompt_tokens: 4,
+        ..Usage::default()
+    };
+    assert_lumen(
+        &v["lumen"],
+        &lumen_object(&usage, &price, "text-embedding-3-small", "openai"),
+        "embeddings",
+    );
+    assert_eq!(r.header("x-lumen-cost"), Some("0.000000080"));
+    assert_eq!(
+        gw.mock.last_request().unwrap().body.unwrap()["encoding_format"],
+        "float"
+    );
+
+    // base64: little-endian f32s of the same vector.
+    let r = post(json!({"model": "text-embedding-3-small", "input": "hello", "dimensions": 4, "encoding_format": "base64"})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let b64 = r.json()["data"][0]["embedding"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats, mock_dialects::embedding("hello", 4));
+
+    // Bad input names the field; a chat-only backend has no embeddings endpoint.
+    assert_eq!(
+        post(json!({"model": "text-embedding-3-small", "input": []}))
+            .await
+            .error(400)["param"],
+        "input"
+    );
+    let e = post(json!({"model": "claude-3-5-haiku", "input": "x"}))
+        .await
+        .error(400);
+    assert_eq!(
+        (e["param"].as_str(), e["code"].as_str()),
+        (Some("model"), Some("unsupported_endpoint"))
+    );
+    // The meter: 4 + 2 prompt tokens, 80 + 40 nano-dollars.
+    let u = gw.usage_until(&key, |u| u["total"]["requests"] == 3).await;
+    let row = u["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "text-embedding-3-small")
+        .unwrap();
+    assert_eq!(
+        (row["requests"].as_u64(), row["prompt_tokens"].as_u64()),
+        (Some(2), Some(6)),
+        "{u}"
+    );
+    assert!(
+        (row["cost_usd"].as_f64().unwrap() - 120e-9).abs() < 1e-18,
+        "{u}"
     );
 }

@@ -96,3 +96,23 @@ pub async fn handle_messages(
         Err(e) => respond(out, ctx.stamp(shaped(Reply::error(&e), Shape::Anthropic))).await,
     }
 }
+
+/// `POST /v1/embeddings`: validated, admitted and planned like a chat request, then sent to the
+/// provider's embeddings endpoint.
+pub async fn handle_embeddings(
+    mut ctx: Ctx,
+    info: ReqInfo,
+    req: IncomingRequest,
+    out: ResponseOutparam,
+) {
+    let admitted = async {
+        let body = read_body(req, &info).await?;
+        let chat = lumen_shared::embeddings::parse_embeddings_request(&body)?;
+        admit_chat(&mut ctx, &info, chat).await
+    }
+    .await;
+    match admitted {
+        Ok(admitted) => relay::run_shaped(ctx, admitted, out, Shape::Embeddings).await,
+        Err(e) => respond(out, ctx.stamp(Reply::error(&e))).await,
+    }
+}

@@ -23,6 +23,7 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
     let reply = match match_route(&info.method, &info.path) {
         Ok(Route::Chat) => return chat::handle(ctx, info, req, out).await,
         Ok(Route::Messages) => return chat::handle_messages(ctx, info, req, out).await,
+        Ok(Route::Embeddings) => return chat::handle_embeddings(ctx, info, req, out).await,
         Ok(Route::Models) => account::models(&info).await,
         Ok(Route::Usage) => account::usage(&info).await,
         Ok(Route::CreateKey) => admin::create(&info, req).await,

@@ -6,7 +6,7 @@ use crate::chat::Admitted;
 use crate::ctx::Ctx;
 use futures::{SinkExt, StreamExt};
 use lumen_shared::contracts::{
-    headers, routes, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
+    headers, routes, CallKind, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
 use lumen_shared::dialect::messages;
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
@@ -42,6 +42,8 @@ pub enum Shape {
     OpenAi,
     /// Anthropic Messages (`/v1/messages`): answers, events and errors converted back.
     Anthropic,
+    /// OpenAI embeddings (`/v1/embeddings`).
+    Embeddings,
 }
 
 /// Calls the provider, answers the client, settles.
@@ -62,6 +64,11 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
     let Admitted { key, chat, plan } = admitted;
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let call = CallRequest {
+        kind: if shape == Shape::Embeddings {
+            CallKind::Embeddings
+        } else {
+            CallKind::Chat
+        },
         request_id: ctx.request_id.clone(),
         candidates: plan.candidates.clone(),
         include_usage: chat.include_usage,

@@ -11,6 +11,8 @@ pub enum Route {
     Chat,
     /// `POST /v1/messages` (Anthropic Messages ingress).
     Messages,
+    /// `POST /v1/embeddings`.
+    Embeddings,
     /// `GET /v1/models`.
     Models,
     /// `GET /v1/usage`.
@@ -35,6 +37,7 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
     match path {
         "/v1/chat/completions" => only("POST", Route::Chat),
         "/v1/messages" => only("POST", Route::Messages),
+        "/v1/embeddings" => only("POST", Route::Embeddings),
         "/v1/models" => only("GET", Route::Models),
         "/v1/usage" => only("GET", Route::Usage),
         "/admin/keys" => match method {
@@ -64,6 +67,7 @@ mod tests {
         assert_eq!(match_route("POST", "/v1/chat/completions"), Ok(Route::Chat));
         assert_eq!(match_route("GET", "/v1/models"), Ok(Route::Models));
         assert_eq!(match_route("POST", "/v1/messages"), Ok(Route::Messages));
+        assert_eq!(match_route("POST", "/v1/embeddings"), Ok(Route::Embeddings));
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
         assert_eq!(match_route("GET", "/admin/keys"), Ok(Route::ListKeys));
         assert_eq!(match_route("POST", "/admin/keys"), Ok(Route::CreateKey));

@@ -5,8 +5,8 @@
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use futures::{SinkExt, StreamExt};
 use lumen_shared::catalog::Dialect;
-use lumen_shared::contracts::{headers, CallRequest, Candidate, Outcome, UsageReport};
-use lumen_shared::dialect::{self, anthropic, gemini};
+use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
+use lumen_shared::dialect::{self, anthropic, gemini, openai_compat};
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::pricing::{cost_header, lumen_object};
 use lumen_shared::sse::{Event, Parser};
@@ -91,8 +91,13 @@ async fn attempt(
         ));
     }
     let key = variables::get(&p.api_key_variable).unwrap_or_default();
-    let up = dialect::build(p, base, &key, &call.body, &c.upstream_model, stream)
-        .map_err(Failure::new)?;
+    let embeddings = call.kind == CallKind::Embeddings;
+    let up = if embeddings {
+        dialect::build_embeddings(p, base, &key, &call.body, &c.upstream_model)
+    } else {
+        dialect::build(p, base, &key, &call.body, &c.upstream_model, stream)
+    }
+    .map_err(Failure::new)?;
     let body = serde_json::to_vec(&up.body).map_err(|e| {
         Failure::new(ApiError::internal(format!(
             "could not serialise the upstream request: {e}"
@@ -141,6 +146,10 @@ async fn attempt(
         serde_json::from_slice(&body).map_err(|e| lost(format!("the answer is not JSON ({e})")))?;
     let created = now_ms() / 1000;
     let mut answer = match p.dialect {
+        Dialect::Openai if embeddings => openai_compat::embeddings_answer(
+            answer,
+            call.body.get("encoding_format").and_then(Value::as_str) == Some("base64"),
+        ),
         Dialect::Openai => answer,
         Dialect::Anthropic => anthropic::response(&answer, created).map_err(lost)?,
         Dialect::Gemini => gemini::response(&answer, created, &c.upstream_model).map_err(lost)?,

@@ -102,6 +102,37 @@ pub fn build(
     }
 }
 
+/// Builds an embeddings request. Only the OpenAI dialect has one; the upstream is always asked
+/// for floats (the provider encodes base64 itself, see [`openai_compat::embeddings_answer`]).
+pub fn build_embeddings(
+    p: &ProviderTarget,
+    base: &str,
+    key: &str,
+    client: &Map<String, Value>,
+    upstream_model: &str,
+) -> Result<UpstreamRequest, ApiError> {
+    if p.dialect != Dialect::Openai {
+        let mut e = ApiError::invalid_request(
+            format!(
+                "provider \"{}\" ({} dialect) has no embeddings endpoint; choose an embeddings model from GET /v1/models",
+                p.name,
+                p.dialect.as_str()
+            ),
+            Some("model"),
+            "unsupported_endpoint",
+        );
+        e.retryable = true;
+        return Err(e);
+    }
+    let mut r = build(p, base, key, &Map::new(), upstream_model, false)?;
+    r.url = r.url.replacen("/chat/completions", "/embeddings", 1);
+    let mut body = client.clone();
+    body.insert("model".into(), upstream_model.into());
+    body.insert("encoding_format".into(), "float".into());
+    r.body = body;
+    Ok(r)
+}
+
 /// Why a request could not be translated: the parameter and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Untranslatable {

@@ -21,6 +21,31 @@ pub fn request(client: &Map<String, Value>, upstream_model: &str) -> Map<String,
     body
 }
 
+/// The client's view of an embeddings answer: with `encoding_format: "base64"` every float
+/// vector becomes base64 of little-endian f32s (what OpenAI sends), whatever the upstream sent.
+pub fn embeddings_answer(mut answer: Value, base64: bool) -> Value {
+    use base64::Engine as _;
+    if !base64 {
+        return answer;
+    }
+    for item in answer
+        .get_mut("data")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(v) = item.get("embedding").and_then(Value::as_array) {
+            let bytes: Vec<u8> = v
+                .iter()
+                .flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
+                .collect();
+            item["embedding"] =
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+    }
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +70,16 @@ mod tests {
         assert_eq!(b["stream_options"], json!({"include_usage":true,"other":3}));
         let b = request(&map(json!({"model":"m","stream":true})), "u");
         assert_eq!(b["stream_options"], json!({"include_usage":true}));
+    }
+
+    #[test]
+    fn embeddings_base64_is_little_endian_f32() {
+        let a = json!({"data": [{"embedding": [1.0, -2.0]}]});
+        assert_eq!(embeddings_answer(a.clone(), false), a);
+        // 1.0f32 = 00 00 80 3f, -2.0f32 = 00 00 00 c0.
+        assert_eq!(
+            embeddings_answer(a, true)["data"][0]["embedding"],
+            "AACAPwAAAMA="
+        );
     }
 }
