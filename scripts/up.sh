@@ -37,7 +37,7 @@ if [[ -z "${SPIN_VARIABLE_OPENAI_BASE_URL:-}" && -z "${SPIN_VARIABLE_OPENAI_API_
   [[ -n "$mock_addr" ]] || { echo "lumen-mock did not start" >&2; exit 1; }
   export SPIN_VARIABLE_OPENAI_BASE_URL="http://$mock_addr/v1"
   # The mock speaks every dialect of the catalog on its own routes.
-  for p in AZURE:"" ANTHROPIC:/v1 GEMINI:/v1beta VLLM:/v1; do
+  for p in AZURE:"" ANTHROPIC:/v1 GEMINI:/v1beta VLLM:/v1 RUNPOD:/v2/qwen; do
     name=${p%%:*}; path=${p#*:}
     export "SPIN_VARIABLE_${name}_BASE_URL=http://$mock_addr$path" "SPIN_VARIABLE_${name}_ALLOWED_HOST=http://$mock_addr"
   done

@@ -22,6 +22,8 @@ pub enum Dialect {
     Anthropic,
     /// Google Gemini (`{base}/models/{id}:generateContent` / `:streamGenerateContent`).
     Gemini,
+    /// Queue-style GPU serverless (`POST {base}/run`, `GET {base}/status/{id}`), OpenAI bodies.
+    Queue,
 }
 
 impl Dialect {
@@ -31,6 +33,7 @@ impl Dialect {
             Dialect::Openai => "openai",
             Dialect::Anthropic => "anthropic",
             Dialect::Gemini => "gemini",
+            Dialect::Queue => "queue",
         }
     }
 }
@@ -67,6 +70,13 @@ pub struct ProviderConfig {
     /// Azure deployment URLs: `{base}/openai/deployments/{upstream_id}/chat/completions`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deployment_path: bool,
+    /// The backend scales to zero and may take long to start: it gets the longer first-token
+    /// deadline and its cold starts are recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold_start: bool,
+    /// Deadline for the first token, ms (default 30 000; 300 000 with `cold_start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_ms: Option<u64>,
 }
 
 /// The same model served by another provider, at that provider's price; tried after the model's
@@ -308,6 +318,8 @@ impl Catalog {
             auth_header: p.auth_header.clone(),
             api_version: p.api_version.clone(),
             deployment_path: p.deployment_path,
+            cold_start: p.cold_start,
+            first_token_timeout_ms: p.first_token_timeout_ms,
         }
     }
 

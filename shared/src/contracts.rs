@@ -32,6 +32,8 @@ pub mod headers {
     pub const PROVIDER: &str = "lumen-provider";
     /// provider → auth, non-stream: the cost in dollars (auth sends it as `x-lumen-cost`).
     pub const COST: &str = "lumen-cost";
+    /// provider → auth: cold-start wait in ms (auth sends it as `x-lumen-cold-start-ms`).
+    pub const COLD_START: &str = "lumen-cold-start-ms";
 }
 
 /// The SSE event name of the provider's final, internal usage event (stripped by auth).
@@ -67,6 +69,21 @@ pub struct ProviderTarget {
     /// Catalog `deployment_path` (Azure deployment URLs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deployment_path: bool,
+    /// Catalog `cold_start`: a scale-to-zero backend.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold_start: bool,
+    /// Catalog `first_token_timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_ms: Option<u64>,
+}
+
+impl ProviderTarget {
+    /// The first-token deadline in ms: the catalog's, else 300 s for cold-start backends and 30 s
+    /// for the rest.
+    pub fn first_token_deadline_ms(&self) -> u64 {
+        self.first_token_timeout_ms
+            .unwrap_or(if self.cold_start { 300_000 } else { 30_000 })
+    }
 }
 
 /// One model on one provider.

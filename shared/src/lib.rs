@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod catalog;
+pub mod coldstart;
 pub mod contracts;
 pub mod dialect;
 pub mod embeddings;

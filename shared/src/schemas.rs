@@ -16,6 +16,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("kv.usage-record.v1.json", s::<UsageRecord>()),
         ("kv.usage-dim.v1.json", s::<UsageDim>()),
         (
+            "kv.cold-start.v1.json",
+            s::<crate::coldstart::ColdStartStats>(),
+        ),
+        (
             "kv.compiled-catalog.v1.json",
             s::<crate::catalog::Catalog>(),
         ),

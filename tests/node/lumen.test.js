@@ -51,7 +51,7 @@ before(async () => {
   const mock = await serve('lumen-mock', ['--listen', '127.0.0.1:0', '--api-key', UPSTREAM_KEY, '--token-delay-ms', '1'], {});
   const origin = `http://${mock}`;
   const env = { SPIN_VARIABLE_ADMIN_TOKEN: ADMIN };
-  for (const [p, base] of [['OPENAI', `${origin}/v1`], ['AZURE', origin], ['ANTHROPIC', `${origin}/v1`], ['GEMINI', `${origin}/v1beta`], ['VLLM', `${origin}/v1`]]) {
+  for (const [p, base] of [['OPENAI', `${origin}/v1`], ['AZURE', origin], ['ANTHROPIC', `${origin}/v1`], ['GEMINI', `${origin}/v1beta`], ['VLLM', `${origin}/v1`], ['RUNPOD', `${origin}/v2/qwen`]]) {
     env[`SPIN_VARIABLE_${p}_BASE_URL`] = base;
     env[`SPIN_VARIABLE_${p}_ALLOWED_HOST`] = origin;
     env[`SPIN_VARIABLE_${p}_API_KEY`] = UPSTREAM_KEY;

@@ -168,6 +168,7 @@ def gateway(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_facto
         ("ANTHROPIC", f"{mock_server.url}/v1"),
         ("GEMINI", f"{mock_server.url}/v1beta"),
         ("VLLM", f"{mock_server.url}/v1"),
+        ("RUNPOD", f"{mock_server.url}/v2/qwen"),
     ]:
         env[f"SPIN_VARIABLE_{name}_BASE_URL"] = base
         env[f"SPIN_VARIABLE_{name}_ALLOWED_HOST"] = mock_server.url

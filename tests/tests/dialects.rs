@@ -793,3 +793,82 @@ async fn embeddings_float_and_base64_with_cost() {
         "{u}"
     );
 }
+
+#[tokio::test]
+async fn queue_backend_cold_start_streams_with_keep_alives_and_is_recorded() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let mut body = chat_body("qwen2.5-7b-instruct", "hi [mock tokens=3 cold_ms=3000]");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let started = std::time::Instant::now();
+    let s = stream(gw.addr(), "/v1/chat/completions", &key, body, None).await;
+    assert_eq!(s.status, 200);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(3000));
+    // The connection was never silent for long while the job was queued: keep-alive comments.
+    let keep_alives = s
+        .frames
+        .iter()
+        .filter(|(_, b)| b.starts_with(b": keep-alive"))
+        .count();
+    assert!(
+        keep_alives >= 2,
+        "{keep_alives} keep-alives in {:?}",
+        s.text()
+    );
+    let mut last = started;
+    for (at, _) in &s.frames {
+        assert!(
+            at.duration_since(last) < std::time::Duration::from_millis(1500),
+            "a silent gap while queued"
+        );
+        last = *at;
+    }
+    let c = collect(&s);
+    assert_eq!(c.text, "tok0 tok1 tok2 ");
+    assert_eq!(
+        c.usage
+            .as_ref()
+            .and_then(Usage::from_openai)
+            .map(|u| u.completion_tokens),
+        Some(3)
+    );
+    let cold = c.lumen["cold_start_ms"].as_u64().unwrap();
+    assert!((3000..10_000).contains(&cold), "{cold}");
+    let up = gw.mock.requests();
+    assert!(up.iter().any(|r| r.path == "/v2/qwen/run"));
+    assert!(
+        up.iter()
+            .filter(|r| r.path.starts_with("/v2/qwen/status/"))
+            .count()
+            >= 10,
+        "polled"
+    );
+
+    // Recorded in KV: the next stream's headers carry it before its own wait is known.
+    let mut body = chat_body("qwen2.5-7b-instruct", "again [mock tokens=1]");
+    body["stream"] = json!(true);
+    let s = stream(gw.addr(), "/v1/chat/completions", &key, body, None).await;
+    let h: u64 = s
+        .headers
+        .get("x-lumen-cold-start-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(h, cold);
+    assert_eq!(collect(&s).text, "tok0 ");
+
+    // A whole answer reports its own wait in the header.
+    let r = gw
+        .chat(
+            &key,
+            chat_body("qwen2.5-7b-instruct", "whole [mock tokens=2 cold_ms=600]"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let ms: u64 = r.header("x-lumen-cold-start-ms").unwrap().parse().unwrap();
+    assert!((600..5000).contains(&ms), "{ms}");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "tok0 tok1 ");
+}

@@ -483,7 +483,7 @@ async fn models_and_allowed_models() {
 async fn outbound_host_not_allowed_is_a_clear_error() {
     let gw = Gateway::start_with(mock::MockConfig::default(), |o| {
         // Every provider's host variable, as they all point at the same mock origin in tests.
-        for p in ["openai", "azure", "anthropic", "gemini", "vllm"] {
+        for p in ["openai", "azure", "anthropic", "gemini", "vllm", "runpod"] {
             o.variables
                 .insert(format!("{p}_allowed_host"), "http://127.0.0.1:1".into());
         }

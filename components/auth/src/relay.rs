@@ -125,6 +125,7 @@ async fn whole(
     let status = resp.status();
     let retry_after = response_header(&resp, "retry-after");
     let cost = response_header(&resp, headers::COST);
+    let cold = response_header(&resp, headers::COLD_START);
     let usage = response_header(&resp, headers::USAGE)
         .and_then(|v| serde_json::from_str::<UsageReport>(&v).ok());
     let body = read_response_body(&resp, MAX_ANSWER_BYTES).await;
@@ -149,6 +150,9 @@ async fn whole(
             }
             if let Some(cost) = cost {
                 reply.set_header("x-lumen-cost", cost);
+            }
+            if let Some(ms) = cold {
+                reply.set_header("x-lumen-cold-start-ms", ms);
             }
             let report = usage.unwrap_or_else(|| {
                 if ok {
@@ -197,6 +201,9 @@ async fn stream(
         ("cache-control".to_string(), "no-cache".to_string()),
     ];
     hs.extend(ctx.headers());
+    if let Some(ms) = response_header(&resp, headers::COLD_START) {
+        hs.push(("x-lumen-cold-start-ms".to_string(), ms));
+    }
     let mut sink = start_stream(out, resp.status(), &hs);
     let mut relay = ClientRelay::default();
     let mut parser = Parser::default();

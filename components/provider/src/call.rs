@@ -2,6 +2,7 @@
 //! the first byte) and answers with the upstream's JSON or relays its SSE stream, always telling
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
+use crate::queue;
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use futures::{SinkExt, StreamExt};
 use lumen_shared::catalog::Dialect;
@@ -40,16 +41,18 @@ enum Success {
     },
     /// A streamed answer, headers received.
     Stream(IncomingResponse),
+    /// A queue-style job, submitted.
+    Queued(queue::Job),
 }
 
 /// One failed attempt.
-struct Failure {
-    error: ApiError,
-    upstream_ms: f64,
+pub(crate) struct Failure {
+    pub(crate) error: ApiError,
+    pub(crate) upstream_ms: f64,
 }
 
 impl Failure {
-    fn new(error: ApiError) -> Failure {
+    pub(crate) fn new(error: ApiError) -> Failure {
         Failure {
             error,
             upstream_ms: 0.0,
@@ -127,6 +130,31 @@ async fn attempt(
             upstream_ms,
         });
     }
+    if p.dialect == Dialect::Queue {
+        let body = read_response_body(&resp, MAX_ERROR_BYTES)
+            .await
+            .unwrap_or_default();
+        let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let Some(id) = dialect::queue::job_id(&answer) else {
+            return Err(Failure {
+                error: ApiError::upstream(
+                    502,
+                    format!("provider \"{}\" accepted the job without an id", p.name),
+                    true,
+                ),
+                upstream_ms,
+            });
+        };
+        return Ok((
+            Success::Queued(queue::Job {
+                base: base.to_string(),
+                key: key.trim().to_string(),
+                id: id.to_string(),
+                submitted: sent,
+            }),
+            upstream_ms,
+        ));
+    }
     if stream {
         return Ok((Success::Stream(resp), upstream_ms));
     }
@@ -153,6 +181,7 @@ async fn attempt(
         Dialect::Openai => answer,
         Dialect::Anthropic => anthropic::response(&answer, created).map_err(lost)?,
         Dialect::Gemini => gemini::response(&answer, created, &c.upstream_model).map_err(lost)?,
+        Dialect::Queue => answer,
     };
     let (usage, estimated) = answer_usage(&answer, prompt_estimate);
     if let Some(obj) = answer.as_object_mut() {
@@ -172,7 +201,7 @@ async fn attempt(
     ))
 }
 
-fn served_headers(c: &Candidate, upstream_ms: f64) -> Vec<(String, String)> {
+pub(crate) fn served_headers(c: &Candidate, upstream_ms: f64) -> Vec<(String, String)> {
     vec![
         (headers::MODEL.into(), c.model.clone()),
         (headers::PROVIDER.into(), c.provider.name.clone()),
@@ -180,7 +209,7 @@ fn served_headers(c: &Candidate, upstream_ms: f64) -> Vec<(String, String)> {
     ]
 }
 
-fn report(
+pub(crate) fn report(
     c: &Candidate,
     usage: Usage,
     estimated: bool,
@@ -197,7 +226,7 @@ fn report(
     }
 }
 
-fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
+pub(crate) fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
     reply.set_header(headers::USAGE, serde_json::to_string(r).unwrap_or_default());
     reply
 }
@@ -234,6 +263,9 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
             }
             Ok((Success::Stream(resp), ms)) => {
                 return relay(out, resp, c, ms, call.include_usage, prompt_estimate).await
+            }
+            Ok((Success::Queued(job), ms)) => {
+                return queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await
             }
             Err(f) => {
                 let retry = f.error.retryable;
@@ -283,6 +315,7 @@ async fn relay(
         price: c.price.clone(),
         model: c.model.clone(),
         provider: c.provider.name.clone(),
+        cold_start_ms: None,
     });
     let mut parser = Parser::default();
     let mut convert = Converter::new(c);
@@ -355,6 +388,7 @@ impl Converter {
             Dialect::Openai => Converter::Openai,
             Dialect::Anthropic => Converter::Anthropic(anthropic::Stream::new(created)),
             Dialect::Gemini => Converter::Gemini(gemini::Stream::new(created, &c.upstream_model)),
+            Dialect::Queue => Converter::Openai,
         }
     }
 

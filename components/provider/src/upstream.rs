@@ -191,6 +191,8 @@ mod tests {
             auth_header: None,
             api_version: None,
             deployment_path: false,
+            cold_start: false,
+            first_token_timeout_ms: None,
         }
     }
 

@@ -99,6 +99,8 @@ pub struct CostTag {
     pub model: String,
     /// Provider.
     pub provider: String,
+    /// Observed cold start, ms, shown as `lumen.cold_start_ms` when set.
+    pub cold_start_ms: Option<u64>,
 }
 
 /// True for the chunks at the end of a stream: a finish reason, or no choices (the usage chunk).
@@ -139,6 +141,13 @@ impl UpstreamRelay {
     pub fn with_cost(mut self, tag: CostTag) -> Self {
         self.cost = Some(tag);
         self
+    }
+
+    /// Adds `cold_start_ms` to the `lumen` object of the final chunk.
+    pub fn set_cold_start(&mut self, ms: u64) {
+        if let Some(tag) = self.cost.as_mut() {
+            tag.cold_start_ms = Some(ms);
+        }
     }
 
     /// The bytes to forward for one upstream event, if any.
@@ -195,10 +204,11 @@ impl UpstreamRelay {
             return frame(None, data);
         };
         let usage = self.usage.unwrap_or_default();
-        chunk.insert(
-            "lumen".into(),
-            lumen_object(&usage, &tag.price, &tag.model, &tag.provider),
-        );
+        let mut lumen = lumen_object(&usage, &tag.price, &tag.model, &tag.provider);
+        if let Some(ms) = tag.cold_start_ms {
+            lumen["cold_start_ms"] = ms.into();
+        }
+        chunk.insert("lumen".into(), lumen);
         sse::data_event(&Value::Object(chunk).to_string())
     }
 
@@ -472,6 +482,7 @@ mod tests {
             },
             model: "m".into(),
             provider: "p".into(),
+            cold_start_ms: None,
         }
     }
 

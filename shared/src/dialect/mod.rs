@@ -15,6 +15,7 @@ pub mod anthropic;
 pub mod gemini;
 pub mod messages;
 pub mod openai_compat;
+pub mod queue;
 
 use crate::catalog::Dialect;
 use crate::contracts::ProviderTarget;
@@ -98,6 +99,14 @@ pub fn build(
                 format!("{base}/models/{upstream_model}:generateContent")
             };
             Ok(UpstreamRequest { url, headers, body })
+        }
+        Dialect::Queue => {
+            key_header("authorization", true);
+            Ok(UpstreamRequest {
+                url: format!("{base}/run"),
+                headers,
+                body: queue::submit_body(client, upstream_model),
+            })
         }
     }
 }
@@ -270,6 +279,8 @@ mod tests {
             auth_header: None,
             api_version: None,
             deployment_path: false,
+            cold_start: false,
+            first_token_timeout_ms: None,
         }
     }
 

@@ -46,6 +46,7 @@ pub fn options(mock: &MockUpstream) -> HostOptions {
         ("anthropic", format!("{origin}/v1")),
         ("gemini", format!("{origin}/v1beta")),
         ("vllm", mock.base_url()),
+        ("runpod", format!("{origin}/v2/qwen")),
     ] {
         vars.push((format!("{p}_base_url"), base));
         vars.push((format!("{p}_allowed_host"), origin.clone()));
