@@ -24,6 +24,9 @@ pub enum Dialect {
     Gemini,
     /// Queue-style GPU serverless (`POST {base}/run`, `GET {base}/status/{id}`), OpenAI bodies.
     Queue,
+    /// Spin's own LLM interface (`fermyon:spin/llm`), e.g. Fermyon Cloud's serverless GPUs; only
+    /// with the catalog's top-level `spin_llm = true`.
+    SpinLlm,
 }
 
 impl Dialect {
@@ -34,6 +37,7 @@ impl Dialect {
             Dialect::Anthropic => "anthropic",
             Dialect::Gemini => "gemini",
             Dialect::Queue => "queue",
+            Dialect::SpinLlm => "spin-llm",
         }
     }
 }
@@ -55,9 +59,11 @@ pub const CAPABILITIES: &[&str] = &[
 pub struct ProviderConfig {
     /// Wire dialect.
     pub dialect: Dialect,
-    /// Spin variable holding the base URL (e.g. `https://api.openai.com/v1`).
+    /// Spin variable holding the base URL (e.g. `https://api.openai.com/v1`); not for `spin-llm`.
+    #[serde(default)]
     pub base_url_variable: String,
-    /// Spin variable holding the API key; empty value means no key is sent.
+    /// Spin variable holding the API key; empty value means no key is sent. Not for `spin-llm`.
+    #[serde(default)]
     pub api_key_variable: String,
     /// Header that carries the key as-is (e.g. Azure's `api-key`); default: the dialect's own
     /// (`Authorization: Bearer` for openai, `x-api-key` for anthropic, `x-goog-api-key` for gemini).
@@ -142,6 +148,9 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
+    /// Allows `spin-llm` providers (Spin's `fermyon:spin/llm` interface); off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spin_llm: bool,
     /// Providers by name.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Models by id.
@@ -218,6 +227,13 @@ impl Catalog {
             }
         }
         for (id, p) in &self.providers {
+            if p.dialect == Dialect::SpinLlm {
+                if !self.spin_llm {
+                    return Err(format!("provider \"{id}\" uses dialect \"spin-llm\", which is behind a flag; set spin_llm = true at the top of the catalog"));
+                }
+                // Spin's LLM interface needs no URL or key.
+                continue;
+            }
             for (field, v) in [
                 ("base_url_variable", &p.base_url_variable),
                 ("api_key_variable", &p.api_key_variable),
@@ -441,6 +457,17 @@ price = { input = 0.15, output = 0.6, cached_input = 0.075, source = "https://op
             ),
             "{e}"
         );
+        let e = Catalog::from_toml(
+            &GOOD.replace("dialect = \"openai\"", "dialect = \"spin-llm\""),
+            "c",
+        )
+        .unwrap_err();
+        assert!(e.contains("set spin_llm = true"), "{e}");
+        let on = format!(
+            "spin_llm = true\n{}",
+            GOOD.replace("dialect = \"openai\"", "dialect = \"spin-llm\"")
+        );
+        assert!(Catalog::from_toml(&on, "c").is_ok());
         let e = Catalog::from_toml(&GOOD.replace("\"tools\"", "\"telepathy\""), "c").unwrap_err();
         assert!(e.contains("unknown capability \"telepathy\""), "{e}");
         let e = Catalog::from_toml(

@@ -70,7 +70,10 @@ mod tests {
                 observed_at_ms: 20
             }
         );
-        assert!(store.get("v1/coldstart/q").unwrap().is_some(), "the key is pinned");
+        assert!(
+            store.get("v1/coldstart/q").unwrap().is_some(),
+            "the key is pinned"
+        );
         assert_eq!(last(&store, "other").unwrap(), None);
     }
 }

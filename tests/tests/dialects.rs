@@ -872,3 +872,21 @@ async fn queue_backend_cold_start_streams_with_keep_alives_and_is_recorded() {
     assert!((600..5000).contains(&ms), "{ms}");
     assert_eq!(r.json()["choices"][0]["message"]["content"], "tok0 tok1 ");
 }
+
+#[tokio::test]
+async fn spin_llm_provider_answers_not_available_here_clearly() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let r = gw.chat(&key, chat_body("llama2-chat", "hi")).await;
+    let e = r.error(502);
+    assert_eq!(
+        e["message"],
+        "provider \"fermyon\" (Spin LLM interface) failed: fermyon:spin/llm is not available in lumen-host (it runs no model); deploy to a Spin platform with LLM support, e.g. Fermyon Cloud"
+    );
+    assert_eq!(r.header("x-lumen-provider"), Some("fermyon"));
+    assert_eq!(gw.mock.request_count(), 0);
+    // What the interface cannot express is refused by name before it is called.
+    let mut body = chat_body("llama2-chat", "hi");
+    body["tools"] = weather_tool();
+    assert_eq!(gw.chat(&key, body).await.error(400)["param"], "tools");
+}

@@ -2,8 +2,8 @@
 //! the first byte) and answers with the upstream's JSON or relays its SSE stream, always telling
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
-use crate::queue;
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
+use crate::{queue, spin_llm};
 use futures::{SinkExt, StreamExt};
 use lumen_shared::catalog::Dialect;
 use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
@@ -181,7 +181,7 @@ async fn attempt(
         Dialect::Openai => answer,
         Dialect::Anthropic => anthropic::response(&answer, created).map_err(lost)?,
         Dialect::Gemini => gemini::response(&answer, created, &c.upstream_model).map_err(lost)?,
-        Dialect::Queue => answer,
+        Dialect::Queue | Dialect::SpinLlm => answer,
     };
     let (usage, estimated) = answer_usage(&answer, prompt_estimate);
     if let Some(obj) = answer.as_object_mut() {
@@ -246,6 +246,21 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
 
     let mut last: Option<(&Candidate, Failure)> = None;
     for c in &call.candidates {
+        if c.provider.dialect == Dialect::SpinLlm {
+            match spin_llm::infer(c, &call) {
+                Ok(output) => {
+                    return spin_llm::serve(out, c, &call, output, stream, prompt_estimate).await
+                }
+                Err(f) => {
+                    let retry = f.error.retryable;
+                    last = Some((c, f));
+                    if retry {
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
         match attempt(c, &call, stream, prompt_estimate).await {
             Ok((
                 Success::Whole {
@@ -388,7 +403,7 @@ impl Converter {
             Dialect::Openai => Converter::Openai,
             Dialect::Anthropic => Converter::Anthropic(anthropic::Stream::new(created)),
             Dialect::Gemini => Converter::Gemini(gemini::Stream::new(created, &c.upstream_model)),
-            Dialect::Queue => Converter::Openai,
+            Dialect::Queue | Dialect::SpinLlm => Converter::Openai,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod call;
 mod queue;
+mod spin_llm;
 mod upstream;
 
 use lumen_shared::ApiError;

@@ -202,6 +202,73 @@ pub async fn serve(
     respond(out, reply).await;
 }
 
+/// A finished OpenAI `chat.completion` as the whole reply to auth: `lumen` object, cost header,
+/// usage report, and the cold start when there was a queue.
+pub fn whole_reply(
+    c: &Candidate,
+    mut output: Value,
+    cold_ms: Option<u64>,
+    prompt_estimate: u64,
+    upstream_ms: f64,
+) -> Reply {
+    let (usage, estimated) = answer_usage(&output, prompt_estimate);
+    if let Some(obj) = output.as_object_mut() {
+        let mut lumen = lumen_object(&usage, &c.price, &c.model, &c.provider.name);
+        if let Some(ms) = cold_ms {
+            lumen["cold_start_ms"] = ms.into();
+        }
+        obj.insert("lumen".into(), lumen);
+    }
+    let mut reply = Reply::json(200, &output);
+    reply.headers.extend(served_headers(c, upstream_ms));
+    reply.set_header(headers::COST, cost_header(&usage, &c.price));
+    if let Some(ms) = cold_ms {
+        reply.set_header(headers::COLD_START, ms.to_string());
+    }
+    with_usage(
+        reply,
+        &report(c, usage, estimated, Outcome::Ok, upstream_ms),
+    )
+}
+
+/// A finished `chat.completion` replayed as a stream (role, content, finish, usage, `[DONE]`).
+pub async fn replay_stream(
+    out: ResponseOutparam,
+    c: &Candidate,
+    output: &Value,
+    include_usage: bool,
+    prompt_estimate: u64,
+    upstream_ms: f64,
+) {
+    let mut hs = vec![
+        ("content-type".to_string(), "text/event-stream".to_string()),
+        ("cache-control".to_string(), "no-cache".to_string()),
+    ];
+    hs.extend(served_headers(c, upstream_ms));
+    let mut sink = start_stream(out, 200, &hs);
+    let mut relay = UpstreamRelay::new(include_usage).with_cost(CostTag {
+        price: c.price.clone(),
+        model: c.model.clone(),
+        provider: c.provider.name.clone(),
+        cold_start_ms: None,
+    });
+    for data in completion_chunks(output) {
+        let ev = Event {
+            event: None,
+            data,
+            comment_only: false,
+        };
+        if let Some(bytes) = relay.on_event(&ev) {
+            if sink.send(bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+    let (tail, _) = relay.finish(&c.model, &c.provider.name, upstream_ms, prompt_estimate);
+    let _ = sink.send(tail).await;
+    let _ = sink.close().await;
+}
+
 async fn serve_stream(
     out: ResponseOutparam,
     job: Job,

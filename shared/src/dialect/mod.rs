@@ -16,6 +16,7 @@ pub mod gemini;
 pub mod messages;
 pub mod openai_compat;
 pub mod queue;
+pub mod spin_llm;
 
 use crate::catalog::Dialect;
 use crate::contracts::ProviderTarget;
@@ -100,6 +101,9 @@ pub fn build(
             };
             Ok(UpstreamRequest { url, headers, body })
         }
+        Dialect::SpinLlm => Err(ApiError::internal(
+            "spin-llm providers are called through Spin's LLM interface, not HTTP",
+        )),
         Dialect::Queue => {
             key_header("authorization", true);
             Ok(UpstreamRequest {
@@ -169,7 +173,9 @@ impl Untranslatable {
     }
 }
 
-fn unsupported(e: Untranslatable, p: &ProviderTarget) -> ApiError {
+/// A translation refusal as the client sees it: a 400 naming the parameter, retryable so the
+/// plan's next candidate may serve it.
+pub fn unsupported(e: Untranslatable, p: &ProviderTarget) -> ApiError {
     let mut err = ApiError::invalid_request(
         format!(
             "parameter '{}' {} by provider \"{}\" ({} dialect); remove it or choose another model",
