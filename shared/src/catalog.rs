@@ -157,6 +157,15 @@ pub struct Catalog {
     pub models: BTreeMap<String, ModelConfig>,
 }
 
+/// Whether `v` is a valid Spin variable name (lowercase letters, digits and '_', starting with a
+/// letter).
+pub fn is_variable_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && v.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
 fn check_price(p: &Price, at: &str, id: &str) -> Result<(), String> {
     for (name, v) in [
         ("input", Some(p.input)),

@@ -131,6 +131,10 @@ pub struct CallRequest {
     pub kind: CallKind,
     /// Request id.
     pub request_id: String,
+    /// The calling API key's id: the provider uses that key's own provider keys when it has some
+    /// (`crate::byok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// Candidates in order.
     pub candidates: Vec<Candidate>,
     /// Whether the client asked for a usage chunk at the end of its stream.

@@ -5,6 +5,7 @@
 //! natively in unit tests and unchanged inside the wasm components.
 #![deny(missing_docs)]
 
+pub mod byok;
 pub mod catalog;
 pub mod coldstart;
 pub mod contracts;

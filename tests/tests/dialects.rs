@@ -890,3 +890,110 @@ async fn spin_llm_provider_answers_not_available_here_clearly() {
     body["tools"] = weather_tool();
     assert_eq!(gw.chat(&key, body).await.error(400)["param"], "tools");
 }
+
+#[tokio::test]
+async fn bring_your_own_provider_keys_are_used_and_never_echoed() {
+    // An open mock: it records whichever key arrives.
+    let gw = Gateway::start_with(mock::MockConfig::default(), |_| {}).await;
+    let (key_a, id_a) = gw.create_key(1000, &[]).await;
+    let (key_b, _) = gw.create_key(1000, &[]).await;
+    let tenant = "sk-tenant-own-key-42";
+    let put = |id: &str, provider: &str, body: Value| {
+        let path = format!("/admin/keys/{id}/provider-keys/{provider}");
+        let addr = gw.addr();
+        async move {
+            send(
+                addr,
+                "PUT",
+                &path,
+                Some(ADMIN),
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let r = put(&id_a, "openai", json!({"key": tenant})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(tenant),
+        "never echoed"
+    );
+    assert_eq!(r.json(), json!({"provider": "openai", "kind": "encrypted"}));
+    let r = put(&id_a, "anthropic", json!({"variable": "anthropic_api_key"})).await;
+    assert_eq!(r.json()["kind"], "variable");
+
+    // Key A's requests carry its own key upstream; key B still uses the platform key.
+    gw.chat(&key_a, chat_body("gpt-4o-mini", "hi [mock tokens=1]"))
+        .await;
+    assert_eq!(
+        gw.mock.last_request().unwrap().header("authorization"),
+        Some(format!("Bearer {tenant}").as_str())
+    );
+    gw.chat(&key_b, chat_body("gpt-4o-mini", "hi [mock tokens=1]"))
+        .await;
+    assert_eq!(
+        gw.mock.last_request().unwrap().header("authorization"),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+    gw.chat(&key_a, chat_body("claude-3-5-haiku", "hi [mock tokens=1]"))
+        .await;
+    assert_eq!(
+        gw.mock.last_request().unwrap().header("x-api-key"),
+        Some(UPSTREAM_KEY)
+    );
+
+    // Listing shows kinds, never keys; delete falls back to the platform key.
+    let r = gw
+        .call(
+            "GET",
+            &format!("/admin/keys/{id_a}/provider-keys"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert!(!String::from_utf8_lossy(&r.body).contains(tenant));
+    assert_eq!(
+        r.json()["data"],
+        json!([{"provider": "anthropic", "kind": "variable", "variable": "anthropic_api_key"}, {"provider": "openai", "kind": "encrypted"}])
+    );
+    let r = gw
+        .call(
+            "DELETE",
+            &format!("/admin/keys/{id_a}/provider-keys/openai"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    gw.chat(&key_a, chat_body("gpt-4o-mini", "hi [mock tokens=1]"))
+        .await;
+    assert_eq!(
+        gw.mock.last_request().unwrap().header("authorization"),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+
+    // Bad input is named; the API is behind the admin secret; unknown providers and keys are 404s.
+    assert_eq!(
+        put(&id_a, "openai", json!({"key": ""})).await.error(400)["param"],
+        "key"
+    );
+    assert_eq!(
+        put(&id_a, "nope", json!({"key": "x"})).await.error(404)["code"],
+        "provider_not_found"
+    );
+    assert_eq!(
+        put("key_missing", "openai", json!({"key": "x"}))
+            .await
+            .error(404)["code"],
+        "key_not_found"
+    );
+    let r = gw
+        .call(
+            "PUT",
+            &format!("/admin/keys/{id_a}/provider-keys/openai"),
+            Some(&key_a),
+            Some(b"{\"key\":\"x\"}".to_vec()),
+        )
+        .await;
+    r.error(401);
+}

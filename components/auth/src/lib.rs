@@ -5,6 +5,7 @@
 
 mod account;
 mod admin;
+mod byok;
 mod chat;
 mod ctx;
 mod relay;
@@ -29,6 +30,9 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::CreateKey) => admin::create(&info, req).await,
         Ok(Route::ListKeys) => admin::list(&info),
         Ok(Route::DeleteKey(id)) => admin::delete(&info, &id),
+        Ok(Route::ListProviderKeys(id)) => byok::list(&info, &id),
+        Ok(Route::PutProviderKey(id, p)) => byok::put(&info, req, &id, &p).await,
+        Ok(Route::DeleteProviderKey(id, p)) => byok::delete(&info, &id, &p),
         Err(e) => Err(e),
     };
     respond(out, ctx.stamp(reply.unwrap_or_else(Reply::from))).await;

@@ -70,6 +70,7 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             CallKind::Chat
         },
         request_id: ctx.request_id.clone(),
+        key_id: Some(key.id.clone()),
         candidates: plan.candidates.clone(),
         include_usage: chat.include_usage,
         body: chat.body,

@@ -23,6 +23,12 @@ pub enum Route {
     ListKeys,
     /// `DELETE /admin/keys/{id}`.
     DeleteKey(String),
+    /// `GET /admin/keys/{id}/provider-keys`.
+    ListProviderKeys(String),
+    /// `PUT /admin/keys/{id}/provider-keys/{provider}`.
+    PutProviderKey(String, String),
+    /// `DELETE /admin/keys/{id}/provider-keys/{provider}`.
+    DeleteProviderKey(String, String),
 }
 
 /// Resolves a method and path.
@@ -49,12 +55,37 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
             Some(id) if !id.is_empty() && !id.contains('/') => {
                 only("DELETE", Route::DeleteKey(percent_decode(id)))
             }
+            Some(rest) if byok_path(rest).is_some() => {
+                let (id, provider) = byok_path(rest).unwrap_or_default();
+                match (provider, method) {
+                    (None, _) => only("GET", Route::ListProviderKeys(id)),
+                    (Some(p), "PUT") => Ok(Route::PutProviderKey(id, p)),
+                    (Some(p), "DELETE") => Ok(Route::DeleteProviderKey(id, p)),
+                    (Some(_), _) => {
+                        Err(ApiError::method_not_allowed(method, path, "PUT or DELETE"))
+                    }
+                }
+            }
             _ => Err(ApiError::not_found(
                 format!("unknown route {method} {path}"),
                 None,
                 "unknown_route",
             )),
         },
+    }
+}
+
+/// `{id}/provider-keys` or `{id}/provider-keys/{provider}` → (id, provider).
+fn byok_path(rest: &str) -> Option<(String, Option<String>)> {
+    let mut parts = rest.split('/');
+    let (id, lit) = (parts.next()?, parts.next()?);
+    if id.is_empty() || lit != "provider-keys" {
+        return None;
+    }
+    match (parts.next(), parts.next()) {
+        (None, None) => Some((percent_decode(id), None)),
+        (Some(p), None) if !p.is_empty() => Some((percent_decode(id), Some(percent_decode(p)))),
+        _ => None,
     }
 }
 
@@ -68,6 +99,30 @@ mod tests {
         assert_eq!(match_route("GET", "/v1/models"), Ok(Route::Models));
         assert_eq!(match_route("POST", "/v1/messages"), Ok(Route::Messages));
         assert_eq!(match_route("POST", "/v1/embeddings"), Ok(Route::Embeddings));
+        assert_eq!(
+            match_route("GET", "/admin/keys/k1/provider-keys"),
+            Ok(Route::ListProviderKeys("k1".into()))
+        );
+        assert_eq!(
+            match_route("PUT", "/admin/keys/k1/provider-keys/openai"),
+            Ok(Route::PutProviderKey("k1".into(), "openai".into()))
+        );
+        assert_eq!(
+            match_route("DELETE", "/admin/keys/k1/provider-keys/openai"),
+            Ok(Route::DeleteProviderKey("k1".into(), "openai".into()))
+        );
+        assert_eq!(
+            match_route("POST", "/admin/keys/k1/provider-keys/openai")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            match_route("GET", "/admin/keys/k1/provider-keys/a/b")
+                .unwrap_err()
+                .status,
+            404
+        );
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
         assert_eq!(match_route("GET", "/admin/keys"), Ok(Route::ListKeys));
         assert_eq!(match_route("POST", "/admin/keys"), Ok(Route::CreateKey));

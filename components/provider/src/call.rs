@@ -5,6 +5,7 @@
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use crate::{queue, spin_llm};
 use futures::{SinkExt, StreamExt};
+use lumen_shared::byok::{self, ByokKey, ByokRecord};
 use lumen_shared::catalog::Dialect;
 use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
 use lumen_shared::dialect::{self, anthropic, gemini, openai_compat};
@@ -18,7 +19,7 @@ use lumen_spin::http::{
 };
 use lumen_spin::relay::{CostTag, UpstreamRelay};
 use lumen_spin::util::{elapsed_ms, format_ms, now_ms, origin_of};
-use lumen_spin::Reply;
+use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
 use spin_sdk::http::{IncomingRequest, IncomingResponse, ResponseOutparam};
 use spin_sdk::variables;
@@ -93,7 +94,7 @@ async fn attempt(
             ),
         ));
     }
-    let key = variables::get(&p.api_key_variable).unwrap_or_default();
+    let key = provider_key(c, call)?;
     let embeddings = call.kind == CallKind::Embeddings;
     let up = if embeddings {
         dialect::build_embeddings(p, base, &key, &call.body, &c.upstream_model)
@@ -199,6 +200,35 @@ async fn attempt(
         },
         upstream_ms,
     ))
+}
+
+/// The upstream key: the calling API key's own key for this provider when it has one (encrypted
+/// in KV, or named Spin variable), else the platform key variable. Never logged.
+fn provider_key(c: &Candidate, call: &CallRequest) -> Result<String, Failure> {
+    let p = &c.provider;
+    if let (Some(id), Ok(kv)) = (call.key_id.as_deref(), SpinKv::open()) {
+        let slot = ByokKey {
+            key_id: id,
+            provider: &p.name,
+        };
+        match lumen_shared::kv::load(&kv, &slot) {
+            Ok(Some(rec @ ByokRecord::Encrypted { .. })) => {
+                let master = variables::get("byok_encryption_key").unwrap_or_default();
+                return byok::open(master.trim(), id, &p.name, &rec)
+                    .map_err(|why| config_error(c, format!("this API key's own provider key: {why}")));
+            }
+            Ok(Some(ByokRecord::Variable { name })) => {
+                return variables::get(&name).map_err(|e| {
+                    config_error(
+                        c,
+                        format!("this API key's provider key variable {name} could not be read ({e}); declare it under [component.provider.variables]"),
+                    )
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(variables::get(&p.api_key_variable).unwrap_or_default())
 }
 
 pub(crate) fn served_headers(c: &Candidate, upstream_ms: f64) -> Vec<(String, String)> {

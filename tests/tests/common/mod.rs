@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN: &str = "test-admin-token";
 pub const UPSTREAM_KEY: &str = "upstream-secret";
+pub const BYOK_MASTER: &str = "test-byok-master-key-0123456789";
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -38,6 +39,7 @@ pub fn options(mock: &MockUpstream) -> HostOptions {
     let mut vars = vec![
         ("admin_token".to_string(), ADMIN.to_string()),
         ("max_request_bytes".to_string(), "65536".to_string()),
+        ("byok_encryption_key".to_string(), BYOK_MASTER.to_string()),
     ];
     // Every catalog provider points at the mock, which serves each dialect on its own routes.
     for (p, base) in [
