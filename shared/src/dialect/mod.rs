@@ -386,3 +386,87 @@ mod tests {
         assert!(build(&target(Dialect::Openai), "http://h", "", &b, "c", false).is_ok());
     }
 }
+
+/// Golden costs: each dialect's own usage shape, normalised, priced. The numbers are worked out by
+/// hand in the comments, so a change to normalisation or pricing shows here.
+#[cfg(test)]
+mod golden {
+    use super::{anthropic, gemini};
+    use crate::catalog::Price;
+    use crate::openai::Usage;
+    use crate::pricing::cost_nanos;
+    use serde_json::json;
+
+    fn price(
+        input: f64,
+        output: f64,
+        cached: f64,
+        write: Option<f64>,
+        reasoning: Option<f64>,
+    ) -> Price {
+        Price {
+            input,
+            output,
+            cached_input: Some(cached),
+            cache_write: write,
+            reasoning,
+            source: "s".into(),
+            as_of: "d".into(),
+        }
+    }
+
+    #[test]
+    fn openai_usage_with_cached_and_reasoning_tokens() {
+        let u = Usage::from_openai(&json!({"prompt_tokens": 2000, "completion_tokens": 500,
+            "prompt_tokens_details": {"cached_tokens": 1500}, "completion_tokens_details": {"reasoning_tokens": 300}})).unwrap();
+        // o-series-like prices: 1.10 in, 4.40 out, 0.275 cached, reasoning at output.
+        // 500 × 1.10 + 1500 × 0.275 + 500 × 4.40 = 550 + 412.5 + 2200 = 3162.5 → 3_162_500 n$.
+        assert_eq!(
+            cost_nanos(&u, &price(1.10, 4.40, 0.275, None, None)),
+            3_162_500
+        );
+    }
+
+    #[test]
+    fn anthropic_usage_with_cache_read_and_write() {
+        let u = anthropic::usage(
+            &json!({"input_tokens": 21, "cache_creation_input_tokens": 200,
+            "cache_read_input_tokens": 1800, "output_tokens": 57}),
+        );
+        assert_eq!(
+            (u.prompt_tokens, u.cached_tokens, u.cache_write_tokens),
+            (2021, 1800, 200)
+        );
+        // Sonnet: 21 × 3 + 1800 × 0.30 + 200 × 3.75 + 57 × 15 = 63 + 540 + 750 + 855 = 2208 µ$.
+        assert_eq!(
+            cost_nanos(&u, &price(3.0, 15.0, 0.30, Some(3.75), None)),
+            2_208_000
+        );
+        // Haiku 3.5: 21 × 0.8 + 1800 × 0.08 + 200 × 1 + 57 × 4 = 16.8 + 144 + 200 + 228 = 588.8 µ$.
+        assert_eq!(
+            cost_nanos(&u, &price(0.8, 4.0, 0.08, Some(1.0), None)),
+            588_800
+        );
+    }
+
+    #[test]
+    fn gemini_usage_with_cached_content_and_thoughts() {
+        let u = gemini::usage(&json!({"promptTokenCount": 120, "candidatesTokenCount": 15,
+            "totalTokenCount": 145, "cachedContentTokenCount": 64, "thoughtsTokenCount": 10}));
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (120, 25, 64, 10)
+        );
+        // 2.5 Flash: 56 × 0.30 + 64 × 0.075 + 15 × 2.50 + 10 × 3.50 (reasoning priced apart here)
+        // = 16.8 + 4.8 + 37.5 + 35 = 94.1 µ$.
+        assert_eq!(
+            cost_nanos(&u, &price(0.30, 2.50, 0.075, None, Some(3.50))),
+            94_100
+        );
+    }
+}
