@@ -5,6 +5,7 @@ self-hosted open model (all served by the mock, each on its own dialect's routes
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
@@ -130,3 +131,23 @@ def test_errors_are_typed(client: OpenAI) -> None:
     assert e.value.body["param"] == "logprobs"
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="gemini-2.0-flash", messages=[{"role": "user", "content": "[mock status=429]"}])
+
+
+def test_cold_start_streams_without_client_timeout(gateway, api_key: str) -> None:
+    """A queue-style backend that takes 3 s to start, under a client whose read timeout is 2 s:
+    the gateway's keep-alive comments keep the stream alive, and the cold start is reported."""
+    import httpx
+
+    slow = OpenAI(base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0,
+                  timeout=httpx.Timeout(30.0, read=2.0))
+    start = time.monotonic()
+    chunks = list(slow.chat.completions.create(
+        model="qwen2.5-7b-instruct", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hi [mock tokens=3 cold_ms=3000]"}],
+    ))
+    assert time.monotonic() - start >= 3.0
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 "
+    assert chunks[-1].model_extra["lumen"]["cold_start_ms"] >= 3000
+    # Without keep-alives the same client times out: prove the timeout is real on a silent wait.
+    with pytest.raises(openai.APITimeoutError):
+        slow.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "[mock ttft_ms=2500]"}])
