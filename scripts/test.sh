@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: format and lint checks, unit tests, end-to-end tests of the compiled
-# components through lumen-host, and the official OpenAI Python SDK against the gateway.
+# components through lumen-host, and the official SDKs (openai and anthropic Python, openai Node)
+# against the gateway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${CARGO_BUILD_JOBS:-2}"
@@ -18,9 +19,12 @@ cargo test --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests
 echo "== component unit tests (native)"
 cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter
 
-echo "== OpenAI Python SDK"
+echo "== Python SDKs (openai, anthropic)"
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 .venv/bin/python -m pytest tests/python -q
+
+echo "== OpenAI Node SDK"
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)

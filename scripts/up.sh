@@ -36,13 +36,21 @@ if [[ -z "${SPIN_VARIABLE_OPENAI_BASE_URL:-}" && -z "${SPIN_VARIABLE_OPENAI_API_
   mock_addr=$(sed -n 's#^Serving http://##p' "$mock_log" | head -1)
   [[ -n "$mock_addr" ]] || { echo "lumen-mock did not start" >&2; exit 1; }
   export SPIN_VARIABLE_OPENAI_BASE_URL="http://$mock_addr/v1"
+  # The mock speaks every dialect of the catalog on its own routes.
+  for p in AZURE:"" ANTHROPIC:/v1 GEMINI:/v1beta VLLM:/v1 RUNPOD:/v2/qwen; do
+    name=${p%%:*}; path=${p#*:}
+    export "SPIN_VARIABLE_${name}_BASE_URL=http://$mock_addr$path" "SPIN_VARIABLE_${name}_ALLOWED_HOST=http://$mock_addr"
+  done
   echo "No upstream configured: using the bundled mock at $SPIN_VARIABLE_OPENAI_BASE_URL"
   echo "(set SPIN_VARIABLE_OPENAI_API_KEY for OpenAI, or SPIN_VARIABLE_OPENAI_BASE_URL for another server)"
 fi
-if [[ -n "${SPIN_VARIABLE_OPENAI_BASE_URL:-}" && -z "${SPIN_VARIABLE_OPENAI_ALLOWED_HOST:-}" ]]; then
-  # Spin's allowed_outbound_hosts takes scheme://host[:port] only: derive it from the base URL.
-  export SPIN_VARIABLE_OPENAI_ALLOWED_HOST=$(printf '%s' "$SPIN_VARIABLE_OPENAI_BASE_URL" | sed -E 's#^([a-zA-Z]+://[^/]+).*#\1#')
-fi
+for name in OPENAI AZURE ANTHROPIC GEMINI VLLM RUNPOD; do
+  base_var="SPIN_VARIABLE_${name}_BASE_URL"; host_var="SPIN_VARIABLE_${name}_ALLOWED_HOST"
+  if [[ -n "${!base_var:-}" && -z "${!host_var:-}" ]]; then
+    # Spin's allowed_outbound_hosts takes scheme://host[:port] only: derive it from the base URL.
+    export "$host_var=$(printf '%s' "${!base_var}" | sed -E 's#^([a-zA-Z]+://[^/]+).*#\1#')"
+  fi
+done
 if [[ -z "${SPIN_VARIABLE_ADMIN_TOKEN:-}" ]]; then
   SPIN_VARIABLE_ADMIN_TOKEN="adm_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   export SPIN_VARIABLE_ADMIN_TOKEN

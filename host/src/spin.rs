@@ -1,5 +1,6 @@
 //! Host side of the Spin interfaces the components import: `fermyon:spin/key-value@2.0.0`,
-//! `fermyon:spin/variables@2.0.0` and `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft2`.
+//! `fermyon:spin/variables@2.0.0`, `fermyon:spin/llm@2.0.0` (answered with a clear "not available
+//! here": lumen-host runs no model) and `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft2`.
 //! Bindings are generated from the WIT shipped in the spin-sdk crate (copied under `host/wit`).
 
 use crate::kv::KvBackend;
@@ -21,7 +22,7 @@ pub mod bindings {
     });
 }
 
-use bindings::fermyon::spin::{key_value as spin_kv, variables as spin_vars};
+use bindings::fermyon::spin::{key_value as spin_kv, llm as spin_llm, variables as spin_vars};
 use bindings::wasi::keyvalue::{atomics, batch, store as wasi_kv};
 
 /// An opened store label.
@@ -311,6 +312,29 @@ impl batch::Host for SpinView<'_> {
     ) -> Result<(), wasi_kv::Error> {
         self.on(&b, |kv, l| keys.iter().try_for_each(|k| kv.delete(l, k)))
             .map_err(wasi_kv::Error::Other)
+    }
+}
+
+/// What lumen-host answers to `fermyon:spin/llm`: it runs no model (Fermyon Cloud's serverless
+/// GPUs do), so every call is a runtime error that says so.
+pub const LLM_NOT_AVAILABLE: &str = "fermyon:spin/llm is not available in lumen-host (it runs no model); deploy to a Spin platform with LLM support, e.g. Fermyon Cloud";
+
+impl spin_llm::Host for SpinView<'_> {
+    fn infer(
+        &mut self,
+        _model: String,
+        _prompt: String,
+        _params: Option<spin_llm::InferencingParams>,
+    ) -> Result<spin_llm::InferencingResult, spin_llm::Error> {
+        Err(spin_llm::Error::RuntimeError(LLM_NOT_AVAILABLE.into()))
+    }
+
+    fn generate_embeddings(
+        &mut self,
+        _model: String,
+        _text: Vec<String>,
+    ) -> Result<spin_llm::EmbeddingsResult, spin_llm::Error> {
+        Err(spin_llm::Error::RuntimeError(LLM_NOT_AVAILABLE.into()))
     }
 }
 

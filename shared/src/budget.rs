@@ -68,14 +68,22 @@ pub fn max_cost_nanos<'a>(
     output_tokens: u64,
     prices: impl IntoIterator<Item = &'a Price>,
 ) -> i64 {
-    let u = Usage {
-        prompt_tokens,
-        completion_tokens: output_tokens,
-        cached_tokens: 0,
-    };
+    // The dearest way the tokens can be billed: every prompt token at the input or the cache
+    // write price, every output token at the output or the reasoning price.
+    let shapes: Vec<Usage> = [(0, 0), (prompt_tokens, 0), (0, output_tokens)]
+        .into_iter()
+        .chain([(prompt_tokens, output_tokens)])
+        .map(|(written, reasoning)| Usage {
+            prompt_tokens,
+            completion_tokens: output_tokens,
+            cache_write_tokens: written,
+            reasoning_tokens: reasoning,
+            ..Usage::default()
+        })
+        .collect();
     prices
         .into_iter()
-        .map(|p| cost_nanos(&u, p))
+        .flat_map(|p| shapes.iter().map(move |u| cost_nanos(u, p)))
         .max()
         .unwrap_or(0)
 }
@@ -387,12 +395,21 @@ mod tests {
             input: i,
             output: o,
             cached_input: None,
+            cache_write: None,
+            reasoning: None,
             source: "s".into(),
             as_of: "d".into(),
         };
         let (a, b) = (p(1.0, 2.0), p(3.0, 1.0));
         // 100 prompt + 10 output: a = 120 µ$·1e-? → 100×1 + 10×2 = 120 per 1e6 $; b = 310.
         assert_eq!(max_cost_nanos(100, 10, [&a, &b]), 310_000);
+        // Cache writes and reasoning dearer than input and output: the hold covers them.
+        let c = Price {
+            cache_write: Some(1.25),
+            reasoning: Some(4.0),
+            ..p(1.0, 2.0)
+        };
+        assert_eq!(max_cost_nanos(100, 10, [&c]), 165_000);
         let body: Map<String, Value> = serde_json::from_str(r#"{"max_tokens": 7}"#).unwrap();
         assert_eq!(max_output_tokens(&body), (7, true));
         assert_eq!(

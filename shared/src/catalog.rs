@@ -16,8 +16,30 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Dialect {
-    /// OpenAI Chat Completions and every compatible server (vLLM, TGI, Groq, ...).
+    /// OpenAI Chat Completions and every compatible server (vLLM, TGI, Groq, Azure, ...).
     Openai,
+    /// Anthropic Messages (`POST {base}/messages`).
+    Anthropic,
+    /// Google Gemini (`{base}/models/{id}:generateContent` / `:streamGenerateContent`).
+    Gemini,
+    /// Queue-style GPU serverless (`POST {base}/run`, `GET {base}/status/{id}`), OpenAI bodies.
+    Queue,
+    /// Spin's own LLM interface (`fermyon:spin/llm`), e.g. Fermyon Cloud's serverless GPUs; only
+    /// with the catalog's top-level `spin_llm = true`.
+    SpinLlm,
+}
+
+impl Dialect {
+    /// The name used in the catalog and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Openai => "openai",
+            Dialect::Anthropic => "anthropic",
+            Dialect::Gemini => "gemini",
+            Dialect::Queue => "queue",
+            Dialect::SpinLlm => "spin-llm",
+        }
+    }
 }
 
 /// Capabilities a model may have.
@@ -28,6 +50,7 @@ pub const CAPABILITIES: &[&str] = &[
     "json_object",
     "json_schema",
     "vision",
+    "embeddings",
 ];
 
 /// A provider: how to reach it.
@@ -36,10 +59,43 @@ pub const CAPABILITIES: &[&str] = &[
 pub struct ProviderConfig {
     /// Wire dialect.
     pub dialect: Dialect,
-    /// Spin variable holding the base URL (e.g. `https://api.openai.com/v1`).
+    /// Spin variable holding the base URL (e.g. `https://api.openai.com/v1`); not for `spin-llm`.
+    #[serde(default)]
     pub base_url_variable: String,
-    /// Spin variable holding the API key; empty value means no `Authorization` header.
+    /// Spin variable holding the API key; empty value means no key is sent. Not for `spin-llm`.
+    #[serde(default)]
     pub api_key_variable: String,
+    /// Header that carries the key as-is (e.g. Azure's `api-key`); default: the dialect's own
+    /// (`Authorization: Bearer` for openai, `x-api-key` for anthropic, `x-goog-api-key` for gemini).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_header: Option<String>,
+    /// API version: Azure's `api-version` query parameter (openai dialect), or the
+    /// `anthropic-version` header (default `2023-06-01`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Azure deployment URLs: `{base}/openai/deployments/{upstream_id}/chat/completions`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deployment_path: bool,
+    /// The backend scales to zero and may take long to start: it gets the longer first-token
+    /// deadline and its cold starts are recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold_start: bool,
+    /// Deadline for the first token, ms (default 30 000; 300 000 with `cold_start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_ms: Option<u64>,
+}
+
+/// The same model served by another provider, at that provider's price; tried after the model's
+/// own provider, in the order listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Offer {
+    /// Key into `[providers]`.
+    pub provider: String,
+    /// The id that provider knows the model by.
+    pub upstream_id: String,
+    /// That provider's prices.
+    pub price: Price,
 }
 
 /// Prices in US dollars per million tokens, with where and when they were read.
@@ -53,6 +109,12 @@ pub struct Price {
     /// Prompt tokens read from the provider's cache; defaults to `input`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input: Option<f64>,
+    /// Prompt tokens written to the provider's cache (Anthropic); defaults to `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+    /// Reasoning (thinking) tokens; defaults to `output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<f64>,
     /// Where the price was read.
     pub source: String,
     /// When it was read (`YYYY-MM-DD`).
@@ -77,16 +139,50 @@ pub struct ModelConfig {
     pub aliases: Vec<String>,
     /// Prices.
     pub price: Price,
+    /// Other providers serving the same model (fallbacks, each at its own price).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offers: Vec<Offer>,
 }
 
 /// The whole catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
+    /// Allows `spin-llm` providers (Spin's `fermyon:spin/llm` interface); off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spin_llm: bool,
     /// Providers by name.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Models by id.
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// Whether `v` is a valid Spin variable name (lowercase letters, digits and '_', starting with a
+/// letter).
+pub fn is_variable_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && v.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+fn check_price(p: &Price, at: &str, id: &str) -> Result<(), String> {
+    for (name, v) in [
+        ("input", Some(p.input)),
+        ("output", Some(p.output)),
+        ("cached_input", p.cached_input),
+        ("cache_write", p.cache_write),
+        ("reasoning", p.reasoning),
+    ] {
+        if let Some(v) = v {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!(
+                    "{at}.{name} of model \"{id}\" must be a non-negative number, got {v}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
@@ -122,20 +218,17 @@ impl Catalog {
                     ));
                 }
             }
-            let p = &m.price;
-            for (name, v) in [
-                ("input", Some(p.input)),
-                ("output", Some(p.output)),
-                ("cached_input", p.cached_input),
-            ] {
-                if let Some(v) = v {
-                    if !(v.is_finite() && v >= 0.0) {
-                        return Err(format!(
-                            "price.{name} of model \"{id}\" must be a non-negative number, got {v}"
-                        ));
-                    }
+            for (i, o) in m.offers.iter().enumerate() {
+                if !self.providers.contains_key(&o.provider) {
+                    return Err(format!(
+                        "unknown provider \"{}\" in offers[{i}] of model \"{id}\"; configured providers: {}",
+                        o.provider,
+                        names(self.providers.keys())
+                    ));
                 }
+                check_price(&o.price, &format!("offers[{i}].price"), id)?;
             }
+            check_price(&m.price, "price", id)?;
             for name in std::iter::once(id).chain(&m.aliases) {
                 if let Some(other) = seen.insert(name, id) {
                     return Err(format!("model name \"{name}\" is used by both \"{other}\" and \"{id}\"; names and aliases must be unique"));
@@ -143,6 +236,13 @@ impl Catalog {
             }
         }
         for (id, p) in &self.providers {
+            if p.dialect == Dialect::SpinLlm {
+                if !self.spin_llm {
+                    return Err(format!("provider \"{id}\" uses dialect \"spin-llm\", which is behind a flag; set spin_llm = true at the top of the catalog"));
+                }
+                // Spin's LLM interface needs no URL or key.
+                continue;
+            }
             for (field, v) in [
                 ("base_url_variable", &p.base_url_variable),
                 ("api_key_variable", &p.api_key_variable),
@@ -206,7 +306,6 @@ impl Catalog {
                 "model_not_allowed",
             ));
         }
-        let provider = &self.providers[&model.provider];
         let reason = if id == requested {
             "pinned model"
         } else {
@@ -215,19 +314,38 @@ impl Catalog {
         Ok(Plan {
             requested: requested.to_string(),
             reason: format!("{reason} \"{requested}\" → {id} on {}", model.provider),
-            candidates: vec![Candidate {
-                model: id.to_string(),
-                upstream_model: model.upstream_id.clone(),
-                price: model.price.clone(),
-                context_window: model.context_window,
-                provider: ProviderTarget {
-                    name: model.provider.clone(),
-                    dialect: provider.dialect,
-                    base_url_variable: provider.base_url_variable.clone(),
-                    api_key_variable: provider.api_key_variable.clone(),
-                },
-            }],
+            candidates: std::iter::once((&model.provider, &model.upstream_id, &model.price))
+                .chain(
+                    model
+                        .offers
+                        .iter()
+                        .map(|o| (&o.provider, &o.upstream_id, &o.price)),
+                )
+                .map(|(p, upstream, price)| Candidate {
+                    model: id.to_string(),
+                    upstream_model: upstream.clone(),
+                    price: price.clone(),
+                    context_window: model.context_window,
+                    provider: self.target(p),
+                })
+                .collect(),
         })
+    }
+
+    /// How to reach provider `name` (which [`Catalog::check`] guarantees exists).
+    fn target(&self, name: &str) -> ProviderTarget {
+        let p = &self.providers[name];
+        ProviderTarget {
+            name: name.to_string(),
+            dialect: p.dialect,
+            base_url_variable: p.base_url_variable.clone(),
+            api_key_variable: p.api_key_variable.clone(),
+            auth_header: p.auth_header.clone(),
+            api_version: p.api_version.clone(),
+            deployment_path: p.deployment_path,
+            cold_start: p.cold_start,
+            first_token_timeout_ms: p.first_token_timeout_ms,
+        }
     }
 
     /// The `GET /v1/models` list.
@@ -244,18 +362,32 @@ impl Catalog {
                     "context_window": m.context_window,
                     "capabilities": m.capabilities,
                     "aliases": m.aliases,
-                    "pricing": {
-                        "input_per_mtok": m.price.input,
-                        "output_per_mtok": m.price.output,
-                        "cached_input_per_mtok": m.price.cached_input.unwrap_or(m.price.input),
-                        "source": m.price.source,
-                        "as_of": m.price.as_of,
-                    },
+                    "dialect": self.providers[&m.provider].dialect.as_str(),
+                    "pricing": pricing_json(&m.price),
+                    "offers": m.offers.iter().map(|o| serde_json::json!({
+                        "provider": o.provider,
+                        "dialect": self.providers[&o.provider].dialect.as_str(),
+                        "pricing": pricing_json(&o.price),
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
         serde_json::json!({"object": "list", "data": data})
     }
+}
+
+/// A price as `GET /v1/models` shows it: every rate resolved (defaults applied), per million tokens.
+fn pricing_json(p: &Price) -> serde_json::Value {
+    serde_json::json!({
+        "currency": "USD",
+        "input_per_mtok": p.input,
+        "output_per_mtok": p.output,
+        "cached_input_per_mtok": p.cached_input.unwrap_or(p.input),
+        "cache_write_per_mtok": p.cache_write.unwrap_or(p.input),
+        "reasoning_per_mtok": p.reasoning.unwrap_or(p.output),
+        "source": p.source,
+        "as_of": p.as_of,
+    })
 }
 
 #[cfg(test)]
@@ -334,6 +466,17 @@ price = { input = 0.15, output = 0.6, cached_input = 0.075, source = "https://op
             ),
             "{e}"
         );
+        let e = Catalog::from_toml(
+            &GOOD.replace("dialect = \"openai\"", "dialect = \"spin-llm\""),
+            "c",
+        )
+        .unwrap_err();
+        assert!(e.contains("set spin_llm = true"), "{e}");
+        let on = format!(
+            "spin_llm = true\n{}",
+            GOOD.replace("dialect = \"openai\"", "dialect = \"spin-llm\"")
+        );
+        assert!(Catalog::from_toml(&on, "c").is_ok());
         let e = Catalog::from_toml(&GOOD.replace("\"tools\"", "\"telepathy\""), "c").unwrap_err();
         assert!(e.contains("unknown capability \"telepathy\""), "{e}");
         let e = Catalog::from_toml(

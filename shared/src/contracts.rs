@@ -33,6 +33,10 @@ pub mod headers {
     pub const MODEL: &str = "lumen-model";
     /// provider → auth: provider that served.
     pub const PROVIDER: &str = "lumen-provider";
+    /// provider → auth, non-stream: the cost in dollars (auth sends it as `x-lumen-cost`).
+    pub const COST: &str = "lumen-cost";
+    /// provider → auth: cold-start wait in ms (auth sends it as `x-lumen-cold-start-ms`).
+    pub const COLD_START: &str = "lumen-cold-start-ms";
 }
 
 /// The SSE event name of the provider's final, internal usage event (stripped by auth).
@@ -59,6 +63,30 @@ pub struct ProviderTarget {
     pub base_url_variable: String,
     /// Spin variable with the API key.
     pub api_key_variable: String,
+    /// Header carrying the key as-is instead of the dialect's default (catalog `auth_header`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_header: Option<String>,
+    /// Catalog `api_version` (Azure `api-version`, `anthropic-version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Catalog `deployment_path` (Azure deployment URLs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deployment_path: bool,
+    /// Catalog `cold_start`: a scale-to-zero backend.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold_start: bool,
+    /// Catalog `first_token_timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_ms: Option<u64>,
+}
+
+impl ProviderTarget {
+    /// The first-token deadline in ms: the catalog's, else 300 s for cold-start backends and 30 s
+    /// for the rest.
+    pub fn first_token_deadline_ms(&self) -> u64 {
+        self.first_token_timeout_ms
+            .unwrap_or(if self.cold_start { 300_000 } else { 30_000 })
+    }
 }
 
 /// One model on one provider.
@@ -87,11 +115,29 @@ pub struct Plan {
     pub candidates: Vec<Candidate>,
 }
 
+/// Which upstream endpoint a call is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    /// Chat completions.
+    #[default]
+    Chat,
+    /// Embeddings.
+    Embeddings,
+}
+
 /// auth → provider.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRequest {
+    /// The endpoint (chat unless said otherwise).
+    #[serde(default)]
+    pub kind: CallKind,
     /// Request id.
     pub request_id: String,
+    /// The calling API key's id: the provider uses that key's own provider keys when it has some
+    /// (`crate::byok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// Candidates in order.
     pub candidates: Vec<Candidate>,
     /// Whether the client asked for a usage chunk at the end of its stream.

@@ -7,9 +7,13 @@
 
 pub mod audit;
 pub mod budget;
+pub mod byok;
 pub mod catalog;
+pub mod coldstart;
 pub mod contracts;
 pub mod deadline;
+pub mod dialect;
+pub mod embeddings;
 pub mod error;
 pub mod health;
 pub mod keys;

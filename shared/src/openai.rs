@@ -42,6 +42,12 @@ pub struct Usage {
     /// Prompt tokens served from the provider's prompt cache.
     #[serde(default)]
     pub cached_tokens: u64,
+    /// Prompt tokens written to the provider's prompt cache (Anthropic `cache_creation_input_tokens`).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    /// Completion tokens spent on reasoning (part of `completion_tokens`).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -54,13 +60,33 @@ impl Usage {
                 .get("completion_tokens")
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
-            cached_tokens: obj
-                .get("prompt_tokens_details")
-                .and_then(|d| d.get("cached_tokens"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
+            cached_tokens: detail(obj, "prompt_tokens_details", "cached_tokens"),
+            cache_write_tokens: detail(obj, "prompt_tokens_details", "cache_write_tokens"),
+            reasoning_tokens: detail(obj, "completion_tokens_details", "reasoning_tokens"),
         })
     }
+
+    /// The OpenAI `usage` object for these counts (cache writes reported as
+    /// `prompt_tokens_details.cache_write_tokens`, a Lumen extension).
+    pub fn to_openai(&self) -> Value {
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {
+                "cached_tokens": self.cached_tokens,
+                "cache_write_tokens": self.cache_write_tokens,
+            },
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        })
+    }
+}
+
+fn detail(obj: &Map<String, Value>, group: &str, field: &str) -> u64 {
+    obj.get(group)
+        .and_then(|d| d.get(field))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -401,7 +427,8 @@ mod tests {
             Usage {
                 prompt_tokens: 10,
                 completion_tokens: 3,
-                cached_tokens: 4
+                cached_tokens: 4,
+                ..Usage::default()
             }
         );
     }

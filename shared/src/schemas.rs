@@ -15,6 +15,11 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("kv.api-key-record.v1.json", s::<ApiKeyRecord>()),
         ("kv.usage-record.v1.json", s::<UsageRecord>()),
         ("kv.usage-dim.v1.json", s::<UsageDim>()),
+        ("kv.byok.v1.json", s::<crate::byok::ByokRecord>()),
+        (
+            "kv.cold-start.v1.json",
+            s::<crate::coldstart::ColdStartStats>(),
+        ),
         (
             "kv.compiled-catalog.v1.json",
             s::<crate::catalog::Catalog>(),

@@ -345,6 +345,7 @@ mod tests {
                     prompt_tokens: p,
                     completion_tokens: c,
                     cached_tokens: 0,
+                    ..Usage::default()
                 },
                 estimated: false,
                 outcome,
@@ -354,6 +355,8 @@ mod tests {
                 input: 1.0,
                 output: 2.0,
                 cached_input: None,
+                cache_write: None,
+                reasoning: None,
                 source: "s".into(),
                 as_of: "d".into(),
             }),

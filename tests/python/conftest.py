@@ -162,6 +162,17 @@ def gateway(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_facto
         SPIN_VARIABLE_OPENAI_ALLOWED_HOST=mock_server.url,
         SPIN_VARIABLE_OPENAI_API_KEY=UPSTREAM_KEY,
     )
+    # Every other catalog provider points at the mock too: it serves each dialect on its own routes.
+    for name, base in [
+        ("AZURE", mock_server.url),
+        ("ANTHROPIC", f"{mock_server.url}/v1"),
+        ("GEMINI", f"{mock_server.url}/v1beta"),
+        ("VLLM", f"{mock_server.url}/v1"),
+        ("RUNPOD", f"{mock_server.url}/v2/qwen"),
+    ]:
+        env[f"SPIN_VARIABLE_{name}_BASE_URL"] = base
+        env[f"SPIN_VARIABLE_{name}_ALLOWED_HOST"] = mock_server.url
+        env[f"SPIN_VARIABLE_{name}_API_KEY"] = UPSTREAM_KEY
     argv = [
         str(BIN_DIR / "lumen-host"),
         "up",

@@ -156,7 +156,7 @@ def test_upstream_gets_provider_key_not_client_key(client: OpenAI, api_key: str,
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": marker}])
     recorded = [
         r for r in mock_http.get("/mock/requests", params={"full": "1"}).json()
-        if r["body"] and marker in message_text(r["body"]["messages"][-1].get("content"))
+        if r["body"] and r["body"].get("messages") and marker in message_text(r["body"]["messages"][-1].get("content"))
     ]
     assert len(recorded) == 1
     headers = recorded[0]["headers"]

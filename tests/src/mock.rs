@@ -7,6 +7,9 @@
 //! # Endpoints
 //!
 //! * `POST /v1/chat/completions`: non-stream JSON or an SSE stream (`"stream": true`).
+//! * `POST /v1/embeddings`: deterministic vectors (see [`crate::mock_dialects::embedding`]),
+//!   `float` or `base64`, with usage.
+//! * Other dialects (Anthropic, Gemini, Azure, a queue API): [`crate::mock_dialects`].
 //! * `GET /v1/models` and `GET /v1/models/{id}`: an OpenAI model list with [`MockConfig::models`].
 //! * `GET /mock/requests`: JSON array with the parsed JSON body of every recorded request that had
 //!   one (`?full=1` gives objects with `method`, `path`, `headers` and `body`); `DELETE
@@ -52,7 +55,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The response body type used by the mock.
-type MockBody = BoxBody<Bytes, BoxError>;
+pub(crate) type MockBody = BoxBody<Bytes, BoxError>;
 
 /// Completion tokens produced when the request has no `tokens=` directive.
 pub const DEFAULT_TOKENS: u64 = 8;
@@ -142,7 +145,25 @@ pub struct Directive {
     pub die_after: Option<u64>,
     /// `content=word`: use this word (plus a space) for every token instead of `tok{i} `.
     pub content: Option<String>,
+    /// `tool=name`: answer with one call of this tool, arguments [`TOOL_ARGUMENTS`], instead of text.
+    pub tool: Option<String>,
+    /// `cached=N`: N prompt tokens read from the prompt cache (OpenAI `cached_tokens`, Anthropic
+    /// `cache_read_input_tokens`, Gemini `cachedContentTokenCount`).
+    pub cached: Option<u64>,
+    /// `cache_write=N`: N prompt tokens written to the cache (Anthropic `cache_creation_input_tokens`).
+    pub cache_write: Option<u64>,
+    /// `reasoning=N`: N extra reasoning tokens (OpenAI `reasoning_tokens`, Gemini `thoughtsTokenCount`).
+    pub reasoning: Option<u64>,
+    /// `safety=1`: Gemini blocks the prompt (`promptFeedback.blockReason = SAFETY`).
+    pub safety: Option<u64>,
+    /// `fixture=dialect/name.ext`: answer with this recorded file from `tests/fixtures/` verbatim.
+    pub fixture: Option<String>,
+    /// `cold_ms=N`: queue-style backend: the job stays queued N ms (a cold start).
+    pub cold_ms: Option<u64>,
 }
+
+/// The arguments of every mock tool call.
+pub const TOOL_ARGUMENTS: &str = r#"{"city":"Paris"}"#;
 
 /// Parses the first `[mock ...]` directive in `text`.
 ///
@@ -180,6 +201,21 @@ pub fn parse_directive(text: &str) -> Result<Option<Directive>, String> {
             "delay_ms" => directive.delay_ms = Some(number()?),
             "ttft_ms" => directive.ttft_ms = Some(number()?),
             "die_after" => directive.die_after = Some(number()?),
+            "cached" => directive.cached = Some(number()?),
+            "cache_write" => directive.cache_write = Some(number()?),
+            "reasoning" => directive.reasoning = Some(number()?),
+            "safety" => directive.safety = Some(number()?),
+            "cold_ms" => directive.cold_ms = Some(number()?),
+            "tool" | "fixture" => {
+                if value.is_empty() {
+                    return Err(format!("mock directive: {key} must not be empty"));
+                }
+                if key == "tool" {
+                    directive.tool = Some(value.to_owned());
+                } else {
+                    directive.fixture = Some(value.to_owned());
+                }
+            }
             "status" => {
                 let status = number()?;
                 if !(400..=599).contains(&status) {
@@ -296,17 +332,17 @@ struct CompletionTokensDetails {
 }
 
 impl Usage {
-    fn new(prompt: u64, completion: u64) -> Self {
+    fn new(prompt: u64, completion: u64, cached: u64, reasoning: u64) -> Self {
         Self {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
             prompt_tokens_details: PromptTokensDetails {
-                cached_tokens: 0,
+                cached_tokens: cached,
                 audio_tokens: 0,
             },
             completion_tokens_details: CompletionTokensDetails {
-                reasoning_tokens: 0,
+                reasoning_tokens: reasoning,
                 audio_tokens: 0,
                 accepted_prediction_tokens: 0,
                 rejected_prediction_tokens: 0,
@@ -338,8 +374,10 @@ struct CompletionChoice {
 #[derive(Serialize)]
 struct AssistantMessage {
     role: &'static str,
-    content: String,
+    content: Option<String>,
     refusal: Option<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Value>,
 }
 
 /// Streamed `chat.completion.chunk` object.
@@ -373,6 +411,8 @@ struct Delta {
     /// `Some(None)` serializes as `"refusal": null` (first chunk only).
     #[serde(skip_serializing_if = "Option::is_none")]
     refusal: Option<Option<()>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Value>,
 }
 
 /// Everything needed to produce one completion, fixed before the response starts.
@@ -387,6 +427,9 @@ struct Plan {
     token_delay: Duration,
     die_after: Option<u64>,
     include_usage: bool,
+    cached: u64,
+    reasoning: u64,
+    tool: Option<String>,
 }
 
 impl Plan {
@@ -399,7 +442,16 @@ impl Plan {
     }
 
     fn usage(&self) -> Usage {
-        Usage::new(self.prompt_tokens, self.completion_tokens)
+        Usage::new(
+            self.prompt_tokens,
+            self.completion_tokens + self.reasoning,
+            self.cached.min(self.prompt_tokens),
+            self.reasoning,
+        )
+    }
+
+    fn tool_call_id(&self) -> String {
+        format!("call_{}", self.id.trim_start_matches("chatcmpl-"))
     }
 
     fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Bytes {
@@ -435,11 +487,19 @@ impl Plan {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: self.text(),
+                    content: self.tool.is_none().then(|| self.text()),
                     refusal: None,
+                    tool_calls: self.tool.as_ref().map(|name| {
+                        serde_json::json!([{"id": self.tool_call_id(), "type": "function",
+                            "function": {"name": name, "arguments": TOOL_ARGUMENTS}}])
+                    }),
                 },
                 logprobs: None,
-                finish_reason: self.finish_reason,
+                finish_reason: if self.tool.is_some() {
+                    "tool_calls"
+                } else {
+                    self.finish_reason
+                },
             }],
             usage: self.usage(),
         };
@@ -448,17 +508,19 @@ impl Plan {
 }
 
 /// Shared state of one running mock.
-struct State {
-    cfg: MockConfig,
+pub(crate) struct State {
+    pub(crate) cfg: MockConfig,
     requests: Mutex<Vec<RecordedRequest>>,
-    next_id: AtomicU64,
+    pub(crate) next_id: AtomicU64,
     /// Shared with stream producer tasks, which outlive the handler's borrow of `State`.
-    disconnects: Arc<AtomicU64>,
+    pub(crate) disconnects: Arc<AtomicU64>,
+    /// Queue-style jobs by id.
+    pub(crate) jobs: Mutex<std::collections::HashMap<String, crate::mock_dialects::Job>>,
 }
 
 /// The error a handler returns to make hyper drop the connection without a response.
 #[derive(Debug)]
-struct Abort(&'static str);
+pub(crate) struct Abort(pub(crate) &'static str);
 
 impl fmt::Display for Abort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -499,6 +561,7 @@ impl MockUpstream {
             requests: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             disconnects: Arc::new(AtomicU64::new(0)),
+            jobs: Mutex::new(std::collections::HashMap::new()),
         });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listener, state.clone(), stopped));
@@ -611,20 +674,20 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>) {
         .await;
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn full_body(bytes: impl Into<Bytes>) -> MockBody {
+pub(crate) fn full_body(bytes: impl Into<Bytes>) -> MockBody {
     Full::new(bytes.into())
         .map_err(|never: Infallible| match never {})
         .boxed()
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<MockBody> {
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<MockBody> {
     let mut response = Response::new(full_body(body));
     *response.status_mut() = status;
     response
@@ -786,6 +849,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             body: json.clone(),
         });
 
+    if let Some(answer) = crate::mock_dialects::route(
+        &state,
+        &parts.method,
+        &path,
+        parts.uri.query().unwrap_or(""),
+        &parts.headers,
+        json.clone(),
+    )
+    .await
+    {
+        return answer;
+    }
+
     if path.starts_with("/v1/") {
         if let Some(expected) = &state.cfg.api_key {
             let presented = parts
@@ -809,6 +885,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         (&Method::POST, "/v1/chat/completions") => {
             chat_completions(&state, json, raw.is_empty()).await
         }
+        (&Method::POST, "/v1/embeddings") => Ok(crate::mock_dialects::embeddings(&state, json)),
         (&Method::GET, "/v1/models") => Ok(models(&state)),
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             Ok(model(&state, &p["/v1/models/".len()..]))
@@ -903,7 +980,7 @@ fn model(state: &State, id: &str) -> Response<MockBody> {
 }
 
 /// `POST /v1/chat/completions`.
-async fn chat_completions(
+pub(crate) async fn chat_completions(
     state: &State,
     json: Option<Value>,
     empty: bool,
@@ -988,6 +1065,9 @@ async fn chat_completions(
             .map_or(state.cfg.token_delay, Duration::from_millis),
         die_after: directive.die_after,
         include_usage,
+        cached: directive.cached.unwrap_or(0),
+        reasoning: directive.reasoning.unwrap_or(0),
+        tool: directive.tool,
     };
 
     let mut response = if stream {
@@ -1038,12 +1118,40 @@ async fn produce_stream(
         role: Some("assistant"),
         content: Some(String::new()),
         refusal: Some(None),
+        tool_calls: None,
     };
     if send(plan.delta_chunk(role, None)).await.is_err() {
         return gone();
     }
+    if let Some(name) = &plan.tool {
+        // The call's name first, then its arguments in two pieces (as OpenAI streams them).
+        let (a, b) = TOOL_ARGUMENTS.split_at(8);
+        let deltas = [
+            serde_json::json!([{"index": 0, "id": plan.tool_call_id(), "type": "function",
+                "function": {"name": name, "arguments": ""}}]),
+            serde_json::json!([{"index": 0, "function": {"arguments": a}}]),
+            serde_json::json!([{"index": 0, "function": {"arguments": b}}]),
+        ];
+        for d in deltas {
+            if !plan.token_delay.is_zero() {
+                tokio::time::sleep(plan.token_delay).await;
+            }
+            let delta = Delta {
+                tool_calls: Some(d),
+                ..Delta::default()
+            };
+            if send(plan.delta_chunk(delta, None)).await.is_err() {
+                return gone();
+            }
+        }
+    }
     let die_at = plan.die_after.map(|k| k.min(plan.completion_tokens));
-    for i in 0..plan.completion_tokens {
+    let tokens = if plan.tool.is_some() {
+        0
+    } else {
+        plan.completion_tokens
+    };
+    for i in 0..tokens {
         if die_at == Some(i) {
             break;
         }
@@ -1061,7 +1169,12 @@ async fn produce_stream(
     if die_at.is_some() {
         return abort_stream(tx).await;
     }
-    if send(plan.delta_chunk(Delta::default(), Some(plan.finish_reason)))
+    let finish = if plan.tool.is_some() {
+        "tool_calls"
+    } else {
+        plan.finish_reason
+    };
+    if send(plan.delta_chunk(Delta::default(), Some(finish)))
         .await
         .is_err()
     {
@@ -1083,7 +1196,7 @@ async fn produce_stream(
 ///
 /// hyper discards its unflushed write buffer when a body errors, so wait until the body has
 /// taken every queued chunk (and give it a moment to flush) before sending the error.
-async fn abort_stream(tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>) {
+pub(crate) async fn abort_stream(tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>) {
     for _ in 0..200 {
         if tx.capacity() == tx.max_capacity() || tx.is_closed() {
             break;
@@ -1115,6 +1228,7 @@ mod tests {
                 status: Some(429),
                 die_after: Some(2),
                 content: Some("yo".into()),
+                ..Directive::default()
             }
         );
     }
@@ -1196,6 +1310,9 @@ mod tests {
             token_delay: Duration::ZERO,
             die_after: None,
             include_usage,
+            cached: 0,
+            reasoning: 0,
+            tool: None,
         }
     }
 
@@ -1218,6 +1335,7 @@ mod tests {
                 role: Some("assistant"),
                 content: Some(String::new()),
                 refusal: Some(None),
+                tool_calls: None,
             },
             None,
         ));

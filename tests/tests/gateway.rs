@@ -482,8 +482,11 @@ async fn models_and_allowed_models() {
 #[tokio::test]
 async fn outbound_host_not_allowed_is_a_clear_error() {
     let gw = Gateway::start_with(mock::MockConfig::default(), |o| {
-        o.variables
-            .insert("openai_allowed_host".into(), "http://127.0.0.1:1".into());
+        // Every provider's host variable, as they all point at the same mock origin in tests.
+        for p in ["openai", "azure", "anthropic", "gemini", "vllm", "runpod"] {
+            o.variables
+                .insert(format!("{p}_allowed_host"), "http://127.0.0.1:1".into());
+        }
     })
     .await;
     let (key, _) = gw.create_key(100, &[]).await;

@@ -13,6 +13,7 @@ const SPIN_PROVIDES: &[&str] = &[
     "wasi:http/outgoing-handler@",
     "fermyon:spin/key-value@2.0.0",
     "fermyon:spin/variables@2.0.0",
+    "fermyon:spin/llm@2.0.0",
     "wasi:keyvalue/store@0.2.0-draft2",
     "wasi:keyvalue/atomics@0.2.0-draft2",
 ];

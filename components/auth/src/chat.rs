@@ -5,7 +5,7 @@
 use crate::account::authenticate;
 use crate::ctx::{read_body, Ctx, ReqInfo};
 use crate::limits;
-use crate::relay;
+use crate::relay::{self, shaped, Shape};
 use lumen_shared::budget::{self, Hold};
 use lumen_shared::contracts::{routes, Plan, PlanRequest};
 use lumen_shared::kv::{ApiKeyRecord, TenantRecord};
@@ -39,6 +39,15 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
     let body = read_body(req, info).await?;
     let chat = openai::parse_chat_request(&body)?;
     drop(body);
+    admit_chat(ctx, info, chat).await
+}
+
+/// Authenticates, limits, plans and holds budget for an already validated chat request.
+pub async fn admit_chat(
+    ctx: &mut Ctx,
+    info: &ReqInfo,
+    chat: ChatRequest,
+) -> Result<Admitted, ApiError> {
     let kv = SpinKv::open_or_503()?;
     let key = authenticate(&kv, info)?;
     match check_rpm(&kv, &key.id, key.rpm_limit, now_ms()) {
@@ -133,6 +142,48 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
 pub async fn handle(mut ctx: Ctx, info: ReqInfo, req: IncomingRequest, out: ResponseOutparam) {
     match admit(&mut ctx, &info, req).await {
         Ok(admitted) => relay::run(ctx, admitted, out).await,
+        Err(e) => respond(out, ctx.stamp(Reply::error(&e))).await,
+    }
+}
+
+/// `POST /v1/messages`: an Anthropic Messages request, translated to a chat request and served by
+/// whatever backend the plan picks; the answer goes back in Anthropic's shape.
+pub async fn handle_messages(
+    mut ctx: Ctx,
+    info: ReqInfo,
+    req: IncomingRequest,
+    out: ResponseOutparam,
+) {
+    let admitted = async {
+        let body = read_body(req, &info).await?;
+        let msg = openai::parse_json_object(&body)?;
+        let chat_body = lumen_shared::dialect::messages::request(&msg)?;
+        let chat = openai::parse_chat_request(&serde_json::to_vec(&chat_body).unwrap_or_default())?;
+        admit_chat(&mut ctx, &info, chat).await
+    }
+    .await;
+    match admitted {
+        Ok(admitted) => relay::run_shaped(ctx, admitted, out, Shape::Anthropic).await,
+        Err(e) => respond(out, ctx.stamp(shaped(Reply::error(&e), Shape::Anthropic))).await,
+    }
+}
+
+/// `POST /v1/embeddings`: validated, admitted and planned like a chat request, then sent to the
+/// provider's embeddings endpoint.
+pub async fn handle_embeddings(
+    mut ctx: Ctx,
+    info: ReqInfo,
+    req: IncomingRequest,
+    out: ResponseOutparam,
+) {
+    let admitted = async {
+        let body = read_body(req, &info).await?;
+        let chat = lumen_shared::embeddings::parse_embeddings_request(&body)?;
+        admit_chat(&mut ctx, &info, chat).await
+    }
+    .await;
+    match admitted {
+        Ok(admitted) => relay::run_shaped(ctx, admitted, out, Shape::Embeddings).await,
         Err(e) => respond(out, ctx.stamp(Reply::error(&e))).await,
     }
 }

@@ -5,6 +5,7 @@
 
 mod account;
 mod admin;
+mod byok;
 mod chat;
 mod ctx;
 mod limits;
@@ -23,6 +24,8 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
     let info = ReqInfo::read(&req);
     let reply = match match_route(&info.method, &info.path) {
         Ok(Route::Chat) => return chat::handle(ctx, info, req, out).await,
+        Ok(Route::Messages) => return chat::handle_messages(ctx, info, req, out).await,
+        Ok(Route::Embeddings) => return chat::handle_embeddings(ctx, info, req, out).await,
         Ok(Route::Models) => account::models(&info).await,
         Ok(Route::Usage) => account::usage(&info).await,
         Ok(Route::CreateKey) => admin::create(&info, req).await,
@@ -38,6 +41,9 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::GrantCredits(t)) => admin::grant(&info, &t, req).await,
         Ok(Route::AuditHead) => admin::audit_head(&info),
         Ok(Route::AuditVerify) => admin::audit_verify(&info),
+        Ok(Route::ListProviderKeys(id)) => byok::list(&info, &id),
+        Ok(Route::PutProviderKey(id, p)) => byok::put(&info, req, &id, &p).await,
+        Ok(Route::DeleteProviderKey(id, p)) => byok::delete(&info, &id, &p),
         Err(e) => Err(e),
     };
     respond(out, ctx.stamp(reply.unwrap_or_else(Reply::from))).await;

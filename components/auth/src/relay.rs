@@ -15,8 +15,9 @@ use crate::limits;
 use futures::{SinkExt, StreamExt};
 use lumen_shared::budget::{self, Hold};
 use lumen_shared::contracts::{
-    headers, routes, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
+    headers, routes, CallKind, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
+use lumen_shared::dialect::messages;
 use lumen_shared::kv::TenantRecord;
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::ratelimit::Taken;
@@ -53,8 +54,32 @@ struct Budget {
     taken: Vec<Taken>,
 }
 
+/// The wire shape the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages (`/v1/messages`): answers, events and errors converted back.
+    Anthropic,
+    /// OpenAI embeddings (`/v1/embeddings`).
+    Embeddings,
+}
+
 /// Calls the provider, answers the client, settles.
-pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
+pub async fn run(ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
+    run_shaped(ctx, admitted, out, Shape::OpenAi).await;
+}
+
+/// A reply in the client's shape (error bodies converted for Anthropic clients).
+pub fn shaped(mut reply: Reply, shape: Shape) -> Reply {
+    if shape == Shape::Anthropic && !(200..300).contains(&reply.status) {
+        reply.body = messages::error_body(reply.status, &reply.body);
+    }
+    reply
+}
+
+/// [`run`] for a client of the given shape.
+pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam, shape: Shape) {
     let Admitted {
         key,
         chat,
@@ -72,7 +97,13 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
     };
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let call = CallRequest {
+        kind: if shape == Shape::Embeddings {
+            CallKind::Embeddings
+        } else {
+            CallKind::Chat
+        },
         request_id: ctx.request_id.clone(),
+        key_id: Some(key.id.clone()),
         candidates: plan.candidates.clone(),
         include_usage: chat.include_usage,
         body: chat.body,
@@ -90,7 +121,7 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
         Err(e) => {
             let report = fallback_report(&ctx, Usage::default(), false, Outcome::UpstreamError);
             settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
-            respond(out, ctx.stamp(Reply::error(&e))).await;
+            respond(out, ctx.stamp(shaped(Reply::error(&e), shape))).await;
         }
         Ok(resp) => {
             if let Some(m) = response_header(&resp, headers::MODEL) {
@@ -109,9 +140,10 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
                 .starts_with("text/event-stream")
             {
                 let seen = (key.id.as_str(), chat.stream, &plan);
-                stream(&ctx, resp, out, prompt_estimate, &mut budget, seen).await;
+                stream(&ctx, resp, out, prompt_estimate, &mut budget, seen, shape).await;
             } else {
-                let (reply, report) = whole(&ctx, resp, prompt_estimate, &content_type).await;
+                let (reply, report) =
+                    whole(&ctx, resp, prompt_estimate, &content_type, shape).await;
                 settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
                 respond(out, ctx.stamp(reply)).await;
             }
@@ -126,9 +158,12 @@ async fn whole(
     resp: IncomingResponse,
     prompt_estimate: u64,
     content_type: &str,
+    shape: Shape,
 ) -> (Reply, UsageReport) {
     let status = resp.status();
     let retry_after = response_header(&resp, "retry-after");
+    let cost = response_header(&resp, headers::COST);
+    let cold = response_header(&resp, headers::COLD_START);
     let usage = response_header(&resp, headers::USAGE)
         .and_then(|v| serde_json::from_str::<UsageReport>(&v).ok());
     let body = read_response_body(&resp, MAX_ANSWER_BYTES).await;
@@ -141,9 +176,21 @@ async fn whole(
             } else {
                 content_type
             };
-            let mut reply = Reply::new(status, content_type, body);
+            let body = match shape {
+                Shape::Anthropic if ok => serde_json::from_slice::<Value>(&body)
+                    .map(|v| messages::response(&v).to_string().into_bytes())
+                    .unwrap_or(body),
+                _ => body,
+            };
+            let mut reply = shaped(Reply::new(status, content_type, body), shape);
             if let Some(ra) = retry_after {
                 reply.set_header("retry-after", ra);
+            }
+            if let Some(cost) = cost {
+                reply.set_header("x-lumen-cost", cost);
+            }
+            if let Some(ms) = cold {
+                reply.set_header("x-lumen-cold-start-ms", ms);
             }
             let report = usage.unwrap_or_else(|| {
                 if ok {
@@ -169,7 +216,7 @@ async fn whole(
                 false,
             );
             (
-                Reply::error(&e),
+                shaped(Reply::error(&e), shape),
                 fallback_report(ctx, Usage::default(), false, Outcome::UpstreamError),
             )
         }
@@ -225,12 +272,17 @@ async fn stream(
     prompt_estimate: u64,
     budget: &mut Budget,
     (key_id, is_stream, plan): (&str, bool, &Plan),
+    shape: Shape,
 ) {
+    let mut convert = (shape == Shape::Anthropic).then(messages::Stream::new);
     let mut hs = vec![
         ("content-type".to_string(), "text/event-stream".to_string()),
         ("cache-control".to_string(), "no-cache".to_string()),
     ];
     hs.extend(ctx.headers());
+    if let Some(ms) = response_header(&resp, headers::COLD_START) {
+        hs.push(("x-lumen-cold-start-ms".to_string(), ms));
+    }
     let mut sink = start_stream(out, resp.status(), &hs);
     let mut relay = ClientRelay::default();
     let mut parser = Parser::default();
@@ -255,6 +307,13 @@ async fn stream(
                         cut_by_budget = true;
                         break 'read;
                     }
+                    let bytes = match convert.as_mut() {
+                        Some(c) if !ev.comment_only => c.on_data(&ev.data),
+                        _ => bytes,
+                    };
+                    if bytes.is_empty() {
+                        continue;
+                    }
                     if sink.send(bytes).await.is_err() {
                         disconnected = true;
                         break 'read;
@@ -273,7 +332,7 @@ async fn stream(
             usage: Usage {
                 prompt_tokens: prompt_estimate,
                 completion_tokens: relay.delivered_chunks(),
-                cached_tokens: 0,
+                ..Usage::default()
             },
             estimated: true,
             outcome: Outcome::Ok,
@@ -290,6 +349,17 @@ async fn stream(
         (relay.report(false, fallback, prompt_estimate), Some(last))
     };
     settle(ctx, key_id, is_stream, report, plan, budget).await;
+    // The last bytes are OpenAI events: Anthropic clients get them converted.
+    let last = match (last, convert.as_mut()) {
+        (Some(last), Some(c)) => Some(
+            Parser::default()
+                .push(&last)
+                .iter()
+                .flat_map(|ev| c.on_data(&ev.data))
+                .collect::<Vec<u8>>(),
+        ),
+        (last, _) => last,
+    };
     if let Some(last) = last {
         if last.is_empty() || sink.send(last).await.is_ok() {
             let _ = sink.close().await;

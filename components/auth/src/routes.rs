@@ -9,6 +9,10 @@ use lumen_spin::util::percent_decode;
 pub enum Route {
     /// `POST /v1/chat/completions`.
     Chat,
+    /// `POST /v1/messages` (Anthropic Messages ingress).
+    Messages,
+    /// `POST /v1/embeddings`.
+    Embeddings,
     /// `GET /v1/models`.
     Models,
     /// `GET /v1/usage`.
@@ -39,6 +43,12 @@ pub enum Route {
     AuditHead,
     /// `GET /admin/audit/verify`.
     AuditVerify,
+    /// `GET /admin/keys/{id}/provider-keys`.
+    ListProviderKeys(String),
+    /// `PUT /admin/keys/{id}/provider-keys/{provider}`.
+    PutProviderKey(String, String),
+    /// `DELETE /admin/keys/{id}/provider-keys/{provider}`.
+    DeleteProviderKey(String, String),
 }
 
 fn segment(s: &str) -> Option<String> {
@@ -56,6 +66,8 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
     };
     match path {
         "/v1/chat/completions" => only("POST", Route::Chat),
+        "/v1/messages" => only("POST", Route::Messages),
+        "/v1/embeddings" => only("POST", Route::Embeddings),
         "/v1/models" => only("GET", Route::Models),
         "/v1/usage" => only("GET", Route::Usage),
         "/v1/usage/records" => only("GET", Route::UsageRecords),
@@ -70,6 +82,16 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         },
         _ => {
             if let Some(rest) = path.strip_prefix("/admin/keys/") {
+                if let Some((id, provider)) = byok_path(rest) {
+                    return match (provider, method) {
+                        (None, _) => only("GET", Route::ListProviderKeys(id)),
+                        (Some(p), "PUT") => Ok(Route::PutProviderKey(id, p)),
+                        (Some(p), "DELETE") => Ok(Route::DeleteProviderKey(id, p)),
+                        (Some(_), _) => {
+                            Err(ApiError::method_not_allowed(method, path, "PUT or DELETE"))
+                        }
+                    };
+                }
                 if let Some(id) = rest.strip_suffix("/rotate").and_then(segment) {
                     return only("POST", Route::RotateKey(id));
                 }
@@ -106,6 +128,20 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
 }
 
+/// `{id}/provider-keys` or `{id}/provider-keys/{provider}` → (id, provider).
+fn byok_path(rest: &str) -> Option<(String, Option<String>)> {
+    let mut parts = rest.split('/');
+    let (id, lit) = (parts.next()?, parts.next()?);
+    if id.is_empty() || lit != "provider-keys" {
+        return None;
+    }
+    match (parts.next(), parts.next()) {
+        (None, None) => Some((percent_decode(id), None)),
+        (Some(p), None) if !p.is_empty() => Some((percent_decode(id), Some(percent_decode(p)))),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +150,32 @@ mod tests {
     fn routes() {
         assert_eq!(match_route("POST", "/v1/chat/completions"), Ok(Route::Chat));
         assert_eq!(match_route("GET", "/v1/models"), Ok(Route::Models));
+        assert_eq!(match_route("POST", "/v1/messages"), Ok(Route::Messages));
+        assert_eq!(match_route("POST", "/v1/embeddings"), Ok(Route::Embeddings));
+        assert_eq!(
+            match_route("GET", "/admin/keys/k1/provider-keys"),
+            Ok(Route::ListProviderKeys("k1".into()))
+        );
+        assert_eq!(
+            match_route("PUT", "/admin/keys/k1/provider-keys/openai"),
+            Ok(Route::PutProviderKey("k1".into(), "openai".into()))
+        );
+        assert_eq!(
+            match_route("DELETE", "/admin/keys/k1/provider-keys/openai"),
+            Ok(Route::DeleteProviderKey("k1".into(), "openai".into()))
+        );
+        assert_eq!(
+            match_route("POST", "/admin/keys/k1/provider-keys/openai")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            match_route("GET", "/admin/keys/k1/provider-keys/a/b")
+                .unwrap_err()
+                .status,
+            404
+        );
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
         assert_eq!(match_route("GET", "/admin/keys"), Ok(Route::ListKeys));
         assert_eq!(match_route("POST", "/admin/keys"), Ok(Route::CreateKey));

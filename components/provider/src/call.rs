@@ -2,19 +2,24 @@
 //! the first byte) and answers with the upstream's JSON or relays its SSE stream, always telling
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
-use crate::upstream::{answer_usage, send_error, status_error, upstream_body, wants_error_body};
+use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
+use crate::{queue, spin_llm};
 use futures::{SinkExt, StreamExt};
-use lumen_shared::contracts::{headers, CallRequest, Candidate, Outcome, UsageReport};
+use lumen_shared::byok::{self, ByokKey, ByokRecord};
+use lumen_shared::catalog::Dialect;
+use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
+use lumen_shared::dialect::{self, anthropic, gemini, openai_compat};
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
-use lumen_shared::sse::Parser;
+use lumen_shared::pricing::{cost_header, lumen_object};
+use lumen_shared::sse::{Event, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{
     json_post, read_request_body, read_response_body, respond, response_header, send_request,
     start_stream,
 };
-use lumen_spin::relay::UpstreamRelay;
-use lumen_spin::util::{elapsed_ms, format_ms, origin_of};
-use lumen_spin::Reply;
+use lumen_spin::relay::{CostTag, UpstreamRelay};
+use lumen_spin::util::{elapsed_ms, format_ms, now_ms, origin_of};
+use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
 use spin_sdk::http::{IncomingRequest, IncomingResponse, ResponseOutparam};
 use spin_sdk::variables;
@@ -37,16 +42,18 @@ enum Success {
     },
     /// A streamed answer, headers received.
     Stream(IncomingResponse),
+    /// A queue-style job, submitted.
+    Queued(queue::Job),
 }
 
 /// One failed attempt.
-struct Failure {
-    error: ApiError,
-    upstream_ms: f64,
+pub(crate) struct Failure {
+    pub(crate) error: ApiError,
+    pub(crate) upstream_ms: f64,
 }
 
 impl Failure {
-    fn new(error: ApiError) -> Failure {
+    pub(crate) fn new(error: ApiError) -> Failure {
         Failure {
             error,
             upstream_ms: 0.0,
@@ -87,15 +94,22 @@ async fn attempt(
             ),
         ));
     }
-    let key = variables::get(&p.api_key_variable).unwrap_or_default();
-    let body = serde_json::to_vec(&upstream_body(&call.body, &c.upstream_model)).map_err(|e| {
+    let key = provider_key(c, call)?;
+    let embeddings = call.kind == CallKind::Embeddings;
+    let up = if embeddings {
+        dialect::build_embeddings(p, base, &key, &call.body, &c.upstream_model)
+    } else {
+        dialect::build(p, base, &key, &call.body, &c.upstream_model, stream)
+    }
+    .map_err(Failure::new)?;
+    let body = serde_json::to_vec(&up.body).map_err(|e| {
         Failure::new(ApiError::internal(format!(
             "could not serialise the upstream request: {e}"
         )))
     })?;
-    let mut req = json_post(&format!("{base}/chat/completions"), body);
-    if !key.trim().is_empty() {
-        req.set_header("authorization", format!("Bearer {}", key.trim()));
+    let mut req = json_post(&up.url, body);
+    for (name, value) in &up.headers {
+        req.set_header(name, value.as_str());
     }
 
     let sent = Instant::now();
@@ -117,6 +131,31 @@ async fn attempt(
             upstream_ms,
         });
     }
+    if p.dialect == Dialect::Queue {
+        let body = read_response_body(&resp, MAX_ERROR_BYTES)
+            .await
+            .unwrap_or_default();
+        let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let Some(id) = dialect::queue::job_id(&answer) else {
+            return Err(Failure {
+                error: ApiError::upstream(
+                    502,
+                    format!("provider \"{}\" accepted the job without an id", p.name),
+                    true,
+                ),
+                upstream_ms,
+            });
+        };
+        return Ok((
+            Success::Queued(queue::Job {
+                base: base.to_string(),
+                key: key.trim().to_string(),
+                id: id.to_string(),
+                submitted: sent,
+            }),
+            upstream_ms,
+        ));
+    }
     if stream {
         return Ok((Success::Stream(resp), upstream_ms));
     }
@@ -134,7 +173,25 @@ async fn attempt(
     drop(resp);
     let answer: Value =
         serde_json::from_slice(&body).map_err(|e| lost(format!("the answer is not JSON ({e})")))?;
+    let created = now_ms() / 1000;
+    let mut answer = match p.dialect {
+        Dialect::Openai if embeddings => openai_compat::embeddings_answer(
+            answer,
+            call.body.get("encoding_format").and_then(Value::as_str) == Some("base64"),
+        ),
+        Dialect::Openai => answer,
+        Dialect::Anthropic => anthropic::response(&answer, created).map_err(lost)?,
+        Dialect::Gemini => gemini::response(&answer, created, &c.upstream_model).map_err(lost)?,
+        Dialect::Queue | Dialect::SpinLlm => answer,
+    };
     let (usage, estimated) = answer_usage(&answer, prompt_estimate);
+    if let Some(obj) = answer.as_object_mut() {
+        obj.insert(
+            "lumen".into(),
+            lumen_object(&usage, &c.price, &c.model, &p.name),
+        );
+    }
+    let body = serde_json::to_vec(&answer).map_err(|e| lost(e.to_string()))?;
     Ok((
         Success::Whole {
             body,
@@ -145,7 +202,36 @@ async fn attempt(
     ))
 }
 
-fn served_headers(c: &Candidate, upstream_ms: f64) -> Vec<(String, String)> {
+/// The upstream key: the calling API key's own key for this provider when it has one (encrypted
+/// in KV, or named Spin variable), else the platform key variable. Never logged.
+fn provider_key(c: &Candidate, call: &CallRequest) -> Result<String, Failure> {
+    let p = &c.provider;
+    if let (Some(id), Ok(kv)) = (call.key_id.as_deref(), SpinKv::open()) {
+        let slot = ByokKey {
+            key_id: id,
+            provider: &p.name,
+        };
+        match lumen_shared::kv::load(&kv, &slot) {
+            Ok(Some(rec @ ByokRecord::Encrypted { .. })) => {
+                let master = variables::get("byok_encryption_key").unwrap_or_default();
+                return byok::open(master.trim(), id, &p.name, &rec)
+                    .map_err(|why| config_error(c, format!("this API key's own provider key: {why}")));
+            }
+            Ok(Some(ByokRecord::Variable { name })) => {
+                return variables::get(&name).map_err(|e| {
+                    config_error(
+                        c,
+                        format!("this API key's provider key variable {name} could not be read ({e}); declare it under [component.provider.variables]"),
+                    )
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(variables::get(&p.api_key_variable).unwrap_or_default())
+}
+
+pub(crate) fn served_headers(c: &Candidate, upstream_ms: f64) -> Vec<(String, String)> {
     vec![
         (headers::MODEL.into(), c.model.clone()),
         (headers::PROVIDER.into(), c.provider.name.clone()),
@@ -153,7 +239,7 @@ fn served_headers(c: &Candidate, upstream_ms: f64) -> Vec<(String, String)> {
     ]
 }
 
-fn report(
+pub(crate) fn report(
     c: &Candidate,
     usage: Usage,
     estimated: bool,
@@ -170,7 +256,7 @@ fn report(
     }
 }
 
-fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
+pub(crate) fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
     reply.set_header(headers::USAGE, serde_json::to_string(r).unwrap_or_default());
     reply
 }
@@ -190,6 +276,21 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
 
     let mut last: Option<(&Candidate, Failure)> = None;
     for c in &call.candidates {
+        if c.provider.dialect == Dialect::SpinLlm {
+            match spin_llm::infer(c, &call) {
+                Ok(output) => {
+                    return spin_llm::serve(out, c, &call, output, stream, prompt_estimate).await
+                }
+                Err(f) => {
+                    let retry = f.error.retryable;
+                    last = Some((c, f));
+                    if retry {
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
         match attempt(c, &call, stream, prompt_estimate).await {
             Ok((
                 Success::Whole {
@@ -201,11 +302,15 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
             )) => {
                 let mut reply = Reply::json_bytes(200, body);
                 reply.headers.extend(served_headers(c, ms));
+                reply.set_header(headers::COST, cost_header(&usage, &c.price));
                 let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
                 return respond(out, reply).await;
             }
             Ok((Success::Stream(resp), ms)) => {
                 return relay(out, resp, c, ms, call.include_usage, prompt_estimate).await
+            }
+            Ok((Success::Queued(job), ms)) => {
+                return queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await
             }
             Err(f) => {
                 let retry = f.error.retryable;
@@ -251,16 +356,24 @@ async fn relay(
     ];
     hs.extend(served_headers(c, upstream_ms));
     let mut sink = start_stream(out, 200, &hs);
-    let mut relay = UpstreamRelay::new(include_usage);
+    let mut relay = UpstreamRelay::new(include_usage).with_cost(CostTag {
+        price: c.price.clone(),
+        model: c.model.clone(),
+        provider: c.provider.name.clone(),
+        cold_start_ms: None,
+    });
     let mut parser = Parser::default();
+    let mut convert = Converter::new(c);
     {
         let mut body = resp.take_body_stream();
         while let Some(Ok(chunk)) = body.next().await {
             for ev in parser.push(&chunk) {
-                if let Some(bytes) = relay.on_event(&ev) {
-                    if sink.send(bytes).await.is_err() {
-                        // The caller went away: dropping `body` and `resp` cancels the upstream.
-                        return;
+                for ev in convert.on_event(ev) {
+                    if let Some(bytes) = relay.on_event(&ev) {
+                        if sink.send(bytes).await.is_err() {
+                            // The caller went away: dropping `body` and `resp` cancels the upstream.
+                            return;
+                        }
                     }
                 }
             }
@@ -275,10 +388,19 @@ async fn relay(
                 {
                     continue;
                 }
-                if let Some(bytes) = relay.on_event(&ev) {
-                    if sink.send(bytes).await.is_err() {
-                        return;
+                for ev in convert.on_event(ev) {
+                    if let Some(bytes) = relay.on_event(&ev) {
+                        if sink.send(bytes).await.is_err() {
+                            return;
+                        }
                     }
+                }
+            }
+        }
+        for ev in convert.finish() {
+            if let Some(bytes) = relay.on_event(&ev) {
+                if sink.send(bytes).await.is_err() {
+                    return;
                 }
             }
         }
@@ -287,4 +409,49 @@ async fn relay(
     let (tail, _) = relay.finish(&c.model, &c.provider.name, upstream_ms, prompt_estimate);
     let _ = sink.send(tail).await;
     let _ = sink.close().await;
+}
+
+/// A stream in the upstream's dialect, turned into OpenAI chunk events.
+enum Converter {
+    Openai,
+    Anthropic(anthropic::Stream),
+    Gemini(gemini::Stream),
+}
+
+fn data(text: String) -> Event {
+    Event {
+        event: None,
+        data: text,
+        comment_only: false,
+    }
+}
+
+impl Converter {
+    fn new(c: &Candidate) -> Converter {
+        let created = now_ms() / 1000;
+        match c.provider.dialect {
+            Dialect::Openai => Converter::Openai,
+            Dialect::Anthropic => Converter::Anthropic(anthropic::Stream::new(created)),
+            Dialect::Gemini => Converter::Gemini(gemini::Stream::new(created, &c.upstream_model)),
+            Dialect::Queue | Dialect::SpinLlm => Converter::Openai,
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Vec<Event> {
+        if ev.comment_only {
+            return vec![ev];
+        }
+        match self {
+            Converter::Openai => vec![ev],
+            Converter::Anthropic(s) => s.on_event(&ev.data).into_iter().map(data).collect(),
+            Converter::Gemini(s) => s.on_event(&ev.data).into_iter().map(data).collect(),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<Event> {
+        match self {
+            Converter::Gemini(s) => s.finish().into_iter().map(data).collect(),
+            _ => Vec::new(),
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! plan's candidates in order, and streams the answer back to auth. Private to the app.
 
 mod call;
+mod queue;
+mod spin_llm;
 mod upstream;
 
 use lumen_shared::ApiError;

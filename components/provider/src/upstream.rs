@@ -1,29 +1,13 @@
-//! The OpenAI dialect, as pure functions: the body sent upstream, and the classification of
-//! upstream failures into [`ApiError`]s (which ones fall back to the next candidate, what the
+//! Upstream failures and usage as pure functions: the classification of upstream failures (in
+//! any dialect: each puts its message at `error.message`) into [`ApiError`]s (which ones fall back to the next candidate, what the
 //! client is told, never an upstream body or key for credential errors).
 
 use lumen_shared::contracts::ProviderTarget;
 use lumen_shared::openai::Usage;
 use lumen_shared::ApiError;
 use lumen_spin::util::parse_retry_after;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use spin_sdk::http::{ErrorCode, SendError};
-
-/// The client's body for one candidate: `model` becomes the upstream id and a streamed request
-/// asks for the usage chunk (other `stream_options` fields are kept). Everything else is untouched.
-pub fn upstream_body(client: &Map<String, Value>, upstream_model: &str) -> Map<String, Value> {
-    let mut body = client.clone();
-    body.insert("model".into(), Value::String(upstream_model.to_string()));
-    if body.get("stream").and_then(Value::as_bool) == Some(true) {
-        let mut opts = match body.remove("stream_options") {
-            Some(Value::Object(o)) => o,
-            _ => Map::new(),
-        };
-        opts.insert("include_usage".into(), Value::Bool(true));
-        body.insert("stream_options".into(), Value::Object(opts));
-    }
-    body
-}
 
 /// The Spin variable that lists the provider's host in `allowed_outbound_hosts`.
 pub fn allowed_host_variable(p: &ProviderTarget) -> String {
@@ -185,6 +169,7 @@ pub fn answer_usage(answer: &Value, prompt_estimate: u64) -> (Usage, bool) {
                 prompt_tokens: prompt_estimate,
                 completion_tokens: estimate_completion_tokens(answer),
                 cached_tokens: 0,
+                ..Usage::default()
             },
             true,
         ),
@@ -203,28 +188,12 @@ mod tests {
             dialect: Dialect::Openai,
             base_url_variable: "openai_base_url".into(),
             api_key_variable: "openai_api_key".into(),
+            auth_header: None,
+            api_version: None,
+            deployment_path: false,
+            cold_start: false,
+            first_token_timeout_ms: None,
         }
-    }
-
-    fn map(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap()
-    }
-
-    #[test]
-    fn body_rewrites_model_and_asks_for_usage() {
-        let client = map(json!({"model":"mini","messages":[],"seed":1,"x_future":{"a":[1]}}));
-        let b = upstream_body(&client, "gpt-4o-mini");
-        assert_eq!(b["model"], "gpt-4o-mini");
-        assert_eq!(b["x_future"], json!({"a":[1]}));
-        assert!(!b.contains_key("stream_options"));
-
-        let client = map(
-            json!({"model":"m","stream":true,"stream_options":{"include_usage":false,"other":3}}),
-        );
-        let b = upstream_body(&client, "u");
-        assert_eq!(b["stream_options"], json!({"include_usage":true,"other":3}));
-        let b = upstream_body(&map(json!({"model":"m","stream":true})), "u");
-        assert_eq!(b["stream_options"], json!({"include_usage":true}));
     }
 
     #[test]
@@ -301,7 +270,8 @@ mod tests {
                 Usage {
                     prompt_tokens: 3,
                     completion_tokens: 2,
-                    cached_tokens: 0
+                    cached_tokens: 0,
+                    ..Usage::default()
                 },
                 false
             )
@@ -313,7 +283,8 @@ mod tests {
                 Usage {
                     prompt_tokens: 99,
                     completion_tokens: 2,
-                    cached_tokens: 0
+                    cached_tokens: 0,
+                    ..Usage::default()
                 },
                 true
             )

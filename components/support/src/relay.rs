@@ -5,9 +5,11 @@
 //! Both take whole events from [`lumen_shared::sse::Parser`] and return the bytes to write for
 //! each one, so every event is written as soon as it is complete.
 
+use lumen_shared::catalog::Price;
 use lumen_shared::contracts::{Outcome, UsageReport, USAGE_EVENT};
 use lumen_shared::openai::Usage;
-use lumen_shared::sse::{self, Event};
+use lumen_shared::pricing::lumen_object;
+use lumen_shared::sse::{self, Event, Parser};
 use serde_json::{Map, Value};
 
 /// Written when a stream ends without `data: [DONE]`.
@@ -88,14 +90,42 @@ fn classify(ev: &Event) -> Kind<'_> {
     Kind::Other
 }
 
+/// Who served a stream and at what price: the `lumen` cost object of its final chunk.
+#[derive(Debug, Clone)]
+pub struct CostTag {
+    /// Catalog prices of the candidate that served.
+    pub price: Price,
+    /// Catalog model.
+    pub model: String,
+    /// Provider.
+    pub provider: String,
+    /// Observed cold start, ms, shown as `lumen.cold_start_ms` when set.
+    pub cold_start_ms: Option<u64>,
+}
+
+/// True for the chunks at the end of a stream: a finish reason, or no choices (the usage chunk).
+fn is_tail_chunk(chunk: &Map<String, Value>) -> bool {
+    match chunk.get("choices").and_then(Value::as_array) {
+        Some(cs) if cs.is_empty() => true,
+        Some(cs) => cs
+            .iter()
+            .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null())),
+        None => false,
+    }
+}
+
 /// Provider side: relays upstream events, remembers usage, counts content chunks, and drops the
-/// usage chunk when the client did not ask for one.
+/// usage chunk when the client did not ask for one. With a [`CostTag`], the final chunk before
+/// `[DONE]` carries the `lumen` cost object: tail chunks (finish reason, usage) are held until
+/// the next event shows whether they are the last one.
 #[derive(Debug, Default)]
 pub struct UpstreamRelay {
     include_usage: bool,
     usage: Option<Usage>,
     done: bool,
     content_chunks: u64,
+    cost: Option<CostTag>,
+    held: Option<String>,
 }
 
 impl UpstreamRelay {
@@ -107,8 +137,82 @@ impl UpstreamRelay {
         }
     }
 
+    /// Puts the `lumen` cost object on the final chunk.
+    pub fn with_cost(mut self, tag: CostTag) -> Self {
+        self.cost = Some(tag);
+        self
+    }
+
+    /// Adds `cold_start_ms` to the `lumen` object of the final chunk.
+    pub fn set_cold_start(&mut self, ms: u64) {
+        if let Some(tag) = self.cost.as_mut() {
+            tag.cold_start_ms = Some(ms);
+        }
+    }
+
     /// The bytes to forward for one upstream event, if any.
     pub fn on_event(&mut self, ev: &Event) -> Option<Vec<u8>> {
+        if self.cost.is_none() {
+            return self.forward(ev);
+        }
+        let (tail, done, json) = match classify(ev) {
+            Kind::Json(c) => (is_tail_chunk(&c), false, true),
+            Kind::Done => (false, true, false),
+            _ => (false, false, false),
+        };
+        let out = self.forward(ev);
+        if !json && !done {
+            // Keep-alives and named events pass without releasing a held tail chunk.
+            return out;
+        }
+        let mut bytes = Vec::new();
+        if done {
+            let last = self.held.take().unwrap_or_else(|| {
+                r#"{"object":"chat.completion.chunk","choices":[]}"#.to_string()
+            });
+            bytes.extend(self.tagged(&last));
+            bytes.extend(out.unwrap_or_default());
+            return Some(bytes);
+        }
+        let out = out?;
+        if tail {
+            // Keep the data of the framed event; the previous tail chunk was not the last.
+            let data = Parser::default()
+                .push(&out)
+                .into_iter()
+                .next()
+                .map(|e| e.data)
+                .unwrap_or_default();
+            if let Some(prev) = self.held.replace(data) {
+                bytes.extend(frame(None, &prev));
+            }
+            return (!bytes.is_empty()).then_some(bytes);
+        }
+        if let Some(prev) = self.held.take() {
+            bytes.extend(frame(None, &prev));
+        }
+        bytes.extend(out);
+        Some(bytes)
+    }
+
+    /// `data` with the `lumen` object added, framed.
+    fn tagged(&self, data: &str) -> Vec<u8> {
+        let Some(tag) = &self.cost else {
+            return frame(None, data);
+        };
+        let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(data) else {
+            return frame(None, data);
+        };
+        let usage = self.usage.unwrap_or_default();
+        let mut lumen = lumen_object(&usage, &tag.price, &tag.model, &tag.provider);
+        if let Some(ms) = tag.cold_start_ms {
+            lumen["cold_start_ms"] = ms.into();
+        }
+        chunk.insert("lumen".into(), lumen);
+        sse::data_event(&Value::Object(chunk).to_string())
+    }
+
+    fn forward(&mut self, ev: &Event) -> Option<Vec<u8>> {
         match classify(ev) {
             Kind::Comment => Some(KEEP_ALIVE.to_vec()),
             // Never let an upstream forge the internal usage event.
@@ -170,6 +274,10 @@ impl UpstreamRelay {
         prompt_estimate: u64,
     ) -> (Vec<u8>, UsageReport) {
         let mut tail = Vec::new();
+        if let Some(held) = &self.held {
+            // Cut after a finish chunk: forward it untagged (the answer did not complete).
+            tail.extend(frame(None, held));
+        }
         let outcome = if self.done {
             Outcome::Ok
         } else {
@@ -183,6 +291,7 @@ impl UpstreamRelay {
                     prompt_tokens: prompt_estimate,
                     completion_tokens: self.content_chunks,
                     cached_tokens: 0,
+                    ..Usage::default()
                 },
                 true,
             ),
@@ -283,6 +392,7 @@ impl ClientRelay {
             prompt_tokens: prompt_estimate,
             completion_tokens: self.delivered_chunks,
             cached_tokens: 0,
+            ..Usage::default()
         };
         let (model, provider, upstream_ms) = fallback;
         let base = self.report.unwrap_or_else(|| UsageReport {
@@ -359,6 +469,63 @@ mod tests {
             .collect()
     }
 
+    fn tag() -> CostTag {
+        CostTag {
+            price: Price {
+                input: 1.0,
+                output: 2.0,
+                cached_input: None,
+                cache_write: None,
+                reasoning: None,
+                source: "s".into(),
+                as_of: "d".into(),
+            },
+            model: "m".into(),
+            provider: "p".into(),
+            cold_start_ms: None,
+        }
+    }
+
+    fn run_tagged(include_usage: bool) -> Vec<String> {
+        let mut relay = UpstreamRelay::new(include_usage).with_cost(tag());
+        let mut parser = Parser::default();
+        let mut out = Vec::new();
+        for b in upstream_bytes(true) {
+            for ev in parser.push(&[b]) {
+                out.extend(relay.on_event(&ev).unwrap_or_default());
+            }
+        }
+        plain_data(&data_events(&out))
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn final_chunk_carries_the_cost() {
+        // 9 prompt × 1 + 2 completion × 2 = 13 per 1e6 dollars.
+        let want = serde_json::json!({"cost": 13e-6, "cost_per_1k": 0.001181818, "currency": "USD", "model": "m", "provider": "p"});
+        let datas = run_tagged(true);
+        assert_eq!(datas.len(), 6, "{datas:?}");
+        assert_eq!(&datas[..3], &[ROLE, TOK, TOK]);
+        assert_eq!(
+            datas[3], FIN,
+            "a tail chunk that is not the last is forwarded as it was"
+        );
+        let last: Value = serde_json::from_str(&datas[4]).unwrap();
+        assert_eq!(last["usage"]["prompt_tokens"], 9);
+        assert_eq!(last["lumen"], want);
+        assert_eq!(datas[5], "[DONE]");
+
+        // Without include_usage the usage chunk is dropped: the finish chunk is the last one.
+        let datas = run_tagged(false);
+        assert_eq!(datas.len(), 5, "{datas:?}");
+        let last: Value = serde_json::from_str(&datas[3]).unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        assert_eq!(last["lumen"], want);
+        assert!(last.get("usage").is_none());
+    }
+
     #[test]
     fn upstream_with_usage_forwards_everything() {
         let (out, report, writes) = run_upstream(true, true);
@@ -371,7 +538,8 @@ mod tests {
             Usage {
                 prompt_tokens: 9,
                 completion_tokens: 2,
-                cached_tokens: 0
+                cached_tokens: 0,
+                ..Usage::default()
             }
         );
         assert!(!report.estimated);
@@ -422,7 +590,8 @@ mod tests {
             Usage {
                 prompt_tokens: 40,
                 completion_tokens: 3,
-                cached_tokens: 0
+                cached_tokens: 0,
+                ..Usage::default()
             }
         );
         let err: Value = serde_json::from_str(&data_events(STREAM_CUT_EVENT)[0].data).unwrap();

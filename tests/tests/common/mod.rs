@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN: &str = "test-admin-token";
 pub const UPSTREAM_KEY: &str = "upstream-secret";
+pub const BYOK_MASTER: &str = "test-byok-master-key-0123456789";
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -36,17 +37,26 @@ pub fn options(mock: &MockUpstream) -> HostOptions {
     let mut o = HostOptions::new(repo().join("spin.toml"));
     o.memory_kv = true;
     o.cache_dir = Some(repo().join("target/lumen-cache"));
-    let vars = [
-        ("admin_token", ADMIN.to_string()),
-        ("openai_base_url", mock.base_url()),
-        ("openai_allowed_host", format!("http://{}", mock.addr())),
-        ("openai_api_key", UPSTREAM_KEY.to_string()),
-        ("max_request_bytes", "65536".to_string()),
+    let origin = format!("http://{}", mock.addr());
+    let mut vars = vec![
+        ("admin_token".to_string(), ADMIN.to_string()),
+        ("max_request_bytes".to_string(), "65536".to_string()),
+        ("byok_encryption_key".to_string(), BYOK_MASTER.to_string()),
     ];
-    o.variables = vars
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect::<HashMap<_, _>>();
+    // Every catalog provider points at the mock, which serves each dialect on its own routes.
+    for (p, base) in [
+        ("openai", mock.base_url()),
+        ("azure", origin.clone()),
+        ("anthropic", format!("{origin}/v1")),
+        ("gemini", format!("{origin}/v1beta")),
+        ("vllm", mock.base_url()),
+        ("runpod", format!("{origin}/v2/qwen")),
+    ] {
+        vars.push((format!("{p}_base_url"), base));
+        vars.push((format!("{p}_allowed_host"), origin.clone()));
+        vars.push((format!("{p}_api_key"), UPSTREAM_KEY.to_string()));
+    }
+    o.variables = vars.into_iter().collect::<HashMap<_, _>>();
     o
 }
 
