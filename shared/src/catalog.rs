@@ -77,6 +77,35 @@ pub struct ModelConfig {
     pub aliases: Vec<String>,
     /// Prices.
     pub price: Price,
+    /// Ability on the router's difficulty scale (see `bench/ROUTER-eval.md`); models without one
+    /// are never chosen by a tier, only when pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    /// Brand (maker) for `brand_pref`, e.g. `"meta"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+}
+
+/// A routing tier (`lumen/<name>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Default quality floor in [0, 1] (a request's `quality_floor` overrides it).
+    pub quality_floor: f64,
+    /// What the tier is for.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A regex alias rule: a requested name matching `pattern` resolves to `target` with `\1` or
+/// `$1` replaced by capture groups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AliasRule {
+    /// Regular expression (`regex` crate syntax), anchored by the author.
+    pub pattern: String,
+    /// Model id or alias it resolves to.
+    pub target: String,
 }
 
 /// The whole catalog.
@@ -87,6 +116,31 @@ pub struct Catalog {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Models by id.
     pub models: BTreeMap<String, ModelConfig>,
+    /// Routing tiers by name (`lumen/<name>`; `auto` is also accepted bare).
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// Regex alias rules, tried in order after ids and aliases.
+    #[serde(default)]
+    pub alias_rules: Vec<AliasRule>,
+}
+
+fn rule_target(target: &str) -> String {
+    // `\1` (sed style) is accepted as `${1}`.
+    let mut out = String::with_capacity(target.len());
+    let mut chars = target.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push_str("${");
+            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                out.push(d);
+                chars.next();
+            }
+            out.push('}');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
@@ -142,6 +196,25 @@ impl Catalog {
                 }
             }
         }
+        for (name, t) in &self.tiers {
+            if !(0.0..=1.0).contains(&t.quality_floor) {
+                return Err(format!(
+                    "tiers.{name}.quality_floor must be between 0 and 1, got {}",
+                    t.quality_floor
+                ));
+            }
+        }
+        for (i, r) in self.alias_rules.iter().enumerate() {
+            regex::Regex::new(&r.pattern)
+                .map_err(|e| format!("alias_rules[{i}].pattern \"{}\" is not a valid regex: {e}", r.pattern))?;
+        }
+        for (id, m) in &self.models {
+            if let Some(q) = m.quality {
+                if !q.is_finite() {
+                    return Err(format!("quality of model \"{id}\" must be a finite number"));
+                }
+            }
+        }
         for (id, p) in &self.providers {
             for (field, v) in [
                 ("base_url_variable", &p.base_url_variable),
@@ -173,8 +246,7 @@ impl Catalog {
         Ok(cat)
     }
 
-    /// Finds a model by id or alias; returns its canonical id.
-    pub fn lookup(&self, name: &str) -> Option<(&str, &ModelConfig)> {
+    fn lookup_plain(&self, name: &str) -> Option<(&str, &ModelConfig)> {
         if let Some((id, m)) = self.models.get_key_value(name) {
             return Some((id.as_str(), m));
         }
@@ -182,6 +254,39 @@ impl Catalog {
             .iter()
             .find(|(_, m)| m.aliases.iter().any(|a| a == name))
             .map(|(id, m)| (id.as_str(), m))
+    }
+
+    /// Finds a model by id, alias, or the first regex alias rule whose rewrite names one;
+    /// returns its canonical id.
+    pub fn lookup(&self, name: &str) -> Option<(&str, &ModelConfig)> {
+        self.lookup_plain(name).or_else(|| {
+            self.alias_rules.iter().find_map(|r| {
+                let re = regex::Regex::new(&r.pattern).ok()?;
+                if !re.is_match(name) {
+                    return None;
+                }
+                let target = re.replace(name, rule_target(&r.target).as_str());
+                self.lookup_plain(&target)
+            })
+        })
+    }
+
+    /// The plan entry of a catalog model (`id` must exist).
+    pub fn candidate(&self, id: &str) -> Candidate {
+        let model = &self.models[id];
+        let provider = &self.providers[&model.provider];
+        Candidate {
+            model: id.to_string(),
+            upstream_model: model.upstream_id.clone(),
+            price: model.price.clone(),
+            context_window: model.context_window,
+            provider: ProviderTarget {
+                name: model.provider.clone(),
+                dialect: provider.dialect,
+                base_url_variable: provider.base_url_variable.clone(),
+                api_key_variable: provider.api_key_variable.clone(),
+            },
+        }
     }
 
     /// Resolves a requested model to an ordered plan, honouring the key's allowed models
@@ -206,27 +311,20 @@ impl Catalog {
                 "model_not_allowed",
             ));
         }
-        let provider = &self.providers[&model.provider];
         let reason = if id == requested {
             "pinned model"
-        } else {
+        } else if self.lookup_plain(requested).is_some() {
             "alias"
+        } else {
+            "alias rule"
         };
         Ok(Plan {
             requested: requested.to_string(),
             reason: format!("{reason} \"{requested}\" → {id} on {}", model.provider),
-            candidates: vec![Candidate {
-                model: id.to_string(),
-                upstream_model: model.upstream_id.clone(),
-                price: model.price.clone(),
-                context_window: model.context_window,
-                provider: ProviderTarget {
-                    name: model.provider.clone(),
-                    dialect: provider.dialect,
-                    base_url_variable: provider.base_url_variable.clone(),
-                    api_key_variable: provider.api_key_variable.clone(),
-                },
-            }],
+            candidates: vec![self.candidate(id)],
+            defaults: serde_json::Map::new(),
+            cascade: false,
+            route: None,
         })
     }
 
@@ -254,6 +352,20 @@ impl Catalog {
                 })
             })
             .collect();
+        let mut data = data;
+        for (name, t) in &self.tiers {
+            let aliases: Vec<&str> = if name == "auto" { vec!["auto"] } else { vec![] };
+            data.push(serde_json::json!({
+                "id": format!("{}{name}", crate::route::TIER_PREFIX),
+                "object": "model",
+                "created": created,
+                "owned_by": "lumen",
+                "virtual": true,
+                "description": t.description,
+                "quality_floor": t.quality_floor,
+                "aliases": aliases,
+            }));
+        }
         serde_json::json!({"object": "list", "data": data})
     }
 }

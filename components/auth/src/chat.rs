@@ -8,6 +8,7 @@ use lumen_shared::contracts::{routes, Plan, PlanRequest};
 use lumen_shared::kv::ApiKeyRecord;
 use lumen_shared::openai::{self, ChatRequest};
 use lumen_shared::ratelimit::{check_rpm, RateStatus};
+use lumen_shared::route;
 use lumen_shared::ApiError;
 use lumen_spin::http::{post_json, respond};
 use lumen_spin::util::now_ms;
@@ -46,8 +47,17 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
     let ask = PlanRequest {
         model: chat.model.clone(),
         allowed_models: key.allowed_models.clone(),
+        request: Some(chat.body),
     };
     let plan: Plan = post_json("router", routes::PLAN, &ask).await?;
+    let mut chat = ChatRequest {
+        body: ask.request.unwrap_or_default(),
+        ..chat
+    };
+    // Model-string parameters become defaults; routing fields never go upstream.
+    route::apply_defaults(&mut chat.body, &plan.defaults);
+    route::strip_routing_fields(&mut chat.body);
+    ctx.route = plan.route.as_ref().map(route::RouteExplain::header);
     let first = plan
         .candidates
         .first()

@@ -9,6 +9,7 @@ use lumen_shared::contracts::{
     headers, routes, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
+use lumen_shared::route::RouteExplain;
 use lumen_shared::sse::Parser;
 use lumen_shared::ApiError;
 use lumen_spin::http::{
@@ -43,6 +44,7 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
         candidates: plan.candidates.clone(),
         include_usage: chat.include_usage,
         body: chat.body,
+        cascade: plan.cascade,
     };
     let sent = match serde_json::to_vec(&call) {
         Ok(bytes) => {
@@ -65,6 +67,10 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
             if let Some(p) = response_header(&resp, headers::PROVIDER) {
                 ctx.provider = p;
             }
+            if let Some(why) = response_header(&resp, headers::CASCADE) {
+                let r = ctx.route.take().unwrap_or_default();
+                ctx.route = Some(format!("{r}; escalated={why}"));
+            }
             ctx.upstream_ms = response_header(&resp, headers::UPSTREAM_MS)
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0);
@@ -76,7 +82,8 @@ pub async fn run(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam) {
             {
                 stream(&ctx, resp, out, prompt_estimate).await
             } else {
-                whole(&ctx, resp, out, prompt_estimate, &content_type).await
+                let route = plan.route.as_ref();
+                whole(&ctx, resp, out, prompt_estimate, &content_type, route).await
             }
         }
     };
@@ -90,6 +97,7 @@ async fn whole(
     out: ResponseOutparam,
     prompt_estimate: u64,
     content_type: &str,
+    route: Option<&RouteExplain>,
 ) -> UsageReport {
     let status = resp.status();
     let retry_after = response_header(&resp, "retry-after");
@@ -100,6 +108,11 @@ async fn whole(
     let ok = (200..300).contains(&status);
     let (reply, report) = match body {
         Ok(body) => {
+            let body = if ok {
+                crate::explain::with_route(body, route)
+            } else {
+                body
+            };
             let content_type = if content_type.is_empty() {
                 "application/json"
             } else {

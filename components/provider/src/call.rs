@@ -2,6 +2,7 @@
 //! the first byte) and answers with the upstream's JSON or relays its SSE stream, always telling
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
+use crate::cascade;
 use crate::upstream::{answer_usage, send_error, status_error, upstream_body, wants_error_body};
 use futures::{SinkExt, StreamExt};
 use lumen_shared::contracts::{headers, CallRequest, Candidate, Outcome, UsageReport};
@@ -175,6 +176,11 @@ fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
     reply
 }
 
+fn cascade_check(body: &[u8], call: &CallRequest) -> Result<(), String> {
+    let answer: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    cascade::check(&answer, &call.body)
+}
+
 /// Handles `POST /call`.
 pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
     let call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
@@ -189,7 +195,8 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
     let prompt_estimate = estimate_prompt_tokens(&call.body);
 
     let mut last: Option<(&Candidate, Failure)> = None;
-    for c in &call.candidates {
+    let mut escalated: Vec<String> = Vec::new();
+    for (i, c) in call.candidates.iter().enumerate() {
         match attempt(c, &call, stream, prompt_estimate).await {
             Ok((
                 Success::Whole {
@@ -199,13 +206,27 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                 },
                 ms,
             )) => {
+                if call.cascade && i + 1 < call.candidates.len() {
+                    if let Err(why) = cascade_check(&body, &call) {
+                        cascade::record_latency(&c.provider.name, &c.model, ms);
+                        escalated.push(format!("{}: {why}", c.model));
+                        continue;
+                    }
+                }
                 let mut reply = Reply::json_bytes(200, body);
                 reply.headers.extend(served_headers(c, ms));
+                if !escalated.is_empty() {
+                    reply.set_header(headers::CASCADE, escalated.join("; "));
+                }
                 let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
-                return respond(out, reply).await;
+                respond(out, reply).await;
+                cascade::record_latency(&c.provider.name, &c.model, ms);
+                return;
             }
             Ok((Success::Stream(resp), ms)) => {
-                return relay(out, resp, c, ms, call.include_usage, prompt_estimate).await
+                relay(out, resp, c, ms, call.include_usage, prompt_estimate).await;
+                cascade::record_latency(&c.provider.name, &c.model, ms);
+                return;
             }
             Err(f) => {
                 let retry = f.error.retryable;

@@ -2,6 +2,7 @@
 //! plan's candidates in order, and streams the answer back to auth. Private to the app.
 
 mod call;
+mod cascade;
 mod upstream;
 
 use lumen_shared::ApiError;

@@ -39,6 +39,9 @@ pub fn options(mock: &MockUpstream) -> HostOptions {
         ("openai_base_url", mock.base_url()),
         ("openai_allowed_host", format!("http://{}", mock.addr())),
         ("openai_api_key", UPSTREAM_KEY.to_string()),
+        ("together_base_url", mock.base_url()),
+        ("together_allowed_host", format!("http://{}", mock.addr())),
+        ("together_api_key", UPSTREAM_KEY.to_string()),
         ("max_request_bytes", "65536".to_string()),
     ];
     o.variables = vars

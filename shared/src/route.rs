@@ -1,0 +1,636 @@
+//! The routing decision: a model string (id, alias, regex alias, tier, `provider:` prefix,
+//! `?param=value` defaults) and the request's routing preferences become an ordered plan with an
+//! explanation. Pure: the router component passes the catalog, the scorer and observed latencies.
+//!
+//! Tiers (`lumen/auto` = `auto`, `lumen/fast`, `lumen/balanced`, `lumen/reasoning`, as the
+//! catalog's `[tiers]` define them) pick, among the catalog models that have a `quality`, the
+//! cheapest whose predicted quality for this request clears the quality floor; pinned models
+//! always win.
+
+use crate::catalog::{Catalog, ModelConfig};
+use crate::contracts::Plan;
+use crate::error::ApiError;
+use crate::openai::estimate_prompt_tokens;
+use crate::scorer::{predicted_quality, Weights};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Request fields that steer routing; removed before the body goes upstream.
+pub const ROUTING_FIELDS: &[&str] = &[
+    "provider",
+    "brand_pref",
+    "max_price",
+    "max_latency_ms",
+    "quality_floor",
+    "lumen",
+];
+
+/// Model-string parameters that may not be set as defaults.
+const FORBIDDEN_PARAMS: &[&str] = &["model", "messages", "stream", "stream_options"];
+
+/// The prefix of virtual tier models.
+pub const TIER_PREFIX: &str = "lumen/";
+
+/// `provider: {order, only, ignore, allow_fallbacks}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderPrefs {
+    /// Providers to prefer, in order.
+    pub order: Vec<String>,
+    /// Only these providers.
+    pub only: Vec<String>,
+    /// Never these providers.
+    pub ignore: Vec<String>,
+    /// `false`: the plan holds the winner only.
+    pub allow_fallbacks: bool,
+}
+
+/// Routing preferences of one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prefs {
+    /// Provider preferences.
+    pub provider: ProviderPrefs,
+    /// Preferred brands (catalog `brand`), most preferred first.
+    pub brand_pref: Vec<String>,
+    /// Price ceilings in dollars per million (input, output) tokens.
+    pub max_price: Option<(f64, f64)>,
+    /// Latency SLO in ms (observed EWMA of the provider+model).
+    pub max_latency_ms: Option<f64>,
+    /// Quality floor in [0, 1].
+    pub quality_floor: Option<f64>,
+    /// Quality-floor cascade.
+    pub cascade: bool,
+}
+
+fn bad(param: &str, message: String) -> ApiError {
+    ApiError::invalid_request(message, Some(param), "invalid_value")
+}
+
+fn strings(v: &Value, param: &str) -> Result<Vec<String>, ApiError> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str().map(str::to_string).ok_or_else(|| {
+                    bad(param, format!("'{param}' must be a string or an array of strings"))
+                })
+            })
+            .collect(),
+        _ => Err(bad(
+            param,
+            format!("'{param}' must be a string or an array of strings"),
+        )),
+    }
+}
+
+fn positive(v: &Value, param: &str) -> Result<f64, ApiError> {
+    match v.as_f64() {
+        Some(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(bad(
+            param,
+            format!("'{param}' must be a non-negative number, but got {v}"),
+        )),
+    }
+}
+
+impl Prefs {
+    /// Reads and checks the routing fields of a body (absent fields take defaults). Errors are
+    /// 400s naming the field.
+    pub fn from_body(body: &Map<String, Value>) -> Result<Prefs, ApiError> {
+        let mut p = Prefs {
+            provider: ProviderPrefs {
+                allow_fallbacks: true,
+                ..ProviderPrefs::default()
+            },
+            ..Prefs::default()
+        };
+        match body.get("provider") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(o)) => {
+                for (k, v) in o {
+                    let param = format!("provider.{k}");
+                    match k.as_str() {
+                        "order" => p.provider.order = strings(v, &param)?,
+                        "only" => p.provider.only = strings(v, &param)?,
+                        "ignore" => p.provider.ignore = strings(v, &param)?,
+                        "allow_fallbacks" => {
+                            p.provider.allow_fallbacks = v.as_bool().ok_or_else(|| {
+                                bad(&param, format!("'{param}' must be a boolean"))
+                            })?
+                        }
+                        _ => {
+                            return Err(bad(
+                                &param,
+                                format!("unknown field '{param}'; known: order, only, ignore, allow_fallbacks"),
+                            ))
+                        }
+                    }
+                }
+            }
+            Some(_) => return Err(bad("provider", "'provider' must be an object".into())),
+        }
+        if let Some(v) = body.get("brand_pref").filter(|v| !v.is_null()) {
+            p.brand_pref = strings(v, "brand_pref")?;
+        }
+        match body.get("max_price") {
+            None | Some(Value::Null) => {}
+            Some(v @ Value::Number(_)) => {
+                let x = positive(v, "max_price")?;
+                p.max_price = Some((x, x));
+            }
+            Some(Value::Object(o)) => {
+                let (mut i, mut out) = (f64::INFINITY, f64::INFINITY);
+                for (k, v) in o {
+                    let param = format!("max_price.{k}");
+                    match k.as_str() {
+                        "prompt" | "input" => i = positive(v, &param)?,
+                        "completion" | "output" => out = positive(v, &param)?,
+                        _ => {
+                            return Err(bad(
+                                &param,
+                                format!("unknown field '{param}'; known: prompt (or input), completion (or output)"),
+                            ))
+                        }
+                    }
+                }
+                p.max_price = Some((i, out));
+            }
+            Some(v) => {
+                return Err(bad(
+                    "max_price",
+                    format!("'max_price' must be a number or an object with prompt/completion prices per million tokens, but got {v}"),
+                ))
+            }
+        }
+        if let Some(v) = body.get("max_latency_ms").filter(|v| !v.is_null()) {
+            let x = positive(v, "max_latency_ms")?;
+            if x == 0.0 {
+                return Err(bad("max_latency_ms", "'max_latency_ms' must be above 0".into()));
+            }
+            p.max_latency_ms = Some(x);
+        }
+        if let Some(v) = body.get("quality_floor").filter(|v| !v.is_null()) {
+            match v.as_f64() {
+                Some(x) if (0.0..=1.0).contains(&x) => p.quality_floor = Some(x),
+                _ => {
+                    return Err(bad(
+                        "quality_floor",
+                        format!("'quality_floor' must be a number between 0 and 1, but got {v}"),
+                    ))
+                }
+            }
+        }
+        match body.get("lumen") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(o)) => {
+                for (k, v) in o {
+                    match k.as_str() {
+                        "cascade" => {
+                            p.cascade = v.as_bool().ok_or_else(|| {
+                                bad("lumen.cascade", "'lumen.cascade' must be a boolean".into())
+                            })?
+                        }
+                        _ => {
+                            return Err(bad(
+                                &format!("lumen.{k}"),
+                                format!("unknown field 'lumen.{k}'; known: cascade"),
+                            ))
+                        }
+                    }
+                }
+            }
+            Some(_) => return Err(bad("lumen", "'lumen' must be an object".into())),
+        }
+        Ok(p)
+    }
+}
+
+/// Removes the routing fields from a body before it goes upstream.
+pub fn strip_routing_fields(body: &mut Map<String, Value>) {
+    for f in ROUTING_FIELDS {
+        body.remove(*f);
+    }
+}
+
+/// Applies model-string parameters as defaults (fields the client set win).
+pub fn apply_defaults(body: &mut Map<String, Value>, defaults: &Map<String, Value>) {
+    for (k, v) in defaults {
+        if !body.contains_key(k) {
+            body.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// A parsed model string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Provider pinned with `provider:name`.
+    pub provider: Option<String>,
+    /// The name without prefix and parameters.
+    pub name: String,
+    /// `?k=v&…` parameters (values as JSON when they parse, else strings).
+    pub params: Map<String, Value>,
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits `provider:name?k=v` (the provider prefix only when it names a catalog provider).
+pub fn parse_model(s: &str, cat: &Catalog) -> Result<ModelSpec, ApiError> {
+    let (head, query) = match s.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (s, None),
+    };
+    let (provider, name) = match head.split_once(':') {
+        Some((p, n)) if cat.providers.contains_key(p) => (Some(p.to_string()), n),
+        _ => (None, head),
+    };
+    let mut params = Map::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        let (k, v) = (percent_decode(k), percent_decode(v));
+        if FORBIDDEN_PARAMS.contains(&k.as_str()) || k.is_empty() {
+            return Err(bad(
+                "model",
+                format!("the model string may not set '{k}' as a parameter"),
+            ));
+        }
+        let value = serde_json::from_str::<Value>(&v).unwrap_or(Value::String(v));
+        params.insert(k, value);
+    }
+    if !params.is_empty() {
+        // The defaults must be valid request fields themselves.
+        let mut probe = params.clone();
+        probe.insert("model".into(), Value::String("m".into()));
+        probe.insert(
+            "messages".into(),
+            serde_json::json!([{"role": "user", "content": "x"}]),
+        );
+        let bytes = serde_json::to_vec(&probe).unwrap_or_default();
+        crate::openai::parse_chat_request(&bytes).map_err(|e| {
+            bad(
+                "model",
+                format!("invalid parameter in the model string: {}", e.message),
+            )
+        })?;
+    }
+    Ok(ModelSpec {
+        provider,
+        name: name.to_string(),
+        params,
+    })
+}
+
+/// One model the decision looked at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Considered {
+    /// Catalog model.
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// Predicted chance it answers this request well.
+    pub predicted_quality: f64,
+    /// Input + output price, dollars per million tokens.
+    pub price: f64,
+    /// Why it was not eligible (absent = eligible).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<String>,
+}
+
+/// Why a plan is what it is (`x-lumen-route`, `lumen.route`, `POST /v1/route`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RouteExplain {
+    /// Tier (`lumen/auto`, …); absent for pinned models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Difficulty logit of the request (tiers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    /// Quality floor applied (tiers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_floor: Option<f64>,
+    /// Microseconds the scorer took (tiers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_us: Option<f64>,
+    /// The winner.
+    pub model: String,
+    /// Why the winner won.
+    pub reason: String,
+    /// The models looked at (tiers only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Considered>,
+    /// Whether the cascade is on.
+    #[serde(default)]
+    pub cascade: bool,
+}
+
+impl RouteExplain {
+    /// The one-line `x-lumen-route` header.
+    pub fn header(&self) -> String {
+        let mut h = format!("model={}", self.model);
+        if let Some(t) = &self.tier {
+            h.push_str(&format!("; tier={t}"));
+        }
+        if let Some(s) = self.score {
+            h.push_str(&format!("; score={s:.3}"));
+        }
+        if let Some(f) = self.quality_floor {
+            h.push_str(&format!("; floor={f}"));
+        }
+        if !self.candidates.is_empty() {
+            h.push_str(&format!("; candidates={}", self.candidates.len()));
+        }
+        if self.cascade {
+            h.push_str("; cascade=on");
+        }
+        // Header values must be visible ASCII.
+        let reason: String = self
+            .reason
+            .chars()
+            .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '_' })
+            .collect();
+        h.push_str(&format!("; reason={reason}"));
+        h
+    }
+}
+
+/// What the decision needs besides the catalog.
+pub struct Inputs<'a> {
+    /// The request's `model`.
+    pub model: &'a str,
+    /// Models the key may use (empty = all).
+    pub allowed: &'a [String],
+    /// The request body (routing fields included), when known.
+    pub body: Option<&'a Map<String, Value>>,
+    /// The scorer; tiers need it.
+    pub weights: Option<&'a Weights>,
+    /// Observed latency (ms) of a provider+model, if any.
+    pub latency: &'a dyn Fn(&str, &str) -> Option<f64>,
+    /// Microseconds the caller measured around scoring, reported back (set by the caller).
+    pub now_us: &'a dyn Fn() -> f64,
+}
+
+fn blended(m: &ModelConfig) -> f64 {
+    m.price.input + m.price.output
+}
+
+fn needs(body: &Map<String, Value>) -> Vec<&'static str> {
+    let mut caps = vec![];
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        caps.push("stream");
+    }
+    if body
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+    {
+        caps.push("tools");
+    }
+    match body
+        .get("response_format")
+        .and_then(|r| r.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("json_schema") => caps.push("json_schema"),
+        Some("json_object") => caps.push("json_object"),
+        _ => {}
+    }
+    let vision = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .any(|p| p.get("type").and_then(Value::as_str) == Some("image_url"));
+    if vision {
+        caps.push("vision");
+    }
+    caps
+}
+
+/// The tier a model string names, if any (`auto` is `lumen/auto`).
+pub fn tier_name<'a>(name: &'a str, cat: &Catalog) -> Option<&'a str> {
+    let t = if name == "auto" {
+        "auto"
+    } else {
+        name.strip_prefix(TIER_PREFIX)?
+    };
+    cat.tiers.contains_key(t).then_some(t)
+}
+
+/// Decides the plan for a request.
+pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
+    let empty = Map::new();
+    let body = inp.body.unwrap_or(&empty);
+    let prefs = Prefs::from_body(body)?;
+    let spec = parse_model(inp.model, cat)?;
+    let Some(tier) = tier_name(&spec.name, cat) else {
+        // A pinned model (id, alias or regex alias) always wins.
+        let mut plan = cat.plan(&spec.name, inp.allowed)?;
+        plan.requested = inp.model.to_string();
+        if let Some(p) = &spec.provider {
+            if plan.candidates[0].provider.name != *p {
+                return Err(ApiError::not_found(
+                    format!(
+                        "the model \"{}\" is not offered by provider \"{p}\" (it is served by \"{}\")",
+                        spec.name, plan.candidates[0].provider.name
+                    ),
+                    Some("model"),
+                    "model_not_found",
+                ));
+            }
+        }
+        plan.defaults = spec.params;
+        plan.cascade = false;
+        plan.route = Some(RouteExplain {
+            model: plan.candidates[0].model.clone(),
+            reason: plan.reason.clone(),
+            ..RouteExplain::default()
+        });
+        return Ok(plan);
+    };
+    let weights = inp.weights.ok_or_else(|| {
+        ApiError::internal("the router's scorer weights are missing (config/router-weights.bin)")
+    })?;
+    let t0 = (inp.now_us)();
+    let z = weights.score_body(body);
+    let score_us = (inp.now_us)() - t0;
+    let floor = prefs
+        .quality_floor
+        .unwrap_or(cat.tiers[tier].quality_floor);
+    let prompt = estimate_prompt_tokens(body);
+    let caps = needs(body);
+    let mut considered = Vec::new();
+    for (id, m) in &cat.models {
+        let Some(q) = m.quality else { continue };
+        let pq = predicted_quality(q, z);
+        let allowed = inp.allowed.is_empty()
+            || inp
+                .allowed
+                .iter()
+                .any(|a| a == id || m.aliases.iter().any(|x| x == a));
+        let pp = &prefs.provider;
+        let excluded = if !allowed {
+            Some("not allowed for this API key".to_string())
+        } else if spec.provider.as_ref().is_some_and(|p| *p != m.provider) {
+            Some(format!("provider {} is not the pinned provider", m.provider))
+        } else if !pp.only.is_empty() && !pp.only.contains(&m.provider) {
+            Some(format!("provider {} is not in provider.only", m.provider))
+        } else if pp.ignore.contains(&m.provider) {
+            Some(format!("provider {} is in provider.ignore", m.provider))
+        } else if let Some(c) = caps.iter().find(|c| !m.capabilities.iter().any(|x| x == *c)) {
+            Some(format!("lacks capability {c}"))
+        } else if prompt > m.context_window {
+            Some(format!(
+                "prompt (~{prompt} tokens) exceeds the context window of {}",
+                m.context_window
+            ))
+        } else if let Some((pi, po)) = prefs
+            .max_price
+            .filter(|(pi, po)| m.price.input > *pi || m.price.output > *po)
+        {
+            Some(format!(
+                "price {}/{} per Mtok is over max_price {pi}/{po}",
+                m.price.input, m.price.output
+            ))
+        } else if let Some((max, seen)) = prefs
+            .max_latency_ms
+            .and_then(|max| Some((max, (inp.latency)(&m.provider, id)?)))
+            .filter(|(max, seen)| seen > max)
+        {
+            Some(format!(
+                "observed latency {seen:.0} ms is over max_latency_ms {max}"
+            ))
+        } else {
+            None
+        };
+        considered.push(Considered {
+            model: id.clone(),
+            provider: m.provider.clone(),
+            predicted_quality: (pq * 1000.0).round() / 1000.0,
+            price: blended(m),
+            excluded,
+        });
+    }
+    let rank = |list: &[String], v: &str| list.iter().position(|x| x == v).unwrap_or(usize::MAX);
+    let brand = |id: &str| cat.models[id].brand.clone().unwrap_or_default();
+    let mut clearing: Vec<&Considered> = considered
+        .iter()
+        .filter(|c| c.excluded.is_none() && c.predicted_quality >= floor)
+        .collect();
+    clearing.sort_by(|a, b| {
+        rank(&prefs.provider.order, &a.provider)
+            .cmp(&rank(&prefs.provider.order, &b.provider))
+            .then(rank(&prefs.brand_pref, &brand(&a.model)).cmp(&rank(&prefs.brand_pref, &brand(&b.model))))
+            .then(a.price.total_cmp(&b.price))
+            .then(a.model.cmp(&b.model))
+    });
+    let mut rest: Vec<&Considered> = considered
+        .iter()
+        .filter(|c| c.excluded.is_none() && c.predicted_quality < floor)
+        .collect();
+    rest.sort_by(|a, b| {
+        b.predicted_quality
+            .total_cmp(&a.predicted_quality)
+            .then(a.price.total_cmp(&b.price))
+            .then(a.model.cmp(&b.model))
+    });
+    let (order, reason): (Vec<&Considered>, String) = match clearing.first() {
+        Some(w) => {
+            let mut why = format!(
+                "predicted quality {:.2} clears the floor {floor}",
+                w.predicted_quality
+            );
+            if rank(&prefs.provider.order, &w.provider) != usize::MAX {
+                why.push_str(&format!("; provider {} is first in provider.order", w.provider));
+            } else if rank(&prefs.brand_pref, &brand(&w.model)) != usize::MAX {
+                why.push_str(&format!("; brand {} is preferred", brand(&w.model)));
+            }
+            why.push_str(&format!(
+                "; cheapest such at ${}/Mtok in+out among {} eligible",
+                w.price,
+                clearing.len() + rest.len()
+            ));
+            (clearing.iter().chain(&rest).copied().collect(), why)
+        }
+        None => match rest.first() {
+            Some(w) => (
+                rest.clone(),
+                format!(
+                    "no eligible model clears the floor {floor}; highest predicted quality {:.2}",
+                    w.predicted_quality
+                ),
+            ),
+            None => {
+                let why: Vec<String> = considered
+                    .iter()
+                    .map(|c| format!("{}: {}", c.model, c.excluded.as_deref().unwrap_or("")))
+                    .collect();
+                let param = if prefs.max_latency_ms.is_some() {
+                    "max_latency_ms"
+                } else if prefs.max_price.is_some() {
+                    "max_price"
+                } else if prefs.provider != ProviderPrefs::default() {
+                    "provider"
+                } else {
+                    "model"
+                };
+                return Err(ApiError::invalid_request(
+                    format!(
+                        "no model of tier {TIER_PREFIX}{tier} is eligible for this request: {}",
+                        why.join("; ")
+                    ),
+                    Some(param),
+                    "no_eligible_model",
+                ));
+            }
+        },
+    };
+    let take = if prefs.provider.allow_fallbacks { order.len() } else { 1 };
+    let candidates: Vec<_> = order[..take]
+        .iter()
+        .map(|c| cat.candidate(&c.model))
+        .collect();
+    let winner = order[0].model.clone();
+    let mut plan = Plan {
+        requested: inp.model.to_string(),
+        reason: format!("tier {TIER_PREFIX}{tier} → {winner}: {reason}"),
+        candidates,
+        defaults: spec.params,
+        cascade: prefs.cascade,
+        route: None,
+    };
+    plan.route = Some(RouteExplain {
+        tier: Some(format!("{TIER_PREFIX}{tier}")),
+        score: Some((z * 1000.0).round() / 1000.0),
+        quality_floor: Some(floor),
+        score_us: Some(score_us),
+        model: winner,
+        reason,
+        candidates: considered,
+        cascade: prefs.cascade,
+    });
+    Ok(plan)
+}
