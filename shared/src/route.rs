@@ -471,6 +471,27 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         });
         return Ok(plan);
     };
+    let tier_id = format!("{TIER_PREFIX}{tier}");
+    if !inp.allowed.is_empty()
+        && !inp
+            .allowed
+            .iter()
+            .any(|a| *a == tier_id || (tier == "auto" && a == "auto"))
+    {
+        return Err(ApiError::permission(
+            format!(
+                "this API key may not use model \"{tier_id}\"; allowed models: {}",
+                inp.allowed.join(", ")
+            ),
+            "model_not_allowed",
+        ));
+    }
+    // The key's concrete models bound the candidates; a list naming only tiers allows all.
+    let concrete: Vec<&String> = inp
+        .allowed
+        .iter()
+        .filter(|a| cat.lookup(a).is_some())
+        .collect();
     let weights = inp.weights.ok_or_else(|| {
         ApiError::internal("the router's scorer weights are missing (config/router-weights.bin)")
     })?;
@@ -486,11 +507,10 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
     for (id, m) in &cat.models {
         let Some(q) = m.quality else { continue };
         let pq = predicted_quality(q, z);
-        let allowed = inp.allowed.is_empty()
-            || inp
-                .allowed
+        let allowed = concrete.is_empty()
+            || concrete
                 .iter()
-                .any(|a| a == id || m.aliases.iter().any(|x| x == a));
+                .any(|a| *a == id || m.aliases.iter().any(|x| x == *a));
         let pp = &prefs.provider;
         let excluded = if !allowed {
             Some("not allowed for this API key".to_string())

@@ -29,8 +29,8 @@ pub const DENSE: &[&str] = &[
     "multi_step",
 ];
 /// Fixed prior weights of structural features the training data cannot teach (MMLU-Pro has no
-/// code with tests, tools, JSON output or multi-turn chats): added to the learned weights in
-/// training (as a fixed offset) and in serving alike. Values: difficulty logits, set by hand.
+/// code with tests, tools, JSON output or multi-turn chats): used as these features' weights in
+/// training (fixed, not learned) and in serving alike. Values: difficulty logits, set by hand.
 pub const PRIOR: &[(&str, f32)] = &[
     ("code", 0.3),
     ("code_tests", 0.6),
@@ -381,16 +381,5 @@ mod tests {
             w.score_body(hard.as_object().unwrap()),
         );
         assert!(h > e + 0.5, "hard {h} vs easy {e}");
-    }
-}
-#[cfg(test)]
-mod scratch {
-    #[test]
-    fn scratch_print() {
-        let w = super::Weights::from_bytes(include_bytes!("../../config/router-weights.bin")).unwrap();
-        for p in std::fs::read_to_string("/tmp/prompts.txt").unwrap().split("\n---\n") {
-            let b = serde_json::json!({"messages":[{"role":"user","content":p}]});
-            println!("{:.3}  {}", w.score_body(b.as_object().unwrap()), &p.chars().take(60).collect::<String>());
-        }
     }
 }

@@ -196,6 +196,12 @@ pub fn fit(data: &Data, train: &dyn Fn(&Item) -> bool, p: Params) -> Fit {
         for j in 0..DIM {
             g[j] += p.l2 * x[j];
         }
+        // Features with a hand-set prior are not learned (the data cannot teach them).
+        for j in HASHED..DIM {
+            if prior(j - HASHED) != 0.0 {
+                g[j] = 0.0;
+            }
+        }
         // Pin the shared offset of b and θ: a tiny pull of θ towards 0.
         for m in 0..n_models {
             g[DIM + 1 + m] += 1e-4 * x[DIM + 1 + m];

@@ -18,10 +18,6 @@ pub fn authenticate(kv: &SpinKv, info: &ReqInfo) -> Result<ApiKeyRecord, ApiErro
 
 /// Whether a `/models` entry may be used with `allowed` (by id or by one of its aliases).
 pub fn model_allowed(model: &Value, allowed: &[String]) -> bool {
-    // Tiers route among the models the key may use, so every key sees them.
-    if model.get("virtual").and_then(Value::as_bool) == Some(true) {
-        return true;
-    }
     let named = |v: &Value| v.as_str().is_some_and(|s| allowed.iter().any(|a| a == s));
     model.get("id").is_some_and(named)
         || model
