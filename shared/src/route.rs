@@ -654,3 +654,209 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
     });
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scorer::DIM;
+    use serde_json::json;
+
+    const CAT: &str = r#"
+[providers.a]
+dialect = "openai"
+base_url_variable = "a_base_url"
+api_key_variable = "a_api_key"
+[providers.b]
+dialect = "openai"
+base_url_variable = "b_base_url"
+api_key_variable = "b_api_key"
+
+[models.small]
+provider = "a"
+upstream_id = "small"
+context_window = 1000
+capabilities = ["chat"]
+brand = "x"
+quality = 0.2
+price = { input = 0.1, output = 0.1, source = "s", as_of = "2026-01-01" }
+[models.mid]
+provider = "b"
+upstream_id = "mid"
+context_window = 100000
+capabilities = ["chat", "tools"]
+brand = "y"
+quality = 1.0
+price = { input = 1.0, output = 1.0, source = "s", as_of = "2026-01-01" }
+[models.big]
+provider = "a"
+upstream_id = "big"
+context_window = 100000
+capabilities = ["chat", "tools"]
+brand = "y"
+quality = 2.0
+price = { input = 5.0, output = 5.0, source = "s", as_of = "2026-01-01" }
+[models.unrated]
+provider = "a"
+upstream_id = "u"
+context_window = 100000
+price = { input = 0.0, output = 0.0, source = "s", as_of = "2026-01-01" }
+
+[tiers.auto]
+quality_floor = 0.6
+[tiers.fast]
+quality_floor = 0.0
+
+[[alias_rules]]
+pattern = '^big-(\d+)$'
+target = 'big'
+"#;
+
+    fn run(model: &str, body: Value, allowed: &[String]) -> Result<Plan, ApiError> {
+        let cat = Catalog::from_toml(CAT, "t").unwrap();
+        // Zero weights: every request has difficulty 0 (the bias).
+        let w = Weights {
+            bias: 0.0,
+            w: vec![0.0; DIM],
+        };
+        let none = |_: &str, _: &str| None;
+        let slow = |_: &str, m: &str| (m == "mid").then_some(900.0);
+        let body = body.as_object().cloned().unwrap();
+        let latency: &dyn Fn(&str, &str) -> Option<f64> = if body.contains_key("max_latency_ms") {
+            &slow
+        } else {
+            &none
+        };
+        decide(
+            &cat,
+            &Inputs {
+                model,
+                allowed,
+                body: Some(&body),
+                weights: Some(&w),
+                latency,
+                now_us: &|| 0.0,
+            },
+        )
+    }
+
+    fn order(p: &Plan) -> Vec<&str> {
+        p.candidates.iter().map(|c| c.model.as_str()).collect()
+    }
+
+    fn msg(extra: Value) -> Value {
+        let mut b = json!({"messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    }
+
+    #[test]
+    fn cheapest_model_that_clears_the_floor_then_fallbacks() {
+        // σ(0.2) = 0.55 < 0.6 ≤ σ(1.0) = 0.73.
+        let p = run("auto", msg(json!({})), &[]).unwrap();
+        assert_eq!(order(&p), ["mid", "big", "small"]);
+        let r = p.route.unwrap();
+        assert_eq!(r.tier.as_deref(), Some("lumen/auto"));
+        assert!(r.reason.contains("clears the floor 0.6"), "{}", r.reason);
+        assert_eq!(r.candidates.len(), 3, "unrated models are not tier candidates");
+        let p = run("lumen/auto", msg(json!({"quality_floor": 0.5})), &[]).unwrap();
+        assert_eq!(order(&p)[0], "small");
+        let p = run("auto", msg(json!({"quality_floor": 0.95})), &[]).unwrap();
+        assert_eq!(order(&p), ["big", "mid", "small"]);
+        assert!(p.route.unwrap().reason.contains("no eligible model clears"));
+        assert_eq!(order(&run("lumen/fast", msg(json!({})), &[]).unwrap())[0], "small");
+    }
+
+    #[test]
+    fn filters_and_preferences() {
+        let fast = |extra: Value| run("lumen/fast", msg(extra), &[]).map(|p| order(&p).join(","));
+        assert_eq!(fast(json!({"tools": [{"type": "function"}]})).unwrap(), "mid,big");
+        assert_eq!(fast(json!({"max_price": 2})).unwrap(), "small,mid");
+        assert_eq!(fast(json!({"max_latency_ms": 500})).unwrap(), "small,big");
+        assert_eq!(fast(json!({"provider": {"only": ["b"]}})).unwrap(), "mid");
+        assert_eq!(fast(json!({"provider": {"ignore": ["a"]}})).unwrap(), "mid");
+        assert_eq!(
+            fast(json!({"provider": {"order": ["b"]}})).unwrap(),
+            "mid,small,big"
+        );
+        assert_eq!(
+            fast(json!({"provider": {"order": ["b"], "allow_fallbacks": false}})).unwrap(),
+            "mid"
+        );
+        assert_eq!(fast(json!({"brand_pref": "y"})).unwrap(), "mid,big,small");
+        let long = json!({"messages": [{"role": "user", "content": "x".repeat(8000)}]});
+        let p = run("lumen/fast", long, &[]).unwrap();
+        assert_eq!(order(&p)[0], "mid", "small's context window is too short");
+        let e = fast(json!({"max_price": 0.01})).unwrap_err();
+        assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some("max_price"), Some("no_eligible_model")));
+        // The key's models bound the candidates; a key without the tier may not use it.
+        let p = run("auto", msg(json!({})), &["auto".into(), "big".into()]).unwrap();
+        assert_eq!(order(&p), ["big"]);
+        assert_eq!(run("auto", msg(json!({})), &["big".into()]).unwrap_err().status, 403);
+    }
+
+    #[test]
+    fn pins_aliases_params_and_provider_prefixes() {
+        let p = run("small", msg(json!({"quality_floor": 0.99})), &[]).unwrap();
+        assert_eq!(order(&p), ["small"]);
+        assert!(p.reason.contains("pinned model"));
+        let p = run("big-2024?temperature=0.5&stop=END", msg(json!({})), &[]).unwrap();
+        assert_eq!(order(&p), ["big"]);
+        assert!(p.reason.contains("alias rule"));
+        assert_eq!(p.defaults["temperature"], 0.5);
+        assert_eq!(p.defaults["stop"], "END");
+        assert_eq!(run("b:mid", msg(json!({})), &[]).unwrap().candidates[0].model, "mid");
+        assert_eq!(run("a:mid", msg(json!({})), &[]).unwrap_err().status, 404);
+        let p = run("b:auto", msg(json!({"quality_floor": 0.99})), &[]).unwrap();
+        assert_eq!(order(&p), ["mid"]);
+        for bad in ["small?temperature=5", "small?model=x", "small?stream=true"] {
+            assert_eq!(run(bad, msg(json!({})), &[]).unwrap_err().param.as_deref(), Some("model"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefs_name_the_field_and_are_stripped() {
+        let bad = |v: Value| {
+            Prefs::from_body(v.as_object().unwrap())
+                .unwrap_err()
+                .param
+                .unwrap_or_default()
+        };
+        assert_eq!(bad(json!({"provider": 1})), "provider");
+        assert_eq!(bad(json!({"provider": {"only": [1]}})), "provider.only");
+        assert_eq!(bad(json!({"provider": {"x": 1}})), "provider.x");
+        assert_eq!(bad(json!({"provider": {"allow_fallbacks": "no"}})), "provider.allow_fallbacks");
+        assert_eq!(bad(json!({"max_price": {"tokens": 1}})), "max_price.tokens");
+        assert_eq!(bad(json!({"max_price": -1})), "max_price");
+        assert_eq!(bad(json!({"max_latency_ms": 0})), "max_latency_ms");
+        assert_eq!(bad(json!({"quality_floor": 2})), "quality_floor");
+        assert_eq!(bad(json!({"lumen": {"cascade": 1}})), "lumen.cascade");
+        assert_eq!(bad(json!({"lumen": {"x": 1}})), "lumen.x");
+        let mut b = json!({"model": "m", "provider": {}, "brand_pref": "x", "max_price": 1, "max_latency_ms": 5,
+                           "quality_floor": 0.5, "lumen": {"cascade": true}, "seed": 1});
+        let p = Prefs::from_body(b.as_object().unwrap()).unwrap();
+        assert!(p.cascade && p.max_price == Some((1.0, 1.0)));
+        strip_routing_fields(b.as_object_mut().unwrap());
+        assert_eq!(b, json!({"model": "m", "seed": 1}));
+        let mut body = json!({"temperature": 0.1}).as_object().cloned().unwrap();
+        apply_defaults(&mut body, json!({"temperature": 0.9, "top_p": 0.5}).as_object().unwrap());
+        assert_eq!(Value::Object(body), json!({"temperature": 0.1, "top_p": 0.5}));
+        assert_eq!(percent_decode("a%20b+c%zz"), "a b c%zz");
+    }
+
+    #[test]
+    fn header_is_one_ascii_line() {
+        let r = RouteExplain {
+            tier: Some("lumen/auto".into()),
+            score: Some(0.5),
+            quality_floor: Some(0.6),
+            model: "m".into(),
+            reason: "a → b\nc".into(),
+            ..RouteExplain::default()
+        };
+        let h = r.header();
+        assert!(h.is_ascii() && !h.contains('\n'), "{h}");
+        assert!(h.starts_with("model=m; tier=lumen/auto; score=0.500; floor=0.6"), "{h}");
+    }
+}

@@ -335,7 +335,7 @@ mod tests {
         assert_eq!(a, b);
         assert!(featurize("", &s).iter().all(|(i, _)| *i as usize >= HASHED));
         let long = "x ".repeat(100_000);
-        assert!(featurize(&long, &s).len() < MAX_SCAN);
+        assert!(featurize(&long, &s).len() <= MAX_SCAN + DENSE.len());
     }
 
     #[test]
@@ -374,12 +374,12 @@ mod tests {
     #[test]
     fn shipped_weights_load_and_rank_hard_above_easy() {
         let w = Weights::from_bytes(include_bytes!("../../config/router-weights.bin")).unwrap();
-        let easy = json!({"messages":[{"role":"user","content":"Say hello to my friend Anna."}]});
-        let hard = json!({"messages":[{"role":"user","content":"A particle moves along a curve with velocity v(t) = 3t^2 - 4t + 2 m/s. Using the binomial lattice and the Schrödinger equation, compute the integral of the energy flux, then derive the eigenvalues of the Hamiltonian step by step and prove the result converges. Finally compute the entropy change in J/K for 2.5 mol of an ideal gas expanded isothermally at 300 K from 10 L to 25 L."}]});
+        let easy = json!({"messages":[{"role":"user","content":"What is the capital of France?"}]});
+        let hard = json!({"messages":[{"role":"user","content":"Let f(x) = x^3 - 6x^2 + 11x - 6. Find all roots, then compute the integral of f from 0 to 4, derive the second derivative, determine the inflection point, and prove that f has exactly three real roots. Finally evaluate the limit of f(x)/x^3 as x approaches infinity. Show every step."}]});
         let (e, h) = (
             w.score_body(easy.as_object().unwrap()),
             w.score_body(hard.as_object().unwrap()),
         );
-        assert!(h > e + 0.5, "hard {h} vs easy {e}");
+        assert!(h > e + 1.0, "hard {h} vs easy {e}");
     }
 }
