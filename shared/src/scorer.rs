@@ -155,10 +155,8 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
         || text.contains("fn ")
         || text.contains("function ")
         || text.contains("#include");
-    let lower_has = |needles: &[&str]| {
-        let l = cut(text, MAX_SCAN).to_lowercase();
-        needles.iter().filter(|n| l.contains(*n)).count()
-    };
+    let lower = scan.to_lowercase();
+    let lower_has = |needles: &[&str]| needles.iter().filter(|n| lower.contains(*n)).count();
     let tests = code && lower_has(&["assert", "test", "unittest", "#[test]"]) > 0;
     let steps = lower_has(&[
         "step by step",
