@@ -205,8 +205,12 @@ impl Catalog {
             }
         }
         for (i, r) in self.alias_rules.iter().enumerate() {
-            regex::Regex::new(&r.pattern)
-                .map_err(|e| format!("alias_rules[{i}].pattern \"{}\" is not a valid regex: {e}", r.pattern))?;
+            regex::Regex::new(&r.pattern).map_err(|e| {
+                format!(
+                    "alias_rules[{i}].pattern \"{}\" is not a valid regex: {e}",
+                    r.pattern
+                )
+            })?;
         }
         for (id, m) in &self.models {
             if let Some(q) = m.quality {

@@ -73,7 +73,10 @@ fn strings(v: &Value, param: &str) -> Result<Vec<String>, ApiError> {
             .iter()
             .map(|x| {
                 x.as_str().map(str::to_string).ok_or_else(|| {
-                    bad(param, format!("'{param}' must be a string or an array of strings"))
+                    bad(
+                        param,
+                        format!("'{param}' must be a string or an array of strings"),
+                    )
                 })
             })
             .collect(),
@@ -166,7 +169,10 @@ impl Prefs {
         if let Some(v) = body.get("max_latency_ms").filter(|v| !v.is_null()) {
             let x = positive(v, "max_latency_ms")?;
             if x == 0.0 {
-                return Err(bad("max_latency_ms", "'max_latency_ms' must be above 0".into()));
+                return Err(bad(
+                    "max_latency_ms",
+                    "'max_latency_ms' must be above 0".into(),
+                ));
             }
             p.max_latency_ms = Some(x);
         }
@@ -368,7 +374,13 @@ impl RouteExplain {
         let reason: String = self
             .reason
             .chars()
-            .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         h.push_str(&format!("; reason={reason}"));
         h
@@ -498,9 +510,7 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
     let t0 = (inp.now_us)();
     let z = weights.score_body(body);
     let score_us = (inp.now_us)() - t0;
-    let floor = prefs
-        .quality_floor
-        .unwrap_or(cat.tiers[tier].quality_floor);
+    let floor = prefs.quality_floor.unwrap_or(cat.tiers[tier].quality_floor);
     let prompt = estimate_prompt_tokens(body);
     let caps = needs(body);
     let mut considered = Vec::new();
@@ -515,12 +525,18 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         let excluded = if !allowed {
             Some("not allowed for this API key".to_string())
         } else if spec.provider.as_ref().is_some_and(|p| *p != m.provider) {
-            Some(format!("provider {} is not the pinned provider", m.provider))
+            Some(format!(
+                "provider {} is not the pinned provider",
+                m.provider
+            ))
         } else if !pp.only.is_empty() && !pp.only.contains(&m.provider) {
             Some(format!("provider {} is not in provider.only", m.provider))
         } else if pp.ignore.contains(&m.provider) {
             Some(format!("provider {} is in provider.ignore", m.provider))
-        } else if let Some(c) = caps.iter().find(|c| !m.capabilities.iter().any(|x| x == *c)) {
+        } else if let Some(c) = caps
+            .iter()
+            .find(|c| !m.capabilities.iter().any(|x| x == *c))
+        {
             Some(format!("lacks capability {c}"))
         } else if prompt > m.context_window {
             Some(format!(
@@ -563,7 +579,10 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
     clearing.sort_by(|a, b| {
         rank(&prefs.provider.order, &a.provider)
             .cmp(&rank(&prefs.provider.order, &b.provider))
-            .then(rank(&prefs.brand_pref, &brand(&a.model)).cmp(&rank(&prefs.brand_pref, &brand(&b.model))))
+            .then(
+                rank(&prefs.brand_pref, &brand(&a.model))
+                    .cmp(&rank(&prefs.brand_pref, &brand(&b.model))),
+            )
             .then(a.price.total_cmp(&b.price))
             .then(a.model.cmp(&b.model))
     });
@@ -584,7 +603,10 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
                 w.predicted_quality
             );
             if rank(&prefs.provider.order, &w.provider) != usize::MAX {
-                why.push_str(&format!("; provider {} is first in provider.order", w.provider));
+                why.push_str(&format!(
+                    "; provider {} is first in provider.order",
+                    w.provider
+                ));
             } else if rank(&prefs.brand_pref, &brand(&w.model)) != usize::MAX {
                 why.push_str(&format!("; brand {} is preferred", brand(&w.model)));
             }
@@ -628,7 +650,11 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
             }
         },
     };
-    let take = if prefs.provider.allow_fallbacks { order.len() } else { 1 };
+    let take = if prefs.provider.allow_fallbacks {
+        order.len()
+    } else {
+        1
+    };
     let candidates: Vec<_> = order[..take]
         .iter()
         .map(|c| cat.candidate(&c.model))
@@ -759,19 +785,29 @@ target = 'big'
         let r = p.route.unwrap();
         assert_eq!(r.tier.as_deref(), Some("lumen/auto"));
         assert!(r.reason.contains("clears the floor 0.6"), "{}", r.reason);
-        assert_eq!(r.candidates.len(), 3, "unrated models are not tier candidates");
+        assert_eq!(
+            r.candidates.len(),
+            3,
+            "unrated models are not tier candidates"
+        );
         let p = run("lumen/auto", msg(json!({"quality_floor": 0.5})), &[]).unwrap();
         assert_eq!(order(&p)[0], "small");
         let p = run("auto", msg(json!({"quality_floor": 0.95})), &[]).unwrap();
         assert_eq!(order(&p), ["big", "mid", "small"]);
         assert!(p.route.unwrap().reason.contains("no eligible model clears"));
-        assert_eq!(order(&run("lumen/fast", msg(json!({})), &[]).unwrap())[0], "small");
+        assert_eq!(
+            order(&run("lumen/fast", msg(json!({})), &[]).unwrap())[0],
+            "small"
+        );
     }
 
     #[test]
     fn filters_and_preferences() {
         let fast = |extra: Value| run("lumen/fast", msg(extra), &[]).map(|p| order(&p).join(","));
-        assert_eq!(fast(json!({"tools": [{"type": "function"}]})).unwrap(), "mid,big");
+        assert_eq!(
+            fast(json!({"tools": [{"type": "function"}]})).unwrap(),
+            "mid,big"
+        );
         assert_eq!(fast(json!({"max_price": 2})).unwrap(), "small,mid");
         assert_eq!(fast(json!({"max_latency_ms": 500})).unwrap(), "small,big");
         assert_eq!(fast(json!({"provider": {"only": ["b"]}})).unwrap(), "mid");
@@ -789,11 +825,19 @@ target = 'big'
         let p = run("lumen/fast", long, &[]).unwrap();
         assert_eq!(order(&p)[0], "mid", "small's context window is too short");
         let e = fast(json!({"max_price": 0.01})).unwrap_err();
-        assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some("max_price"), Some("no_eligible_model")));
+        assert_eq!(
+            (e.param.as_deref(), e.code.as_deref()),
+            (Some("max_price"), Some("no_eligible_model"))
+        );
         // The key's models bound the candidates; a key without the tier may not use it.
         let p = run("auto", msg(json!({})), &["auto".into(), "big".into()]).unwrap();
         assert_eq!(order(&p), ["big"]);
-        assert_eq!(run("auto", msg(json!({})), &["big".into()]).unwrap_err().status, 403);
+        assert_eq!(
+            run("auto", msg(json!({})), &["big".into()])
+                .unwrap_err()
+                .status,
+            403
+        );
     }
 
     #[test]
@@ -806,12 +850,19 @@ target = 'big'
         assert!(p.reason.contains("alias rule"));
         assert_eq!(p.defaults["temperature"], 0.5);
         assert_eq!(p.defaults["stop"], "END");
-        assert_eq!(run("b:mid", msg(json!({})), &[]).unwrap().candidates[0].model, "mid");
+        assert_eq!(
+            run("b:mid", msg(json!({})), &[]).unwrap().candidates[0].model,
+            "mid"
+        );
         assert_eq!(run("a:mid", msg(json!({})), &[]).unwrap_err().status, 404);
         let p = run("b:auto", msg(json!({"quality_floor": 0.99})), &[]).unwrap();
         assert_eq!(order(&p), ["mid"]);
         for bad in ["small?temperature=5", "small?model=x", "small?stream=true"] {
-            assert_eq!(run(bad, msg(json!({})), &[]).unwrap_err().param.as_deref(), Some("model"), "{bad}");
+            assert_eq!(
+                run(bad, msg(json!({})), &[]).unwrap_err().param.as_deref(),
+                Some("model"),
+                "{bad}"
+            );
         }
     }
 
@@ -826,7 +877,10 @@ target = 'big'
         assert_eq!(bad(json!({"provider": 1})), "provider");
         assert_eq!(bad(json!({"provider": {"only": [1]}})), "provider.only");
         assert_eq!(bad(json!({"provider": {"x": 1}})), "provider.x");
-        assert_eq!(bad(json!({"provider": {"allow_fallbacks": "no"}})), "provider.allow_fallbacks");
+        assert_eq!(
+            bad(json!({"provider": {"allow_fallbacks": "no"}})),
+            "provider.allow_fallbacks"
+        );
         assert_eq!(bad(json!({"max_price": {"tokens": 1}})), "max_price.tokens");
         assert_eq!(bad(json!({"max_price": -1})), "max_price");
         assert_eq!(bad(json!({"max_latency_ms": 0})), "max_latency_ms");
@@ -840,8 +894,16 @@ target = 'big'
         strip_routing_fields(b.as_object_mut().unwrap());
         assert_eq!(b, json!({"model": "m", "seed": 1}));
         let mut body = json!({"temperature": 0.1}).as_object().cloned().unwrap();
-        apply_defaults(&mut body, json!({"temperature": 0.9, "top_p": 0.5}).as_object().unwrap());
-        assert_eq!(Value::Object(body), json!({"temperature": 0.1, "top_p": 0.5}));
+        apply_defaults(
+            &mut body,
+            json!({"temperature": 0.9, "top_p": 0.5})
+                .as_object()
+                .unwrap(),
+        );
+        assert_eq!(
+            Value::Object(body),
+            json!({"temperature": 0.1, "top_p": 0.5})
+        );
         assert_eq!(percent_decode("a%20b+c%zz"), "a b c%zz");
     }
 
@@ -857,6 +919,9 @@ target = 'big'
         };
         let h = r.header();
         assert!(h.is_ascii() && !h.contains('\n'), "{h}");
-        assert!(h.starts_with("model=m; tier=lumen/auto; score=0.500; floor=0.6"), "{h}");
+        assert!(
+            h.starts_with("model=m; tier=lumen/auto; score=0.500; floor=0.6"),
+            "{h}"
+        );
     }
 }

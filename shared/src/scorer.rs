@@ -50,8 +50,9 @@ pub fn prior(i: usize) -> f32 {
 
 /// Total number of weights.
 pub const DIM: usize = HASHED + DENSE.len();
-/// Only this many bytes of text are scanned for n-grams (structural features see the whole text).
-pub const MAX_SCAN: usize = 8 * 1024;
+/// Only the first this many bytes of text are scanned (n-grams and structural features; the
+/// length feature counts the whole text), which bounds the scorer's time per request.
+pub const MAX_SCAN: usize = 4 * 1024;
 /// Magic bytes of the weights file.
 pub const MAGIC: &[u8; 8] = b"LUMENRW1";
 
@@ -137,7 +138,7 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
     }
 
     let (mut chars, mut digits, mut math, mut non_ascii, mut lines) = (0usize, 0, 0, 0, 0);
-    for c in text.chars() {
+    for c in scan.chars() {
         chars += 1;
         if c.is_ascii_digit() {
             digits += 1;
@@ -150,11 +151,16 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
         }
     }
     let share = |n: usize| n as f32 / chars.max(1) as f32;
-    let code = text.contains("```")
-        || text.contains("def ")
-        || text.contains("fn ")
-        || text.contains("function ")
-        || text.contains("#include");
+    let total_chars = if text.len() == scan.len() {
+        chars
+    } else {
+        text.chars().count()
+    };
+    let code = scan.contains("```")
+        || scan.contains("def ")
+        || scan.contains("fn ")
+        || scan.contains("function ")
+        || scan.contains("#include");
     let lower = scan.to_lowercase();
     let lower_has = |needles: &[&str]| needles.iter().filter(|n| lower.contains(*n)).count();
     let tests = code && lower_has(&["assert", "test", "unittest", "#[test]"]) > 0;
@@ -168,10 +174,10 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
         "compute",
     ]);
     let dense = [
-        ((1 + chars) as f32).ln() / 8.0,
+        ((1 + total_chars) as f32).ln() / 8.0,
         share(digits) * 5.0,
         share(math) * 10.0,
-        if text.contains("\\frac") || text.contains("$$") || text.contains("\\(") {
+        if scan.contains("\\frac") || scan.contains("$$") || scan.contains("\\(") {
             1.0
         } else {
             0.0
@@ -277,9 +283,7 @@ impl Weights {
 
     /// Reads the compact file, refusing one made for other features.
     pub fn from_bytes(b: &[u8]) -> Result<Weights, String> {
-        let u32_at = |i: usize| -> u32 {
-            u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-        };
+        let u32_at = |i: usize| -> u32 { u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) };
         if b.len() < 24 || &b[..8] != MAGIC {
             return Err("not a Lumen router weights file (bad magic)".into());
         }

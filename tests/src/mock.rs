@@ -1175,11 +1175,12 @@ mod tests {
 
     #[test]
     fn if_model_limits_a_directive_to_one_model() {
-        let body = |model: &str| {
-            json!({"model": model, "messages": [{"role": "user", "content": "[mock content=no if_model=cheap]"}]})
-        };
+        let body = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "[mock content=no if_model=cheap]"}]});
         assert_eq!(
-            request_directive(&body("cheap")).unwrap().content.as_deref(),
+            request_directive(&body("cheap"))
+                .unwrap()
+                .content
+                .as_deref(),
             Some("no")
         );
         assert_eq!(

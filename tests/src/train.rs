@@ -177,7 +177,12 @@ pub fn fit(data: &Data, train: &dyn Fn(&Item) -> bool, p: Params) -> Fit {
             let mut z = x[DIM];
             for (j, v) in &it.features {
                 let j = *j as usize;
-                let w = x[j] + if j >= HASHED { f64::from(prior(j - HASHED)) } else { 0.0 };
+                let w = x[j]
+                    + if j >= HASHED {
+                        f64::from(prior(j - HASHED))
+                    } else {
+                        0.0
+                    };
                 z += w * f64::from(*v);
             }
             let mut gz = 0.0;
@@ -291,7 +296,14 @@ pub fn evaluate_pair(
         .items
         .iter()
         .filter(|i| held_out(&i.id))
-        .filter_map(|i| Some((weights.difficulty(&i.features), i.id.as_str(), i.y[ci]?, i.y[si]?)))
+        .filter_map(|i| {
+            Some((
+                weights.difficulty(&i.features),
+                i.id.as_str(),
+                i.y[ci]?,
+                i.y[si]?,
+            ))
+        })
         .collect();
     rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     let cheap_v: Vec<bool> = rows.iter().map(|r| r.2).collect();

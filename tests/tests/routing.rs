@@ -39,7 +39,12 @@ async fn setup() -> (Gateway, String) {
 /// `POST /v1/route` for one request: the plan.
 async fn plan(gw: &Gateway, key: &str, b: Value) -> Value {
     let r = gw
-        .call("POST", "/v1/route", Some(key), Some(b.to_string().into_bytes()))
+        .call(
+            "POST",
+            "/v1/route",
+            Some(key),
+            Some(b.to_string().into_bytes()),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()
@@ -75,7 +80,10 @@ async fn auto_sends_easy_prompts_cheap_and_hard_prompts_strong_with_the_reason()
     let route = &v["lumen"]["route"];
     assert_eq!(route["tier"], "lumen/auto");
     assert_eq!(route["model"], CHEAP);
-    assert!(route["reason"].as_str().unwrap().contains("clears the floor"));
+    assert!(route["reason"]
+        .as_str()
+        .unwrap()
+        .contains("clears the floor"));
     assert!(route["candidates"].as_array().unwrap().len() >= 4);
     let up = gw.mock.last_request().unwrap().body.unwrap();
     assert_eq!(up["model"], CHEAP_UPSTREAM);
@@ -112,7 +120,13 @@ async fn tiers_are_listed_and_respect_the_keys_models() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    for t in ["lumen/auto", "lumen/fast", "lumen/balanced", "lumen/reasoning", CHEAP] {
+    for t in [
+        "lumen/auto",
+        "lumen/fast",
+        "lumen/balanced",
+        "lumen/reasoning",
+        CHEAP,
+    ] {
         assert!(ids.contains(&t), "{t} missing from {ids:?}");
     }
     let auto = v["data"]
@@ -156,7 +170,12 @@ async fn aliases_and_regex_alias_rules() {
         ("llama-3.1-8b", CHEAP, "alias"),
     ] {
         let r = gw.chat(&key, body(asked, EASY, json!({}))).await;
-        assert_eq!(r.status, 200, "{asked}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{asked}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.header("x-lumen-model"), Some(served), "{asked}");
         assert!(
             r.header("x-lumen-route").unwrap().contains(why),
@@ -164,7 +183,10 @@ async fn aliases_and_regex_alias_rules() {
             r.header("x-lumen-route")
         );
     }
-    let e = gw.chat(&key, body("gpt-4o-1999", EASY, json!({}))).await.error(404);
+    let e = gw
+        .chat(&key, body("gpt-4o-1999", EASY, json!({})))
+        .await
+        .error(404);
     assert_eq!(e["param"], "model");
 }
 
@@ -172,25 +194,41 @@ async fn aliases_and_regex_alias_rules() {
 async fn uri_params_are_defaults_and_provider_prefixes_pin_the_provider() {
     let (gw, key) = setup().await;
     let r = gw
-        .chat(&key, body("gpt-4o-mini?temperature=0.7&max_tokens=3", EASY, json!({})))
+        .chat(
+            &key,
+            body("gpt-4o-mini?temperature=0.7&max_tokens=3", EASY, json!({})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-lumen-model"), Some(MINI));
     assert_eq!(r.json()["usage"]["completion_tokens"], 3);
     let up = gw.mock.last_request().unwrap().body.unwrap();
-    assert_eq!((up["model"].as_str(), up["temperature"].as_f64()), (Some(MINI), Some(0.7)));
+    assert_eq!(
+        (up["model"].as_str(), up["temperature"].as_f64()),
+        (Some(MINI), Some(0.7))
+    );
     assert_eq!(up["max_tokens"], 3);
 
     // The client's own value wins over the default.
-    gw.chat(&key, body("gpt-4o-mini?temperature=0.7", EASY, json!({"temperature": 0.2})))
-        .await;
+    gw.chat(
+        &key,
+        body(
+            "gpt-4o-mini?temperature=0.7",
+            EASY,
+            json!({"temperature": 0.2}),
+        ),
+    )
+    .await;
     let up = gw.mock.last_request().unwrap().body.unwrap();
     assert_eq!(up["temperature"].as_f64(), Some(0.2));
 
     // Tiers take parameters too.
     gw.chat(&key, body("auto?top_p=0.5", EASY, json!({}))).await;
     let up = gw.mock.last_request().unwrap().body.unwrap();
-    assert_eq!((up["model"].as_str(), up["top_p"].as_f64()), (Some(CHEAP_UPSTREAM), Some(0.5)));
+    assert_eq!(
+        (up["model"].as_str(), up["top_p"].as_f64()),
+        (Some(CHEAP_UPSTREAM), Some(0.5))
+    );
 
     let e = gw
         .chat(&key, body("gpt-4o-mini?temperature=9", EASY, json!({})))
@@ -203,7 +241,9 @@ async fn uri_params_are_defaults_and_provider_prefixes_pin_the_provider() {
         .error(400);
     assert_eq!(e["param"], "model");
 
-    let r = gw.chat(&key, body("openai:gpt-4o-mini", EASY, json!({}))).await;
+    let r = gw
+        .chat(&key, body("openai:gpt-4o-mini", EASY, json!({})))
+        .await;
     assert_eq!(r.header("x-lumen-model"), Some(MINI));
     gw.chat(&key, body("together:gpt-4o-mini", EASY, json!({})))
         .await
@@ -223,20 +263,32 @@ async fn price_ceiling() {
     let p = plan(&gw, &key, body("lumen/reasoning", HARD_MATH, json!({}))).await;
     assert_eq!(winner(&p), STRONG);
     // Under $1 per Mtok the strongest is gpt-4o-mini.
-    let p = plan(&gw, &key, body("lumen/reasoning", HARD_MATH, json!({"max_price": 1}))).await;
+    let p = plan(
+        &gw,
+        &key,
+        body("lumen/reasoning", HARD_MATH, json!({"max_price": 1})),
+    )
+    .await;
     assert_eq!(winner(&p), MINI);
     assert!(excluded(&p, STRONG).unwrap().contains("max_price"), "{p}");
     let p = plan(
         &gw,
         &key,
-        body("lumen/reasoning", HARD_MATH, json!({"max_price": {"prompt": 1, "completion": 0.5}})),
+        body(
+            "lumen/reasoning",
+            HARD_MATH,
+            json!({"max_price": {"prompt": 1, "completion": 0.5}}),
+        ),
     )
     .await;
     assert_eq!(winner(&p), CHEAP);
     assert!(excluded(&p, MINI).is_some() && excluded(&p, LLAMA70).is_some());
     // Through chat too, and the field never reaches the upstream.
     let r = gw
-        .chat(&key, body("lumen/reasoning", HARD_MATH, json!({"max_price": 1})))
+        .chat(
+            &key,
+            body("lumen/reasoning", HARD_MATH, json!({"max_price": 1})),
+        )
         .await;
     assert_eq!(r.header("x-lumen-model"), Some(MINI));
     let up = gw.mock.last_request().unwrap().body.unwrap();
@@ -246,7 +298,10 @@ async fn price_ceiling() {
         .chat(&key, body("auto", EASY, json!({"max_price": 0.01})))
         .await
         .error(400);
-    assert_eq!((e["param"].as_str(), e["code"].as_str()), (Some("max_price"), Some("no_eligible_model")));
+    assert_eq!(
+        (e["param"].as_str(), e["code"].as_str()),
+        (Some("max_price"), Some("no_eligible_model"))
+    );
     let e = gw
         .chat(&key, body("auto", EASY, json!({"max_price": "cheap"})))
         .await
@@ -262,7 +317,10 @@ async fn latency_slo_uses_observed_latency() {
     assert_eq!(winner(&p), MINI);
     // gpt-4o-mini answers slowly once: its latency record goes above the SLO.
     let r = gw
-        .chat(&key, body(MINI, "slow [mock ttft_ms=400 tokens=1]", json!({})))
+        .chat(
+            &key,
+            body(MINI, "slow [mock ttft_ms=400 tokens=1]", json!({})),
+        )
         .await;
     assert_eq!(r.status, 200);
     let slo = json!({"provider": {"only": ["openai"]}, "max_latency_ms": 200});
@@ -275,7 +333,10 @@ async fn latency_slo_uses_observed_latency() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(winner(&p), STRONG, "{p}");
-    assert!(excluded(&p, MINI).unwrap().contains("max_latency_ms"), "{p}");
+    assert!(
+        excluded(&p, MINI).unwrap().contains("max_latency_ms"),
+        "{p}"
+    );
     // A looser SLO keeps it.
     let loose = json!({"provider": {"only": ["openai"]}, "max_latency_ms": 60000});
     let p = plan(&gw, &key, body("lumen/fast", EASY, loose)).await;
@@ -292,20 +353,47 @@ async fn provider_order_only_ignore_and_fallbacks() {
     let (gw, key) = setup().await;
     let p = plan(&gw, &key, body("lumen/fast", EASY, json!({}))).await;
     assert_eq!(winner(&p), CHEAP);
-    assert!(p["candidates"].as_array().unwrap().len() >= 4, "an ordered fallback plan");
+    assert!(
+        p["candidates"].as_array().unwrap().len() >= 4,
+        "an ordered fallback plan"
+    );
 
-    let p = plan(&gw, &key, body("lumen/fast", EASY, json!({"provider": {"order": ["openai"]}}))).await;
+    let p = plan(
+        &gw,
+        &key,
+        body(
+            "lumen/fast",
+            EASY,
+            json!({"provider": {"order": ["openai"]}}),
+        ),
+    )
+    .await;
     assert_eq!(winner(&p), MINI);
-    assert!(p["route"]["reason"].as_str().unwrap().contains("provider.order"));
+    assert!(p["route"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("provider.order"));
     let providers: Vec<&str> = p["candidates"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["provider"]["name"].as_str().unwrap())
         .collect();
-    assert!(providers.contains(&"together"), "order keeps the others as fallbacks");
+    assert!(
+        providers.contains(&"together"),
+        "order keeps the others as fallbacks"
+    );
 
-    let p = plan(&gw, &key, body("lumen/fast", EASY, json!({"provider": {"only": ["openai"]}}))).await;
+    let p = plan(
+        &gw,
+        &key,
+        body(
+            "lumen/fast",
+            EASY,
+            json!({"provider": {"only": ["openai"]}}),
+        ),
+    )
+    .await;
     assert_eq!(winner(&p), MINI);
     assert!(p["candidates"]
         .as_array()
@@ -314,28 +402,59 @@ async fn provider_order_only_ignore_and_fallbacks() {
         .all(|c| c["provider"]["name"] == "openai"));
     assert!(excluded(&p, CHEAP).unwrap().contains("provider.only"));
 
-    let p = plan(&gw, &key, body("lumen/fast", EASY, json!({"provider": {"ignore": ["together"]}}))).await;
+    let p = plan(
+        &gw,
+        &key,
+        body(
+            "lumen/fast",
+            EASY,
+            json!({"provider": {"ignore": ["together"]}}),
+        ),
+    )
+    .await;
     assert_eq!(winner(&p), MINI);
     assert!(excluded(&p, LLAMA70).unwrap().contains("provider.ignore"));
 
-    let p = plan(&gw, &key, body("lumen/fast", EASY, json!({"provider": {"allow_fallbacks": false}}))).await;
+    let p = plan(
+        &gw,
+        &key,
+        body(
+            "lumen/fast",
+            EASY,
+            json!({"provider": {"allow_fallbacks": false}}),
+        ),
+    )
+    .await;
     assert_eq!(p["candidates"].as_array().unwrap().len(), 1);
 
     // Through chat: the upstream never sees the field.
     let r = gw
-        .chat(&key, body("lumen/fast", EASY, json!({"provider": {"ignore": ["together"]}})))
+        .chat(
+            &key,
+            body(
+                "lumen/fast",
+                EASY,
+                json!({"provider": {"ignore": ["together"]}}),
+            ),
+        )
         .await;
     assert_eq!(r.header("x-lumen-model"), Some(MINI));
     let up = gw.mock.last_request().unwrap().body.unwrap();
     assert!(up.get("provider").is_none(), "{up}");
 
     let e = gw
-        .chat(&key, body("auto", EASY, json!({"provider": {"sort": "price"}})))
+        .chat(
+            &key,
+            body("auto", EASY, json!({"provider": {"sort": "price"}})),
+        )
         .await
         .error(400);
     assert_eq!(e["param"], "provider.sort");
     let e = gw
-        .chat(&key, body("auto", EASY, json!({"provider": {"only": ["nobody"]}})))
+        .chat(
+            &key,
+            body("auto", EASY, json!({"provider": {"only": ["nobody"]}})),
+        )
         .await
         .error(400);
     assert_eq!(e["code"], "no_eligible_model");
@@ -344,13 +463,33 @@ async fn provider_order_only_ignore_and_fallbacks() {
 #[tokio::test]
 async fn brand_preference() {
     let (gw, key) = setup().await;
-    let p = plan(&gw, &key, body("lumen/fast", EASY, json!({"brand_pref": "openai"}))).await;
+    let p = plan(
+        &gw,
+        &key,
+        body("lumen/fast", EASY, json!({"brand_pref": "openai"})),
+    )
+    .await;
     assert_eq!(winner(&p), MINI);
-    assert!(p["route"]["reason"].as_str().unwrap().contains("brand openai"));
-    let p = plan(&gw, &key, body("lumen/fast", EASY, json!({"brand_pref": ["meta", "openai"]}))).await;
+    assert!(p["route"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("brand openai"));
+    let p = plan(
+        &gw,
+        &key,
+        body(
+            "lumen/fast",
+            EASY,
+            json!({"brand_pref": ["meta", "openai"]}),
+        ),
+    )
+    .await;
     assert_eq!(winner(&p), CHEAP);
     let r = gw
-        .chat(&key, body("lumen/fast", EASY, json!({"brand_pref": ["openai"]})))
+        .chat(
+            &key,
+            body("lumen/fast", EASY, json!({"brand_pref": ["openai"]})),
+        )
         .await;
     assert_eq!(r.header("x-lumen-model"), Some(MINI));
     let e = gw
@@ -404,11 +543,18 @@ async fn route_endpoint_plans_without_calling_a_model() {
         .await
         .error(401);
     let e = gw
-        .call("POST", "/v1/route", Some(&key), Some(br#"{"requests":5}"#.to_vec()))
+        .call(
+            "POST",
+            "/v1/route",
+            Some(&key),
+            Some(br#"{"requests":5}"#.to_vec()),
+        )
         .await
         .error(400);
     assert_eq!(e["param"], "requests");
-    gw.call("GET", "/v1/route", Some(&key), None).await.error(405);
+    gw.call("GET", "/v1/route", Some(&key), None)
+        .await
+        .error(405);
 }
 
 #[tokio::test]
@@ -416,7 +562,10 @@ async fn cascade_escalates_on_refusal() {
     let (gw, key) = setup().await;
     let text = format!("{EASY} [mock content=Sorry if_model={CHEAP_UPSTREAM}]");
     let r = gw
-        .chat(&key, body("lumen/fast", &text, json!({"lumen": {"cascade": true}})))
+        .chat(
+            &key,
+            body("lumen/fast", &text, json!({"lumen": {"cascade": true}})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_ne!(r.header("x-lumen-model"), Some(CHEAP));
@@ -444,7 +593,9 @@ async fn cascade_escalates_on_invalid_json_and_not_when_the_check_passes() {
     let json_mode = json!({"lumen": {"cascade": true}, "response_format": {"type": "json_object"}});
     // The cheap model answers "tok0 tok1 …" (not JSON); gpt-4o-mini answers "{}".
     let text = format!("{EASY} [mock content={{}} tokens=1 if_model={MINI}]");
-    let r = gw.chat(&key, body("lumen/fast", &text, json_mode.clone())).await;
+    let r = gw
+        .chat(&key, body("lumen/fast", &text, json_mode.clone()))
+        .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-lumen-model"), Some(MINI));
     assert!(r.header("x-lumen-route").unwrap().contains("invalid JSON"));
@@ -457,4 +608,57 @@ async fn cascade_escalates_on_invalid_json_and_not_when_the_check_passes() {
     assert_eq!(r.header("x-lumen-model"), Some(CHEAP));
     assert!(!r.header("x-lumen-route").unwrap().contains("escalated"));
     assert_eq!(gw.mock.request_count(), 1);
+}
+
+#[tokio::test]
+async fn streamed_cascade_checks_before_the_first_byte() {
+    let (gw, key) = setup().await;
+    let text = format!("{EASY} [mock content=Sorry if_model={CHEAP_UPSTREAM}]");
+    let mut b = body(
+        "lumen/fast",
+        &text,
+        json!({"lumen": {"cascade": true}, "stream": true,
+                                                 "stream_options": {"include_usage": true}}),
+    );
+    let s = stream(gw.addr(), "/v1/chat/completions", &key, b.clone(), None).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.headers.get("x-lumen-model").unwrap(), MINI);
+    let route = s.headers.get("x-lumen-route").unwrap().to_str().unwrap();
+    assert!(
+        route.contains("escalated=") && route.contains("refused"),
+        "{route}"
+    );
+    let data = s.data();
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text_out: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(
+        text_out.starts_with("tok0 ") && !text_out.contains("Sorry"),
+        "{text_out}"
+    );
+    assert!(
+        chunks.last().unwrap()["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let seen = gw.mock.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|r| r.body.as_ref().unwrap().get("stream").is_none()),
+        "checked attempts are asked whole"
+    );
+
+    // Without the cascade the same stream is the cheap model's, live.
+    b.as_object_mut().unwrap().remove("lumen");
+    let s = stream(gw.addr(), "/v1/chat/completions", &key, b, None).await;
+    assert_eq!(s.headers.get("x-lumen-model").unwrap(), CHEAP);
+    assert!(s.text().contains("Sorry"));
 }

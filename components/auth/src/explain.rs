@@ -46,7 +46,8 @@ pub async fn route(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiErr
             ));
         }
         let explain = obj.get("explain").and_then(Value::as_bool).unwrap_or(false);
-        let ask = json!({"allowed_models": key.allowed_models, "requests": reqs, "explain": explain});
+        let ask =
+            json!({"allowed_models": key.allowed_models, "requests": reqs, "explain": explain});
         let list: Value = post_json("router", routes::ROUTE, &ask).await?;
         return Ok(Reply::json(200, &list));
     }

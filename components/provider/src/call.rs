@@ -176,6 +176,49 @@ fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
     reply
 }
 
+fn cascade_header(escalated: &[String]) -> Vec<(String, String)> {
+    if escalated.is_empty() {
+        return Vec::new();
+    }
+    vec![(headers::CASCADE.to_string(), escalated.join("; "))]
+}
+
+/// Streams a whole (already checked) answer to auth as SSE events, with the internal usage event.
+async fn relay_whole(
+    out: ResponseOutparam,
+    body: &[u8],
+    c: &Candidate,
+    upstream_ms: f64,
+    call: &CallRequest,
+    prompt_estimate: u64,
+    extra: Vec<(String, String)>,
+) {
+    let answer: Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut hs = vec![
+        ("content-type".to_string(), "text/event-stream".to_string()),
+        ("cache-control".to_string(), "no-cache".to_string()),
+    ];
+    hs.extend(served_headers(c, upstream_ms));
+    hs.extend(extra);
+    let mut sink = start_stream(out, 200, &hs);
+    let mut relay = UpstreamRelay::new(call.include_usage);
+    for data in cascade::as_stream_events(&answer) {
+        let ev = lumen_shared::sse::Event {
+            event: None,
+            data,
+            comment_only: false,
+        };
+        if let Some(bytes) = relay.on_event(&ev) {
+            if sink.send(bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+    let (tail, _) = relay.finish(&c.model, &c.provider.name, upstream_ms, prompt_estimate);
+    let _ = sink.send(tail).await;
+    let _ = sink.close().await;
+}
+
 fn cascade_check(body: &[u8], call: &CallRequest) -> Result<(), String> {
     let answer: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     cascade::check(&answer, &call.body)
@@ -196,8 +239,17 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
 
     let mut last: Option<(&Candidate, Failure)> = None;
     let mut escalated: Vec<String> = Vec::new();
+    // A streamed cascade asks the checked candidates for whole answers (see cascade.rs).
+    let whole_call = (stream && call.cascade).then(|| CallRequest {
+        body: cascade::whole_body(&call.body),
+        ..call.clone()
+    });
     for (i, c) in call.candidates.iter().enumerate() {
-        match attempt(c, &call, stream, prompt_estimate).await {
+        let (this, this_stream) = match &whole_call {
+            Some(w) if i + 1 < call.candidates.len() => (w, false),
+            _ => (&call, stream),
+        };
+        match attempt(c, this, this_stream, prompt_estimate).await {
             Ok((
                 Success::Whole {
                     body,
@@ -213,18 +265,24 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                         continue;
                     }
                 }
+                let cascade_hs = cascade_header(&escalated);
+                if stream {
+                    // A checked whole answer, released as the stream the client asked for.
+                    relay_whole(out, &body, c, ms, &call, prompt_estimate, cascade_hs).await;
+                    cascade::record_latency(&c.provider.name, &c.model, ms);
+                    return;
+                }
                 let mut reply = Reply::json_bytes(200, body);
                 reply.headers.extend(served_headers(c, ms));
-                if !escalated.is_empty() {
-                    reply.set_header(headers::CASCADE, escalated.join("; "));
-                }
+                reply.headers.extend(cascade_hs);
                 let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
                 respond(out, reply).await;
                 cascade::record_latency(&c.provider.name, &c.model, ms);
                 return;
             }
             Ok((Success::Stream(resp), ms)) => {
-                relay(out, resp, c, ms, call.include_usage, prompt_estimate).await;
+                let hs = cascade_header(&escalated);
+                relay(out, resp, c, ms, call.include_usage, prompt_estimate, hs).await;
                 cascade::record_latency(&c.provider.name, &c.model, ms);
                 return;
             }
@@ -265,12 +323,14 @@ async fn relay(
     upstream_ms: f64,
     include_usage: bool,
     prompt_estimate: u64,
+    extra: Vec<(String, String)>,
 ) {
     let mut hs = vec![
         ("content-type".to_string(), "text/event-stream".to_string()),
         ("cache-control".to_string(), "no-cache".to_string()),
     ];
     hs.extend(served_headers(c, upstream_ms));
+    hs.extend(extra);
     let mut sink = start_stream(out, 200, &hs);
     let mut relay = UpstreamRelay::new(include_usage);
     let mut parser = Parser::default();

@@ -9,10 +9,10 @@ use lumen_shared::kv::{self, LatencyKey};
 use lumen_shared::route::{decide, Inputs};
 use lumen_shared::scorer::Weights;
 use lumen_shared::ApiError;
-use serde_json::{Map, Value};
 use lumen_spin::http::{read_request_body, respond};
 use lumen_spin::util::{dispatch, now_ms, split_path};
 use lumen_spin::{Reply, SpinKv};
+use serde_json::{Map, Value};
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
 use std::sync::OnceLock;
@@ -157,7 +157,11 @@ async fn route_batch(req: IncomingRequest) -> Result<Reply, ApiError> {
                     "missing_required_parameter",
                 )),
                 Some(model) => {
-                    let kv = if wants_latency(Some(o)) { kv.as_ref() } else { None };
+                    let kv = if wants_latency(Some(o)) {
+                        kv.as_ref()
+                    } else {
+                        None
+                    };
                     plan_one(cat, kv, model, &batch.allowed_models, Some(o))
                 }
             },

@@ -61,7 +61,9 @@ fn prompts(args: &Args) -> Vec<String> {
     } else {
         base
     };
-    (0..args.count).map(|i| base[i % base.len()].clone()).collect()
+    (0..args.count)
+        .map(|i| base[i % base.len()].clone())
+        .collect()
 }
 
 fn questions(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
@@ -70,8 +72,14 @@ fn questions(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_string(&mut text)?;
     let mut r = csv::Reader::from_reader(text.as_bytes());
     let h = r.headers()?.clone();
-    let q = h.iter().position(|c| c == "question").context("question column")?;
-    let o = h.iter().position(|c| c == "options").context("options column")?;
+    let q = h
+        .iter()
+        .position(|c| c == "question")
+        .context("question column")?;
+    let o = h
+        .iter()
+        .position(|c| c == "options")
+        .context("options column")?;
     let mut out = Vec::new();
     for rec in r.records() {
         let rec = rec?;
@@ -110,7 +118,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     if status != 201 {
-        bail!("creating a key failed: {status} {}", String::from_utf8_lossy(&body));
+        bail!(
+            "creating a key failed: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     let key: Value = serde_json::from_slice(&body)?;
     let key = key["key"].as_str().context("key")?.to_string();
@@ -129,7 +140,10 @@ async fn main() -> anyhow::Result<()> {
     let (status, body) = post(addr, "/v1/route", &key, batch).await?;
     let wall = t.elapsed();
     if status != 200 {
-        bail!("/v1/route failed: {status} {}", String::from_utf8_lossy(&body[..body.len().min(500)]));
+        bail!(
+            "/v1/route failed: {status} {}",
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        );
     }
     let v: Value = serde_json::from_slice(&body)?;
     let data = v["data"].as_array().context("data")?;
@@ -138,13 +152,22 @@ async fn main() -> anyhow::Result<()> {
         .filter_map(|p| p["route"]["score_us"].as_f64())
         .collect();
     if us.len() != args.count {
-        bail!("expected {} plans with a score, got {}", args.count, us.len());
+        bail!(
+            "expected {} plans with a score, got {}",
+            args.count,
+            us.len()
+        );
     }
     us.sort_by(f64::total_cmp);
     let mut winners = std::collections::BTreeMap::<String, usize>::new();
     for p in data {
         *winners
-            .entry(p["candidates"][0]["model"].as_str().unwrap_or("?").to_string())
+            .entry(
+                p["candidates"][0]["model"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            )
             .or_default() += 1;
     }
     println!("| prompts | request bytes | mean prompt chars | wall time | per prompt | scorer in wasm p50 / p99 / max | winners |");
