@@ -97,6 +97,25 @@ pub struct TierConfig {
     pub description: String,
 }
 
+/// A weighted split (A/B test): a virtual model whose traffic goes to catalog models by weight,
+/// sticky per session/user and, without one, per long system prompt (prompt-cache affinity).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Targets with their weights.
+    pub targets: Vec<SplitTarget>,
+}
+
+/// One arm of a split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    /// Catalog model id or alias.
+    pub model: String,
+    /// Relative weight (at least 1).
+    pub weight: u32,
+}
+
 /// A regex alias rule: a requested name matching `pattern` resolves to `target` with `\1` or
 /// `$1` replaced by capture groups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -122,6 +141,9 @@ pub struct Catalog {
     /// Regex alias rules, tried in order after ids and aliases.
     #[serde(default)]
     pub alias_rules: Vec<AliasRule>,
+    /// Weighted splits by virtual model name.
+    #[serde(default)]
+    pub splits: BTreeMap<String, SplitConfig>,
 }
 
 fn rule_target(target: &str) -> String {
@@ -202,6 +224,28 @@ impl Catalog {
                     "tiers.{name}.quality_floor must be between 0 and 1, got {}",
                     t.quality_floor
                 ));
+            }
+        }
+        for (name, sp) in &self.splits {
+            if sp.targets.is_empty() {
+                return Err(format!("splits.\"{name}\" has no targets"));
+            }
+            if self.lookup_plain(name).is_some() {
+                return Err(format!("split \"{name}\" has the name of a model or alias"));
+            }
+            for (i, t) in sp.targets.iter().enumerate() {
+                if t.weight == 0 {
+                    return Err(format!(
+                        "splits.\"{name}\".targets[{i}].weight must be at least 1"
+                    ));
+                }
+                if self.lookup_plain(&t.model).is_none() {
+                    return Err(format!(
+                        "splits.\"{name}\".targets[{i}].model \"{}\" is not a catalog model; configured models: {}",
+                        t.model,
+                        names(self.models.keys())
+                    ));
+                }
             }
         }
         for (i, r) in self.alias_rules.iter().enumerate() {
@@ -357,6 +401,22 @@ impl Catalog {
             })
             .collect();
         let mut data = data;
+        for (name, sp) in &self.splits {
+            let targets: Vec<_> = sp
+                .targets
+                .iter()
+                .map(|t| serde_json::json!({"model": t.model, "weight": t.weight}))
+                .collect();
+            data.push(serde_json::json!({
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "lumen",
+                "virtual": true,
+                "split": targets,
+                "aliases": [],
+            }));
+        }
         for (name, t) in &self.tiers {
             let aliases: Vec<&str> = if name == "auto" { vec!["auto"] } else { vec![] };
             data.push(serde_json::json!({

@@ -60,6 +60,8 @@ pub struct Prefs {
     pub quality_floor: Option<f64>,
     /// Quality-floor cascade.
     pub cascade: bool,
+    /// Session key for sticky splits (`lumen.session`).
+    pub session: Option<String>,
 }
 
 fn bad(param: &str, message: String) -> ApiError {
@@ -197,10 +199,15 @@ impl Prefs {
                                 bad("lumen.cascade", "'lumen.cascade' must be a boolean".into())
                             })?
                         }
+                        "session" => {
+                            p.session = Some(v.as_str().map(str::to_string).ok_or_else(|| {
+                                bad("lumen.session", "'lumen.session' must be a string".into())
+                            })?)
+                        }
                         _ => {
                             return Err(bad(
                                 &format!("lumen.{k}"),
-                                format!("unknown field 'lumen.{k}'; known: cascade"),
+                                format!("unknown field 'lumen.{k}'; known: cascade, session"),
                             ))
                         }
                     }
@@ -399,8 +406,110 @@ pub struct Inputs<'a> {
     pub weights: Option<&'a Weights>,
     /// Observed latency (ms) of a provider+model, if any.
     pub latency: &'a dyn Fn(&str, &str) -> Option<f64>,
-    /// Microseconds the caller measured around scoring, reported back (set by the caller).
+    /// The monotonic clock in microseconds (to time the scorer).
     pub now_us: &'a dyn Fn() -> f64,
+    /// A random number, for splits of requests with no sticky key.
+    pub roll: u64,
+}
+
+/// System prompts at least this long pin a split's choice (prompt-cache affinity).
+pub const AFFINITY_MIN_CHARS: usize = 1024;
+
+fn fnv(s: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// What a split's choice sticks to: the session, else the user, else a long system prompt.
+fn sticky_key(prefs: &Prefs, body: &Map<String, Value>) -> Option<(&'static str, String)> {
+    if let Some(s) = &prefs.session {
+        return Some(("lumen.session", s.clone()));
+    }
+    if let Some(u) = body.get("user").and_then(Value::as_str) {
+        return Some(("user", u.to_string()));
+    }
+    let system = body
+        .get("messages")?
+        .as_array()?
+        .first()
+        .filter(|m| {
+            matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("system" | "developer")
+            )
+        })?
+        .get("content")?
+        .as_str()?;
+    (system.chars().count() >= AFFINITY_MIN_CHARS).then(|| ("system prompt", system.to_string()))
+}
+
+fn split_plan(
+    cat: &Catalog,
+    name: &str,
+    spec: ModelSpec,
+    prefs: &Prefs,
+    inp: &Inputs,
+    body: &Map<String, Value>,
+) -> Result<Plan, ApiError> {
+    if !inp.allowed.is_empty() && !inp.allowed.iter().any(|a| a == name) {
+        return Err(ApiError::permission(
+            format!(
+                "this API key may not use model \"{name}\"; allowed models: {}",
+                inp.allowed.join(", ")
+            ),
+            "model_not_allowed",
+        ));
+    }
+    let sp = &cat.splits[name];
+    let total: u64 = sp.targets.iter().map(|t| u64::from(t.weight)).sum();
+    let (by, roll) = match sticky_key(prefs, body) {
+        Some((by, key)) => (by, fnv(&key)),
+        None => ("random", inp.roll),
+    };
+    let mut at = roll % total.max(1);
+    let mut pick = 0;
+    for (i, t) in sp.targets.iter().enumerate() {
+        if at < u64::from(t.weight) {
+            pick = i;
+            break;
+        }
+        at -= u64::from(t.weight);
+    }
+    let mut order: Vec<usize> = (0..sp.targets.len()).filter(|i| *i != pick).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(sp.targets[*i].weight));
+    order.insert(0, pick);
+    let candidates: Vec<_> = order
+        .iter()
+        .filter_map(|i| {
+            cat.lookup(&sp.targets[*i].model)
+                .map(|(id, _)| cat.candidate(id))
+        })
+        .collect();
+    let winner = candidates
+        .first()
+        .map(|c| c.model.clone())
+        .ok_or_else(|| ApiError::internal(format!("split \"{name}\" has no usable targets")))?;
+    let reason = format!(
+        "split {name}: {winner} (weight {} of {total}), chosen by {by}",
+        sp.targets[pick].weight
+    );
+    Ok(Plan {
+        requested: inp.model.to_string(),
+        reason: reason.clone(),
+        candidates,
+        defaults: spec.params,
+        cascade: prefs.cascade,
+        route: Some(RouteExplain {
+            model: winner,
+            reason,
+            cascade: prefs.cascade,
+            ..RouteExplain::default()
+        }),
+    })
 }
 
 fn blended(m: &ModelConfig) -> f64 {
@@ -458,6 +567,10 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
     let body = inp.body.unwrap_or(&empty);
     let prefs = Prefs::from_body(body)?;
     let spec = parse_model(inp.model, cat)?;
+    if cat.splits.contains_key(&spec.name) {
+        let name = spec.name.clone();
+        return split_plan(cat, &name, spec, &prefs, inp, body);
+    }
     let Some(tier) = tier_name(&spec.name, cat) else {
         // A pinned model (id, alias or regex alias) always wins.
         let mut plan = cat.plan(&spec.name, inp.allowed)?;
@@ -735,6 +848,9 @@ quality_floor = 0.0
 [[alias_rules]]
 pattern = '^big-(\d+)$'
 target = 'big'
+
+[splits."ab"]
+targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
 "#;
 
     fn run(model: &str, body: Value, allowed: &[String]) -> Result<Plan, ApiError> {
@@ -761,6 +877,7 @@ target = 'big'
                 weights: Some(&w),
                 latency,
                 now_us: &|| 0.0,
+                roll: 7,
             },
         )
     }
@@ -905,6 +1022,52 @@ target = 'big'
             json!({"temperature": 0.1, "top_p": 0.5})
         );
         assert_eq!(percent_decode("a%20b+c%zz"), "a b c%zz");
+    }
+
+    #[test]
+    fn splits_are_sticky_by_session_user_or_long_system_prompt() {
+        let pick = |b: Value| run("ab", b, &[]).map(|p| order(&p).join(",")).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for u in 0..20 {
+            let user = format!("user-{u}");
+            let a = pick(msg(json!({"user": user})));
+            assert_eq!(a, pick(msg(json!({"user": user}))), "sticky per user");
+            seen.insert(a);
+        }
+        assert_eq!(seen.len(), 2, "both arms get traffic: {seen:?}");
+        let s = pick(msg(json!({"lumen": {"session": "s1"}, "user": "x"})));
+        assert_eq!(
+            s,
+            pick(msg(json!({"lumen": {"session": "s1"}, "user": "y"}))),
+            "session wins over user"
+        );
+        let sys = "You are a helpful assistant. ".repeat(40);
+        let with_sys = |q: &str| json!({"messages": [{"role": "system", "content": sys}, {"role": "user", "content": q}]});
+        assert_eq!(
+            pick(with_sys("a")),
+            pick(with_sys("b")),
+            "prompt-cache affinity"
+        );
+        let p = run("ab", msg(json!({})), &[]).unwrap();
+        assert!(p.reason.contains("chosen by random"), "{}", p.reason);
+        assert_eq!(p.candidates.len(), 2, "the other arm is the fallback");
+        assert_eq!(
+            run("ab", msg(json!({})), &["small".into()])
+                .unwrap_err()
+                .status,
+            403
+        );
+        let bad = CAT.replace(
+            "weight = 1 }, { model = \"big\"",
+            "weight = 0 }, { model = \"big\"",
+        );
+        assert!(Catalog::from_toml(&bad, "t")
+            .unwrap_err()
+            .contains("weight must be at least 1"));
+        let bad = CAT.replace("model = \"big\", weight", "model = \"huge\", weight");
+        assert!(Catalog::from_toml(&bad, "t")
+            .unwrap_err()
+            .contains("\"huge\" is not a catalog model"));
     }
 
     #[test]

@@ -1125,6 +1125,7 @@ mod tests {
                 status: Some(429),
                 die_after: Some(2),
                 content: Some("yo".into()),
+                if_model: None,
             }
         );
     }

@@ -41,7 +41,7 @@ pub fn held_out(id: &str) -> bool {
         h ^= u32::from(*b);
         h = h.wrapping_mul(16_777_619);
     }
-    h % 5 == 0
+    h.is_multiple_of(5)
 }
 
 /// The text a question is scored on: the question and its options, as a user would send it.
@@ -202,9 +202,9 @@ pub fn fit(data: &Data, train: &dyn Fn(&Item) -> bool, p: Params) -> Fit {
             g[j] += p.l2 * x[j];
         }
         // Features with a hand-set prior are not learned (the data cannot teach them).
-        for j in HASHED..DIM {
-            if prior(j - HASHED) != 0.0 {
-                g[j] = 0.0;
+        for (i, gj) in g[HASHED..DIM].iter_mut().enumerate() {
+            if prior(i) != 0.0 {
+                *gj = 0.0;
             }
         }
         // Pin the shared offset of b and θ: a tiny pull of θ towards 0.

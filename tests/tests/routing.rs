@@ -662,3 +662,40 @@ async fn streamed_cascade_checks_before_the_first_byte() {
     assert_eq!(s.headers.get("x-lumen-model").unwrap(), CHEAP);
     assert!(s.text().contains("Sorry"));
 }
+
+#[tokio::test]
+async fn weighted_split_is_sticky_per_user_and_per_long_system_prompt() {
+    let (gw, key) = setup().await;
+    let models = gw.call("GET", "/v1/models", Some(&key), None).await.json();
+    assert!(models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == "lumen/ab-small" && m["split"].as_array().unwrap().len() == 2));
+    let mut arms = std::collections::BTreeSet::new();
+    for u in 0..20 {
+        let b = body("lumen/ab-small", EASY, json!({"user": format!("user-{u}")}));
+        let first = plan(&gw, &key, b.clone()).await;
+        let again = plan(&gw, &key, b).await;
+        assert_eq!(winner(&first), winner(&again), "sticky per user");
+        assert!(first["reason"].as_str().unwrap().contains("chosen by user"));
+        arms.insert(winner(&first).to_string());
+    }
+    assert_eq!(arms.len(), 2, "both arms get traffic: {arms:?}");
+    // Through chat, the served model is the plan's.
+    let b = body("lumen/ab-small", EASY, json!({"user": "user-3"}));
+    let expected = winner(&plan(&gw, &key, b.clone()).await).to_string();
+    let r = gw.chat(&key, b).await;
+    assert_eq!(r.header("x-lumen-model"), Some(expected.as_str()));
+    // Requests sharing a long system prompt go to the same arm.
+    let sys = "You are the support assistant of ACME. Follow the policy. ".repeat(30);
+    let mut seen = std::collections::BTreeSet::new();
+    for q in ["one", "two", "three", "four"] {
+        let b = json!({"model": "lumen/ab-small", "messages": [
+            {"role": "system", "content": sys}, {"role": "user", "content": q}]});
+        let p = plan(&gw, &key, b).await;
+        assert!(p["reason"].as_str().unwrap().contains("system prompt"));
+        seen.insert(winner(&p).to_string());
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}

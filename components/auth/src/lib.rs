@@ -25,7 +25,7 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::Chat) => return chat::handle(ctx, info, req, out).await,
         Ok(Route::Models) => account::models(&info).await,
         Ok(Route::Usage) => account::usage(&info).await,
-        Ok(Route::RoutePlan) => explain::route(&info, req).await,
+        Ok(Route::Plan) => explain::route(&info, req).await,
         Ok(Route::CreateKey) => admin::create(&info, req).await,
         Ok(Route::ListKeys) => admin::list(&info),
         Ok(Route::DeleteKey(id)) => admin::delete(&info, &id),

@@ -14,7 +14,7 @@ pub enum Route {
     /// `GET /v1/usage`.
     Usage,
     /// `POST /v1/route`.
-    RoutePlan,
+    Plan,
     /// `POST /admin/keys`.
     CreateKey,
     /// `GET /admin/keys`.
@@ -36,7 +36,7 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/v1/chat/completions" => only("POST", Route::Chat),
         "/v1/models" => only("GET", Route::Models),
         "/v1/usage" => only("GET", Route::Usage),
-        "/v1/route" => only("POST", Route::RoutePlan),
+        "/v1/route" => only("POST", Route::Plan),
         "/admin/keys" => match method {
             "GET" => Ok(Route::ListKeys),
             "POST" => Ok(Route::CreateKey),
@@ -64,7 +64,7 @@ mod tests {
         assert_eq!(match_route("POST", "/v1/chat/completions"), Ok(Route::Chat));
         assert_eq!(match_route("GET", "/v1/models"), Ok(Route::Models));
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
-        assert_eq!(match_route("POST", "/v1/route"), Ok(Route::RoutePlan));
+        assert_eq!(match_route("POST", "/v1/route"), Ok(Route::Plan));
         assert_eq!(match_route("GET", "/admin/keys"), Ok(Route::ListKeys));
         assert_eq!(match_route("POST", "/admin/keys"), Ok(Route::CreateKey));
         assert_eq!(

@@ -70,6 +70,13 @@ fn now_us() -> f64 {
         * 1e6
 }
 
+/// A random number for splits without a sticky key.
+fn roll() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = lumen_spin::util::fill_random(&mut b);
+    u64::from_le_bytes(b)
+}
+
 /// Plans one request. Observed latencies are read from KV only when the request sets a latency SLO.
 fn plan_one(
     cat: &Catalog,
@@ -94,6 +101,7 @@ fn plan_one(
             weights: weights(),
             latency: &latency,
             now_us: &now_us,
+            roll: roll(),
         },
     )
 }
