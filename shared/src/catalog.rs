@@ -227,6 +227,12 @@ impl Catalog {
             }
         }
         for (name, sp) in &self.splits {
+            if !name.starts_with(crate::route::TIER_PREFIX) {
+                return Err(format!(
+                    "split \"{name}\" must be named under \"{}\" (virtual models live there)",
+                    crate::route::TIER_PREFIX
+                ));
+            }
             if sp.targets.is_empty() {
                 return Err(format!("splits.\"{name}\" has no targets"));
             }

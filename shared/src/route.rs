@@ -269,6 +269,18 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether planning a model string needs the request body: only virtual models (tiers `auto` and
+/// `lumen/...`, splits, all named under `lumen/`) do; pinned models are planned from the name, so
+/// auth does not copy large bodies to the router for them.
+pub fn needs_body(model: &str) -> bool {
+    let head = model.split('?').next().unwrap_or("");
+    let name = head.split_once(':').map_or(head, |(_, n)| n);
+    name == "auto"
+        || head == "auto"
+        || name.starts_with(TIER_PREFIX)
+        || head.starts_with(TIER_PREFIX)
+}
+
 /// Splits `provider:name?k=v` (the provider prefix only when it names a catalog provider).
 pub fn parse_model(s: &str, cat: &Catalog) -> Result<ModelSpec, ApiError> {
     let (head, query) = match s.split_once('?') {
@@ -849,7 +861,7 @@ quality_floor = 0.0
 pattern = '^big-(\d+)$'
 target = 'big'
 
-[splits."ab"]
+[splits."lumen/ab"]
 targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
 "#;
 
@@ -1026,7 +1038,11 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
 
     #[test]
     fn splits_are_sticky_by_session_user_or_long_system_prompt() {
-        let pick = |b: Value| run("ab", b, &[]).map(|p| order(&p).join(",")).unwrap();
+        let pick = |b: Value| {
+            run("lumen/ab", b, &[])
+                .map(|p| order(&p).join(","))
+                .unwrap()
+        };
         let mut seen = std::collections::BTreeSet::new();
         for u in 0..20 {
             let user = format!("user-{u}");
@@ -1048,11 +1064,11 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
             pick(with_sys("b")),
             "prompt-cache affinity"
         );
-        let p = run("ab", msg(json!({})), &[]).unwrap();
+        let p = run("lumen/ab", msg(json!({})), &[]).unwrap();
         assert!(p.reason.contains("chosen by random"), "{}", p.reason);
         assert_eq!(p.candidates.len(), 2, "the other arm is the fallback");
         assert_eq!(
-            run("ab", msg(json!({})), &["small".into()])
+            run("lumen/ab", msg(json!({})), &["small".into()])
                 .unwrap_err()
                 .status,
             403
@@ -1068,6 +1084,27 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
         assert!(Catalog::from_toml(&bad, "t")
             .unwrap_err()
             .contains("\"huge\" is not a catalog model"));
+    }
+
+    #[test]
+    fn only_virtual_models_need_the_body() {
+        for m in [
+            "auto",
+            "lumen/auto",
+            "lumen/ab-small?temperature=1",
+            "openai:auto",
+            "together:lumen/fast",
+        ] {
+            assert!(needs_body(m), "{m}");
+        }
+        for m in [
+            "gpt-4o",
+            "openai:gpt-4o?temperature=1",
+            "openai/gpt-4o",
+            "automatic",
+        ] {
+            assert!(!needs_body(m), "{m}");
+        }
     }
 
     #[test]

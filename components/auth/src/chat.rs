@@ -47,13 +47,26 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
     let ask = PlanRequest {
         model: chat.model.clone(),
         allowed_models: key.allowed_models.clone(),
-        request: Some(chat.body),
+        request: None,
+    };
+    // Only virtual models are planned from the body; a pinned model's body stays here.
+    let (ask, mut chat) = if route::needs_body(&chat.model) {
+        let ask = PlanRequest {
+            request: Some(chat.body),
+            ..ask
+        };
+        let chat = ChatRequest {
+            body: Default::default(),
+            ..chat
+        };
+        (ask, chat)
+    } else {
+        (ask, chat)
     };
     let plan: Plan = post_json("router", routes::PLAN, &ask).await?;
-    let mut chat = ChatRequest {
-        body: ask.request.unwrap_or_default(),
-        ..chat
-    };
+    if let Some(body) = ask.request {
+        chat.body = body;
+    }
     // Model-string parameters become defaults; routing fields never go upstream.
     route::apply_defaults(&mut chat.body, &plan.defaults);
     route::strip_routing_fields(&mut chat.body);
