@@ -39,8 +39,15 @@ pub fn options(mock: &MockUpstream) -> HostOptions {
         ("openai_base_url", mock.base_url()),
         ("openai_allowed_host", format!("http://{}", mock.addr())),
         ("openai_api_key", UPSTREAM_KEY.to_string()),
-        ("together_base_url", mock.base_url()),
-        ("together_allowed_host", format!("http://{}", mock.addr())),
+        // The same mock under another origin, so each provider's allowed host stays its own.
+        (
+            "together_base_url",
+            format!("http://localhost:{}/v1", mock.addr().port()),
+        ),
+        (
+            "together_allowed_host",
+            format!("http://localhost:{}", mock.addr().port()),
+        ),
         ("together_api_key", UPSTREAM_KEY.to_string()),
         ("max_request_bytes", "65536".to_string()),
     ];
