@@ -24,11 +24,11 @@ trap 'rm -f "$tmp"' EXIT
   timeout 300 target/release/lumen-route-bench "$@"
   if [[ "${SKIP_CRITERION:-0}" != 1 ]]; then
     echo
-    echo "### Scorer natively (criterion, median)"
+    echo "### Scorer natively (criterion: low / median / high estimate)"
     echo
     echo '```'
     cargo bench -j 2 -p lumen-shared --bench scorer -- --warm-up-time 1 --measurement-time 3 2>/dev/null \
-      | grep -E '^(score|decode)|time:' | paste - - | sed -E 's/ +/ /g'
+      | awk '/^[a-z_0-9]+/ {name=$1} /time:/ {sub(/.*time: */, ""); print name, $0}'
     echo '```'
   fi
 } | tee "$tmp"
