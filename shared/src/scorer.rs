@@ -121,7 +121,14 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
         word.clear();
     };
     for c in scan.chars() {
-        if c.is_alphanumeric() {
+        if c.is_ascii() {
+            // Fast path, same result as the Unicode one below for ASCII.
+            if c.is_ascii_alphanumeric() {
+                word.push(c.to_ascii_lowercase());
+            } else {
+                push_word(&mut word, &mut prev, &mut out);
+            }
+        } else if c.is_alphanumeric() {
             for l in c.to_lowercase() {
                 word.push(l);
             }
