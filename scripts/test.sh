@@ -19,6 +19,13 @@ cargo test --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests
 echo "== component unit tests (native)"
 cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter
 
+echo "== router training reproduces the shipped weights"
+if [[ -f ../shared/data/mmlu-pro-outcomes.csv.gz ]]; then
+  scripts/train-router.sh --check
+else
+  echo "skipped: ../shared/data/mmlu-pro-outcomes.csv.gz is not here"
+fi
+
 echo "== Python SDKs (openai, anthropic)"
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv

@@ -142,6 +142,54 @@ pub struct ModelConfig {
     /// Other providers serving the same model (fallbacks, each at its own price).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offers: Vec<Offer>,
+    /// Ability on the router's difficulty scale (see `bench/ROUTER-eval.md`); models without one
+    /// are never chosen by a tier, only when pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    /// Brand (maker) for `brand_pref`, e.g. `"meta"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+}
+
+/// A routing tier (`lumen/<name>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Default quality floor in [0, 1] (a request's `quality_floor` overrides it).
+    pub quality_floor: f64,
+    /// What the tier is for.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A weighted split (A/B test): a virtual model whose traffic goes to catalog models by weight,
+/// sticky per session/user and, without one, per long system prompt (prompt-cache affinity).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Targets with their weights.
+    pub targets: Vec<SplitTarget>,
+}
+
+/// One arm of a split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    /// Catalog model id or alias.
+    pub model: String,
+    /// Relative weight (at least 1).
+    pub weight: u32,
+}
+
+/// A regex alias rule: a requested name matching `pattern` resolves to `target` with `\1` or
+/// `$1` replaced by capture groups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AliasRule {
+    /// Regular expression (`regex` crate syntax), anchored by the author.
+    pub pattern: String,
+    /// Model id or alias it resolves to.
+    pub target: String,
 }
 
 /// The whole catalog.
@@ -155,6 +203,34 @@ pub struct Catalog {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Models by id.
     pub models: BTreeMap<String, ModelConfig>,
+    /// Routing tiers by name (`lumen/<name>`; `auto` is also accepted bare).
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// Regex alias rules, tried in order after ids and aliases.
+    #[serde(default)]
+    pub alias_rules: Vec<AliasRule>,
+    /// Weighted splits by virtual model name.
+    #[serde(default)]
+    pub splits: BTreeMap<String, SplitConfig>,
+}
+
+fn rule_target(target: &str) -> String {
+    // `\1` (sed style) is accepted as `${1}`.
+    let mut out = String::with_capacity(target.len());
+    let mut chars = target.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push_str("${");
+            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                out.push(d);
+                chars.next();
+            }
+            out.push('}');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether `v` is a valid Spin variable name (lowercase letters, digits and '_', starting with a
@@ -235,6 +311,57 @@ impl Catalog {
                 }
             }
         }
+        for (name, t) in &self.tiers {
+            if !(0.0..=1.0).contains(&t.quality_floor) {
+                return Err(format!(
+                    "tiers.{name}.quality_floor must be between 0 and 1, got {}",
+                    t.quality_floor
+                ));
+            }
+        }
+        for (name, sp) in &self.splits {
+            if !name.starts_with(crate::route::TIER_PREFIX) {
+                return Err(format!(
+                    "split \"{name}\" must be named under \"{}\" (virtual models live there)",
+                    crate::route::TIER_PREFIX
+                ));
+            }
+            if sp.targets.is_empty() {
+                return Err(format!("splits.\"{name}\" has no targets"));
+            }
+            if self.lookup_plain(name).is_some() {
+                return Err(format!("split \"{name}\" has the name of a model or alias"));
+            }
+            for (i, t) in sp.targets.iter().enumerate() {
+                if t.weight == 0 {
+                    return Err(format!(
+                        "splits.\"{name}\".targets[{i}].weight must be at least 1"
+                    ));
+                }
+                if self.lookup_plain(&t.model).is_none() {
+                    return Err(format!(
+                        "splits.\"{name}\".targets[{i}].model \"{}\" is not a catalog model; configured models: {}",
+                        t.model,
+                        names(self.models.keys())
+                    ));
+                }
+            }
+        }
+        for (i, r) in self.alias_rules.iter().enumerate() {
+            regex::Regex::new(&r.pattern).map_err(|e| {
+                format!(
+                    "alias_rules[{i}].pattern \"{}\" is not a valid regex: {e}",
+                    r.pattern
+                )
+            })?;
+        }
+        for (id, m) in &self.models {
+            if let Some(q) = m.quality {
+                if !q.is_finite() {
+                    return Err(format!("quality of model \"{id}\" must be a finite number"));
+                }
+            }
+        }
         for (id, p) in &self.providers {
             if p.dialect == Dialect::SpinLlm {
                 if !self.spin_llm {
@@ -273,8 +400,7 @@ impl Catalog {
         Ok(cat)
     }
 
-    /// Finds a model by id or alias; returns its canonical id.
-    pub fn lookup(&self, name: &str) -> Option<(&str, &ModelConfig)> {
+    fn lookup_plain(&self, name: &str) -> Option<(&str, &ModelConfig)> {
         if let Some((id, m)) = self.models.get_key_value(name) {
             return Some((id.as_str(), m));
         }
@@ -282,6 +408,33 @@ impl Catalog {
             .iter()
             .find(|(_, m)| m.aliases.iter().any(|a| a == name))
             .map(|(id, m)| (id.as_str(), m))
+    }
+
+    /// Finds a model by id, alias, or the first regex alias rule whose rewrite names one;
+    /// returns its canonical id.
+    pub fn lookup(&self, name: &str) -> Option<(&str, &ModelConfig)> {
+        self.lookup_plain(name).or_else(|| {
+            self.alias_rules.iter().find_map(|r| {
+                let re = regex::Regex::new(&r.pattern).ok()?;
+                if !re.is_match(name) {
+                    return None;
+                }
+                let target = re.replace(name, rule_target(&r.target).as_str());
+                self.lookup_plain(&target)
+            })
+        })
+    }
+
+    /// The plan entry of a catalog model (`id` must exist).
+    pub fn candidate(&self, id: &str) -> Candidate {
+        let model = &self.models[id];
+        Candidate {
+            model: id.to_string(),
+            upstream_model: model.upstream_id.clone(),
+            price: model.price.clone(),
+            context_window: model.context_window,
+            provider: self.target(&model.provider),
+        }
     }
 
     /// Resolves a requested model to an ordered plan, honouring the key's allowed models
@@ -308,8 +461,10 @@ impl Catalog {
         }
         let reason = if id == requested {
             "pinned model"
-        } else {
+        } else if self.lookup_plain(requested).is_some() {
             "alias"
+        } else {
+            "alias rule"
         };
         Ok(Plan {
             requested: requested.to_string(),
@@ -329,6 +484,9 @@ impl Catalog {
                     provider: self.target(p),
                 })
                 .collect(),
+            defaults: serde_json::Map::new(),
+            cascade: false,
+            route: None,
         })
     }
 
@@ -372,6 +530,36 @@ impl Catalog {
                 })
             })
             .collect();
+        let mut data = data;
+        for (name, sp) in &self.splits {
+            let targets: Vec<_> = sp
+                .targets
+                .iter()
+                .map(|t| serde_json::json!({"model": t.model, "weight": t.weight}))
+                .collect();
+            data.push(serde_json::json!({
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "lumen",
+                "virtual": true,
+                "split": targets,
+                "aliases": [],
+            }));
+        }
+        for (name, t) in &self.tiers {
+            let aliases: Vec<&str> = if name == "auto" { vec!["auto"] } else { vec![] };
+            data.push(serde_json::json!({
+                "id": format!("{}{name}", crate::route::TIER_PREFIX),
+                "object": "model",
+                "created": created,
+                "owned_by": "lumen",
+                "virtual": true,
+                "description": t.description,
+                "quality_floor": t.quality_floor,
+                "aliases": aliases,
+            }));
+        }
         serde_json::json!({"object": "list", "data": data})
     }
 }

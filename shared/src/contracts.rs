@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub mod routes {
     /// router: `POST` a [`super::PlanRequest`], get a [`super::Plan`].
     pub const PLAN: &str = "http://router.spin.internal/plan";
+    /// router: `POST` `{"allowed_models", "requests": [body, …], "explain"}`, get plans.
+    pub const ROUTE: &str = "http://router.spin.internal/route";
     /// router: `GET` the `/v1/models` list.
     pub const MODELS: &str = "http://router.spin.internal/models";
     /// provider: `POST` a [`super::CallRequest`], get the client-facing response.
@@ -37,6 +39,8 @@ pub mod headers {
     pub const COST: &str = "lumen-cost";
     /// provider → auth: cold-start wait in ms (auth sends it as `x-lumen-cold-start-ms`).
     pub const COLD_START: &str = "lumen-cold-start-ms";
+    /// provider → auth: candidates the cascade escalated from, with why.
+    pub const CASCADE: &str = "lumen-cascade";
 }
 
 /// The SSE event name of the provider's final, internal usage event (stripped by auth).
@@ -50,6 +54,9 @@ pub struct PlanRequest {
     /// Models the key may use; empty means all.
     #[serde(default)]
     pub allowed_models: Vec<String>,
+    /// The client's body (for tiers: scoring, capabilities, routing preferences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Where and how to call a provider.
@@ -113,6 +120,15 @@ pub struct Plan {
     pub reason: String,
     /// Ordered candidates; never empty.
     pub candidates: Vec<Candidate>,
+    /// Parameters from the model string (`?temperature=0.7`), applied as body defaults.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub defaults: serde_json::Map<String, serde_json::Value>,
+    /// Quality-floor cascade requested (`lumen.cascade`).
+    #[serde(default)]
+    pub cascade: bool,
+    /// Why this plan, for `x-lumen-route` and `lumen.route`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<crate::route::RouteExplain>,
 }
 
 /// Which upstream endpoint a call is for.
@@ -144,6 +160,9 @@ pub struct CallRequest {
     pub include_usage: bool,
     /// The client's body, unknown fields included.
     pub body: serde_json::Map<String, serde_json::Value>,
+    /// Quality-floor cascade: check each non-final answer and escalate when the check fails.
+    #[serde(default)]
+    pub cascade: bool,
 }
 
 /// How a request ended.

@@ -176,6 +176,55 @@ impl Family for CompiledCatalog {
     }
 }
 
+/// Latency the provider observed for one provider+model (time to response headers), as an
+/// exponentially weighted moving average. Written after each call off the path of the first byte;
+/// concurrent writers may lose an update, which only slows the average down.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyRecord {
+    /// EWMA of time to headers, ms.
+    pub ewma_ms: f64,
+    /// Calls observed.
+    pub samples: u64,
+    /// Unix ms of the last update.
+    pub updated_ms: u64,
+}
+
+impl LatencyRecord {
+    /// Weight of the newest sample.
+    pub const ALPHA: f64 = 0.3;
+
+    /// The record after one more sample (the first sample is taken as is).
+    pub fn update(prev: Option<LatencyRecord>, sample_ms: f64, now_ms: u64) -> LatencyRecord {
+        match prev {
+            None => LatencyRecord {
+                ewma_ms: sample_ms,
+                samples: 1,
+                updated_ms: now_ms,
+            },
+            Some(p) => LatencyRecord {
+                ewma_ms: p.ewma_ms + Self::ALPHA * (sample_ms - p.ewma_ms),
+                samples: p.samples + 1,
+                updated_ms: now_ms,
+            },
+        }
+    }
+}
+
+/// `v1/health/latency/{provider}/{model}` → [`LatencyRecord`].
+pub struct LatencyKey<'a> {
+    /// Provider name.
+    pub provider: &'a str,
+    /// Catalog model id.
+    pub model: &'a str,
+}
+impl Family for LatencyKey<'_> {
+    type Value = LatencyRecord;
+    fn key(&self) -> String {
+        format!("v1/health/latency/{}/{}", self.provider, self.model)
+    }
+}
+
 /// `v1/rl/rpm/{key_id}/{window_start_secs}` — requests admitted in one minute window.
 pub struct RpmWindow<'a> {
     /// Key id.
@@ -591,6 +640,14 @@ mod tests {
         assert_eq!(AuditHeadKey.key(), "v1/audit/head");
         assert_eq!(AuditEntryKey("ab").key(), "v1/audit/entry/ab");
         assert_eq!(AuditSeqKey(7).key(), "v1/audit/seq/7");
+        assert_eq!(
+            LatencyKey {
+                provider: "openai",
+                model: "gpt-4o"
+            }
+            .key(),
+            "v1/health/latency/openai/gpt-4o"
+        );
         assert_eq!(UsageSeq("key_1").key(), "v1/usage/seq/key_1");
         assert_eq!(
             UsageRecordKey {
@@ -619,6 +676,15 @@ mod tests {
             .key(),
             "v1/usage/sum/key_1/2026-11-21/cost_nanos/openai/gpt-4o"
         );
+    }
+
+    #[test]
+    fn latency_ewma() {
+        let r = LatencyRecord::update(None, 100.0, 1);
+        assert_eq!((r.ewma_ms, r.samples), (100.0, 1));
+        let r = LatencyRecord::update(Some(r), 200.0, 2);
+        assert!((r.ewma_ms - 130.0).abs() < 1e-9);
+        assert_eq!((r.samples, r.updated_ms), (2, 2));
     }
 
     #[test]

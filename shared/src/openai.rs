@@ -287,6 +287,9 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     check_positive_int(&body, "max_tokens")?;
     check_positive_int(&body, "max_completion_tokens")?;
     check_positive_int(&body, "n")?;
+    // Routing fields (provider, brand_pref, max_price, ...) are checked here, used by the router
+    // and removed before the body goes upstream.
+    crate::route::Prefs::from_body(&body)?;
     Ok(ChatRequest {
         model,
         stream,

@@ -2,7 +2,7 @@
 //! `BLESS=1 cargo test -p lumen-shared schemas` and checked for staleness by the same test.
 
 use crate::contracts::{Plan, PlanRequest, SettleRequest, UsageSummary};
-use crate::kv::{ApiKeyRecord, UsageDim, UsageRecord};
+use crate::kv::{ApiKeyRecord, LatencyRecord, UsageDim, UsageRecord};
 
 /// (file name, pretty JSON schema) for every stored value and contract.
 pub fn all() -> Vec<(&'static str, String)> {
@@ -20,6 +20,7 @@ pub fn all() -> Vec<(&'static str, String)> {
             "kv.cold-start.v1.json",
             s::<crate::coldstart::ColdStartStats>(),
         ),
+        ("kv.latency-record.v1.json", s::<LatencyRecord>()),
         (
             "kv.compiled-catalog.v1.json",
             s::<crate::catalog::Catalog>(),

@@ -19,8 +19,8 @@
 //! # Steering a request
 //!
 //! The text of the **last user message** may contain one directive `[mock k=v k=v ...]` (see
-//! [`Directive`]): `tokens=N`, `delay_ms=N`, `ttft_ms=N`, `status=N`, `die_after=K`, `content=word`.
-//! An unknown key or a malformed value is answered with a 400 so broken tests fail loudly.
+//! [`Directive`]): `tokens=N`, `delay_ms=N`, `ttft_ms=N`, `status=N`, `die_after=K`, `content=word`,
+//! `if_model=ID` (apply only to requests for that model). An unknown key or a malformed value is answered with a 400 so broken tests fail loudly.
 //!
 //! # Token accounting
 //!
@@ -160,6 +160,9 @@ pub struct Directive {
     pub fixture: Option<String>,
     /// `cold_ms=N`: queue-style backend: the job stays queued N ms (a cold start).
     pub cold_ms: Option<u64>,
+    /// `if_model=ID`: the directive applies only to requests whose `model` is `ID` (others get
+    /// the defaults), so one prompt can steer a cascade's cheap and strong calls differently.
+    pub if_model: Option<String>,
 }
 
 /// The arguments of every mock tool call.
@@ -231,6 +234,7 @@ pub fn parse_directive(text: &str) -> Result<Option<Directive>, String> {
                 }
                 directive.content = Some(value.to_owned());
             }
+            "if_model" => directive.if_model = Some(value.to_owned()),
             _ => return Err(format!("mock directive: unknown key {key:?}")),
         }
     }
@@ -264,7 +268,13 @@ pub fn request_directive(body: &Value) -> Result<Directive, String> {
     match last_user {
         Some(message) => {
             let text = message_text(message.get("content").unwrap_or(&Value::Null));
-            Ok(parse_directive(&text)?.unwrap_or_default())
+            let d = parse_directive(&text)?.unwrap_or_default();
+            match &d.if_model {
+                Some(m) if body.get("model").and_then(Value::as_str) != Some(m.as_str()) => {
+                    Ok(Directive::default())
+                }
+                _ => Ok(d),
+            }
         }
         None => Ok(Directive::default()),
     }
@@ -1273,6 +1283,22 @@ mod tests {
         assert_eq!(request_directive(&body).unwrap().tokens, Some(3));
         assert_eq!(
             request_directive(&json!({"messages": []})).unwrap(),
+            Directive::default()
+        );
+    }
+
+    #[test]
+    fn if_model_limits_a_directive_to_one_model() {
+        let body = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "[mock content=no if_model=cheap]"}]});
+        assert_eq!(
+            request_directive(&body("cheap"))
+                .unwrap()
+                .content
+                .as_deref(),
+            Some("no")
+        );
+        assert_eq!(
+            request_directive(&body("strong")).unwrap(),
             Directive::default()
         );
     }

@@ -59,6 +59,12 @@ fn nanos(prompt: u64, completion: u64) -> i64 {
     (prompt * 150 + completion * 600) as i64
 }
 
+/// Nano-dollars a gpt-4o-mini request holds: its plan's dearest candidate is the Azure offer,
+/// `prompt × 0.165 + completion × 0.66` per 1e6 $ (the fallback may serve it).
+fn hold_nanos(prompt: u64, completion: u64) -> i64 {
+    (prompt * 165 + completion * 660) as i64
+}
+
 fn usd_nanos(v: &Value) -> i64 {
     (v.as_f64().expect("number") * 1e9).round() as i64
 }
@@ -138,7 +144,7 @@ async fn a_stream_crossing_the_budget_ends_with_length() {
     let mut body = chat_body("gpt-4o-mini", "long [mock tokens=5000]");
     body["stream"] = json!(true);
     let prompt = lumen_tests::mock::prompt_tokens(&body);
-    let hold = nanos(prompt, 4096);
+    let hold = hold_nanos(prompt, 4096);
     // Room for the first hold and a little more, not for a second block of 4096 tokens.
     set_budget(&gw, "tiny", (hold + 1000) as f64 / 1e9).await;
 
@@ -169,7 +175,11 @@ async fn a_stream_crossing_the_budget_ends_with_length() {
     assert_eq!(usd_nanos(&l["held_usd"]), 0, "{l}");
     let settled = usd_nanos(&l["settled_usd"]);
     assert!(settled <= hold + 1000, "{l}");
-    assert_eq!(settled, hold, "settled to the tokens delivered: {l}");
+    assert_eq!(
+        settled,
+        nanos(prompt, 4096),
+        "settled to the tokens delivered, at the serving provider's price: {l}"
+    );
     // The budget is spent: the next request is refused up front.
     let r = gw
         .chat(&key, chat_body("gpt-4o-mini", "more [mock tokens=1]"))
@@ -195,14 +205,16 @@ async fn prepaid_credits_limit_spend() {
     body["max_tokens"] = json!(10);
     let r = gw.chat(&key, body.clone()).await;
     assert_eq!(r.error(402)["code"], "insufficient_quota");
-    let one = nanos(lumen_tests::mock::prompt_tokens(&body), 10);
+    let prompt = lumen_tests::mock::prompt_tokens(&body);
+    let (one, one_hold) = (nanos(prompt, 10), hold_nanos(prompt, 10));
     let r = gw
         .call(
             "POST",
             "/admin/tenants/pre/credits",
             Some(ADMIN),
             Some(
-                json!({"amount_usd": (3 * one) as f64 / 1e9})
+                // Two requests' actual cost and a third one's hold.
+                json!({"amount_usd": (2 * one + one_hold) as f64 / 1e9})
                     .to_string()
                     .into_bytes(),
             ),

@@ -11,6 +11,7 @@ use lumen_shared::contracts::{routes, Plan, PlanRequest};
 use lumen_shared::kv::{ApiKeyRecord, TenantRecord};
 use lumen_shared::openai::{self, estimate_prompt_tokens, ChatRequest};
 use lumen_shared::ratelimit::{check_rpm, Kind, RateStatus, Taken};
+use lumen_shared::route;
 use lumen_shared::ApiError;
 use lumen_spin::http::{post_json, respond};
 use lumen_spin::util::now_ms;
@@ -87,14 +88,37 @@ pub async fn admit_chat(
     let ask = PlanRequest {
         model: chat.model.clone(),
         allowed_models,
+        request: None,
     };
-    let plan: Plan = match post_json("router", routes::PLAN, &ask).await {
+    // Only virtual models are planned from the body; a pinned model's body stays here.
+    let (ask, mut chat) = if route::needs_body(&chat.model) {
+        let ask = PlanRequest {
+            request: Some(chat.body),
+            ..ask
+        };
+        let chat = ChatRequest {
+            body: Default::default(),
+            ..chat
+        };
+        (ask, chat)
+    } else {
+        (ask, chat)
+    };
+    let planned = post_json::<_, Plan>("router", routes::PLAN, &ask).await;
+    if let Some(body) = ask.request {
+        chat.body = body;
+    }
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => {
             limits::reconcile(&taken, 0);
             return Err(e);
         }
     };
+    // Model-string parameters become defaults; routing fields never go upstream.
+    route::apply_defaults(&mut chat.body, &plan.defaults);
+    route::strip_routing_fields(&mut chat.body);
+    ctx.route = plan.route.as_ref().map(route::RouteExplain::header);
     let first = plan
         .candidates
         .first()

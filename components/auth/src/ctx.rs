@@ -33,6 +33,8 @@ pub struct Ctx {
     pub upstream_ms: f64,
     /// Rate-limit headers, once the key was counted.
     pub rate: Vec<(String, String)>,
+    /// `x-lumen-route`, once planned.
+    pub route: Option<String>,
 }
 
 impl Default for Ctx {
@@ -52,6 +54,7 @@ impl Ctx {
             provider: NONE.into(),
             upstream_ms: 0.0,
             rate: Vec::new(),
+            route: None,
         }
     }
 
@@ -98,6 +101,9 @@ impl Ctx {
             ),
         ];
         h.extend(self.rate.iter().cloned());
+        if let Some(r) = &self.route {
+            h.push(("x-lumen-route".to_string(), r.clone()));
+        }
         h
     }
 

@@ -8,6 +8,7 @@ mod admin;
 mod byok;
 mod chat;
 mod ctx;
+mod explain;
 mod limits;
 mod relay;
 mod routes;
@@ -28,6 +29,7 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::Embeddings) => return chat::handle_embeddings(ctx, info, req, out).await,
         Ok(Route::Models) => account::models(&info).await,
         Ok(Route::Usage) => account::usage(&info).await,
+        Ok(Route::Plan) => explain::route(&info, req).await,
         Ok(Route::CreateKey) => admin::create(&info, req).await,
         Ok(Route::ListKeys) => admin::list(&info),
         Ok(Route::DeleteKey(id)) => admin::delete(&info, &id),

@@ -21,6 +21,7 @@ use lumen_shared::dialect::messages;
 use lumen_shared::kv::TenantRecord;
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::ratelimit::Taken;
+use lumen_shared::route::RouteExplain;
 use lumen_shared::sse::{self, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{
@@ -107,6 +108,7 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
         candidates: plan.candidates.clone(),
         include_usage: chat.include_usage,
         body: chat.body,
+        cascade: plan.cascade,
     };
     let sent = match serde_json::to_vec(&call) {
         Ok(bytes) => {
@@ -130,6 +132,10 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             if let Some(p) = response_header(&resp, headers::PROVIDER) {
                 ctx.provider = p;
             }
+            if let Some(why) = response_header(&resp, headers::CASCADE) {
+                let r = ctx.route.take().unwrap_or_default();
+                ctx.route = Some(format!("{r}; escalated={why}"));
+            }
             ctx.upstream_ms = response_header(&resp, headers::UPSTREAM_MS)
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0);
@@ -142,8 +148,9 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
                 let seen = (key.id.as_str(), chat.stream, &plan);
                 stream(&ctx, resp, out, prompt_estimate, &mut budget, seen, shape).await;
             } else {
+                let route = plan.route.as_ref();
                 let (reply, report) =
-                    whole(&ctx, resp, prompt_estimate, &content_type, shape).await;
+                    whole(&ctx, resp, prompt_estimate, &content_type, shape, route).await;
                 settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
                 respond(out, ctx.stamp(reply)).await;
             }
@@ -159,6 +166,7 @@ async fn whole(
     prompt_estimate: u64,
     content_type: &str,
     shape: Shape,
+    route: Option<&RouteExplain>,
 ) -> (Reply, UsageReport) {
     let status = resp.status();
     let retry_after = response_header(&resp, "retry-after");
@@ -171,6 +179,11 @@ async fn whole(
     let ok = (200..300).contains(&status);
     let (reply, report) = match body {
         Ok(body) => {
+            let body = if ok {
+                crate::explain::with_route(body, route)
+            } else {
+                body
+            };
             let content_type = if content_type.is_empty() {
                 "application/json"
             } else {

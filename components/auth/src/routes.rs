@@ -17,6 +17,8 @@ pub enum Route {
     Models,
     /// `GET /v1/usage`.
     Usage,
+    /// `POST /v1/route`.
+    Plan,
     /// `POST /admin/keys`.
     CreateKey,
     /// `GET /admin/keys`.
@@ -75,6 +77,7 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/admin/usage/records" => only("GET", Route::AdminUsageRecords),
         "/admin/audit/head" => only("GET", Route::AuditHead),
         "/admin/audit/verify" => only("GET", Route::AuditVerify),
+        "/v1/route" => only("POST", Route::Plan),
         "/admin/keys" => match method {
             "GET" => Ok(Route::ListKeys),
             "POST" => Ok(Route::CreateKey),
@@ -177,6 +180,7 @@ mod tests {
             404
         );
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
+        assert_eq!(match_route("POST", "/v1/route"), Ok(Route::Plan));
         assert_eq!(match_route("GET", "/admin/keys"), Ok(Route::ListKeys));
         assert_eq!(match_route("POST", "/admin/keys"), Ok(Route::CreateKey));
         assert_eq!(

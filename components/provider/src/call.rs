@@ -2,6 +2,7 @@
 //! the first byte) and answers with the upstream's JSON or relays its SSE stream, always telling
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
+use crate::cascade;
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use crate::{queue, spin_llm};
 use futures::{SinkExt, StreamExt};
@@ -261,6 +262,59 @@ pub(crate) fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
     reply
 }
 
+fn cascade_header(escalated: &[String]) -> Vec<(String, String)> {
+    if escalated.is_empty() {
+        return Vec::new();
+    }
+    vec![(headers::CASCADE.to_string(), escalated.join("; "))]
+}
+
+/// Streams a whole (already checked) answer to auth as SSE events, with the internal usage event.
+async fn relay_whole(
+    out: ResponseOutparam,
+    body: &[u8],
+    c: &Candidate,
+    upstream_ms: f64,
+    call: &CallRequest,
+    prompt_estimate: u64,
+    extra: Vec<(String, String)>,
+) {
+    let answer: Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut hs = vec![
+        ("content-type".to_string(), "text/event-stream".to_string()),
+        ("cache-control".to_string(), "no-cache".to_string()),
+    ];
+    hs.extend(served_headers(c, upstream_ms));
+    hs.extend(extra);
+    let mut sink = start_stream(out, 200, &hs);
+    let mut relay = UpstreamRelay::new(call.include_usage).with_cost(CostTag {
+        price: c.price.clone(),
+        model: c.model.clone(),
+        provider: c.provider.name.clone(),
+        cold_start_ms: None,
+    });
+    for data in cascade::as_stream_events(&answer) {
+        let ev = lumen_shared::sse::Event {
+            event: None,
+            data,
+            comment_only: false,
+        };
+        if let Some(bytes) = relay.on_event(&ev) {
+            if sink.send(bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+    let (tail, _) = relay.finish(&c.model, &c.provider.name, upstream_ms, prompt_estimate);
+    let _ = sink.send(tail).await;
+    let _ = sink.close().await;
+}
+
+fn cascade_check(body: &[u8], call: &CallRequest) -> Result<(), String> {
+    let answer: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    cascade::check(&answer, &call.body)
+}
+
 /// Handles `POST /call`.
 pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
     let call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
@@ -275,7 +329,13 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
     let prompt_estimate = estimate_prompt_tokens(&call.body);
 
     let mut last: Option<(&Candidate, Failure)> = None;
-    for c in &call.candidates {
+    let mut escalated: Vec<String> = Vec::new();
+    // A streamed cascade asks the checked candidates for whole answers (see cascade.rs).
+    let whole_call = (stream && call.cascade).then(|| CallRequest {
+        body: cascade::whole_body(&call.body),
+        ..call.clone()
+    });
+    for (i, c) in call.candidates.iter().enumerate() {
         if c.provider.dialect == Dialect::SpinLlm {
             match spin_llm::infer(c, &call) {
                 Ok(output) => {
@@ -291,7 +351,11 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                 }
             }
         }
-        match attempt(c, &call, stream, prompt_estimate).await {
+        let (this, this_stream) = match &whole_call {
+            Some(w) if i + 1 < call.candidates.len() => (w, false),
+            _ => (&call, stream),
+        };
+        match attempt(c, this, this_stream, prompt_estimate).await {
             Ok((
                 Success::Whole {
                     body,
@@ -300,14 +364,34 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                 },
                 ms,
             )) => {
+                if call.cascade && i + 1 < call.candidates.len() {
+                    if let Err(why) = cascade_check(&body, &call) {
+                        cascade::record_latency(&c.provider.name, &c.model, ms);
+                        escalated.push(format!("{}: {why}", c.model));
+                        continue;
+                    }
+                }
+                let cascade_hs = cascade_header(&escalated);
+                if stream {
+                    // A checked whole answer, released as the stream the client asked for.
+                    relay_whole(out, &body, c, ms, &call, prompt_estimate, cascade_hs).await;
+                    cascade::record_latency(&c.provider.name, &c.model, ms);
+                    return;
+                }
                 let mut reply = Reply::json_bytes(200, body);
                 reply.headers.extend(served_headers(c, ms));
                 reply.set_header(headers::COST, cost_header(&usage, &c.price));
+                reply.headers.extend(cascade_hs);
                 let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
-                return respond(out, reply).await;
+                respond(out, reply).await;
+                cascade::record_latency(&c.provider.name, &c.model, ms);
+                return;
             }
             Ok((Success::Stream(resp), ms)) => {
-                return relay(out, resp, c, ms, call.include_usage, prompt_estimate).await
+                let hs = cascade_header(&escalated);
+                relay(out, resp, c, ms, call.include_usage, prompt_estimate, hs).await;
+                cascade::record_latency(&c.provider.name, &c.model, ms);
+                return;
             }
             Ok((Success::Queued(job), ms)) => {
                 return queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await
@@ -349,12 +433,14 @@ async fn relay(
     upstream_ms: f64,
     include_usage: bool,
     prompt_estimate: u64,
+    extra: Vec<(String, String)>,
 ) {
     let mut hs = vec![
         ("content-type".to_string(), "text/event-stream".to_string()),
         ("cache-control".to_string(), "no-cache".to_string()),
     ];
     hs.extend(served_headers(c, upstream_ms));
+    hs.extend(extra);
     let mut sink = start_stream(out, 200, &hs);
     let mut relay = UpstreamRelay::new(include_usage).with_cost(CostTag {
         price: c.price.clone(),

@@ -2,6 +2,7 @@
 //! plan's candidates in order, and streams the answer back to auth. Private to the app.
 
 mod call;
+mod cascade;
 mod queue;
 mod spin_llm;
 mod upstream;

@@ -1,12 +1,18 @@
 //! The router component: resolves a requested model against `config/catalog.toml` into an ordered
-//! plan (`POST /plan`) and lists the catalog's models (`GET /models`). Private to the app.
+//! plan (`POST /plan`), scores requests for the tiers with the difficulty scorer
+//! (`config/router-weights.bin`), answers `POST /route` (plans for one request or a batch, without
+//! calling any model) and lists the catalog's models (`GET /models`). Private to the app.
 
 use lumen_shared::catalog::Catalog;
 use lumen_shared::contracts::PlanRequest;
+use lumen_shared::kv::{self, LatencyKey};
+use lumen_shared::route::{decide, Inputs};
+use lumen_shared::scorer::Weights;
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_request_body, respond};
 use lumen_spin::util::{dispatch, now_ms, split_path};
 use lumen_spin::{Reply, SpinKv};
+use serde_json::{Map, Value};
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
 use std::sync::OnceLock;
@@ -15,8 +21,10 @@ use std::sync::OnceLock;
 const CATALOG_PATH: &str = "/config/catalog.toml";
 /// How the catalog is named in messages.
 const CATALOG_NAME: &str = "config/catalog.toml";
-/// Plan requests are tiny; anything larger is a bug in the caller.
-const MAX_BODY: usize = 64 * 1024;
+/// Where spin.toml mounts the scorer's weights.
+const WEIGHTS_PATH: &str = "/config/router-weights.bin";
+/// Plan requests carry the client's body (already limited by auth); this is a backstop.
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// The catalog, read and checked once per instance.
 fn catalog() -> Result<&'static Catalog, ApiError> {
@@ -36,13 +44,153 @@ fn catalog() -> Result<&'static Catalog, ApiError> {
         .map_err(|e| ApiError::internal(format!("the model catalog is invalid: {e}")))
 }
 
+/// The scorer's weights, read once per instance (a 8 KiB file: decoding is microseconds).
+fn weights() -> Option<&'static Weights> {
+    static WEIGHTS: OnceLock<Option<Weights>> = OnceLock::new();
+    WEIGHTS
+        .get_or_init(|| match std::fs::read(WEIGHTS_PATH) {
+            Ok(b) => Weights::from_bytes(&b)
+                .map_err(|e| eprintln!("lumen router: config/router-weights.bin: {e}"))
+                .ok(),
+            Err(e) => {
+                eprintln!("lumen router: could not read config/router-weights.bin: {e}");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Microseconds on the monotonic clock.
+fn now_us() -> f64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
+        * 1e6
+}
+
+/// A random number for splits without a sticky key.
+fn roll() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = lumen_spin::util::fill_random(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Plans one request. Observed latencies are read from KV only when the request sets a latency SLO.
+fn plan_one(
+    cat: &Catalog,
+    kv: Option<&SpinKv>,
+    model: &str,
+    allowed: &[String],
+    body: Option<&Map<String, Value>>,
+) -> Result<lumen_shared::contracts::Plan, ApiError> {
+    let latency = |provider: &str, model: &str| {
+        let kv = kv?;
+        kv::load(kv, &LatencyKey { provider, model })
+            .ok()
+            .flatten()
+            .map(|r| r.ewma_ms)
+    };
+    decide(
+        cat,
+        &Inputs {
+            model,
+            allowed,
+            body,
+            weights: weights(),
+            latency: &latency,
+            now_us: &now_us,
+            roll: roll(),
+        },
+    )
+}
+
+fn wants_latency(body: Option<&Map<String, Value>>) -> bool {
+    body.is_some_and(|b| b.get("max_latency_ms").is_some_and(|v| !v.is_null()))
+}
+
 async fn plan(req: IncomingRequest) -> Result<Reply, ApiError> {
     let body = read_request_body(req, MAX_BODY).await?;
     let ask: PlanRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid_request(format!("invalid plan request: {e}"), None, "invalid_json")
     })?;
-    let plan = catalog()?.plan(&ask.model, &ask.allowed_models)?;
+    drop(body);
+    let kv = if wants_latency(ask.request.as_ref()) {
+        SpinKv::open().ok()
+    } else {
+        None
+    };
+    let plan = plan_one(
+        catalog()?,
+        kv.as_ref(),
+        &ask.model,
+        &ask.allowed_models,
+        ask.request.as_ref(),
+    )?;
     Ok(Reply::json(200, &plan))
+}
+
+/// `POST /route`: `{"allowed_models": [...], "requests": [body, ...], "explain": bool}` →
+/// `{"object":"list","data":[plan or {"error":...}, ...]}`; each plan lists the considered
+/// candidates only with `explain: true`.
+async fn route_batch(req: IncomingRequest) -> Result<Reply, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        #[serde(default)]
+        allowed_models: Vec<String>,
+        requests: Vec<Value>,
+        #[serde(default)]
+        explain: bool,
+    }
+    let body = read_request_body(req, MAX_BODY).await?;
+    let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(format!("invalid route request: {e}"), None, "invalid_json")
+    })?;
+    drop(body);
+    let cat = catalog()?;
+    let kv = SpinKv::open().ok();
+    let mut out = Vec::with_capacity(batch.requests.len());
+    for (i, r) in batch.requests.iter().enumerate() {
+        let planned = match r.as_object() {
+            None => Err(ApiError::invalid_request(
+                format!("requests[{i}] must be an object"),
+                Some(&format!("requests[{i}]")),
+                "invalid_type",
+            )),
+            Some(o) => match o.get("model").and_then(Value::as_str) {
+                None => Err(ApiError::invalid_request(
+                    format!("missing required parameter: 'requests[{i}].model'"),
+                    Some(&format!("requests[{i}].model")),
+                    "missing_required_parameter",
+                )),
+                Some(model) => {
+                    let kv = if wants_latency(Some(o)) {
+                        kv.as_ref()
+                    } else {
+                        None
+                    };
+                    plan_one(cat, kv, model, &batch.allowed_models, Some(o))
+                }
+            },
+        };
+        out.push(match planned {
+            Ok(mut p) => {
+                if !batch.explain {
+                    if let Some(r) = p.route.as_mut() {
+                        r.candidates.clear();
+                    }
+                }
+                serde_json::to_value(&p).unwrap_or(Value::Null)
+            }
+            Err(e) => serde_json::json!({"error": {
+                "message": e.message, "type": e.kind, "param": e.param, "code": e.code}}),
+        });
+    }
+    Ok(Reply::json(
+        200,
+        &serde_json::json!({"object": "list", "data": out}),
+    ))
 }
 
 async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {
@@ -52,11 +200,17 @@ async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {
     #[derive(Clone, Copy)]
     enum Op {
         Plan,
+        Route,
         Models,
     }
-    let table = [("/plan", "POST", Op::Plan), ("/models", "GET", Op::Models)];
+    let table = [
+        ("/plan", "POST", Op::Plan),
+        ("/route", "POST", Op::Route),
+        ("/models", "GET", Op::Models),
+    ];
     match dispatch(&method.to_string(), path, &table)? {
         Op::Plan => plan(req).await,
+        Op::Route => route_batch(req).await,
         Op::Models => Ok(Reply::json(200, &catalog()?.models_list(now_ms() / 1000))),
     }
 }

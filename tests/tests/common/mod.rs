@@ -56,6 +56,11 @@ pub fn options(mock: &MockUpstream) -> HostOptions {
         vars.push((format!("{p}_allowed_host"), origin.clone()));
         vars.push((format!("{p}_api_key"), UPSTREAM_KEY.to_string()));
     }
+    // The same mock under another origin, so the together provider's allowed host is its own.
+    let together = format!("http://localhost:{}", mock.addr().port());
+    vars.push(("together_base_url".into(), format!("{together}/v1")));
+    vars.push(("together_allowed_host".into(), together));
+    vars.push(("together_api_key".into(), UPSTREAM_KEY.to_string()));
     o.variables = vars.into_iter().collect::<HashMap<_, _>>();
     o
 }

@@ -1,0 +1,31 @@
+//! The difficulty scorer's latency natively: featurize + score a request body (what the router
+//! does per request), and decoding the weights file (once per router instance).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lumen_shared::scorer::Weights;
+use serde_json::json;
+use std::hint::black_box;
+
+const WEIGHTS: &[u8] = include_bytes!("../../config/router-weights.bin");
+
+fn bench(c: &mut Criterion) {
+    let w = Weights::from_bytes(WEIGHTS).unwrap();
+    let short = json!({"messages":[{"role":"user","content":"What is the capital of France?"}]});
+    let mmlu = json!({"messages":[{"role":"user","content":"The stock of the CCC Corporation is currently valued at $12 and is assumed to possess all the properties of geometric Brownian motion. It has an expected annual return of 15%, an annual volatility of 20%, and the annual risk-free is 10%. Using a binomial lattice, determine the price of a call option on CCC stock maturing in 10 monthes time with a strike price of $14 (Let the distance between nodes on your tree be 1 month in length).\nOptions: ['50.0', '60.0', '55.0', '44.0', '48.0', '53.0', '42.0', '46.0', '51.0', '45.0']"}]});
+    let long = json!({"messages":[{"role":"system","content":"You are a careful assistant."},
+                                  {"role":"user","content":"Summarise this text. ".repeat(2000)}]});
+    for (name, body) in [
+        ("score_short", &short),
+        ("score_mmlu_question", &mmlu),
+        ("score_40k_chars", &long),
+    ] {
+        let b = body.as_object().unwrap().clone();
+        c.bench_function(name, |bench| bench.iter(|| w.score_body(black_box(&b))));
+    }
+    c.bench_function("decode_weights", |bench| {
+        bench.iter(|| Weights::from_bytes(black_box(WEIGHTS)).unwrap())
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
