@@ -997,3 +997,39 @@ async fn bring_your_own_provider_keys_are_used_and_never_echoed() {
         .await;
     r.error(401);
 }
+
+/// Anthropic-format clients (and `curl` from Anthropic's docs) send the key as `x-api-key`, not as
+/// a bearer token: `/v1/messages` accepts it, and a wrong one is a 401 in Anthropic's shape.
+#[tokio::test]
+async fn anthropic_clients_may_send_the_key_as_x_api_key() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    let body = messages_body("gpt-4o-mini", "hi [mock tokens=2]")
+        .to_string()
+        .into_bytes();
+    let r = send_with(
+        gw.addr(),
+        "POST",
+        "/v1/messages",
+        None,
+        Some(body.clone()),
+        &[("x-api-key", &key), ("anthropic-version", "2023-06-01")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["content"][0]["text"], "tok0 tok1 ");
+
+    let r = send_with(
+        gw.addr(),
+        "POST",
+        "/v1/messages",
+        None,
+        Some(body),
+        &[("x-api-key", "lm_wrong")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let v = r.json();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "authentication_error", "{v}");
+}

@@ -126,7 +126,8 @@ pub struct ReqInfo {
     pub query: String,
     /// `Accept` header.
     pub accept: Option<String>,
-    /// `Authorization` header.
+    /// `Authorization` header, or `Bearer <x-api-key>` when only Anthropic's `x-api-key` header
+    /// is sent (Anthropic-format clients authenticate that way).
     pub authorization: Option<String>,
     /// `Content-Length` header.
     pub content_length: Option<String>,
@@ -142,7 +143,9 @@ impl ReqInfo {
             path: path.to_string(),
             query: query.to_string(),
             accept: request_header(req, "accept"),
-            authorization: request_header(req, "authorization"),
+            authorization: request_header(req, "authorization").or_else(|| {
+                request_header(req, "x-api-key").map(|k| format!("Bearer {}", k.trim()))
+            }),
             content_length: request_header(req, "content-length"),
         }
     }

@@ -266,14 +266,30 @@ pub async fn send(
     bearer: Option<&str>,
     body: Option<Vec<u8>>,
 ) -> Resp {
+    send_with(addr, method, path, bearer, body, &[]).await
+}
+
+/// [`send`] with extra request headers.
+pub async fn send_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Vec<u8>>,
+    extra: &[(&str, &str)],
+) -> Resp {
     let mut s = connect(addr).await;
-    let resp = tokio::time::timeout(
-        Duration::from_secs(20),
-        s.send_request(request(addr, method, path, bearer, body)),
-    )
-    .await
-    .expect("response within 20 s")
-    .expect("response");
+    let mut req = request(addr, method, path, bearer, body);
+    for (name, value) in extra {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(20), s.send_request(req))
+        .await
+        .expect("response within 20 s")
+        .expect("response");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
