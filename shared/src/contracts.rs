@@ -37,6 +37,9 @@ pub mod headers {
     pub const COST: &str = "lumen-cost";
     /// provider → auth: cold-start wait in ms (auth sends it as `x-lumen-cold-start-ms`).
     pub const COLD_START: &str = "lumen-cold-start-ms";
+    /// provider → auth: the attempts before the answer, `provider/model=outcome` comma-separated
+    /// (auth sends it as `x-lumen-fallbacks`).
+    pub const FALLBACKS: &str = "lumen-fallbacks";
 }
 
 /// The SSE event name of the provider's final, internal usage event (stripped by auth).
@@ -176,6 +179,26 @@ pub struct UsageReport {
     pub outcome: Outcome,
     /// Milliseconds the upstream took to answer with headers.
     pub upstream_ms: f64,
+    /// When a stream failed over mid-answer: every leg, each priced at its own price by the
+    /// meter (`usage` is then their sum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<Leg>,
+}
+
+/// One upstream leg of a request that continued on a fallback mid-stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Leg {
+    /// Catalog model of the leg.
+    pub model: String,
+    /// Provider of the leg.
+    pub provider: String,
+    /// Tokens of the leg.
+    pub usage: Usage,
+    /// True when the leg's tokens are estimated (it was cut before reporting usage).
+    #[serde(default)]
+    pub estimated: bool,
+    /// The leg's prices.
+    pub price: Price,
 }
 
 /// auth → meter: settle one request, exactly once.

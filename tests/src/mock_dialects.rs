@@ -642,7 +642,7 @@ async fn azure(
     if let Some(obj) = body.as_object_mut() {
         obj.insert("model".into(), deployment.into());
     }
-    chat_completions(state, Some(body), false).await
+    chat_completions(state, Some(body), false, "azure").await
 }
 
 // ---------------------------------------------------------------- Embeddings

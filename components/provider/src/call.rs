@@ -3,7 +3,13 @@
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
+use crate::failover::{
+    self, attempts_json, backoff_ms, fallbacks_header, is_context_length, outcome_of, Attempt,
+    Policy,
+};
+use crate::timer::{after_ms, sleep_until, within};
 use crate::{queue, spin_llm};
+use lumen_shared::deadline::Deadlines;
 use futures::{SinkExt, StreamExt};
 use lumen_shared::byok::{self, ByokKey, ByokRecord};
 use lumen_shared::catalog::Dialect;
@@ -33,10 +39,10 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 const MAX_ERROR_BYTES: usize = 256 * 1024;
 
 /// What a successful attempt produced.
-enum Success {
+pub(crate) enum Success {
     /// A non-streamed answer, read whole.
     Whole {
-        body: Vec<u8>,
+        answer: Value,
         usage: Usage,
         estimated: bool,
     },
@@ -71,12 +77,18 @@ fn config_error(c: &Candidate, message: String) -> Failure {
     Failure::new(e)
 }
 
-async fn attempt(
+/// One try of one candidate with `body` (the client's, or with an assistant prefill), under the
+/// candidate's deadlines: the answer's headers within the first-token deadline, a whole answer
+/// within the total one.
+pub(crate) async fn attempt(
     c: &Candidate,
     call: &CallRequest,
+    body: &serde_json::Map<String, Value>,
     stream: bool,
     prompt_estimate: u64,
+    d: &Deadlines,
 ) -> Result<(Success, f64), Failure> {
+    let total_until = after_ms(d.total_ms);
     let p = &c.provider;
     let base = variables::get(&p.base_url_variable).map_err(|e| {
         config_error(
@@ -99,7 +111,7 @@ async fn attempt(
     let up = if embeddings {
         dialect::build_embeddings(p, base, &key, &call.body, &c.upstream_model)
     } else {
-        dialect::build(p, base, &key, &call.body, &c.upstream_model, stream)
+        dialect::build(p, base, &key, body, &c.upstream_model, stream)
     }
     .map_err(Failure::new)?;
     let body = serde_json::to_vec(&up.body).map_err(|e| {
@@ -113,10 +125,17 @@ async fn attempt(
     }
 
     let sent = Instant::now();
-    let resp = send_request(req).await.map_err(|e| Failure {
-        error: send_error(p, &origin_of(base), &e),
-        upstream_ms: elapsed_ms(sent),
-    })?;
+    let first_until = after_ms(d.first_token_ms).min(total_until);
+    let resp = within(first_until, send_request(req))
+        .await
+        .ok_or_else(|| Failure {
+            error: deadline_error(p, "first-token", d.first_token_ms),
+            upstream_ms: elapsed_ms(sent),
+        })?
+        .map_err(|e| Failure {
+            error: send_error(p, &origin_of(base), &e),
+            upstream_ms: elapsed_ms(sent),
+        })?;
     let upstream_ms = elapsed_ms(sent);
     let status = resp.status();
     if !(200..300).contains(&status) {
@@ -167,8 +186,12 @@ async fn attempt(
         ),
         upstream_ms,
     };
-    let body = read_response_body(&resp, MAX_ANSWER_BYTES)
+    let body = within(total_until, read_response_body(&resp, MAX_ANSWER_BYTES))
         .await
+        .ok_or_else(|| Failure {
+            error: deadline_error(p, "total", d.total_ms),
+            upstream_ms,
+        })?
         .map_err(lost)?;
     drop(resp);
     let answer: Value =
@@ -191,15 +214,26 @@ async fn attempt(
             lumen_object(&usage, &c.price, &c.model, &p.name),
         );
     }
-    let body = serde_json::to_vec(&answer).map_err(|e| lost(e.to_string()))?;
     Ok((
         Success::Whole {
-            body,
+            answer,
             usage,
             estimated,
         },
         upstream_ms,
     ))
+}
+
+/// A deadline breach: retryable (it counts as a failure of that provider).
+fn deadline_error(p: &lumen_shared::contracts::ProviderTarget, which: &str, ms: u64) -> ApiError {
+    ApiError::upstream(
+        504,
+        format!(
+            "provider \"{}\" missed the {which} deadline ({ms} ms)",
+            p.name
+        ),
+        true,
+    )
 }
 
 /// The upstream key: the calling API key's own key for this provider when it has one (encrypted
@@ -253,6 +287,7 @@ pub(crate) fn report(
         estimated,
         outcome,
         upstream_ms,
+        legs: Vec::new(),
     }
 }
 
@@ -273,9 +308,22 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
     };
     let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
     let prompt_estimate = estimate_prompt_tokens(&call.body);
+    let policy = match Policy::from_body(&call.body) {
+        Ok(p) => p,
+        Err(e) => return respond(out, Reply::error(&e)).await,
+    };
 
+    let mut attempts: Vec<Attempt> = Vec::new();
     let mut last: Option<(&Candidate, Failure)> = None;
-    for c in &call.candidates {
+    // After a context-length error: only models with a larger window are tried.
+    let mut min_window: Option<u64> = None;
+    'candidates: for (i, c) in call.candidates.iter().enumerate() {
+        if i > 0 && !policy.fallbacks {
+            break;
+        }
+        if min_window.is_some_and(|w| c.context_window <= w) {
+            continue;
+        }
         if c.provider.dialect == Dialect::SpinLlm {
             match spin_llm::infer(c, &call) {
                 Ok(output) => {
@@ -283,6 +331,7 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                 }
                 Err(f) => {
                     let retry = f.error.retryable;
+                    attempts.push(Attempt::new(c, outcome_of(&f.error), f.upstream_ms));
                     last = Some((c, f));
                     if retry {
                         continue;
@@ -291,32 +340,69 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                 }
             }
         }
-        match attempt(c, &call, stream, prompt_estimate).await {
-            Ok((
-                Success::Whole {
-                    body,
-                    usage,
-                    estimated,
-                },
-                ms,
-            )) => {
-                let mut reply = Reply::json_bytes(200, body);
-                reply.headers.extend(served_headers(c, ms));
-                reply.set_header(headers::COST, cost_header(&usage, &c.price));
-                let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
-                return respond(out, reply).await;
-            }
-            Ok((Success::Stream(resp), ms)) => {
-                return relay(out, resp, c, ms, call.include_usage, prompt_estimate).await
-            }
-            Ok((Success::Queued(job), ms)) => {
-                return queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await
-            }
-            Err(f) => {
-                let retry = f.error.retryable;
-                last = Some((c, f));
-                if !retry {
-                    break;
+        let d = policy.deadlines(c);
+        for n in 0..=policy.retries {
+            let start = Instant::now();
+            match attempt(c, &call, &call.body, stream, prompt_estimate, &d).await {
+                Ok((
+                    Success::Whole {
+                        mut answer,
+                        usage,
+                        estimated,
+                    },
+                    ms,
+                )) => {
+                    attempts.push(Attempt::new(c, "ok", elapsed_ms(start)));
+                    if let Some(l) = answer.get_mut("lumen") {
+                        l["attempts"] = attempts_json(&attempts);
+                    }
+                    let mut reply =
+                        Reply::json_bytes(200, serde_json::to_vec(&answer).unwrap_or_default());
+                    reply.headers.extend(served_headers(c, ms));
+                    if let Some(f) = fallbacks_header(&attempts) {
+                        reply.set_header(headers::FALLBACKS, f);
+                    }
+                    reply.set_header(headers::COST, cost_header(&usage, &c.price));
+                    let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
+                    return respond(out, reply).await;
+                }
+                Ok((Success::Stream(resp), ms)) => {
+                    if call.body.get("n").and_then(Value::as_u64).unwrap_or(1) > 1 {
+                        // Several choices: relayed as they come (the stitcher follows one).
+                        return relay(out, resp, c, ms, call.include_usage, prompt_estimate).await;
+                    }
+                    return failover::serve_stream(
+                        out,
+                        &call,
+                        &policy,
+                        i,
+                        resp,
+                        ms,
+                        attempts,
+                        prompt_estimate,
+                    )
+                    .await;
+                }
+                Ok((Success::Queued(job), ms)) => {
+                    return queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await
+                }
+                Err(f) => {
+                    attempts.push(Attempt::new(c, outcome_of(&f.error), elapsed_ms(start)));
+                    let retry = f.error.retryable;
+                    let context = is_context_length(&f.error);
+                    let wait = backoff_ms(n, f.error.retry_after, jitter());
+                    last = Some((c, f));
+                    if context {
+                        min_window = Some(c.context_window);
+                        continue 'candidates;
+                    }
+                    if !retry {
+                        break 'candidates;
+                    }
+                    match wait {
+                        Some(ms) if n < policy.retries => sleep_until(after_ms(ms)).await,
+                        _ => continue 'candidates,
+                    }
                 }
             }
         }
@@ -325,6 +411,9 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
         Some((c, f)) => {
             let mut reply = Reply::error(&f.error);
             reply.headers.extend(served_headers(c, f.upstream_ms));
+            if let Some(h) = fallbacks_header(&attempts) {
+                reply.set_header(headers::FALLBACKS, h);
+            }
             with_usage(
                 reply,
                 &report(
@@ -339,6 +428,13 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
         None => Reply::error(&ApiError::internal("the plan has no candidates")),
     };
     respond(out, reply).await;
+}
+
+/// A random byte for backoff jitter.
+fn jitter() -> u8 {
+    let mut b = [0u8; 1];
+    let _ = lumen_spin::util::fill_random(&mut b);
+    b[0]
 }
 
 /// Relays an upstream SSE stream event by event; stops as soon as auth goes away.
@@ -412,7 +508,7 @@ async fn relay(
 }
 
 /// A stream in the upstream's dialect, turned into OpenAI chunk events.
-enum Converter {
+pub(crate) enum Converter {
     Openai,
     Anthropic(anthropic::Stream),
     Gemini(gemini::Stream),
@@ -427,7 +523,7 @@ fn data(text: String) -> Event {
 }
 
 impl Converter {
-    fn new(c: &Candidate) -> Converter {
+    pub(crate) fn new(c: &Candidate) -> Converter {
         let created = now_ms() / 1000;
         match c.provider.dialect {
             Dialect::Openai => Converter::Openai,
@@ -437,7 +533,7 @@ impl Converter {
         }
     }
 
-    fn on_event(&mut self, ev: Event) -> Vec<Event> {
+    pub(crate) fn on_event(&mut self, ev: Event) -> Vec<Event> {
         if ev.comment_only {
             return vec![ev];
         }
@@ -448,7 +544,7 @@ impl Converter {
         }
     }
 
-    fn finish(&mut self) -> Vec<Event> {
+    pub(crate) fn finish(&mut self) -> Vec<Event> {
         match self {
             Converter::Gemini(s) => s.finish().into_iter().map(data).collect(),
             _ => Vec::new(),

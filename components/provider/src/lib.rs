@@ -2,8 +2,10 @@
 //! plan's candidates in order, and streams the answer back to auth. Private to the app.
 
 mod call;
+mod failover;
 mod queue;
 mod spin_llm;
+mod timer;
 mod upstream;
 
 use lumen_shared::ApiError;
