@@ -59,6 +59,11 @@ fn nanos(prompt: u64, completion: u64) -> i64 {
     (prompt * 150 + completion * 600) as i64
 }
 
+/// A hold is taken at the dearest candidate's price: gpt-4o-mini on Azure ($0.165 / $0.66).
+fn hold_nanos(prompt: u64, completion: u64) -> i64 {
+    (prompt * 165 + completion * 660) as i64
+}
+
 fn usd_nanos(v: &Value) -> i64 {
     (v.as_f64().expect("number") * 1e9).round() as i64
 }
@@ -138,7 +143,7 @@ async fn a_stream_crossing_the_budget_ends_with_length() {
     let mut body = chat_body("gpt-4o-mini", "long [mock tokens=5000]");
     body["stream"] = json!(true);
     let prompt = lumen_tests::mock::prompt_tokens(&body);
-    let hold = nanos(prompt, 4096);
+    let hold = hold_nanos(prompt, 4096);
     // Room for the first hold and a little more, not for a second block of 4096 tokens.
     set_budget(&gw, "tiny", (hold + 1000) as f64 / 1e9).await;
 
@@ -169,7 +174,11 @@ async fn a_stream_crossing_the_budget_ends_with_length() {
     assert_eq!(usd_nanos(&l["held_usd"]), 0, "{l}");
     let settled = usd_nanos(&l["settled_usd"]);
     assert!(settled <= hold + 1000, "{l}");
-    assert_eq!(settled, hold, "settled to the tokens delivered: {l}");
+    assert_eq!(
+        settled,
+        nanos(prompt, 4096),
+        "settled to the tokens delivered, at the price of the provider that served: {l}"
+    );
     // The budget is spent: the next request is refused up front.
     let r = gw
         .chat(&key, chat_body("gpt-4o-mini", "more [mock tokens=1]"))
@@ -196,13 +205,15 @@ async fn prepaid_credits_limit_spend() {
     let r = gw.chat(&key, body.clone()).await;
     assert_eq!(r.error(402)["code"], "insufficient_quota");
     let one = nanos(lumen_tests::mock::prompt_tokens(&body), 10);
+    // Room for two requests plus the hold of a third (holds are at the dearest candidate's price).
+    let grant = 2 * one + hold_nanos(lumen_tests::mock::prompt_tokens(&body), 10);
     let r = gw
         .call(
             "POST",
             "/admin/tenants/pre/credits",
             Some(ADMIN),
             Some(
-                json!({"amount_usd": (3 * one) as f64 / 1e9})
+                json!({"amount_usd": grant as f64 / 1e9})
                     .to_string()
                     .into_bytes(),
             ),

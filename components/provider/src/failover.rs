@@ -264,11 +264,12 @@ async fn run_leg<S: futures::Sink<Vec<u8>> + Unpin>(
     let mut parser = Parser::default();
     let mut convert = Converter::new(c);
     let mut body = resp.take_body_stream();
-    let mut events = Vec::new();
+    // Events already in the OpenAI shape (the converter's own output).
+    let mut events: Vec<sse::Event> = Vec::new();
     let mut ended = false;
     loop {
         for ev in events.drain(..) {
-            for ev in convert.on_event(ev) {
+            {
                 if ev.comment_only {
                     if sink.send(KEEP_ALIVE.to_vec()).await.is_err() {
                         return LegEnd::ClientGone;
@@ -333,17 +334,32 @@ async fn run_leg<S: futures::Sink<Vec<u8>> + Unpin>(
         match within(until, body.next()).await {
             None => return LegEnd::Failed("deadline"),
             Some(Some(Err(_))) => return LegEnd::Failed("connection_lost"),
-            Some(Some(Ok(bytes))) => events = parser.push(&bytes),
+            Some(Some(Ok(bytes))) => {
+                events = parser
+                    .push(&bytes)
+                    .into_iter()
+                    .flat_map(|ev| convert.on_event(ev))
+                    .collect();
+            }
             Some(None) => {
                 ended = true;
+                // A last event without its blank line counts when whole; a cut chunk is dropped
+                // (the leg then ends without `[DONE]`).
                 if !parser.pending().iter().all(u8::is_ascii_whitespace) {
-                    return LegEnd::Failed("cut");
+                    for ev in parser.push(b"\n\n") {
+                        let data = ev.data.trim();
+                        if data == "[DONE]"
+                            || serde_json::from_str::<Map<String, Value>>(data).is_ok()
+                        {
+                            events.extend(convert.on_event(ev));
+                        }
+                    }
                 }
-                events = convert.finish();
+                events.extend(convert.finish());
             }
         }
     }
-    if leg.done || leg.held.is_some() && c.provider.dialect != Dialect::Openai {
+    if leg.done {
         LegEnd::Done
     } else {
         LegEnd::Failed("no_terminal_event")
