@@ -421,3 +421,50 @@ async fn a_flapping_provider_never_fails_a_request() {
     let t = metered(&gw, &key, 6).await;
     assert_eq!(t["errors"], 0, "{t}");
 }
+
+#[tokio::test]
+async fn a_provider_hard_down_opens_its_circuit_and_is_no_longer_tried_first() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(1000, &[]).await;
+    let body = chat_body("gpt-4o-mini", "[mock reset=1 only=openai tokens=2]");
+    // Each request: OpenAI resets twice (a try and a retry), then Azure answers. Five
+    // consecutive failures open OpenAI's circuit (health is written after each response).
+    for _ in 0..3 {
+        let r = gw.chat(&key, body.clone()).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-lumen-provider"), Some("azure"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(calls(&gw), (6, 3));
+    for _ in 0..10 {
+        let r = gw.chat(&key, body.clone()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-lumen-provider"), Some("azure"));
+        assert!(r.header("x-lumen-fallbacks").is_none(), "Azure was first");
+    }
+    assert_eq!(calls(&gw), (6, 13), "the open circuit keeps OpenAI off the first attempt");
+
+    // The health records, admin only.
+    let r = gw.call("GET", "/admin/health", Some(&key), None).await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    let r = gw.call("GET", "/admin/health", Some(ADMIN), None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let find = |p: &str| {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["provider"] == p && h["model"] == "gpt-4o-mini")
+            .unwrap_or_else(|| panic!("no {p} record in {v}"))
+            .clone()
+    };
+    let openai = find("openai");
+    assert_eq!(openai["availability"]["state"], "down", "{openai}");
+    assert_eq!(openai["record"]["breaker"]["state"], "open", "{openai}");
+    assert_eq!(openai["window_errors"], 6, "{openai}");
+    let azure = find("azure");
+    assert_eq!(azure["availability"]["state"], "up", "{azure}");
+    assert_eq!(azure["window_calls"], 13, "{azure}");
+    assert!(azure["record"]["ttft_ms"].as_f64().unwrap() > 0.0, "{azure}");
+}

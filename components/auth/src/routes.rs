@@ -43,6 +43,8 @@ pub enum Route {
     AuditHead,
     /// `GET /admin/audit/verify`.
     AuditVerify,
+    /// `GET /admin/health`: provider health records.
+    AdminHealth,
     /// `GET /admin/keys/{id}/provider-keys`.
     ListProviderKeys(String),
     /// `PUT /admin/keys/{id}/provider-keys/{provider}`.
@@ -75,6 +77,7 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/admin/usage/records" => only("GET", Route::AdminUsageRecords),
         "/admin/audit/head" => only("GET", Route::AuditHead),
         "/admin/audit/verify" => only("GET", Route::AuditVerify),
+        "/admin/health" => only("GET", Route::AdminHealth),
         "/admin/keys" => match method {
             "GET" => Ok(Route::ListKeys),
             "POST" => Ok(Route::CreateKey),

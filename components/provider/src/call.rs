@@ -4,12 +4,13 @@
 
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use crate::failover::{
-    self, attempts_json, backoff_ms, fallbacks_header, is_context_length, outcome_of, Attempt,
+    self, attempts_json, backoff_ms, fallbacks_header, is_context_length, Attempt,
     Policy,
 };
 use crate::timer::{after_ms, sleep_until, within};
 use crate::{queue, spin_llm};
 use lumen_shared::deadline::Deadlines;
+use lumen_shared::health;
 use futures::{SinkExt, StreamExt};
 use lumen_shared::byok::{self, ByokKey, ByokRecord};
 use lumen_shared::catalog::Dialect;
@@ -298,19 +299,45 @@ pub(crate) fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
 
 /// Handles `POST /call`.
 pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
+    let attempts = serve(req, out).await;
+    // After the response's last byte: health never delays an answer.
+    record_health(&attempts);
+}
+
+/// Writes what each attempt showed of its provider to the shared health records.
+fn record_health(attempts: &[Attempt]) {
+    let Ok(kv) = SpinKv::open() else {
+        return;
+    };
+    let policy = health::Policy::default();
+    for a in attempts {
+        if let Some(what) = a.observation() {
+            let _ = health::observe(&kv, &policy, &a.provider, &a.model, now_ms(), what);
+        }
+    }
+}
+
+/// Serves one call; returns its attempts.
+async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
     let call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
         serde_json::from_slice::<CallRequest>(&b).map_err(|e| {
             ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
         })
     }) {
         Ok(call) => call,
-        Err(e) => return respond(out, Reply::error(&e)).await,
+        Err(e) => {
+            respond(out, Reply::error(&e)).await;
+            return Vec::new();
+        }
     };
     let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
     let prompt_estimate = estimate_prompt_tokens(&call.body);
     let policy = match Policy::from_body(&call.body) {
         Ok(p) => p,
-        Err(e) => return respond(out, Reply::error(&e)).await,
+        Err(e) => {
+            respond(out, Reply::error(&e)).await;
+            return Vec::new();
+        }
     };
 
     let mut attempts: Vec<Attempt> = Vec::new();
@@ -327,11 +354,12 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
         if c.provider.dialect == Dialect::SpinLlm {
             match spin_llm::infer(c, &call) {
                 Ok(output) => {
-                    return spin_llm::serve(out, c, &call, output, stream, prompt_estimate).await
+                    spin_llm::serve(out, c, &call, output, stream, prompt_estimate).await;
+                    return attempts;
                 }
                 Err(f) => {
                     let retry = f.error.retryable;
-                    attempts.push(Attempt::new(c, outcome_of(&f.error), f.upstream_ms));
+                    attempts.push(Attempt::failed(c, &f.error, f.upstream_ms));
                     last = Some((c, f));
                     if retry {
                         continue;
@@ -364,12 +392,14 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                     }
                     reply.set_header(headers::COST, cost_header(&usage, &c.price));
                     let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
-                    return respond(out, reply).await;
+                    respond(out, reply).await;
+                    return attempts;
                 }
                 Ok((Success::Stream(resp), ms)) => {
                     if call.body.get("n").and_then(Value::as_u64).unwrap_or(1) > 1 {
                         // Several choices: relayed as they come (the stitcher follows one).
-                        return relay(out, resp, c, ms, call.include_usage, prompt_estimate).await;
+                        relay(out, resp, c, ms, call.include_usage, prompt_estimate).await;
+                        return attempts;
                     }
                     return failover::serve_stream(
                         out,
@@ -384,10 +414,11 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                     .await;
                 }
                 Ok((Success::Queued(job), ms)) => {
-                    return queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await
+                    queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await;
+                    return attempts;
                 }
                 Err(f) => {
-                    attempts.push(Attempt::new(c, outcome_of(&f.error), elapsed_ms(start)));
+                    attempts.push(Attempt::failed(c, &f.error, elapsed_ms(start)));
                     let retry = f.error.retryable;
                     let context = is_context_length(&f.error);
                     let wait = backoff_ms(n, f.error.retry_after, jitter());
@@ -428,6 +459,7 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
         None => Reply::error(&ApiError::internal("the plan has no candidates")),
     };
     respond(out, reply).await;
+    attempts
 }
 
 /// A random byte for backoff jitter.

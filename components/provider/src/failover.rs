@@ -14,6 +14,7 @@ use lumen_shared::contracts::{
     headers, CallRequest, Candidate, Leg, Outcome, UsageReport, USAGE_EVENT,
 };
 use lumen_shared::deadline::{Deadlines, Overrides};
+use lumen_shared::health::{Failure as HealthFailure, Observation};
 use lumen_shared::openai::Usage;
 use lumen_shared::pricing::{cost_nanos, lumen_object};
 use lumen_shared::sse::{self, Parser};
@@ -125,17 +126,54 @@ pub struct Attempt {
     pub outcome: String,
     /// Milliseconds the try took.
     pub latency_ms: f64,
+    /// Whether the failure was the provider's (counts against its health); `false` for the
+    /// client's own errors (a 4xx that would fail anywhere) and for a client that went away.
+    pub provider_fault: bool,
+    /// The provider's `Retry-After`, seconds.
+    pub retry_after_s: Option<u64>,
 }
 
 impl Attempt {
-    /// A try of `c`.
+    /// A try of `c`; anything but `ok` counts as the provider's fault.
     pub fn new(c: &Candidate, outcome: impl Into<String>, latency_ms: f64) -> Attempt {
+        let outcome = outcome.into();
         Attempt {
             provider: c.provider.name.clone(),
             model: c.model.clone(),
-            outcome: outcome.into(),
+            provider_fault: outcome != "ok",
+            outcome,
             latency_ms: (latency_ms * 10.0).round() / 10.0,
+            retry_after_s: None,
         }
+    }
+
+    /// A failed try of `c`: retryable errors are the provider's fault, the rest the request's.
+    pub fn failed(c: &Candidate, e: &ApiError, latency_ms: f64) -> Attempt {
+        Attempt {
+            provider_fault: e.retryable,
+            retry_after_s: e.retry_after,
+            ..Attempt::new(c, outcome_of(e), latency_ms)
+        }
+    }
+
+    /// What this try says of its provider's health, if anything.
+    pub fn observation(&self) -> Option<Observation> {
+        if self.outcome == "ok" {
+            return Some(Observation::Success {
+                ttft_ms: self.latency_ms,
+                tokens: 1,
+                total_ms: self.latency_ms,
+            });
+        }
+        if !self.provider_fault {
+            return None;
+        }
+        Some(Observation::Failure(match self.retry_after_s {
+            Some(s) => HealthFailure::RateLimited {
+                retry_after_ms: s.saturating_mul(1000),
+            },
+            None => HealthFailure::Error,
+        }))
     }
 }
 
@@ -404,7 +442,7 @@ async fn next_leg(
                     break;
                 }
                 Err(f) => {
-                    attempts.push(Attempt::new(c, outcome_of(&f.error), elapsed_ms(start)));
+                    attempts.push(Attempt::failed(c, &f.error, elapsed_ms(start)));
                     if how == Resume::Prefill && f.error.status == 400 {
                         // The fallback rejects the prefill: regenerate there instead.
                         how = Resume::Regenerate;
@@ -429,7 +467,7 @@ pub(crate) async fn serve_stream(
     upstream_ms: f64,
     mut attempts: Vec<Attempt>,
     prompt_estimate: u64,
-) {
+) -> Vec<Attempt> {
     let first = &call.candidates[i];
     let mut hs = vec![
         ("content-type".to_string(), "text/event-stream".to_string()),
@@ -484,8 +522,18 @@ pub(crate) async fn serve_stream(
                 ok = true;
                 break;
             }
-            LegEnd::ClientGone => return,
-            LegEnd::Diverged => break,
+            LegEnd::ClientGone => {
+                if let Some(a) = attempts.last_mut() {
+                    a.provider_fault = false;
+                }
+                return attempts;
+            }
+            LegEnd::Diverged => {
+                if let Some(a) = attempts.last_mut() {
+                    a.provider_fault = false;
+                }
+                break;
+            }
             LegEnd::Failed(_) => {
                 started = Instant::now();
                 started_ns = now_ns();
@@ -545,6 +593,7 @@ pub(crate) async fn serve_stream(
     tail.extend(sse::named_event(USAGE_EVENT, &json));
     let _ = sink.send(tail).await;
     let _ = sink.close().await;
+    attempts
 }
 
 #[cfg(test)]
@@ -591,6 +640,8 @@ mod tests {
             model: "m".into(),
             outcome: o.into(),
             latency_ms: 1.0,
+            provider_fault: o != "ok",
+            retry_after_s: None,
         };
         assert_eq!(fallbacks_header(&[a("openai", "ok")]), None);
         assert_eq!(

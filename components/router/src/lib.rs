@@ -2,7 +2,9 @@
 //! plan (`POST /plan`) and lists the catalog's models (`GET /models`). Private to the app.
 
 use lumen_shared::catalog::Catalog;
-use lumen_shared::contracts::PlanRequest;
+use lumen_shared::contracts::{Plan, PlanRequest};
+use lumen_shared::fallback;
+use lumen_shared::health::{self, Availability};
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_request_body, respond};
 use lumen_spin::util::{dispatch, now_ms, split_path};
@@ -41,8 +43,32 @@ async fn plan(req: IncomingRequest) -> Result<Reply, ApiError> {
     let ask: PlanRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid_request(format!("invalid plan request: {e}"), None, "invalid_json")
     })?;
-    let plan = catalog()?.plan(&ask.model, &ask.allowed_models)?;
+    let mut plan = catalog()?.plan(&ask.model, &ask.allowed_models)?;
+    order_by_health(&mut plan);
     Ok(Reply::json(200, &plan))
+}
+
+/// Moves candidates that health says are down behind the healthy ones
+/// ([`lumen_shared::fallback::order`]); claims a due half-open probe. Without KV, the catalog
+/// order stands.
+fn order_by_health(plan: &mut Plan) {
+    let Ok(kv) = SpinKv::open() else {
+        return;
+    };
+    let policy = health::Policy::default();
+    let now = now_ms();
+    let avail: Vec<Availability> = plan
+        .candidates
+        .iter()
+        .map(|c| {
+            health::check(&kv, &policy, &c.provider.name, &c.model, now)
+                .unwrap_or(Availability::Up)
+        })
+        .collect();
+    let moved = fallback::order(&mut plan.candidates, &avail);
+    if !moved.is_empty() {
+        plan.reason = format!("{}; unhealthy, tried last: {}", plan.reason, moved.join(", "));
+    }
 }
 
 async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {
