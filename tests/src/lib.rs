@@ -5,3 +5,4 @@
 pub mod bench;
 pub mod mock;
 pub mod mock_dialects;
+pub mod failover_bench;
