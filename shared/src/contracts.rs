@@ -53,6 +53,10 @@ pub struct PlanRequest {
     /// Models the key may use; empty means all.
     #[serde(default)]
     pub allowed_models: Vec<String>,
+    /// The request's own ordered fallback models (OpenRouter-style `models`); they replace the
+    /// catalog's `fallbacks` for this request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 /// Where and how to call a provider.
@@ -105,6 +109,12 @@ pub struct Candidate {
     pub context_window: u64,
     /// The provider.
     pub provider: ProviderTarget,
+    /// Catalog `retries` of the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Catalog `deadlines` of the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadlines: Option<crate::deadline::Overrides>,
 }
 
 /// router → auth: candidates in the order to try them.

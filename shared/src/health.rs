@@ -390,8 +390,15 @@ mod tests {
         let store = crate::kv::MemKv::default();
         let p = Policy::default();
         for i in 0..p.open_after as u64 {
-            observe(&store, &p, "openai", "m", T0 + i, Observation::Failure(Failure::Error))
-                .unwrap();
+            observe(
+                &store,
+                &p,
+                "openai",
+                "m",
+                T0 + i,
+                Observation::Failure(Failure::Error),
+            )
+            .unwrap();
         }
         assert_eq!(
             check(&store, &p, "openai", "m", T0 + 10).unwrap(),
@@ -399,9 +406,15 @@ mod tests {
                 until_ms: T0 + 4 + p.cooldown_ms
             }
         );
-        assert_eq!(check(&store, &p, "azure", "m", T0).unwrap(), Availability::Up);
+        assert_eq!(
+            check(&store, &p, "azure", "m", T0).unwrap(),
+            Availability::Up
+        );
         let later = T0 + 4 + p.cooldown_ms;
-        assert_eq!(check(&store, &p, "openai", "m", later).unwrap(), Availability::Probe);
+        assert_eq!(
+            check(&store, &p, "openai", "m", later).unwrap(),
+            Availability::Probe
+        );
         assert!(
             matches!(
                 check(&store, &p, "openai", "m", later + 1).unwrap(),
@@ -422,12 +435,22 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(check(&store, &p, "openai", "m", later + 60).unwrap(), Availability::Up);
+        assert_eq!(
+            check(&store, &p, "openai", "m", later + 60).unwrap(),
+            Availability::Up
+        );
         let every = all(&store).unwrap();
         assert_eq!(every.len(), 1);
         assert_eq!(every[0].0, "openai/m");
         assert_eq!(every[0].1.ttft_ms, Some(40.0));
-        assert_eq!(HealthKey { provider: "a", model: "b" }.key(), "v1/health/a/b");
+        assert_eq!(
+            HealthKey {
+                provider: "a",
+                model: "b"
+            }
+            .key(),
+            "v1/health/a/b"
+        );
     }
 
     #[test]

@@ -376,7 +376,14 @@ mod tests {
     #[test]
     fn a_failed_over_stream_charges_each_leg_at_its_own_price() {
         let kv = MemKv::default();
-        let mut r = req("r-legs", "gpt-4o-mini", 1_795_000_000_000, 20, 80, Outcome::Ok);
+        let mut r = req(
+            "r-legs",
+            "gpt-4o-mini",
+            1_795_000_000_000,
+            20,
+            80,
+            Outcome::Ok,
+        );
         let leg = |provider: &str, c: u64, output: f64| crate::contracts::Leg {
             model: "gpt-4o-mini".into(),
             provider: provider.into(),

@@ -39,7 +39,11 @@ impl Report {
     /// The results as a markdown table.
     pub fn markdown(&self, concurrency: usize) -> String {
         let last = self.dead_first.last().copied().unwrap_or(0);
-        let after_open = self.dead_first.iter().filter(|&&i| i > 2 * concurrency).count();
+        let after_open = self
+            .dead_first
+            .iter()
+            .filter(|&&i| i > 2 * concurrency)
+            .count();
         format!(
             "| metric | value |\n|---|---:|\n\
              | requests (concurrency {concurrency}) | {} |\n\
@@ -66,8 +70,14 @@ impl Report {
 }
 
 fn authority(base: &str) -> anyhow::Result<(String, String)> {
-    let uri: http::Uri = base.parse().with_context(|| format!("invalid URL {base:?}"))?;
-    let a = uri.authority().context("URL without host")?.as_str().to_owned();
+    let uri: http::Uri = base
+        .parse()
+        .with_context(|| format!("invalid URL {base:?}"))?;
+    let a = uri
+        .authority()
+        .context("URL without host")?
+        .as_str()
+        .to_owned();
     Ok((a, uri.path().trim_end_matches('/').to_owned()))
 }
 
@@ -89,7 +99,13 @@ async fn send(
     Ok((status, headers, body))
 }
 
-fn request(method: &str, authority: &str, path: &str, key: Option<&str>, body: Bytes) -> Request<Full<Bytes>> {
+fn request(
+    method: &str,
+    authority: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
     let mut b = Request::builder()
         .method(method)
         .uri(path)
@@ -114,7 +130,11 @@ pub async fn run(
     let (gw, gw_path) = authority(gateway)?;
     let (mock, _) = authority(direct)?;
     // A clean request log on the mock.
-    send(&mock, request("DELETE", &mock, "/mock/requests", None, Bytes::new())).await?;
+    send(
+        &mock,
+        request("DELETE", &mock, "/mock/requests", None, Bytes::new()),
+    )
+    .await?;
     let body = Bytes::from(
         serde_json::json!({"model": model, "messages": [{"role": "user",
             "content": "Failover benchmark. [mock tokens=8 reset=1 only=openai]"}]})
@@ -129,7 +149,12 @@ pub async fn run(
     let began = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (gw, path, key, body) = (gw.clone(), format!("{gw_path}/chat/completions"), key.to_owned(), body.clone());
+        let (gw, path, key, body) = (
+            gw.clone(),
+            format!("{gw_path}/chat/completions"),
+            key.to_owned(),
+            body.clone(),
+        );
         let (next, done, report) = (next.clone(), done.clone(), report.clone());
         workers.spawn(async move {
             while next.fetch_add(1, Ordering::SeqCst) < total {
@@ -157,7 +182,8 @@ pub async fn run(
                         r.first_error.get_or_insert_with(|| format!("{e:#}"));
                     }
                     Err(_) => {
-                        r.first_error.get_or_insert_with(|| format!("timed out after {timeout:?}"));
+                        r.first_error
+                            .get_or_insert_with(|| format!("timed out after {timeout:?}"));
                     }
                 }
             }
@@ -181,8 +207,14 @@ pub async fn run(
         .filter_map(|r| r["path"].as_str())
         .collect();
     let mut r = std::mem::take(&mut *report.lock().expect("report poisoned"));
-    r.dead_calls = paths.iter().filter(|p| p.starts_with("/v1/chat/completions")).count();
-    r.live_calls = paths.iter().filter(|p| p.starts_with("/openai/deployments/")).count();
+    r.dead_calls = paths
+        .iter()
+        .filter(|p| p.starts_with("/v1/chat/completions"))
+        .count();
+    r.live_calls = paths
+        .iter()
+        .filter(|p| p.starts_with("/openai/deployments/"))
+        .count();
     r.dead_first.sort_unstable();
     r.elapsed = elapsed;
     Ok(r)

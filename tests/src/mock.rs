@@ -185,6 +185,10 @@ pub struct Directive {
     pub eof_after: Option<u64>,
     /// `reset=1`: drop the connection without any response.
     pub reset: Option<u64>,
+    /// `reject_prefill=1` (Anthropic): a request ending with an assistant message (a prefill)
+    /// gets a 400. Without it the Anthropic mock continues the prefill's text. A capability of
+    /// the upstream, not a fault: `only=` does not scope it.
+    pub reject_prefill: Option<u64>,
 }
 
 impl Directive {
@@ -264,6 +268,7 @@ pub fn parse_directive(text: &str) -> Result<Option<Directive>, String> {
             "malformed_after" => directive.malformed_after = Some(number()?),
             "eof_after" => directive.eof_after = Some(number()?),
             "reset" => directive.reset = Some(number()?),
+            "reject_prefill" => directive.reject_prefill = Some(number()?),
             "only" | "id" | "code" => {
                 if value.is_empty() {
                     return Err(format!("mock directive: {key} must not be empty"));
@@ -1208,7 +1213,7 @@ pub(crate) async fn chat_completions(
 
 /// The directive as it applies to this upstream: without its faults when `only=` names another
 /// upstream, or when the `id=` counter says this request succeeds (`times=`, `flap=`).
-fn scoped(state: &State, d: Directive, route: &str, model: &str) -> Directive {
+pub(crate) fn scoped(state: &State, d: Directive, route: &str, model: &str) -> Directive {
     if !d.has_fault() {
         return d;
     }
@@ -1311,8 +1316,10 @@ async fn produce_stream(
             return;
         }
         if plan.malformed_after == Some(i) {
-            let _ = send(Bytes::from_static(b"data: {\"id\": \"chatcmpl-broken\", \"choices\": [\n\n"))
-                .await;
+            let _ = send(Bytes::from_static(
+                b"data: {\"id\": \"chatcmpl-broken\", \"choices\": [\n\n",
+            ))
+            .await;
             return;
         }
         if let Some((_, stall)) = plan.stall.filter(|(k, _)| *k == i) {

@@ -57,7 +57,11 @@ fn tokens(n: u64) -> String {
 fn finish_reasons(chunks: &[Value]) -> Vec<String> {
     chunks
         .iter()
-        .filter_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_string))
+        .filter_map(|c| {
+            c["choices"][0]["finish_reason"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -101,7 +105,11 @@ async fn a_stream_cut_at_token_40_of_80_arrives_whole_with_usage_for_both_legs()
     let s = stream(gw.addr(), "/v1/chat/completions", &key, body.clone(), None).await;
     assert_eq!(s.status, 200);
     let (chunks, got, done) = parse(&s);
-    assert_eq!(got, tokens(80), "one answer of 80 tokens, prefix not repeated");
+    assert_eq!(
+        got,
+        tokens(80),
+        "one answer of 80 tokens, prefix not repeated"
+    );
     assert!(done, "ends with [DONE]");
     assert_eq!(finish_reasons(&chunks), ["stop"]);
     assert_eq!(calls(&gw), (1, 1), "OpenAI cut, Azure continued");
@@ -134,10 +142,26 @@ async fn mid_stream_faults_continue_on_the_fallback() {
     let (key, _) = gw.create_key(100, &[]).await;
     let quick = json!({"deadlines": {"stall_ms": 400}});
     let cases = [
-        ("stall", "[mock tokens=20 stall_after=5 stall_ms=15000 only=openai]", "openai=deadline"),
-        ("malformed chunk", "[mock tokens=20 malformed_after=5 only=openai]", "openai=malformed_chunk"),
-        ("no [DONE]", "[mock tokens=20 eof_after=5 only=openai]", "openai=no_terminal_event"),
-        ("reset mid-stream", "[mock tokens=20 die_after=5 only=openai]", "openai=connection_lost"),
+        (
+            "stall",
+            "[mock tokens=20 stall_after=5 stall_ms=15000 only=openai]",
+            "openai=deadline",
+        ),
+        (
+            "malformed chunk",
+            "[mock tokens=20 malformed_after=5 only=openai]",
+            "openai=malformed_chunk",
+        ),
+        (
+            "no [DONE]",
+            "[mock tokens=20 eof_after=5 only=openai]",
+            "openai=no_terminal_event",
+        ),
+        (
+            "reset mid-stream",
+            "[mock tokens=20 die_after=5 only=openai]",
+            "openai=connection_lost",
+        ),
     ];
     for (i, (what, text, first)) in cases.into_iter().enumerate() {
         gw.mock.clear_requests();
@@ -150,7 +174,10 @@ async fn mid_stream_faults_continue_on_the_fallback() {
             None,
         )
         .await;
-        assert!(started.elapsed() < Duration::from_secs(5), "{what}: no hang");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: no hang"
+        );
         let (chunks, got, done) = parse(&s);
         assert_eq!(got, tokens(20), "{what}");
         assert!(done, "{what}");
@@ -179,7 +206,11 @@ async fn a_cut_with_no_healthy_fallback_ends_with_an_error_finish_never_a_normal
     let data = s.data();
     assert_ne!(data.last().map(String::as_str), Some("[DONE]"));
     let (chunks, got, _) = parse(&s);
-    assert_eq!(got, tokens(4), "the fallback's repeat of the prefix is suppressed");
+    assert_eq!(
+        got,
+        tokens(4),
+        "the fallback's repeat of the prefix is suppressed"
+    );
     assert_eq!(finish_reasons(&chunks), ["error"], "never a normal finish");
     let last = chunks.last().unwrap();
     assert_eq!(last["error"]["code"], "upstream_stream_failed", "{last}");
@@ -218,11 +249,17 @@ async fn a_429_with_a_short_retry_after_is_retried_after_it() {
     let r = gw
         .chat(
             &key,
-            chat_body("gpt-4o-mini", "[mock status=429 retry_after=1 times=1 id=r1 only=openai]"),
+            chat_body(
+                "gpt-4o-mini",
+                "[mock status=429 retry_after=1 times=1 id=r1 only=openai]",
+            ),
         )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert!(started.elapsed() >= Duration::from_millis(950), "waited Retry-After");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited Retry-After"
+    );
     assert_eq!(r.header("x-lumen-provider"), Some("openai"));
     assert_eq!(calls(&gw), (2, 0));
     assert_eq!(
@@ -241,11 +278,17 @@ async fn a_429_with_a_short_retry_after_is_retried_after_it() {
 async fn a_persistent_429_with_a_long_retry_after_moves_to_the_next_provider_at_its_price() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(100, &[]).await;
-    let body = chat_body("gpt-4o-mini", "[mock status=429 retry_after=30 only=openai tokens=6]");
+    let body = chat_body(
+        "gpt-4o-mini",
+        "[mock status=429 retry_after=30 only=openai tokens=6]",
+    );
     let started = Instant::now();
     let r = gw.chat(&key, body.clone()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert!(started.elapsed() < Duration::from_secs(5), "did not wait 30 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "did not wait 30 s"
+    );
     assert_eq!(r.header("x-lumen-provider"), Some("azure"));
     assert_eq!(calls(&gw), (1, 1), "not retried on OpenAI");
     let v = r.json();
@@ -262,7 +305,9 @@ async fn a_persistent_429_with_a_long_retry_after_moves_to_the_next_provider_at_
 async fn persistent_503_everywhere_is_one_bounded_502() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(100, &[]).await;
-    let r = gw.chat(&key, chat_body("gpt-4o-mini", "[mock status=503]")).await;
+    let r = gw
+        .chat(&key, chat_body("gpt-4o-mini", "[mock status=503]"))
+        .await;
     let e = r.error(502);
     assert!(e["message"].as_str().unwrap().contains("503"), "{e}");
     assert_eq!(calls(&gw), (2, 2), "one retry per provider, then the next");
@@ -280,14 +325,20 @@ async fn a_500_once_then_success_is_retried_on_the_same_provider() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(100, &[]).await;
     let r = gw
-        .chat(&key, chat_body("gpt-4o-mini", "[mock status=500 times=1 id=once tokens=3]"))
+        .chat(
+            &key,
+            chat_body("gpt-4o-mini", "[mock status=500 times=1 id=once tokens=3]"),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-lumen-provider"), Some("openai"));
     assert_eq!(calls(&gw), (2, 0));
     assert_eq!(r.json()["choices"][0]["message"]["content"], tokens(3));
     let t = metered(&gw, &key, 1).await;
-    assert_eq!((t["errors"].clone(), t["completion_tokens"].clone()), (json!(0), json!(3)));
+    assert_eq!(
+        (t["errors"].clone(), t["completion_tokens"].clone()),
+        (json!(0), json!(3))
+    );
 }
 
 #[tokio::test]
@@ -319,14 +370,21 @@ async fn no_response_at_all_breaches_the_first_token_deadline_and_falls_back() {
     let r = gw.chat(&key, body).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(outcomes(&r.json()["lumen"]), ["openai=deadline", "azure=ok"]);
+    assert_eq!(
+        outcomes(&r.json()["lumen"]),
+        ["openai=deadline", "azure=ok"]
+    );
 
     let started = Instant::now();
     let s = stream(
         gw.addr(),
         "/v1/chat/completions",
         &key,
-        stream_body("[mock ttft_ms=20000 only=openai tokens=3]", false, lumen.clone()),
+        stream_body(
+            "[mock ttft_ms=20000 only=openai tokens=3]",
+            false,
+            lumen.clone(),
+        ),
         None,
     )
     .await;
@@ -346,7 +404,13 @@ async fn no_response_at_all_breaches_the_first_token_deadline_and_falls_back() {
     let started = Instant::now();
     let r = gw.chat(&key, body).await;
     let e = r.error(504);
-    assert!(e["message"].as_str().unwrap().contains("first-token deadline"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("first-token deadline"),
+        "{e}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     let t = metered(&gw, &key, 3).await;
     assert_eq!(t["errors"], 1, "{t}");
@@ -360,7 +424,11 @@ async fn a_slow_first_token_within_the_deadline_is_served_by_the_first_provider(
         gw.addr(),
         "/v1/chat/completions",
         &key,
-        stream_body("[mock ttft_ms=700 tokens=4]", false, json!({"deadlines": {"first_token_ms": 3000}})),
+        stream_body(
+            "[mock ttft_ms=700 tokens=4]",
+            false,
+            json!({"deadlines": {"first_token_ms": 3000}}),
+        ),
         None,
     )
     .await;
@@ -370,7 +438,10 @@ async fn a_slow_first_token_within_the_deadline_is_served_by_the_first_provider(
     assert_eq!((got, done), (tokens(4), true));
     assert_eq!(calls(&gw), (1, 0));
     let t = metered(&gw, &key, 1).await;
-    assert_eq!((t["errors"].clone(), t["completion_tokens"].clone()), (json!(0), json!(4)));
+    assert_eq!(
+        (t["errors"].clone(), t["completion_tokens"].clone()),
+        (json!(0), json!(4))
+    );
 }
 
 #[tokio::test]
@@ -378,11 +449,18 @@ async fn a_content_filter_400_is_not_retried_anywhere() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(100, &[]).await;
     let r = gw
-        .chat(&key, chat_body("gpt-4o-mini", "[mock status=400 code=content_filter]"))
+        .chat(
+            &key,
+            chat_body("gpt-4o-mini", "[mock status=400 code=content_filter]"),
+        )
         .await;
     let e = r.error(400);
     assert_eq!(e["code"], "content_filter");
-    assert_eq!(calls(&gw), (1, 0), "a 4xx that would fail anywhere is not retried");
+    assert_eq!(
+        calls(&gw),
+        (1, 0),
+        "a 4xx that would fail anywhere is not retried"
+    );
     let t = metered(&gw, &key, 1).await;
     assert_eq!(t["errors"], 1, "{t}");
 }
@@ -395,7 +473,10 @@ async fn a_context_length_400_is_only_retried_on_a_larger_window() {
     let r = gw
         .chat(
             &key,
-            chat_body("gpt-4o-mini", "[mock status=400 code=context_length_exceeded]"),
+            chat_body(
+                "gpt-4o-mini",
+                "[mock status=400 code=context_length_exceeded]",
+            ),
         )
         .await;
     let e = r.error(400);
@@ -410,10 +491,18 @@ async fn a_flapping_provider_never_fails_a_request() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(100, &[]).await;
     for i in 0..6 {
-        let mut body = chat_body("gpt-4o-mini", "[mock status=503 flap=1 id=flap only=openai tokens=2]");
+        let mut body = chat_body(
+            "gpt-4o-mini",
+            "[mock status=503 flap=1 id=flap only=openai tokens=2]",
+        );
         body["stream"] = json!(i % 2 == 1);
         let r = gw.chat(&key, body).await;
-        assert_eq!(r.status, 200, "request {i}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.header("x-lumen-provider"), Some("openai"));
     }
     // Every request: a 503, then its retry succeeds (the flap alternates).
@@ -442,7 +531,11 @@ async fn a_provider_hard_down_opens_its_circuit_and_is_no_longer_tried_first() {
         assert_eq!(r.header("x-lumen-provider"), Some("azure"));
         assert!(r.header("x-lumen-fallbacks").is_none(), "Azure was first");
     }
-    assert_eq!(calls(&gw), (6, 13), "the open circuit keeps OpenAI off the first attempt");
+    assert_eq!(
+        calls(&gw),
+        (6, 13),
+        "the open circuit keeps OpenAI off the first attempt"
+    );
 
     // The health records, admin only.
     let r = gw.call("GET", "/admin/health", Some(&key), None).await;
@@ -466,5 +559,123 @@ async fn a_provider_hard_down_opens_its_circuit_and_is_no_longer_tried_first() {
     let azure = find("azure");
     assert_eq!(azure["availability"]["state"], "up", "{azure}");
     assert_eq!(azure["window_calls"], 13, "{azure}");
-    assert!(azure["record"]["ttft_ms"].as_f64().unwrap() > 0.0, "{azure}");
+    assert!(
+        azure["record"]["ttft_ms"].as_f64().unwrap() > 0.0,
+        "{azure}"
+    );
+}
+
+fn on(gw: &Gateway, prefix: &str) -> usize {
+    gw.mock
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test]
+async fn a_context_length_400_falls_back_to_a_model_with_a_larger_window() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    // gpt-4o (128k, OpenAI only) with the request's own fallbacks: gpt-4o-mini has the same
+    // window and is skipped; claude-3-5-haiku (200k) serves.
+    let mut body = chat_body(
+        "gpt-4o",
+        "[mock status=400 code=context_length_exceeded only=gpt-4o tokens=3]",
+    );
+    body["models"] = json!(["gpt-4o-mini", "claude-3-5-haiku"]);
+    let r = gw.chat(&key, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-lumen-model"), Some("claude-3-5-haiku"));
+    assert_eq!(r.header("x-lumen-provider"), Some("anthropic"));
+    assert_eq!(r.json()["choices"][0]["message"]["content"], tokens(3));
+    assert_eq!(
+        calls(&gw),
+        (1, 0),
+        "gpt-4o once, gpt-4o-mini (same window) never"
+    );
+    assert_eq!(on(&gw, "/v1/messages"), 1);
+    let up = gw.mock.requests()[0].body.clone().unwrap();
+    assert!(
+        up.get("models").is_none(),
+        "Lumen's own field stays home: {up}"
+    );
+    assert_eq!(
+        outcomes(&r.json()["lumen"]),
+        ["openai=context_length_exceeded", "anthropic=ok"]
+    );
+    let t = metered(&gw, &key, 1).await;
+    assert_eq!(t["errors"], 0, "{t}");
+
+    // A bad fallback list is a 400 naming it; an unknown model in it a 404 naming its index.
+    let mut body = chat_body("gpt-4o", "hi");
+    body["models"] = json!("claude-3-5-haiku");
+    assert_eq!(gw.chat(&key, body).await.error(400)["param"], "models");
+    let mut body = chat_body("gpt-4o", "hi");
+    body["models"] = json!(["claude-3-5-haiku", "gpt-9"]);
+    assert_eq!(gw.chat(&key, body).await.error(404)["param"], "models[1]");
+}
+
+#[tokio::test]
+async fn a_cut_continues_on_an_anthropic_fallback_by_prefill_or_regenerates_when_it_is_rejected() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    for reject in [false, true] {
+        gw.mock.clear_requests();
+        let text = format!(
+            "[mock tokens=12 die_after=5 only=gpt-4o{}]",
+            if reject { " reject_prefill=1" } else { "" }
+        );
+        let mut body = stream_body(&text, true, Value::Null);
+        body["model"] = json!("gpt-4o");
+        body["models"] = json!(["claude-3-5-haiku"]);
+        let s = stream(gw.addr(), "/v1/chat/completions", &key, body, None).await;
+        let (chunks, got, done) = parse(&s);
+        assert_eq!(got, tokens(12), "reject={reject}: whole, prefix once");
+        assert!(done);
+        assert_eq!(finish_reasons(&chunks), ["stop"]);
+        let last = chunks.last().unwrap();
+        let o = outcomes(&last["lumen"]);
+        let msgs: Vec<Value> = gw
+            .mock
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/messages")
+            .map(|r| r.body.clone().unwrap())
+            .collect();
+        // The first Anthropic request continues the text sent so far as an assistant prefill.
+        let prefill = msgs[0]["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(prefill["role"], "assistant", "{prefill}");
+        assert_eq!(
+            lumen_tests::mock::message_text(&prefill["content"]),
+            tokens(5)
+        );
+        if reject {
+            assert_eq!(msgs.len(), 2, "prefill rejected, then regenerated there");
+            let retry = msgs[1]["messages"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()
+                .clone();
+            assert_eq!(retry["role"], "user", "{retry}");
+            assert_eq!(o.len(), 3, "{o:?}");
+            assert!(o[1].starts_with("anthropic="), "{o:?}");
+            // Legs: 5 (cut) + 12 (regenerated in full).
+            assert_eq!(last["usage"]["completion_tokens"], 17);
+        } else {
+            assert_eq!(msgs.len(), 1);
+            assert_eq!(o, ["openai=connection_lost", "anthropic=ok"]);
+            // Legs: 5 (cut) + 7 (the continuation only).
+            assert_eq!(last["usage"]["completion_tokens"], 12);
+        }
+    }
+    let t = metered(&gw, &key, 2).await;
+    assert_eq!(t["errors"], 0, "{t}");
+    assert_eq!(t["completion_tokens"], 12 + 17, "{t}");
 }

@@ -87,6 +87,7 @@ pub async fn admit_chat(
     let ask = PlanRequest {
         model: chat.model.clone(),
         allowed_models,
+        models: lumen_shared::fallback::request_models(&chat.body)?,
     };
     let plan: Plan = match post_json("router", routes::PLAN, &ask).await {
         Ok(p) => p,

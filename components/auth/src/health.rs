@@ -31,8 +31,5 @@ pub fn admin_health(info: &ReqInfo) -> Result<Reply, ApiError> {
                    "window_calls": calls, "window_errors": errors, "record": h})
         })
         .collect();
-    Ok(Reply::json(
-        200,
-        &json!({"object": "list", "data": data}),
-    ))
+    Ok(Reply::json(200, &json!({"object": "list", "data": data})))
 }

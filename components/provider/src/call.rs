@@ -2,20 +2,19 @@
 //! the first byte) and answers with the upstream's JSON or relays its SSE stream, always telling
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
-use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use crate::failover::{
-    self, attempts_json, backoff_ms, fallbacks_header, is_context_length, Attempt,
-    Policy,
+    self, attempts_json, backoff_ms, fallbacks_header, is_context_length, Attempt, Policy,
 };
 use crate::timer::{after_ms, sleep_until, within};
+use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use crate::{queue, spin_llm};
-use lumen_shared::deadline::Deadlines;
-use lumen_shared::health;
 use futures::{SinkExt, StreamExt};
 use lumen_shared::byok::{self, ByokKey, ByokRecord};
 use lumen_shared::catalog::Dialect;
 use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
+use lumen_shared::deadline::Deadlines;
 use lumen_shared::dialect::{self, anthropic, gemini, openai_compat};
+use lumen_shared::health;
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::pricing::{cost_header, lumen_object};
 use lumen_shared::sse::{Event, Parser};
@@ -319,7 +318,7 @@ fn record_health(attempts: &[Attempt]) {
 
 /// Serves one call; returns its attempts.
 async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
-    let call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
+    let mut call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
         serde_json::from_slice::<CallRequest>(&b).map_err(|e| {
             ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
         })
@@ -332,6 +331,8 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
     };
     let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
     let prompt_estimate = estimate_prompt_tokens(&call.body);
+    // The request's fallback models are in the plan already; no upstream gets them.
+    call.body.remove("models");
     let policy = match Policy::from_body(&call.body) {
         Ok(p) => p,
         Err(e) => {
@@ -369,7 +370,8 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
             }
         }
         let d = policy.deadlines(c);
-        for n in 0..=policy.retries {
+        let retries = policy.retries(c);
+        for n in 0..=retries {
             let start = Instant::now();
             match attempt(c, &call, &call.body, stream, prompt_estimate, &d).await {
                 Ok((
@@ -431,7 +433,7 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                         break 'candidates;
                     }
                     match wait {
-                        Some(ms) if n < policy.retries => sleep_until(after_ms(ms)).await,
+                        Some(ms) if n < retries => sleep_until(after_ms(ms)).await,
                         _ => continue 'candidates,
                     }
                 }

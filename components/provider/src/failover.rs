@@ -42,8 +42,9 @@ pub const BACKOFF_MS: u64 = 100;
 pub struct Policy {
     /// False: only the first candidate is tried.
     pub fallbacks: bool,
-    /// Retries of one candidate before the next.
-    pub retries: u32,
+    /// Retries of one candidate before the next (`None`: the model's catalog `retries`, else
+    /// [`DEFAULT_RETRIES`]).
+    pub retries: Option<u32>,
     /// Request-level deadline overrides.
     pub deadlines: Overrides,
 }
@@ -60,7 +61,7 @@ impl Policy {
         };
         let mut p = Policy {
             fallbacks: true,
-            retries: DEFAULT_RETRIES,
+            retries: None,
             deadlines: Overrides::default(),
         };
         let Some(l) = body.get("lumen").and_then(Value::as_object) else {
@@ -72,11 +73,12 @@ impl Policy {
                 .ok_or_else(|| bad("fallbacks", "must be true or false"))?;
         }
         if let Some(v) = l.get("retries") {
-            p.retries = v
-                .as_u64()
-                .filter(|n| *n <= u64::from(MAX_RETRIES))
-                .ok_or_else(|| bad("retries", "must be an integer from 0 to 5"))?
-                as u32;
+            p.retries = Some(
+                v.as_u64()
+                    .filter(|n| *n <= u64::from(MAX_RETRIES))
+                    .ok_or_else(|| bad("retries", "must be an integer from 0 to 5"))?
+                    as u32,
+            );
         }
         if let Some(v) = l.get("deadlines") {
             p.deadlines = serde_json::from_value(v.clone())
@@ -88,8 +90,17 @@ impl Policy {
         Ok(p)
     }
 
+    /// Retries of candidate `c`: the request's, else the model's, else the default.
+    pub fn retries(&self, c: &Candidate) -> u32 {
+        self.retries
+            .or(c.retries)
+            .unwrap_or(DEFAULT_RETRIES)
+            .min(MAX_RETRIES)
+    }
+
     /// The deadlines for one candidate: defaults, the cold-start variant for scale-to-zero
-    /// backends, the provider's first-token deadline, then the request's overrides.
+    /// backends, the provider's first-token deadline, the model's catalog `deadlines`, then the
+    /// request's overrides.
     pub fn deadlines(&self, c: &Candidate) -> Deadlines {
         let mut d = Deadlines::default();
         if c.provider.cold_start {
@@ -99,7 +110,7 @@ impl Policy {
             d.first_token_ms = ms;
             d.total_ms = d.total_ms.max(ms);
         }
-        d.with(&self.deadlines)
+        d.layered(c.deadlines.iter().chain([&self.deadlines]))
     }
 }
 
@@ -436,7 +447,13 @@ async fn next_leg(
             };
             let start = Instant::now();
             match attempt(c, call, &body, true, prompt_estimate, &d).await {
-                Ok((Success::Stream(resp), _)) => return Some(Next { index: j, resp, how }),
+                Ok((Success::Stream(resp), _)) => {
+                    return Some(Next {
+                        index: j,
+                        resp,
+                        how,
+                    })
+                }
                 Ok(_) => {
                     attempts.push(Attempt::new(c, "not_a_stream", elapsed_ms(start)));
                     break;
@@ -585,7 +602,11 @@ pub(crate) async fn serve_stream(
         provider: last.provider.name.clone(),
         usage,
         estimated: legs.iter().any(|l| l.estimated),
-        outcome: if ok { Outcome::Ok } else { Outcome::UpstreamError },
+        outcome: if ok {
+            Outcome::Ok
+        } else {
+            Outcome::UpstreamError
+        },
         upstream_ms,
         legs: if legs.len() > 1 { legs } else { Vec::new() },
     };
@@ -607,7 +628,7 @@ mod tests {
         .unwrap();
         let p = Policy::from_body(&body).unwrap();
         assert!(!p.fallbacks);
-        assert_eq!(p.retries, 0);
+        assert_eq!(p.retries, Some(0));
         assert_eq!(p.deadlines.stall_ms, Some(500));
         for bad in [
             json!({"lumen": {"fallbacks": "no"}}),
@@ -621,7 +642,7 @@ mod tests {
             assert!(e.param.as_deref().unwrap().starts_with("lumen."), "{e:?}");
         }
         let p = Policy::from_body(&Map::new()).unwrap();
-        assert!(p.fallbacks && p.retries == DEFAULT_RETRIES);
+        assert!(p.fallbacks && p.retries.is_none());
     }
 
     #[test]

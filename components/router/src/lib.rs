@@ -43,7 +43,9 @@ async fn plan(req: IncomingRequest) -> Result<Reply, ApiError> {
     let ask: PlanRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid_request(format!("invalid plan request: {e}"), None, "invalid_json")
     })?;
-    let mut plan = catalog()?.plan(&ask.model, &ask.allowed_models)?;
+    let cat = catalog()?;
+    let mut plan = cat.plan(&ask.model, &ask.allowed_models)?;
+    fallback::merge(cat, &mut plan, &ask.models, &ask.allowed_models)?;
     order_by_health(&mut plan);
     Ok(Reply::json(200, &plan))
 }
@@ -61,13 +63,16 @@ fn order_by_health(plan: &mut Plan) {
         .candidates
         .iter()
         .map(|c| {
-            health::check(&kv, &policy, &c.provider.name, &c.model, now)
-                .unwrap_or(Availability::Up)
+            health::check(&kv, &policy, &c.provider.name, &c.model, now).unwrap_or(Availability::Up)
         })
         .collect();
     let moved = fallback::order(&mut plan.candidates, &avail);
     if !moved.is_empty() {
-        plan.reason = format!("{}; unhealthy, tried last: {}", plan.reason, moved.join(", "));
+        plan.reason = format!(
+            "{}; unhealthy, tried last: {}",
+            plan.reason,
+            moved.join(", ")
+        );
     }
 }
 

@@ -566,7 +566,7 @@ async fn failover(args: &Args, n: usize, timeout: Duration) -> anyhow::Result<()
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let text = format!(
-        "\n## Failover: {} with its first provider hard down, {} UTC\n\nCPU: {}. The mock resets every connection on the OpenAI route; Azure serves.\n\n{}",
+        "\n## Failover: {} with its first provider hard down, {}\n\nCPU: {}. The mock resets every connection on the OpenAI route; Azure serves.\n\n{}",
         args.model,
         utc_timestamp(now),
         cpu_model(),
