@@ -22,6 +22,13 @@
 //! [`Directive`]): `tokens=N`, `delay_ms=N`, `ttft_ms=N`, `status=N`, `die_after=K`, `content=word`.
 //! An unknown key or a malformed value is answered with a 400 so broken tests fail loudly.
 //!
+//! Faults: `status=N` (`retry_after=S` for a 429, `code=context_length_exceeded|content_filter`
+//! for a 400), `reset=1`, `ttft_ms=N`, `die_after=K`, `stall_after=K stall_ms=N`,
+//! `malformed_after=K`, `eof_after=K`. The same prompt reaches every fallback, so `only=X` scopes
+//! them to one upstream (`openai`, `azure`, `anthropic`, or an upstream model id), and `id=x`
+//! with `times=N` (the first N requests fail) or `flap=1` (every other one) keeps state across
+//! requests. `reject_prefill=1` makes the Anthropic route refuse an assistant prefill.
+//!
 //! # Token accounting
 //!
 //! * Completion: `tokens` tokens (default 8), each `"tok{i} "` or `"{content} "`, capped by the
