@@ -679,3 +679,43 @@ async fn a_cut_continues_on_an_anthropic_fallback_by_prefill_or_regenerates_when
     assert_eq!(t["errors"], 0, "{t}");
     assert_eq!(t["completion_tokens"], 12 + 17, "{t}");
 }
+
+#[tokio::test]
+async fn a_cut_inside_a_tool_call_restarts_the_turn_and_sends_only_complete_calls() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    // OpenAI streams the call's name and both argument pieces, then drops the connection.
+    let s = stream(
+        gw.addr(),
+        "/v1/chat/completions",
+        &key,
+        stream_body(
+            "[mock tool=get_weather die_after=0 only=openai]",
+            false,
+            Value::Null,
+        ),
+        None,
+    )
+    .await;
+    let (chunks, _, done) = parse(&s);
+    assert!(done);
+    let calls_seen: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(
+        calls_seen.len(),
+        1,
+        "one whole call, no partial deltas: {chunks:?}"
+    );
+    assert_eq!(calls_seen[0]["function"]["name"], "get_weather");
+    assert_eq!(
+        calls_seen[0]["function"]["arguments"],
+        lumen_tests::mock::TOOL_ARGUMENTS
+    );
+    assert_eq!(finish_reasons(&chunks), ["tool_calls"]);
+    assert_eq!(calls(&gw), (1, 1));
+    let t = metered(&gw, &key, 1).await;
+    assert_eq!(t["errors"], 0, "{t}");
+}
