@@ -2,6 +2,7 @@
 # Benchmarks the latency Lumen adds: the mock upstream called directly vs. through lumen-host.
 #
 # Usage: scripts/bench.sh [extra lumen-bench flags, e.g. --duration-s 2 --requests 100]
+#        scripts/bench.sh --failover 1000   # one of two providers hard down (see lumen-bench)
 #   SKIP_BUILD=1      reuse the binaries already in target/release
 #   LUMEN_BIN_DIR=DIR take lumen-host, lumen-mock and lumen-bench from DIR
 #   BENCH_OUT=FILE    where results are appended (default bench/RESULTS.md)
@@ -74,6 +75,9 @@ SPIN_VARIABLE_ADMIN_TOKEN="$admin_token" \
 SPIN_VARIABLE_OPENAI_BASE_URL="http://$mock_addr/v1" \
 SPIN_VARIABLE_OPENAI_ALLOWED_HOST="http://$mock_addr" \
 SPIN_VARIABLE_OPENAI_API_KEY="$UPSTREAM_KEY" \
+SPIN_VARIABLE_AZURE_BASE_URL="http://$mock_addr" \
+SPIN_VARIABLE_AZURE_ALLOWED_HOST="http://$mock_addr" \
+SPIN_VARIABLE_AZURE_API_KEY="$UPSTREAM_KEY" \
   "$BIN/lumen-host" up --listen 127.0.0.1:0 --manifest "$ROOT/spin.toml" --state-dir "$tmp/state" \
   >"$tmp/lumen-host.out" 2>"$tmp/lumen-host.err" &
 host_pid=$!

@@ -149,6 +149,15 @@ pub struct ModelConfig {
     /// Brand (maker) for `brand_pref`, e.g. `"meta"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brand: Option<String>,
+    /// Other catalog models to fall back to, in order, after every provider of this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// Retries of one provider before the next, before the first byte (default 1, at most 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Deadlines for this model (`connect_ms`, `first_token_ms`, `stall_ms`, `total_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadlines: Option<crate::deadline::Overrides>,
 }
 
 /// A routing tier (`lumen/<name>`).
@@ -305,6 +314,21 @@ impl Catalog {
                 check_price(&o.price, &format!("offers[{i}].price"), id)?;
             }
             check_price(&m.price, "price", id)?;
+            for (i, f) in m.fallbacks.iter().enumerate() {
+                if f == id || !self.models.contains_key(f) {
+                    return Err(format!(
+                        "fallbacks[{i}] of model \"{id}\" must name another catalog model, got \"{f}\"; models: {}",
+                        names(self.models.keys())
+                    ));
+                }
+            }
+            if m.retries.is_some_and(|r| r > 5) {
+                return Err(format!("retries of model \"{id}\" must be 0 to 5"));
+            }
+            if let Some(d) = &m.deadlines {
+                d.check()
+                    .map_err(|e| format!("deadlines of model \"{id}\": {e}"))?;
+            }
             for name in std::iter::once(id).chain(&m.aliases) {
                 if let Some(other) = seen.insert(name, id) {
                     return Err(format!("model name \"{name}\" is used by both \"{other}\" and \"{id}\"; names and aliases must be unique"));
@@ -434,6 +458,8 @@ impl Catalog {
             price: model.price.clone(),
             context_window: model.context_window,
             provider: self.target(&model.provider),
+            retries: model.retries,
+            deadlines: model.deadlines,
         }
     }
 
@@ -482,6 +508,8 @@ impl Catalog {
                     price: price.clone(),
                     context_window: model.context_window,
                     provider: self.target(p),
+                    retries: model.retries,
+                    deadlines: model.deadlines,
                 })
                 .collect(),
             defaults: serde_json::Map::new(),

@@ -41,6 +41,9 @@ pub mod headers {
     pub const COLD_START: &str = "lumen-cold-start-ms";
     /// provider → auth: candidates the cascade escalated from, with why.
     pub const CASCADE: &str = "lumen-cascade";
+    /// provider → auth: the attempts before the answer, `provider/model=outcome` comma-separated
+    /// (auth sends it as `x-lumen-fallbacks`).
+    pub const FALLBACKS: &str = "lumen-fallbacks";
 }
 
 /// The SSE event name of the provider's final, internal usage event (stripped by auth).
@@ -57,6 +60,10 @@ pub struct PlanRequest {
     /// The client's body (for tiers: scoring, capabilities, routing preferences).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The request's own ordered fallback models (OpenRouter-style `models`); they replace the
+    /// catalog's `fallbacks` for this request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 /// Where and how to call a provider.
@@ -109,6 +116,12 @@ pub struct Candidate {
     pub context_window: u64,
     /// The provider.
     pub provider: ProviderTarget,
+    /// Catalog `retries` of the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Catalog `deadlines` of the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadlines: Option<crate::deadline::Overrides>,
 }
 
 /// router → auth: candidates in the order to try them.
@@ -195,6 +208,26 @@ pub struct UsageReport {
     pub outcome: Outcome,
     /// Milliseconds the upstream took to answer with headers.
     pub upstream_ms: f64,
+    /// When a stream failed over mid-answer: every leg, each priced at its own price by the
+    /// meter (`usage` is then their sum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<Leg>,
+}
+
+/// One upstream leg of a request that continued on a fallback mid-stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Leg {
+    /// Catalog model of the leg.
+    pub model: String,
+    /// Provider of the leg.
+    pub provider: String,
+    /// Tokens of the leg.
+    pub usage: Usage,
+    /// True when the leg's tokens are estimated (it was cut before reporting usage).
+    #[serde(default)]
+    pub estimated: bool,
+    /// The leg's prices.
+    pub price: Price,
 }
 
 /// auth → meter: settle one request, exactly once.

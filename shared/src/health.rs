@@ -11,6 +11,7 @@
 //! after [`Policy::probe_timeout_ms`] if it never reports). A probe's success closes the breaker,
 //! its failure opens it again.
 
+use crate::kv::{self, Family, Kv, KvError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -232,11 +233,225 @@ impl Health {
     }
 }
 
+/// `v1/health/{provider}/{model}` → [`Health`] of one catalog model on one provider.
+pub struct HealthKey<'a> {
+    /// Provider name.
+    pub provider: &'a str,
+    /// Catalog model id.
+    pub model: &'a str,
+}
+impl Family for HealthKey<'_> {
+    type Value = Health;
+    fn key(&self) -> String {
+        format!("v1/health/{}/{}", self.provider, self.model)
+    }
+}
+
+/// `v1/health/index` → every `provider/model` with a health record (for `GET /admin/health`).
+pub struct HealthIndex;
+impl Family for HealthIndex {
+    type Value = Vec<String>;
+    fn key(&self) -> String {
+        "v1/health/index".into()
+    }
+}
+
+/// What one call showed of a provider.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Observation {
+    /// It answered: time to first token, tokens, total time.
+    Success {
+        /// ms to the first token (or the answer's headers).
+        ttft_ms: f64,
+        /// Completion tokens.
+        tokens: u64,
+        /// ms to the end.
+        total_ms: f64,
+    },
+    /// It failed.
+    Failure(Failure),
+}
+
+/// Applies `change` to a record with compare-and-swap (a few tries, then last writer wins), so
+/// instances and replicas writing at once do not lose each other's observations.
+fn update(
+    store: &dyn Kv,
+    key: &HealthKey<'_>,
+    mut change: impl FnMut(&mut Health) -> bool,
+) -> Result<(Health, bool), KvError> {
+    let k = key.key();
+    for _ in 0..5 {
+        let raw = store.get(&k)?;
+        let mut h: Health = raw
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default();
+        if !change(&mut h) {
+            return Ok((h, false));
+        }
+        let new = serde_json::to_vec(&h).map_err(|e| KvError(e.to_string()))?;
+        if store.compare_and_swap(&k, raw.as_deref(), &new)? {
+            return Ok((h, true));
+        }
+    }
+    let mut h = kv::load(store, key)?.unwrap_or_default();
+    let changed = change(&mut h);
+    if changed {
+        kv::store(store, key, &h)?;
+    }
+    Ok((h, changed))
+}
+
+/// Records one observation of `provider`/`model` (the provider writes these after each call).
+pub fn observe(
+    store: &dyn Kv,
+    p: &Policy,
+    provider: &str,
+    model: &str,
+    now: u64,
+    what: Observation,
+) -> Result<Health, KvError> {
+    let key = HealthKey { provider, model };
+    let first = store.get(&key.key())?.is_none();
+    let (h, _) = update(store, &key, |h| {
+        match what {
+            Observation::Success {
+                ttft_ms,
+                tokens,
+                total_ms,
+            } => h.success(p, now, ttft_ms, tokens, total_ms),
+            Observation::Failure(f) => h.failure(p, now, f),
+        }
+        true
+    })?;
+    if first {
+        let name = format!("{provider}/{model}");
+        let mut index = kv::load(store, &HealthIndex)?.unwrap_or_default();
+        if !index.contains(&name) {
+            index.push(name);
+            kv::store(store, &HealthIndex, &index)?;
+        }
+    }
+    Ok(h)
+}
+
+/// How the router may use `provider`/`model` now; a due probe is claimed atomically, so one
+/// request (across every instance) gets it and the rest see the provider as down.
+pub fn check(
+    store: &dyn Kv,
+    p: &Policy,
+    provider: &str,
+    model: &str,
+    now: u64,
+) -> Result<Availability, KvError> {
+    let key = HealthKey { provider, model };
+    let Some(h) = kv::load(store, &key)? else {
+        return Ok(Availability::Up);
+    };
+    match h.availability(p, now) {
+        Availability::Probe => {
+            let (h, claimed) = update(store, &key, |h| h.claim_probe(p, now))?;
+            Ok(if claimed {
+                Availability::Probe
+            } else {
+                match h.availability(p, now) {
+                    Availability::Up => Availability::Up,
+                    _ => Availability::Down {
+                        until_ms: now + p.probe_timeout_ms,
+                    },
+                }
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+/// Every health record, by `provider/model`.
+pub fn all(store: &dyn Kv) -> Result<Vec<(String, Health)>, KvError> {
+    let mut out = Vec::new();
+    for name in kv::load(store, &HealthIndex)?.unwrap_or_default() {
+        if let Some((provider, model)) = name.split_once('/') {
+            if let Some(h) = kv::load(store, &HealthKey { provider, model })? {
+                out.push((name.clone(), h));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn observations_go_to_kv_and_one_probe_is_claimed() {
+        let store = crate::kv::MemKv::default();
+        let p = Policy::default();
+        for i in 0..p.open_after as u64 {
+            observe(
+                &store,
+                &p,
+                "openai",
+                "m",
+                T0 + i,
+                Observation::Failure(Failure::Error),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            check(&store, &p, "openai", "m", T0 + 10).unwrap(),
+            Availability::Down {
+                until_ms: T0 + 4 + p.cooldown_ms
+            }
+        );
+        assert_eq!(
+            check(&store, &p, "azure", "m", T0).unwrap(),
+            Availability::Up
+        );
+        let later = T0 + 4 + p.cooldown_ms;
+        assert_eq!(
+            check(&store, &p, "openai", "m", later).unwrap(),
+            Availability::Probe
+        );
+        assert!(
+            matches!(
+                check(&store, &p, "openai", "m", later + 1).unwrap(),
+                Availability::Down { .. }
+            ),
+            "the probe was already claimed"
+        );
+        observe(
+            &store,
+            &p,
+            "openai",
+            "m",
+            later + 50,
+            Observation::Success {
+                ttft_ms: 40.0,
+                tokens: 5,
+                total_ms: 80.0,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            check(&store, &p, "openai", "m", later + 60).unwrap(),
+            Availability::Up
+        );
+        let every = all(&store).unwrap();
+        assert_eq!(every.len(), 1);
+        assert_eq!(every[0].0, "openai/m");
+        assert_eq!(every[0].1.ttft_ms, Some(40.0));
+        assert_eq!(
+            HealthKey {
+                provider: "a",
+                model: "b"
+            }
+            .key(),
+            "v1/health/a/b"
+        );
+    }
 
     #[test]
     fn consecutive_failures_open_then_a_probe_closes() {

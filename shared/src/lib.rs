@@ -15,6 +15,7 @@ pub mod deadline;
 pub mod dialect;
 pub mod embeddings;
 pub mod error;
+pub mod fallback;
 pub mod health;
 pub mod keys;
 pub mod kv;

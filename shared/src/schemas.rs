@@ -26,6 +26,7 @@ pub fn all() -> Vec<(&'static str, String)> {
             s::<crate::catalog::Catalog>(),
         ),
         ("kv.tenant.v1.json", s::<crate::kv::TenantRecord>()),
+        ("kv.health.v1.json", s::<crate::health::Health>()),
         ("kv.audit-head.v1.json", s::<crate::audit::AuditHead>()),
         ("kv.audit-entry.v1.json", s::<crate::audit::AuditEntry>()),
         ("contract.plan-request.json", s::<PlanRequest>()),

@@ -26,10 +26,18 @@ pub struct Settled {
 
 /// Settles one request.
 pub fn settle(store: &dyn Kv, req: &SettleRequest) -> Result<Settled, KvError> {
-    let cost = req
-        .price
-        .as_ref()
-        .map_or(0, |p| cost_nanos(&req.report.usage, p));
+    let cost = if req.report.legs.is_empty() {
+        req.price
+            .as_ref()
+            .map_or(0, |p| cost_nanos(&req.report.usage, p))
+    } else {
+        // A stream that failed over: each leg at its own price.
+        req.report
+            .legs
+            .iter()
+            .map(|l| cost_nanos(&l.usage, &l.price))
+            .sum()
+    };
     let record = UsageRecord::from_settle(req, cost);
     if kv::incr(store, &SettleOnce(&req.request_id), 1)? != 1 {
         return Ok(Settled {
@@ -350,6 +358,7 @@ mod tests {
                 estimated: false,
                 outcome,
                 upstream_ms: 10.0,
+                legs: Vec::new(),
             },
             price: Some(Price {
                 input: 1.0,
@@ -362,6 +371,39 @@ mod tests {
             }),
             hold: None,
         }
+    }
+
+    #[test]
+    fn a_failed_over_stream_charges_each_leg_at_its_own_price() {
+        let kv = MemKv::default();
+        let mut r = req(
+            "r-legs",
+            "gpt-4o-mini",
+            1_795_000_000_000,
+            20,
+            80,
+            Outcome::Ok,
+        );
+        let leg = |provider: &str, c: u64, output: f64| crate::contracts::Leg {
+            model: "gpt-4o-mini".into(),
+            provider: provider.into(),
+            usage: Usage {
+                prompt_tokens: 10,
+                completion_tokens: c,
+                ..Usage::default()
+            },
+            estimated: false,
+            price: Price {
+                output,
+                ..r.price.clone().unwrap()
+            },
+        };
+        r.report.legs = vec![leg("openai", 40, 2.0), leg("azure", 80, 4.0)];
+        let done = settle(&kv, &r).unwrap();
+        // Leg 1: 10 × $1/M + 40 × $2/M = 90 µ$; leg 2: 10 × $1/M + 80 × $4/M = 330 µ$.
+        assert_eq!(done.record.cost_nanos, 90_000 + 330_000);
+        // The single price of the request would have given 20 × 1 + 80 × 2 = 180 µ$.
+        assert_ne!(done.record.cost_nanos, 180_000);
     }
 
     #[test]

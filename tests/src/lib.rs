@@ -3,6 +3,7 @@
 //! helpers ([`bench`]).
 
 pub mod bench;
+pub mod failover_bench;
 pub mod mock;
 pub mod mock_dialects;
 pub mod train;

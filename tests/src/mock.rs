@@ -22,6 +22,13 @@
 //! [`Directive`]): `tokens=N`, `delay_ms=N`, `ttft_ms=N`, `status=N`, `die_after=K`, `content=word`,
 //! `if_model=ID` (apply only to requests for that model). An unknown key or a malformed value is answered with a 400 so broken tests fail loudly.
 //!
+//! Faults: `status=N` (`retry_after=S` for a 429, `code=context_length_exceeded|content_filter`
+//! for a 400), `reset=1`, `ttft_ms=N`, `die_after=K`, `stall_after=K stall_ms=N`,
+//! `malformed_after=K`, `eof_after=K`. The same prompt reaches every fallback, so `only=X` scopes
+//! them to one upstream (`openai`, `azure`, `anthropic`, or an upstream model id), and `id=x`
+//! with `times=N` (the first N requests fail) or `flap=1` (every other one) keeps state across
+//! requests. `reject_prefill=1` makes the Anthropic route refuse an assistant prefill.
+//!
 //! # Token accounting
 //!
 //! * Completion: `tokens` tokens (default 8), each `"tok{i} "` or `"{content} "`, capped by the
@@ -163,6 +170,60 @@ pub struct Directive {
     /// `if_model=ID`: the directive applies only to requests whose `model` is `ID` (others get
     /// the defaults), so one prompt can steer a cascade's cheap and strong calls differently.
     pub if_model: Option<String>,
+    /// `only=X`: the faults of this directive apply only to the upstream `X`: a route (`openai` for
+    /// `/v1/chat/completions`, `azure` for deployment URLs) or the upstream model id. Other
+    /// upstreams answer normally (the same prompt reaches every fallback).
+    pub only: Option<String>,
+    /// `id=name`: a fault counter shared by every request with this id (with `times` or `flap`).
+    pub id: Option<String>,
+    /// `times=N`: the faults apply to the first N matching requests of the `id`, then success.
+    pub times: Option<u64>,
+    /// `flap=1`: the faults apply to every other matching request of the `id` (1st, 3rd, ...).
+    pub flap: Option<u64>,
+    /// `retry_after=N`: the `Retry-After` seconds of a `status=429` (default 1).
+    pub retry_after: Option<u64>,
+    /// `code=X`: the error `code` of a `status=400` (`context_length_exceeded`, `content_filter`).
+    pub code: Option<String>,
+    /// `stall_after=K`: stream K token chunks, then go silent for `stall_ms` (default 30 s).
+    pub stall_after: Option<u64>,
+    /// `stall_ms=N`: length of a `stall_after` stall.
+    pub stall_ms: Option<u64>,
+    /// `malformed_after=K`: stream K token chunks, then a chunk that is not JSON, then stop.
+    pub malformed_after: Option<u64>,
+    /// `eof_after=K`: stream K token chunks, then end the body cleanly without a finish chunk
+    /// or `[DONE]`.
+    pub eof_after: Option<u64>,
+    /// `reset=1`: drop the connection without any response.
+    pub reset: Option<u64>,
+    /// `reject_prefill=1` (Anthropic): a request ending with an assistant message (a prefill)
+    /// gets a 400. Without it the Anthropic mock continues the prefill's text. A capability of
+    /// the upstream, not a fault: `only=` does not scope it.
+    pub reject_prefill: Option<u64>,
+}
+
+impl Directive {
+    /// Whether this directive carries a fault (anything `only`/`times`/`flap` gate).
+    fn has_fault(&self) -> bool {
+        self.status.is_some()
+            || self.ttft_ms.is_some()
+            || self.die_after.is_some()
+            || self.stall_after.is_some()
+            || self.malformed_after.is_some()
+            || self.eof_after.is_some()
+            || self.reset.is_some()
+    }
+
+    /// The directive without its faults (for upstreams the faults are not scoped to).
+    fn healthy(mut self) -> Directive {
+        self.status = None;
+        self.ttft_ms = None;
+        self.die_after = None;
+        self.stall_after = None;
+        self.malformed_after = None;
+        self.eof_after = None;
+        self.reset = None;
+        self
+    }
 }
 
 /// The arguments of every mock tool call.
@@ -209,6 +270,26 @@ pub fn parse_directive(text: &str) -> Result<Option<Directive>, String> {
             "reasoning" => directive.reasoning = Some(number()?),
             "safety" => directive.safety = Some(number()?),
             "cold_ms" => directive.cold_ms = Some(number()?),
+            "times" => directive.times = Some(number()?),
+            "flap" => directive.flap = Some(number()?),
+            "retry_after" => directive.retry_after = Some(number()?),
+            "stall_after" => directive.stall_after = Some(number()?),
+            "stall_ms" => directive.stall_ms = Some(number()?),
+            "malformed_after" => directive.malformed_after = Some(number()?),
+            "eof_after" => directive.eof_after = Some(number()?),
+            "reset" => directive.reset = Some(number()?),
+            "reject_prefill" => directive.reject_prefill = Some(number()?),
+            "only" | "id" | "code" => {
+                if value.is_empty() {
+                    return Err(format!("mock directive: {key} must not be empty"));
+                }
+                let v = Some(value.to_owned());
+                match key {
+                    "only" => directive.only = v,
+                    "id" => directive.id = v,
+                    _ => directive.code = v,
+                }
+            }
             "tool" | "fixture" => {
                 if value.is_empty() {
                     return Err(format!("mock directive: {key} must not be empty"));
@@ -436,6 +517,10 @@ struct Plan {
     word: Option<String>,
     token_delay: Duration,
     die_after: Option<u64>,
+    /// After this many token chunks, a silence this long.
+    stall: Option<(u64, Duration)>,
+    malformed_after: Option<u64>,
+    eof_after: Option<u64>,
     include_usage: bool,
     cached: u64,
     reasoning: u64,
@@ -524,6 +609,8 @@ pub(crate) struct State {
     pub(crate) next_id: AtomicU64,
     /// Shared with stream producer tasks, which outlive the handler's borrow of `State`.
     pub(crate) disconnects: Arc<AtomicU64>,
+    /// Requests seen per fault `id=` (for `times=` and `flap=`).
+    pub(crate) fault_counts: Mutex<std::collections::HashMap<String, u64>>,
     /// Queue-style jobs by id.
     pub(crate) jobs: Mutex<std::collections::HashMap<String, crate::mock_dialects::Job>>,
 }
@@ -572,6 +659,7 @@ impl MockUpstream {
             next_id: AtomicU64::new(1),
             disconnects: Arc::new(AtomicU64::new(0)),
             jobs: Mutex::new(std::collections::HashMap::new()),
+            fault_counts: Mutex::new(std::collections::HashMap::new()),
         });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listener, state.clone(), stopped));
@@ -893,7 +981,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
 
     match (&parts.method, path.as_str()) {
         (&Method::POST, "/v1/chat/completions") => {
-            chat_completions(&state, json, raw.is_empty()).await
+            chat_completions(&state, json, raw.is_empty(), "openai").await
         }
         (&Method::POST, "/v1/embeddings") => Ok(crate::mock_dialects::embeddings(&state, json)),
         (&Method::GET, "/v1/models") => Ok(models(&state)),
@@ -994,6 +1082,7 @@ pub(crate) async fn chat_completions(
     state: &State,
     json: Option<Value>,
     empty: bool,
+    route: &str,
 ) -> Result<Response<MockBody>, Abort> {
     let Some(body) = json.filter(Value::is_object) else {
         let message = if empty {
@@ -1028,7 +1117,7 @@ pub(crate) async fn chat_completions(
         ));
     }
     let directive = match request_directive(&body) {
-        Ok(d) => d,
+        Ok(d) => scoped(state, d, route, &model),
         Err(message) => {
             return Ok(error_response(
                 StatusCode::BAD_REQUEST,
@@ -1040,11 +1129,36 @@ pub(crate) async fn chat_completions(
         }
     };
 
+    if directive.reset.is_some() {
+        return Err(Abort("reset"));
+    }
     if let Some(ms) = directive.ttft_ms.filter(|&ms| ms > 0) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if let Some(status) = directive.status {
-        return Ok(directive_error(status, &model));
+        let mut response = match (status, directive.code.as_deref()) {
+            (400, Some(code @ "context_length_exceeded")) => error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("This model's maximum context length is exceeded (mock, {model})."),
+                "invalid_request_error",
+                Some("messages"),
+                Some(code),
+            ),
+            (400, Some(code @ "content_filter")) => error_response(
+                StatusCode::BAD_REQUEST,
+                "The response was filtered due to the prompt triggering the content management policy (mock).",
+                "invalid_request_error",
+                Some("prompt"),
+                Some(code),
+            ),
+            _ => directive_error(status, &model),
+        };
+        if let Some(secs) = directive.retry_after.filter(|_| status == 429) {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+        }
+        return Ok(response);
     }
 
     let requested = directive.tokens.unwrap_or(DEFAULT_TOKENS);
@@ -1074,6 +1188,14 @@ pub(crate) async fn chat_completions(
             .delay_ms
             .map_or(state.cfg.token_delay, Duration::from_millis),
         die_after: directive.die_after,
+        stall: directive.stall_after.map(|k| {
+            (
+                k,
+                Duration::from_millis(directive.stall_ms.unwrap_or(30_000)),
+            )
+        }),
+        malformed_after: directive.malformed_after,
+        eof_after: directive.eof_after,
         include_usage,
         cached: directive.cached.unwrap_or(0),
         reasoning: directive.reasoning.unwrap_or(0),
@@ -1086,6 +1208,15 @@ pub(crate) async fn chat_completions(
         if plan.die_after.is_some() {
             return Err(Abort("die_after on a non-stream request"));
         }
+        if let Some((_, stall)) = plan.stall {
+            tokio::time::sleep(stall).await;
+        }
+        if plan.malformed_after.is_some() || plan.eof_after.is_some() {
+            let mut r = Response::new(full_body(&b"{\"id\": \"chatcmpl-cut"[..]));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Ok(r);
+        }
         json_response(StatusCode::OK, plan.completion_json())
     };
     let headers = response.headers_mut();
@@ -1095,6 +1226,38 @@ pub(crate) async fn chat_completions(
     );
     headers.insert("openai-processing-ms", HeaderValue::from_static("0"));
     Ok(response)
+}
+
+/// The directive as it applies to this upstream: without its faults when `only=` names another
+/// upstream, or when the `id=` counter says this request succeeds (`times=`, `flap=`).
+pub(crate) fn scoped(state: &State, d: Directive, route: &str, model: &str) -> Directive {
+    if !d.has_fault() {
+        return d;
+    }
+    if let Some(only) = d.only.as_deref() {
+        if only != route && only != model {
+            return d.healthy();
+        }
+    }
+    let Some(id) = d.id.clone() else {
+        return d;
+    };
+    let seen = {
+        let mut counts = state.fault_counts.lock().expect("fault counts poisoned");
+        let n = counts.entry(id).or_insert(0);
+        *n += 1;
+        *n - 1
+    };
+    let faulty = match (d.times, d.flap) {
+        (Some(times), _) => seen < times,
+        (None, Some(f)) if f > 0 => seen % 2 == 0,
+        _ => true,
+    };
+    if faulty {
+        d
+    } else {
+        d.healthy()
+    }
 }
 
 /// Starts the producer task for an SSE stream and returns the response that drains it.
@@ -1164,6 +1327,20 @@ async fn produce_stream(
     for i in 0..tokens {
         if die_at == Some(i) {
             break;
+        }
+        if plan.eof_after == Some(i) {
+            // A clean end of the body: no finish chunk, no `[DONE]`.
+            return;
+        }
+        if plan.malformed_after == Some(i) {
+            let _ = send(Bytes::from_static(
+                b"data: {\"id\": \"chatcmpl-broken\", \"choices\": [\n\n",
+            ))
+            .await;
+            return;
+        }
+        if let Some((_, stall)) = plan.stall.filter(|(k, _)| *k == i) {
+            tokio::time::sleep(stall).await;
         }
         if !plan.token_delay.is_zero() {
             tokio::time::sleep(plan.token_delay).await;
@@ -1335,6 +1512,9 @@ mod tests {
             word: None,
             token_delay: Duration::ZERO,
             die_after: None,
+            stall: None,
+            malformed_after: None,
+            eof_after: None,
             include_usage,
             cached: 0,
             reasoning: 0,

@@ -281,9 +281,23 @@ async fn anthropic(
         }
     }
     let d = match request_directive(&body) {
-        Ok(d) => d,
+        Ok(d) => crate::mock::scoped(state, d, "anthropic", &model),
         Err(m) => return Ok(anthropic_error(400, "invalid_request_error", &m)),
     };
+    // An assistant prefill: the last message is the assistant's own text to continue.
+    let prefill = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+        .map(|m| message_text(m.get("content").unwrap_or(&Value::Null)));
+    if prefill.is_some() && d.reject_prefill.is_some() {
+        return Ok(anthropic_error(
+            400,
+            "invalid_request_error",
+            "This model does not support assistant message prefill. (mock)",
+        ));
+    }
     if let Some(ms) = d.ttft_ms.filter(|&ms| ms > 0) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -307,6 +321,20 @@ async fn anthropic(
     let n = state.next_id.fetch_add(1, Ordering::SeqCst);
     let id = format!("msg_mock_{n}");
     let (tokens, capped) = completion(&d, Some(max_tokens));
+    // With a prefill that is a prefix of the answer (whole tokens), only the rest is generated.
+    let skip = prefill.as_deref().map_or(0, |p| {
+        let mut acc = String::new();
+        let mut k = 0;
+        while k < tokens && acc.len() < p.len() {
+            acc.push_str(&token_text(k, d.content.as_deref()));
+            k += 1;
+        }
+        if acc == p {
+            k
+        } else {
+            0
+        }
+    });
     let stop = if d.tool.is_some() {
         "tool_use"
     } else if capped {
@@ -318,9 +346,9 @@ async fn anthropic(
         "input_tokens": anthropic_prompt_tokens(&body),
         "cache_creation_input_tokens": d.cache_write.unwrap_or(0),
         "cache_read_input_tokens": d.cached.unwrap_or(0),
-        "output_tokens": tokens,
+        "output_tokens": tokens - skip,
     });
-    let text: String = (0..tokens)
+    let text: String = (skip..tokens)
         .map(|i| token_text(i, d.content.as_deref()))
         .collect();
     let tool_id = format!("toolu_mock_{n}");
@@ -362,7 +390,7 @@ async fn anthropic(
         None => {
             events.push((false, sse_named("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))));
             events.push((false, sse_named("ping", &json!({"type": "ping"}))));
-            for i in 0..tokens {
+            for i in skip..tokens {
                 if d.die_after == Some(i) {
                     die_at = Some(events.len());
                 }
@@ -380,7 +408,7 @@ async fn anthropic(
             &json!({"type": "content_block_stop", "index": 0}),
         ),
     ));
-    events.push((false, sse_named("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": tokens}}))));
+    events.push((false, sse_named("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": tokens - skip}}))));
     events.push((
         false,
         sse_named("message_stop", &json!({"type": "message_stop"})),
@@ -642,7 +670,7 @@ async fn azure(
     if let Some(obj) = body.as_object_mut() {
         obj.insert("model".into(), deployment.into());
     }
-    chat_completions(state, Some(body), false).await
+    chat_completions(state, Some(body), false, "azure").await
 }
 
 // ---------------------------------------------------------------- Embeddings

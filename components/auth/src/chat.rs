@@ -89,6 +89,7 @@ pub async fn admit_chat(
         model: chat.model.clone(),
         allowed_models,
         request: None,
+        models: lumen_shared::fallback::request_models(&chat.body)?,
     };
     // Only virtual models are planned from the body; a pinned model's body stays here.
     let (ask, mut chat) = if route::needs_body(&chat.model) {

@@ -55,6 +55,7 @@ pub async fn route(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiErr
     let ask = PlanRequest {
         model: chat.model.clone(),
         allowed_models: key.allowed_models.clone(),
+        models: lumen_shared::fallback::request_models(&chat.body)?,
         request: Some(chat.body),
     };
     let plan: Plan = post_json("router", routes::PLAN, &ask).await?;

@@ -9,6 +9,7 @@ mod byok;
 mod chat;
 mod ctx;
 mod explain;
+mod health;
 mod limits;
 mod relay;
 mod routes;
@@ -42,6 +43,7 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::PutTenant(t)) => admin::put_tenant(&info, &t, req).await,
         Ok(Route::GrantCredits(t)) => admin::grant(&info, &t, req).await,
         Ok(Route::AuditHead) => admin::audit_head(&info),
+        Ok(Route::AdminHealth) => health::admin_health(&info),
         Ok(Route::AuditVerify) => admin::audit_verify(&info),
         Ok(Route::ListProviderKeys(id)) => byok::list(&info, &id),
         Ok(Route::PutProviderKey(id, p)) => byok::put(&info, req, &id, &p).await,

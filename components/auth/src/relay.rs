@@ -44,6 +44,7 @@ fn fallback_report(ctx: &Ctx, usage: Usage, estimated: bool, outcome: Outcome) -
         estimated,
         outcome,
         upstream_ms: ctx.upstream_ms,
+        legs: Vec::new(),
     }
 }
 
@@ -172,6 +173,7 @@ async fn whole(
     let retry_after = response_header(&resp, "retry-after");
     let cost = response_header(&resp, headers::COST);
     let cold = response_header(&resp, headers::COLD_START);
+    let fallbacks = response_header(&resp, headers::FALLBACKS);
     let usage = response_header(&resp, headers::USAGE)
         .and_then(|v| serde_json::from_str::<UsageReport>(&v).ok());
     let body = read_response_body(&resp, MAX_ANSWER_BYTES).await;
@@ -204,6 +206,9 @@ async fn whole(
             }
             if let Some(ms) = cold {
                 reply.set_header("x-lumen-cold-start-ms", ms);
+            }
+            if let Some(f) = fallbacks {
+                reply.set_header("x-lumen-fallbacks", f);
             }
             let report = usage.unwrap_or_else(|| {
                 if ok {
@@ -296,6 +301,9 @@ async fn stream(
     if let Some(ms) = response_header(&resp, headers::COLD_START) {
         hs.push(("x-lumen-cold-start-ms".to_string(), ms));
     }
+    if let Some(f) = response_header(&resp, headers::FALLBACKS) {
+        hs.push(("x-lumen-fallbacks".to_string(), f));
+    }
     let mut sink = start_stream(out, resp.status(), &hs);
     let mut relay = ClientRelay::default();
     let mut parser = Parser::default();
@@ -350,6 +358,7 @@ async fn stream(
             estimated: true,
             outcome: Outcome::Ok,
             upstream_ms: ctx.upstream_ms,
+            legs: Vec::new(),
         };
         let mut last = budget_cut_chunk(ctx);
         last.extend_from_slice(&done_event);
@@ -394,10 +403,12 @@ async fn settle(
     let used = report.usage.prompt_tokens + report.usage.completion_tokens;
     limits::reconcile(&budget.taken, used);
     let hold = budget.hold.take();
+    // The price of the provider that served (the same model can be offered at several prices).
     let price = plan
         .candidates
         .iter()
-        .find(|c| c.model == report.model)
+        .find(|c| c.model == report.model && c.provider.name == report.provider)
+        .or_else(|| plan.candidates.iter().find(|c| c.model == report.model))
         .map(|c| c.price.clone());
     let req = SettleRequest {
         request_id: ctx.request_id.clone(),

@@ -45,6 +45,8 @@ pub enum Route {
     AuditHead,
     /// `GET /admin/audit/verify`.
     AuditVerify,
+    /// `GET /admin/health`: provider health records.
+    AdminHealth,
     /// `GET /admin/keys/{id}/provider-keys`.
     ListProviderKeys(String),
     /// `PUT /admin/keys/{id}/provider-keys/{provider}`.
@@ -78,6 +80,7 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/admin/audit/head" => only("GET", Route::AuditHead),
         "/admin/audit/verify" => only("GET", Route::AuditVerify),
         "/v1/route" => only("POST", Route::Plan),
+        "/admin/health" => only("GET", Route::AdminHealth),
         "/admin/keys" => match method {
             "GET" => Ok(Route::ListKeys),
             "POST" => Ok(Route::CreateKey),

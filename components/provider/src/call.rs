@@ -3,13 +3,19 @@
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
 use crate::cascade;
+use crate::failover::{
+    self, attempts_json, backoff_ms, fallbacks_header, is_context_length, Attempt, Policy,
+};
+use crate::timer::{after_ms, sleep_until, within};
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use crate::{queue, spin_llm};
 use futures::{SinkExt, StreamExt};
 use lumen_shared::byok::{self, ByokKey, ByokRecord};
 use lumen_shared::catalog::Dialect;
 use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
+use lumen_shared::deadline::Deadlines;
 use lumen_shared::dialect::{self, anthropic, gemini, openai_compat};
+use lumen_shared::health;
 use lumen_shared::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::pricing::{cost_header, lumen_object};
 use lumen_shared::sse::{Event, Parser};
@@ -34,10 +40,10 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 const MAX_ERROR_BYTES: usize = 256 * 1024;
 
 /// What a successful attempt produced.
-enum Success {
+pub(crate) enum Success {
     /// A non-streamed answer, read whole.
     Whole {
-        body: Vec<u8>,
+        answer: Value,
         usage: Usage,
         estimated: bool,
     },
@@ -72,12 +78,18 @@ fn config_error(c: &Candidate, message: String) -> Failure {
     Failure::new(e)
 }
 
-async fn attempt(
+/// One try of one candidate with `body` (the client's, or with an assistant prefill), under the
+/// candidate's deadlines: the answer's headers within the first-token deadline, a whole answer
+/// within the total one.
+pub(crate) async fn attempt(
     c: &Candidate,
     call: &CallRequest,
+    body: &serde_json::Map<String, Value>,
     stream: bool,
     prompt_estimate: u64,
+    d: &Deadlines,
 ) -> Result<(Success, f64), Failure> {
+    let total_until = after_ms(d.total_ms);
     let p = &c.provider;
     let base = variables::get(&p.base_url_variable).map_err(|e| {
         config_error(
@@ -100,7 +112,7 @@ async fn attempt(
     let up = if embeddings {
         dialect::build_embeddings(p, base, &key, &call.body, &c.upstream_model)
     } else {
-        dialect::build(p, base, &key, &call.body, &c.upstream_model, stream)
+        dialect::build(p, base, &key, body, &c.upstream_model, stream)
     }
     .map_err(Failure::new)?;
     let body = serde_json::to_vec(&up.body).map_err(|e| {
@@ -114,10 +126,17 @@ async fn attempt(
     }
 
     let sent = Instant::now();
-    let resp = send_request(req).await.map_err(|e| Failure {
-        error: send_error(p, &origin_of(base), &e),
-        upstream_ms: elapsed_ms(sent),
-    })?;
+    let first_until = after_ms(d.first_token_ms).min(total_until);
+    let resp = within(first_until, send_request(req))
+        .await
+        .ok_or_else(|| Failure {
+            error: deadline_error(p, "first-token", d.first_token_ms),
+            upstream_ms: elapsed_ms(sent),
+        })?
+        .map_err(|e| Failure {
+            error: send_error(p, &origin_of(base), &e),
+            upstream_ms: elapsed_ms(sent),
+        })?;
     let upstream_ms = elapsed_ms(sent);
     let status = resp.status();
     if !(200..300).contains(&status) {
@@ -168,8 +187,12 @@ async fn attempt(
         ),
         upstream_ms,
     };
-    let body = read_response_body(&resp, MAX_ANSWER_BYTES)
+    let body = within(total_until, read_response_body(&resp, MAX_ANSWER_BYTES))
         .await
+        .ok_or_else(|| Failure {
+            error: deadline_error(p, "total", d.total_ms),
+            upstream_ms,
+        })?
         .map_err(lost)?;
     drop(resp);
     let answer: Value =
@@ -192,15 +215,26 @@ async fn attempt(
             lumen_object(&usage, &c.price, &c.model, &p.name),
         );
     }
-    let body = serde_json::to_vec(&answer).map_err(|e| lost(e.to_string()))?;
     Ok((
         Success::Whole {
-            body,
+            answer,
             usage,
             estimated,
         },
         upstream_ms,
     ))
+}
+
+/// A deadline breach: retryable (it counts as a failure of that provider).
+fn deadline_error(p: &lumen_shared::contracts::ProviderTarget, which: &str, ms: u64) -> ApiError {
+    ApiError::upstream(
+        504,
+        format!(
+            "provider \"{}\" missed the {which} deadline ({ms} ms)",
+            p.name
+        ),
+        true,
+    )
 }
 
 /// The upstream key: the calling API key's own key for this provider when it has one (encrypted
@@ -254,6 +288,7 @@ pub(crate) fn report(
         estimated,
         outcome,
         upstream_ms,
+        legs: Vec::new(),
     }
 }
 
@@ -310,39 +345,74 @@ async fn relay_whole(
     let _ = sink.close().await;
 }
 
-fn cascade_check(body: &[u8], call: &CallRequest) -> Result<(), String> {
-    let answer: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    cascade::check(&answer, &call.body)
-}
-
 /// Handles `POST /call`.
 pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
-    let call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
+    let attempts = serve(req, out).await;
+    // After the response's last byte: health never delays an answer.
+    record_health(&attempts);
+}
+
+/// Writes what each attempt showed of its provider to the shared health records.
+fn record_health(attempts: &[Attempt]) {
+    let Ok(kv) = SpinKv::open() else {
+        return;
+    };
+    let policy = health::Policy::default();
+    for a in attempts {
+        if let Some(what) = a.observation() {
+            let _ = health::observe(&kv, &policy, &a.provider, &a.model, now_ms(), what);
+        }
+    }
+}
+
+/// Serves one call; returns its attempts.
+async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
+    let mut call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
         serde_json::from_slice::<CallRequest>(&b).map_err(|e| {
             ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
         })
     }) {
         Ok(call) => call,
-        Err(e) => return respond(out, Reply::error(&e)).await,
+        Err(e) => {
+            respond(out, Reply::error(&e)).await;
+            return Vec::new();
+        }
     };
     let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
     let prompt_estimate = estimate_prompt_tokens(&call.body);
+    // The request's fallback models are in the plan already; no upstream gets them.
+    call.body.remove("models");
+    let policy = match Policy::from_body(&call.body) {
+        Ok(p) => p,
+        Err(e) => {
+            respond(out, Reply::error(&e)).await;
+            return Vec::new();
+        }
+    };
 
+    let mut attempts: Vec<Attempt> = Vec::new();
     let mut last: Option<(&Candidate, Failure)> = None;
     let mut escalated: Vec<String> = Vec::new();
     // A streamed cascade asks the checked candidates for whole answers (see cascade.rs).
-    let whole_call = (stream && call.cascade).then(|| CallRequest {
-        body: cascade::whole_body(&call.body),
-        ..call.clone()
-    });
-    for (i, c) in call.candidates.iter().enumerate() {
+    let whole_body = (stream && call.cascade).then(|| cascade::whole_body(&call.body));
+    // After a context-length error: only models with a larger window are tried.
+    let mut min_window: Option<u64> = None;
+    'candidates: for (i, c) in call.candidates.iter().enumerate() {
+        if i > 0 && !policy.fallbacks {
+            break;
+        }
+        if min_window.is_some_and(|w| c.context_window <= w) {
+            continue;
+        }
         if c.provider.dialect == Dialect::SpinLlm {
             match spin_llm::infer(c, &call) {
                 Ok(output) => {
-                    return spin_llm::serve(out, c, &call, output, stream, prompt_estimate).await
+                    spin_llm::serve(out, c, &call, output, stream, prompt_estimate).await;
+                    return attempts;
                 }
                 Err(f) => {
                     let retry = f.error.retryable;
+                    attempts.push(Attempt::failed(c, &f.error, f.upstream_ms));
                     last = Some((c, f));
                     if retry {
                         continue;
@@ -351,56 +421,99 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
                 }
             }
         }
-        let (this, this_stream) = match &whole_call {
-            Some(w) if i + 1 < call.candidates.len() => (w, false),
-            _ => (&call, stream),
-        };
-        match attempt(c, this, this_stream, prompt_estimate).await {
-            Ok((
-                Success::Whole {
-                    body,
-                    usage,
-                    estimated,
-                },
-                ms,
-            )) => {
-                if call.cascade && i + 1 < call.candidates.len() {
-                    if let Err(why) = cascade_check(&body, &call) {
-                        cascade::record_latency(&c.provider.name, &c.model, ms);
-                        escalated.push(format!("{}: {why}", c.model));
-                        continue;
+        let d = policy.deadlines(c);
+        let retries = policy.retries(c);
+        for n in 0..=retries {
+            let start = Instant::now();
+            let checked = call.cascade && i + 1 < call.candidates.len();
+            let (body, this_stream) = match &whole_body {
+                Some(w) if checked => (w, false),
+                _ => (&call.body, stream),
+            };
+            match attempt(c, &call, body, this_stream, prompt_estimate, &d).await {
+                Ok((
+                    Success::Whole {
+                        mut answer,
+                        usage,
+                        estimated,
+                    },
+                    ms,
+                )) => {
+                    if checked {
+                        if let Err(why) = cascade::check(&answer, &call.body) {
+                            cascade::record_latency(&c.provider.name, &c.model, ms);
+                            attempts.push(Attempt::new(c, "escalated", elapsed_ms(start)));
+                            escalated.push(format!("{}: {why}", c.model));
+                            continue 'candidates;
+                        }
                     }
-                }
-                let cascade_hs = cascade_header(&escalated);
-                if stream {
-                    // A checked whole answer, released as the stream the client asked for.
-                    relay_whole(out, &body, c, ms, &call, prompt_estimate, cascade_hs).await;
+                    attempts.push(Attempt::new(c, "ok", elapsed_ms(start)));
                     cascade::record_latency(&c.provider.name, &c.model, ms);
-                    return;
+                    let cascade_hs = cascade_header(&escalated);
+                    if stream {
+                        // A checked whole answer, released as the stream the client asked for.
+                        let bytes = serde_json::to_vec(&answer).unwrap_or_default();
+                        relay_whole(out, &bytes, c, ms, &call, prompt_estimate, cascade_hs).await;
+                        return attempts;
+                    }
+                    if let Some(l) = answer.get_mut("lumen") {
+                        l["attempts"] = attempts_json(&attempts);
+                    }
+                    let mut reply =
+                        Reply::json_bytes(200, serde_json::to_vec(&answer).unwrap_or_default());
+                    reply.headers.extend(served_headers(c, ms));
+                    if let Some(f) = fallbacks_header(&attempts) {
+                        reply.set_header(headers::FALLBACKS, f);
+                    }
+                    reply.set_header(headers::COST, cost_header(&usage, &c.price));
+                    reply.headers.extend(cascade_hs);
+                    let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
+                    respond(out, reply).await;
+                    return attempts;
                 }
-                let mut reply = Reply::json_bytes(200, body);
-                reply.headers.extend(served_headers(c, ms));
-                reply.set_header(headers::COST, cost_header(&usage, &c.price));
-                reply.headers.extend(cascade_hs);
-                let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
-                respond(out, reply).await;
-                cascade::record_latency(&c.provider.name, &c.model, ms);
-                return;
-            }
-            Ok((Success::Stream(resp), ms)) => {
-                let hs = cascade_header(&escalated);
-                relay(out, resp, c, ms, call.include_usage, prompt_estimate, hs).await;
-                cascade::record_latency(&c.provider.name, &c.model, ms);
-                return;
-            }
-            Ok((Success::Queued(job), ms)) => {
-                return queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await
-            }
-            Err(f) => {
-                let retry = f.error.retryable;
-                last = Some((c, f));
-                if !retry {
-                    break;
+                Ok((Success::Stream(resp), ms)) => {
+                    cascade::record_latency(&c.provider.name, &c.model, ms);
+                    let cascade_hs = cascade_header(&escalated);
+                    if call.body.get("n").and_then(Value::as_u64).unwrap_or(1) > 1 {
+                        // Several choices: relayed as they come (the stitcher follows one).
+                        let (inc, est) = (call.include_usage, prompt_estimate);
+                        relay(out, resp, c, ms, inc, est, cascade_hs).await;
+                        return attempts;
+                    }
+                    return failover::serve_stream(
+                        out,
+                        &call,
+                        &policy,
+                        i,
+                        resp,
+                        ms,
+                        attempts,
+                        prompt_estimate,
+                        cascade_hs,
+                    )
+                    .await;
+                }
+                Ok((Success::Queued(job), ms)) => {
+                    queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await;
+                    return attempts;
+                }
+                Err(f) => {
+                    attempts.push(Attempt::failed(c, &f.error, elapsed_ms(start)));
+                    let retry = f.error.retryable;
+                    let context = is_context_length(&f.error);
+                    let wait = backoff_ms(n, f.error.retry_after, jitter());
+                    last = Some((c, f));
+                    if context {
+                        min_window = Some(c.context_window);
+                        continue 'candidates;
+                    }
+                    if !retry {
+                        break 'candidates;
+                    }
+                    match wait {
+                        Some(ms) if n < retries => sleep_until(after_ms(ms)).await,
+                        _ => continue 'candidates,
+                    }
                 }
             }
         }
@@ -409,6 +522,9 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
         Some((c, f)) => {
             let mut reply = Reply::error(&f.error);
             reply.headers.extend(served_headers(c, f.upstream_ms));
+            if let Some(h) = fallbacks_header(&attempts) {
+                reply.set_header(headers::FALLBACKS, h);
+            }
             with_usage(
                 reply,
                 &report(
@@ -423,6 +539,14 @@ pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
         None => Reply::error(&ApiError::internal("the plan has no candidates")),
     };
     respond(out, reply).await;
+    attempts
+}
+
+/// A random byte for backoff jitter.
+fn jitter() -> u8 {
+    let mut b = [0u8; 1];
+    let _ = lumen_spin::util::fill_random(&mut b);
+    b[0]
 }
 
 /// Relays an upstream SSE stream event by event; stops as soon as auth goes away.
@@ -498,7 +622,7 @@ async fn relay(
 }
 
 /// A stream in the upstream's dialect, turned into OpenAI chunk events.
-enum Converter {
+pub(crate) enum Converter {
     Openai,
     Anthropic(anthropic::Stream),
     Gemini(gemini::Stream),
@@ -513,7 +637,7 @@ fn data(text: String) -> Event {
 }
 
 impl Converter {
-    fn new(c: &Candidate) -> Converter {
+    pub(crate) fn new(c: &Candidate) -> Converter {
         let created = now_ms() / 1000;
         match c.provider.dialect {
             Dialect::Openai => Converter::Openai,
@@ -523,7 +647,7 @@ impl Converter {
         }
     }
 
-    fn on_event(&mut self, ev: Event) -> Vec<Event> {
+    pub(crate) fn on_event(&mut self, ev: Event) -> Vec<Event> {
         if ev.comment_only {
             return vec![ev];
         }
@@ -534,7 +658,7 @@ impl Converter {
         }
     }
 
-    fn finish(&mut self) -> Vec<Event> {
+    pub(crate) fn finish(&mut self) -> Vec<Event> {
         match self {
             Converter::Gemini(s) => s.finish().into_iter().map(data).collect(),
             _ => Vec::new(),

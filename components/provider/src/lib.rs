@@ -3,8 +3,10 @@
 
 mod call;
 mod cascade;
+mod failover;
 mod queue;
 mod spin_llm;
+mod timer;
 mod upstream;
 
 use lumen_shared::ApiError;

@@ -4,7 +4,9 @@
 //! calling any model) and lists the catalog's models (`GET /models`). Private to the app.
 
 use lumen_shared::catalog::Catalog;
-use lumen_shared::contracts::PlanRequest;
+use lumen_shared::contracts::{Plan, PlanRequest};
+use lumen_shared::fallback;
+use lumen_shared::health::{self, Availability};
 use lumen_shared::kv::{self, LatencyKey};
 use lumen_shared::route::{decide, Inputs};
 use lumen_shared::scorer::Weights;
@@ -121,13 +123,27 @@ async fn plan(req: IncomingRequest) -> Result<Reply, ApiError> {
     } else {
         None
     };
-    let plan = plan_one(
-        catalog()?,
+    let cat = catalog()?;
+    let mut plan = plan_one(
+        cat,
         kv.as_ref(),
         &ask.model,
         &ask.allowed_models,
         ask.request.as_ref(),
     )?;
+    // Fallbacks (the request's `models`, else the catalog's) after the decision, unless the
+    // request said `provider.allow_fallbacks: false`; then health.
+    let no_fallbacks = ask
+        .request
+        .as_ref()
+        .and_then(|b| b.get("provider"))
+        .and_then(|p| p.get("allow_fallbacks"))
+        .and_then(Value::as_bool)
+        == Some(false);
+    if !no_fallbacks {
+        fallback::merge(cat, &mut plan, &ask.models, &ask.allowed_models)?;
+    }
+    order_by_health(&mut plan);
     Ok(Reply::json(200, &plan))
 }
 
@@ -191,6 +207,32 @@ async fn route_batch(req: IncomingRequest) -> Result<Reply, ApiError> {
         200,
         &serde_json::json!({"object": "list", "data": out}),
     ))
+}
+
+/// Moves candidates that health says are down behind the healthy ones
+/// ([`lumen_shared::fallback::order`]); claims a due half-open probe. Without KV, the catalog
+/// order stands.
+fn order_by_health(plan: &mut Plan) {
+    let Ok(kv) = SpinKv::open() else {
+        return;
+    };
+    let policy = health::Policy::default();
+    let now = now_ms();
+    let avail: Vec<Availability> = plan
+        .candidates
+        .iter()
+        .map(|c| {
+            health::check(&kv, &policy, &c.provider.name, &c.model, now).unwrap_or(Availability::Up)
+        })
+        .collect();
+    let moved = fallback::order(&mut plan.candidates, &avail);
+    if !moved.is_empty() {
+        plan.reason = format!(
+            "{}; unhealthy, tried last: {}",
+            plan.reason,
+            moved.join(", ")
+        );
+    }
 }
 
 async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {

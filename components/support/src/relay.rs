@@ -303,6 +303,7 @@ impl UpstreamRelay {
             estimated,
             outcome,
             upstream_ms,
+            legs: Vec::new(),
         };
         let json = serde_json::to_string(&report).unwrap_or_default();
         tail.extend_from_slice(&sse::named_event(USAGE_EVENT, &json));
@@ -402,12 +403,14 @@ impl ClientRelay {
             estimated: true,
             outcome: Outcome::UpstreamError,
             upstream_ms,
+            legs: Vec::new(),
         });
         if disconnected {
             UsageReport {
                 usage: estimate,
                 estimated: true,
                 outcome: Outcome::ClientDisconnected,
+                legs: Vec::new(),
                 ..base
             }
         } else {

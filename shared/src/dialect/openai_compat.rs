@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 pub fn request(client: &Map<String, Value>, upstream_model: &str) -> Map<String, Value> {
     let mut body = client.clone();
     body.remove("lumen");
+    // Lumen's own fallback list (OpenRouter-style), not the upstream's.
+    body.remove("models");
     body.insert("model".into(), Value::String(upstream_model.to_string()));
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         let mut opts = match body.remove("stream_options") {

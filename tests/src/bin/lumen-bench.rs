@@ -34,6 +34,8 @@ use lumen_tests::bench::{
 use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 
+use lumen_tests::failover_bench;
+
 /// Benchmark the latency Lumen adds over calling the upstream directly.
 #[derive(Debug, Parser)]
 #[command(name = "lumen-bench", version)]
@@ -80,6 +82,10 @@ struct Args {
     /// PID of the lumen-host process, to report its VmRSS before and after.
     #[arg(long)]
     host_pid: Option<u32>,
+    /// Failover mode instead of the latency phases: this many requests (1..=100000) while the
+    /// model's first provider is hard down (`scripts/bench.sh --failover 1000`).
+    #[arg(long)]
+    failover: Option<usize>,
 }
 
 /// Most requests one closed-loop worker sends in one phase (a count bound next to the time bound).
@@ -539,6 +545,53 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// `--failover N`: prints (and appends to `--out`) the failover table; fails unless every
+/// request succeeded.
+async fn failover(args: &Args, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    if n == 0 || n > 100_000 {
+        bail!("--failover must be in 1..=100000");
+    }
+    let r = failover_bench::run(
+        &args.gateway,
+        &args.direct,
+        &args.key,
+        &args.model,
+        n,
+        args.concurrency,
+        timeout,
+    )
+    .await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let text = format!(
+        "\n## Failover: {} with its first provider hard down, {}\n\nCPU: {}. The mock resets every connection on the OpenAI route; Azure serves.\n\n{}",
+        args.model,
+        utc_timestamp(now),
+        cpu_model(),
+        r.markdown(args.concurrency)
+    );
+    print!("{text}");
+    if let Some(path) = &args.out {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all(text.as_bytes())?;
+    }
+    if r.ok != r.requests {
+        bail!(
+            "{} of {} requests failed; first error: {}",
+            r.requests - r.ok,
+            r.requests,
+            r.first_error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -557,6 +610,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let duration = Duration::from_secs_f64(args.duration_s);
     let timeout = Duration::from_secs_f64(args.timeout_s);
+    if let Some(n) = args.failover {
+        return failover(&args, n, timeout).await;
+    }
     let targets = [
         Arc::new(Target::new(
             "direct",
