@@ -23,8 +23,11 @@ pub const ROUTING_FIELDS: &[&str] = &[
     "max_price",
     "max_latency_ms",
     "quality_floor",
-    "lumen",
 ];
+
+/// Keys of the request's `lumen` object the router reads; the others (`fallbacks`, `retries`,
+/// `deadlines`) are the provider's and travel on to it.
+pub const LUMEN_ROUTING_KEYS: &[&str] = &["cascade", "session"];
 
 /// Model-string parameters that may not be set as defaults.
 const FORBIDDEN_PARAMS: &[&str] = &["model", "messages", "stream", "stream_options"];
@@ -204,10 +207,12 @@ impl Prefs {
                                 bad("lumen.session", "'lumen.session' must be a string".into())
                             })?)
                         }
+                        // The provider's options, validated there.
+                        "fallbacks" | "retries" | "deadlines" => {}
                         _ => {
                             return Err(bad(
                                 &format!("lumen.{k}"),
-                                format!("unknown field 'lumen.{k}'; known: cascade, session"),
+                                format!("unknown field 'lumen.{k}'; known: cascade, session, fallbacks, retries, deadlines"),
                             ))
                         }
                     }
@@ -223,6 +228,14 @@ impl Prefs {
 pub fn strip_routing_fields(body: &mut Map<String, Value>) {
     for f in ROUTING_FIELDS {
         body.remove(*f);
+    }
+    if let Some(Value::Object(l)) = body.get_mut("lumen") {
+        for k in LUMEN_ROUTING_KEYS {
+            l.remove(*k);
+        }
+        if l.is_empty() {
+            body.remove("lumen");
+        }
     }
 }
 
@@ -1022,6 +1035,15 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
         assert!(p.cascade && p.max_price == Some((1.0, 1.0)));
         strip_routing_fields(b.as_object_mut().unwrap());
         assert_eq!(b, json!({"model": "m", "seed": 1}));
+        // The provider's own `lumen` options travel on; the router's do not.
+        let mut b = json!({"model": "m", "lumen": {"cascade": true, "session": "s", "retries": 0,
+                           "deadlines": {"stall_ms": 500}}});
+        assert!(Prefs::from_body(b.as_object().unwrap()).is_ok());
+        strip_routing_fields(b.as_object_mut().unwrap());
+        assert_eq!(
+            b,
+            json!({"model": "m", "lumen": {"retries": 0, "deadlines": {"stall_ms": 500}}})
+        );
         let mut body = json!({"temperature": 0.1}).as_object().cloned().unwrap();
         apply_defaults(
             &mut body,
