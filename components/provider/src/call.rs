@@ -448,12 +448,12 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                         }
                     }
                     attempts.push(Attempt::new(c, "ok", elapsed_ms(start)));
-                    cascade::record_latency(&c.provider.name, &c.model, ms);
                     let cascade_hs = cascade_header(&escalated);
                     if stream {
                         // A checked whole answer, released as the stream the client asked for.
                         let bytes = serde_json::to_vec(&answer).unwrap_or_default();
                         relay_whole(out, &bytes, c, ms, &call, prompt_estimate, cascade_hs).await;
+                        cascade::record_latency(&c.provider.name, &c.model, ms);
                         return attempts;
                     }
                     if let Some(l) = answer.get_mut("lumen") {
@@ -469,18 +469,20 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                     reply.headers.extend(cascade_hs);
                     let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
                     respond(out, reply).await;
+                    // After the answer: the latency record never delays it.
+                    cascade::record_latency(&c.provider.name, &c.model, ms);
                     return attempts;
                 }
                 Ok((Success::Stream(resp), ms)) => {
-                    cascade::record_latency(&c.provider.name, &c.model, ms);
                     let cascade_hs = cascade_header(&escalated);
                     if call.body.get("n").and_then(Value::as_u64).unwrap_or(1) > 1 {
                         // Several choices: relayed as they come (the stitcher follows one).
                         let (inc, est) = (call.include_usage, prompt_estimate);
                         relay(out, resp, c, ms, inc, est, cascade_hs).await;
+                        cascade::record_latency(&c.provider.name, &c.model, ms);
                         return attempts;
                     }
-                    return failover::serve_stream(
+                    let attempts = failover::serve_stream(
                         out,
                         &call,
                         &policy,
@@ -492,6 +494,8 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                         cascade_hs,
                     )
                     .await;
+                    cascade::record_latency(&c.provider.name, &c.model, ms);
+                    return attempts;
                 }
                 Ok((Success::Queued(job), ms)) => {
                     queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await;
