@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod procs;
+pub mod raw;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
