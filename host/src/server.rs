@@ -203,10 +203,28 @@ async fn connection(
         }
     };
     if let Err(e) = result {
-        let timed_out = std::error::Error::source(&e)
+        use std::io::ErrorKind as K;
+        let socket_gone = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-        if !e.is_incomplete_message() && !e.is_parse() && !timed_out {
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    K::TimedOut
+                        | K::BrokenPipe
+                        | K::ConnectionReset
+                        | K::ConnectionAborted
+                        | K::UnexpectedEof
+                )
+            });
+        // Clients that leave, send garbage or time out are routine; log the rest.
+        let routine = e.is_incomplete_message()
+            || e.is_parse()
+            || e.is_parse_too_large()
+            || e.is_body_write_aborted()
+            || e.is_canceled()
+            || e.is_closed()
+            || socket_gone;
+        if !routine {
             static LOG: AtomicU64 = AtomicU64::new(0);
             reply::log_throttled(&LOG, || {
                 format!("lumen-host: connection from {client}: {e}")

@@ -264,7 +264,7 @@ async fn a_slow_body_gets_408_and_its_connection_closed() {
     let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
     write_all(
         &mut s,
-        post_head("/v1/chat/completions", 100_000, Some(&key)).as_bytes(),
+        post_head("/v1/chat/completions", 60_000, Some(&key)).as_bytes(),
     )
     .await
     .unwrap();
