@@ -9,13 +9,13 @@ pub mod engine;
 pub mod kv;
 pub mod limits;
 pub mod manifest;
-pub mod memory;
 pub mod outbound;
 pub mod outbound_http;
 pub mod reply;
 pub mod runtime_config;
 pub mod server;
 pub mod spin;
+pub mod sys;
 pub mod variables;
 
 use app::{App, AppConfig};

@@ -112,6 +112,7 @@ impl LimitArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    lumen_host::sys::tune_allocator();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -141,6 +142,13 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
         cache_dir,
         limits,
     } = cli.command;
+    let fds = lumen_host::sys::raise_fd_limit();
+    if let Some(fds) = fds.filter(|&n| n < limits.max_connections as u64 + 256) {
+        eprintln!(
+            "lumen-host: warning: the open-file limit is {fds}, below --max-connections ({}) plus room for upstream connections and files; raise it (ulimit -n) or lower --max-connections",
+            limits.max_connections
+        );
+    }
     let mut opts = lumen_host::HostOptions::new(manifest);
     opts.listen = listen;
     opts.runtime_config = runtime_config_file;
@@ -167,4 +175,29 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
     eprintln!("lumen-host: shutting down");
     host.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_defaults_are_the_libraries() {
+        let cli = Cli::try_parse_from(["lumen-host", "up"]).expect("parses");
+        let Command::Up { limits, .. } = cli.command;
+        assert_eq!(limits.limits(), lumen_host::Limits::default());
+        let cli = Cli::try_parse_from([
+            "lumen-host",
+            "up",
+            "--header-timeout",
+            "500ms",
+            "--max-connections-per-ip",
+            "7",
+        ])
+        .expect("parses");
+        let Command::Up { limits, .. } = cli.command;
+        let limits = limits.limits();
+        assert_eq!(limits.header_timeout, Duration::from_millis(500));
+        assert_eq!(limits.max_connections_per_ip, 7);
+    }
 }

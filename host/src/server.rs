@@ -361,7 +361,7 @@ pub fn spawn_memory_trimmer(activity: Arc<Activity>, mut stop: watch::Receiver<b
             let served = activity.served();
             if served != trimmed_at && activity.in_flight() == 0 {
                 trimmed_at = served;
-                let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
+                let _ = tokio::task::spawn_blocking(crate::sys::trim).await;
             }
         }
     });
