@@ -287,8 +287,10 @@ impl App {
                     "server_busy",
                     "the gateway is at its limit of concurrent requests; retry shortly",
                 );
-                resp.headers_mut()
-                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
                 resp
             }
             Err(InvokeError::Failed(e)) => {
@@ -340,11 +342,9 @@ impl App {
                 });
                 Ok(resp)
             }
-            Ok(Err(code)) => Err(format_err!(
-                "component {:?} answered with error {code:?}",
-                comp.id
-            )
-            .into()),
+            Ok(Err(code)) => {
+                Err(format_err!("component {:?} answered with error {code:?}", comp.id).into())
+            }
             Err(_) => match task.await {
                 Ok(Ok(())) => Err(format_err!(
                     "component {:?} returned without setting a response",
@@ -354,9 +354,9 @@ impl App {
                 Ok(Err(InvokeError::PoolExhausted(_))) => {
                     Err(InvokeError::PoolExhausted(comp.id.clone()))
                 }
-                Ok(Err(InvokeError::Failed(e))) => Err(e
-                    .context(format!("component {:?} trapped", comp.id))
-                    .into()),
+                Ok(Err(InvokeError::Failed(e))) => {
+                    Err(e.context(format!("component {:?} trapped", comp.id)).into())
+                }
                 Err(e) => Err(format_err!("component {:?} task failed: {e}", comp.id).into()),
             },
         }
@@ -426,7 +426,10 @@ impl std::fmt::Display for InvokeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InvokeError::PoolExhausted(id) => {
-                write!(f, "no free instance for component {id:?} (instance pool exhausted)")
+                write!(
+                    f,
+                    "no free instance for component {id:?} (instance pool exhausted)"
+                )
             }
             InvokeError::Failed(e) => write!(f, "{e:?}"),
         }

@@ -4,10 +4,10 @@
 //! that a client that does not send `Expect: 100-continue` can finish writing and read the
 //! answer instead of a broken pipe.
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use crate::conn_io::BusyGuard;
+use bytes::Bytes;
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};

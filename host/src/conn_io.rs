@@ -308,7 +308,11 @@ impl GuardedIo {
 
     fn note_read(&mut self) {
         let p = self.shared.lock();
-        if p.busy == 0 && self.head_mark.is_none_or(|(started, _)| started != p.started) {
+        if p.busy == 0
+            && self
+                .head_mark
+                .is_none_or(|(started, _)| started != p.started)
+        {
             self.head_mark = Some((p.started, Instant::now()));
         }
     }
@@ -524,10 +528,7 @@ mod tests {
         assert_eq!(end, Some(body.len() - 8));
         // Trailers before the final empty line.
         let mut c = Chunked::Size(0);
-        assert_eq!(
-            c.advance(b"0\r\nx-trailer: 1\r\n\r\n"),
-            Advance::End(19)
-        );
+        assert_eq!(c.advance(b"0\r\nx-trailer: 1\r\n\r\n"), Advance::End(19));
         let mut c = Chunked::Size(0);
         assert_eq!(c.advance(b"zz\r\n"), Advance::Invalid);
     }

@@ -279,13 +279,11 @@ impl Admission {
         let key = ClientKey::of(ip);
         let now = Instant::now();
         let mut l = self.lock();
-        let confirmed = credential.is_some_and(|c| {
-            l.confirmed
-                .get(&c)
-                .is_some_and(|&expires| expires > now)
-        });
+        let confirmed =
+            credential.is_some_and(|c| l.confirmed.get(&c).is_some_and(|&expires| expires > now));
         if let Some(c) = credential {
-            if l.credentials.get(&c).copied().unwrap_or(0) >= self.limits.max_requests_per_credential
+            if l.credentials.get(&c).copied().unwrap_or(0)
+                >= self.limits.max_requests_per_credential
             {
                 return Err(Refusal::PerCredential);
             }

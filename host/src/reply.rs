@@ -64,7 +64,11 @@ pub fn raw_response(status: u16, code: &str, message: &str, retry_after: Option<
 /// flood of refusals cannot flood the log.
 pub fn log_throttled(slot: &AtomicU64, line: impl FnOnce() -> String) {
     static START: OnceLock<std::time::Instant> = OnceLock::new();
-    let now = START.get_or_init(std::time::Instant::now).elapsed().as_secs() + 1;
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1;
     // The slot holds `second << 32 | suppressed`.
     let prev = slot.load(Ordering::Relaxed);
     let (second, suppressed) = (prev >> 32, prev & 0xffff_ffff);
@@ -98,7 +102,12 @@ mod tests {
 
     #[test]
     fn raw_responses_parse_and_carry_an_openai_error() {
-        let raw = raw_response(429, "too_many_connections_from_client", "slow down", Some(1));
+        let raw = raw_response(
+            429,
+            "too_many_connections_from_client",
+            "slow down",
+            Some(1),
+        );
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut resp = httparse::Response::new(&mut headers);
         let httparse::Status::Complete(head_len) = resp.parse(&raw).unwrap() else {

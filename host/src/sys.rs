@@ -50,7 +50,10 @@ pub fn raise_fd_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed, which lives on this
     // stack frame for the duration of the calls.
-    #[expect(unsafe_code, reason = "std has no safe wrapper for getrlimit/setrlimit")]
+    #[expect(
+        unsafe_code,
+        reason = "std has no safe wrapper for getrlimit/setrlimit"
+    )]
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return None;

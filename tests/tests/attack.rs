@@ -199,7 +199,11 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
         tally.closed_silently.load(Ordering::Relaxed),
     );
     assert!(calls >= 50, "only {calls} calls in 4 s");
-    assert_eq!(statuses.get(&200), Some(&calls), "keyed client: {statuses:?}");
+    assert_eq!(
+        statuses.get(&200),
+        Some(&calls),
+        "keyed client: {statuses:?}"
+    );
     assert!(
         p99 < Duration::from_millis(100),
         "keyed client's p99 {p99:?} under attack (p50 {p50:?})"

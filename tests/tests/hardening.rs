@@ -71,7 +71,9 @@ async fn an_oversized_body_gets_its_413_without_expect_continue() {
         .await
         .expect("the whole body is taken within 20 s")
         .expect("the gateway reads (and discards) the rest of the body instead of resetting");
-    let r = read_response(&mut s, Duration::from_secs(10)).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert!(v["error"]["message"].as_str().is_some(), "{v}");
@@ -125,7 +127,11 @@ async fn a_stream_the_client_stops_reading_is_closed_after_the_write_timeout() {
         .await
         .expect("the connection ends within 30 s");
     let text = String::from_utf8_lossy(got.as_deref().unwrap_or_default()).into_owned();
-    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(300)]);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
     assert!(
         !text.contains("[DONE]"),
         "the stream was held open for a client that read nothing for 6 s ({} bytes)",
@@ -147,7 +153,10 @@ async fn a_stream_the_client_stops_reading_is_closed_after_the_write_timeout() {
         if outcomes.iter().any(|o| o == "client_disconnected") {
             break;
         }
-        assert!(Instant::now() < deadline, "no client_disconnected record: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "no client_disconnected record: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -173,7 +182,9 @@ async fn instance_pool_exhaustion_is_a_503_with_retry_after() {
     )
     .await
     .unwrap();
-    let r = read_response(&mut s, Duration::from_secs(10)).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
     let e = r.openai_error(503);
     assert_eq!(e["code"], "server_busy", "{e}");
     assert_eq!(e["type"], "server_error", "{e}");
@@ -229,9 +240,13 @@ async fn a_slow_head_gets_408_and_an_idle_connection_is_closed() {
     write_all(&mut s, b"GET /v1/models HTTP/1.1\r\nHost: gate")
         .await
         .unwrap();
-    let r = read_response(&mut s, Duration::from_secs(10)).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(r.openai_error(408)["code"], "request_timeout");
-    assert!(read_to_close(&mut s, Duration::from_secs(5)).await.is_some());
+    assert!(read_to_close(&mut s, Duration::from_secs(5))
+        .await
+        .is_some());
 
     // A keep-alive connection that served a request and then sends nothing is closed.
     let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
@@ -270,7 +285,9 @@ async fn a_slow_body_gets_408_and_its_connection_closed() {
     .unwrap();
     write_all(&mut s, b"{\"model\"").await.unwrap();
     let started = Instant::now();
-    let r = read_response(&mut s, Duration::from_secs(15)).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(15))
+        .await
+        .unwrap();
     assert_eq!(r.openai_error(408)["code"], "request_timeout");
     assert_eq!(r.header("connection"), Some("close"));
     // 1 s of grace plus 8 bytes at 8 KiB/s; generous bound for a loaded machine.
@@ -324,9 +341,7 @@ async fn request_caps_bound_strangers_per_ip_and_callers_per_key() {
     let (used, _) = gw.create_key(600, &[]).await;
     // `used` gets a 2xx: the host now counts it per key, not per address.
     assert_eq!(
-        gw.call("GET", "/v1/models", Some(&used), None)
-            .await
-            .status,
+        gw.call("GET", "/v1/models", Some(&used), None).await.status,
         200
     );
     // A request from 127.0.0.2 with a key the host has not seen accepted yet, its body
@@ -345,10 +360,7 @@ async fn request_caps_bound_strangers_per_ip_and_callers_per_key() {
         .await
         .unwrap();
     let r = read_response(&mut s, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(
-        r.openai_error(429)["code"],
-        "too_many_requests_from_client"
-    );
+    assert_eq!(r.openai_error(429)["code"], "too_many_requests_from_client");
     assert_eq!(r.header("retry-after"), Some("1"));
     // Other addresses are not affected.
     let mut s = connect_from(THIRD, gw.addr()).await.unwrap();
@@ -374,7 +386,9 @@ async fn request_caps_bound_strangers_per_ip_and_callers_per_key() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = gw.call("GET", "/v1/models", Some(&used), None).await;
     assert_eq!(r.error(429)["code"], "too_many_requests_for_key");
-    assert!(r.header("x-request-id").is_some_and(|id| id.starts_with("req_")));
+    assert!(r
+        .header("x-request-id")
+        .is_some_and(|id| id.starts_with("req_")));
     drop(held);
     // Released when the held request ends.
     let mut ok = false;

@@ -74,7 +74,10 @@ impl RawResponse {
 }
 
 /// Reads one response (head, then a `content-length` body) within `within`.
-pub async fn read_response(stream: &mut TcpStream, within: Duration) -> std::io::Result<RawResponse> {
+pub async fn read_response(
+    stream: &mut TcpStream,
+    within: Duration,
+) -> std::io::Result<RawResponse> {
     tokio::time::timeout(within, read_response_inner(stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no response in time"))?
@@ -135,9 +138,14 @@ async fn read_response_inner(stream: &mut TcpStream) -> std::io::Result<RawRespo
 }
 
 /// Reads until the peer closes (or errors); `Ok(bytes)` on a clean close.
-pub async fn read_to_close(stream: &mut TcpStream, within: Duration) -> Option<std::io::Result<Vec<u8>>> {
+pub async fn read_to_close(
+    stream: &mut TcpStream,
+    within: Duration,
+) -> Option<std::io::Result<Vec<u8>>> {
     let mut all = Vec::new();
-    let r = tokio::time::timeout(within, stream.read_to_end(&mut all)).await.ok()?;
+    let r = tokio::time::timeout(within, stream.read_to_end(&mut all))
+        .await
+        .ok()?;
     Some(r.map(|_| all))
 }
 
@@ -166,7 +174,10 @@ pub fn raise_fd_limit(want: u64) -> u64 {
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass, which lives on our
     // stack for the duration of the calls.
-    #[expect(unsafe_code, reason = "libc's rlimit calls have no safe wrapper in std")]
+    #[expect(
+        unsafe_code,
+        reason = "libc's rlimit calls have no safe wrapper in std"
+    )]
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
