@@ -56,7 +56,7 @@ impl Default for Limits {
             max_connections: 4096,
             max_connections_per_ip: 256,
             max_unauthenticated_requests: 256,
-            max_unauthenticated_requests_per_ip: 32,
+            max_unauthenticated_requests_per_ip: 64,
             max_requests_per_credential: 128,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

@@ -107,13 +107,13 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
         "RLIMIT_NOFILE is {fds}: this test needs about 4,500 descriptors (raise the hard limit, e.g. `ulimit -Hn 65536`)"
     );
     // The default limits: 10 s header and body timeouts, 256 unauthenticated requests in
-    // flight in all, 32 per address.
+    // flight in all, 64 per address.
     let gw = Gateway::start_with(
         MockConfig {
             api_key: Some(UPSTREAM_KEY.into()),
             ..MockConfig::default()
         },
-        |_| {},
+        |o| o.limits = lumen_host::Limits::default(),
     )
     .await;
     let (key, _) = gw.create_key(100_000, &[]).await;

@@ -22,13 +22,17 @@ const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const THIRD: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
+/// A gateway with the host's default limits (the shared harness relaxes the caps), tweaked.
 async fn gateway(tweak: impl FnOnce(&mut HostOptions)) -> Gateway {
     Gateway::start_with(
         MockConfig {
             api_key: Some(UPSTREAM_KEY.into()),
             ..MockConfig::default()
         },
-        tweak,
+        |o| {
+            o.limits = lumen_host::Limits::default();
+            tweak(o);
+        },
     )
     .await
 }
