@@ -71,6 +71,10 @@ pub struct GuardedBody {
     outcome: Arc<BodyOutcome>,
     /// Keeps the connection's request in progress while the body is still arriving.
     busy: Option<BusyGuard>,
+    /// The client waits for `100 Continue` before sending the body; hyper sends it on the
+    /// first read, so a body nobody read is not drained (that would ask for it).
+    expect_continue: bool,
+    polled: bool,
 }
 
 impl GuardedBody {
@@ -79,6 +83,7 @@ impl GuardedBody {
         inner: Incoming,
         limits: BodyLimits,
         busy: Option<BusyGuard>,
+        expect_continue: bool,
     ) -> (Self, Arc<BodyOutcome>) {
         let outcome = Arc::new(BodyOutcome::default());
         (
@@ -91,6 +96,8 @@ impl GuardedBody {
                 sleep: None,
                 outcome: outcome.clone(),
                 busy,
+                expect_continue,
+                polled: false,
             },
             outcome,
         )
@@ -106,6 +113,7 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        this.polled = true;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -163,7 +171,8 @@ impl Body for GuardedBody {
 impl Drop for GuardedBody {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            if !self.done && !inner.is_end_stream() {
+            let never_asked_for = self.expect_continue && !self.polled;
+            if !self.done && !never_asked_for && !inner.is_end_stream() {
                 drain_in_background(inner, self.limits, self.busy.take());
             }
         }

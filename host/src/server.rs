@@ -244,9 +244,13 @@ async fn handle(
     let activity = served.activity.begin();
     let busy = shared.begin(req.method().clone());
     let credential = credential_of(req.headers());
+    let expect_continue = req
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (parts, incoming) = req.into_parts();
     let body_busy = (!incoming.is_end_stream()).then(|| shared.hold());
-    let (body, outcome) = GuardedBody::new(incoming, body_limits, body_busy);
+    let (body, outcome) = GuardedBody::new(incoming, body_limits, body_busy, expect_continue);
     let permit = match served.admission.request(client.ip(), credential) {
         Ok(p) => p,
         Err(refusal) => {

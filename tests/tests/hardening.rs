@@ -405,3 +405,25 @@ async fn request_caps_bound_strangers_per_ip_and_callers_per_key() {
     }
     assert!(ok, "the per-key slot was not released");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_expecting_100_continue_is_not_asked_for_its_body() {
+    let gw = gateway(|o| o.limits.max_unauthenticated_requests_per_ip = 0).await;
+    let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
+    write_all(
+        &mut s,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The refusal comes first: no `100 Continue` invites the client to send a body nobody reads.
+    let r = read_response(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.openai_error(429)["code"], "too_many_requests_from_client");
+    // Nor after it: the gateway closes instead of asking for the body to throw it away.
+    let rest = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        matches!(&rest, Some(Ok(b)) if b.is_empty()),
+        "after the refusal: {:?}",
+        rest.map(|r| r.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    );
+}
