@@ -16,7 +16,7 @@ use lumen_tests::mock::MockConfig;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -231,6 +231,46 @@ async fn hypers_own_parse_errors_are_openai_shaped() {
         let r = read_response(&mut s, Duration::from_secs(5)).await.unwrap();
         assert_eq!(r.status, 401);
     }
+
+    // After a streamed (chunked) answer on a keep-alive connection, a malformed request still
+    // gets JSON: the layer followed the chunked framing to the next head.
+    let (key, _) = gw.create_key(600, &[]).await;
+    let mut body = chat_body("gpt-4o-mini", "[mock tokens=20]");
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
+    write_all(
+        &mut s,
+        format!(
+            "{}{body}",
+            post_head("/v1/chat/completions", body.len(), Some(&key))
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut streamed = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !streamed.ends_with(b"\r\n0\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("stream within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-stream: {}",
+            String::from_utf8_lossy(&streamed)
+        );
+        streamed.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&streamed);
+    assert!(
+        text.contains("transfer-encoding: chunked") && text.contains("[DONE]"),
+        "{text}"
+    );
+    write_all(&mut s, b"BROKEN\r\n\r\n").await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.openai_error(400)["code"], "malformed_request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
