@@ -6,11 +6,10 @@
 use crate::account::{records_reply, usage_reply};
 use crate::ctx::{read_body, ReqInfo};
 use lumen_shared::audit::{self, AuditEvent};
-use lumen_shared::contracts::routes;
 use lumen_shared::kv::{self as kvs, TenantKey, TenantRecord};
 use lumen_shared::pricing::NANOS_PER_USD;
 use lumen_shared::{budget, keys, ApiError};
-use lumen_spin::http::get_json;
+use crate::deps;
 use lumen_spin::kv::unavailable;
 use lumen_spin::util::{fill_random, now_ms, query_param};
 use lumen_spin::{Reply, SpinKv};
@@ -79,7 +78,7 @@ pub async fn create(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiEr
         }
     }
     if !ask.allowed_models.is_empty() {
-        let models: serde_json::Value = get_json("router", routes::MODELS).await?;
+        let models = deps::models()?;
         keys::check_allowed_models(&ask.allowed_models, &models)?;
     }
     let kv = SpinKv::open_or_503()?;

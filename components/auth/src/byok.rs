@@ -6,9 +6,8 @@
 use crate::admin::check_admin;
 use crate::ctx::{read_body, ReqInfo};
 use lumen_shared::byok::{self, ByokAsk, ByokRecord};
-use lumen_shared::contracts::routes;
 use lumen_shared::{keys, ApiError};
-use lumen_spin::http::get_json;
+use crate::deps;
 use lumen_spin::kv::unavailable;
 use lumen_spin::util::fill_random;
 use lumen_spin::{Reply, SpinKv};
@@ -28,7 +27,7 @@ fn key_exists(kv: &SpinKv, id: &str) -> Result<(), ApiError> {
 }
 
 async fn provider_exists(provider: &str) -> Result<(), ApiError> {
-    let models: Value = get_json("router", routes::MODELS).await?;
+    let models = deps::models()?;
     let mut known: Vec<String> = Vec::new();
     for m in models["data"].as_array().into_iter().flatten() {
         known.extend(m["owned_by"].as_str().map(str::to_string));

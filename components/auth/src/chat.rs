@@ -7,13 +7,14 @@ use crate::ctx::{read_body, Ctx, ReqInfo};
 use crate::limits;
 use crate::relay::{self, shaped, Shape};
 use lumen_shared::budget::{self, Hold};
-use lumen_shared::contracts::{routes, Plan, PlanRequest};
+use lumen_shared::contracts::{Plan, PlanRequest};
 use lumen_shared::kv::{ApiKeyRecord, TenantRecord};
 use lumen_shared::openai::{self, estimate_prompt_tokens, ChatRequest};
 use lumen_shared::ratelimit::{check_rpm, Kind, RateStatus, Taken};
 use lumen_shared::route;
 use lumen_shared::ApiError;
-use lumen_spin::http::{post_json, respond};
+use crate::deps;
+use lumen_spin::http::respond;
 use lumen_spin::util::now_ms;
 use lumen_spin::{Reply, SpinKv};
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
@@ -105,7 +106,7 @@ pub async fn admit_chat(
     } else {
         (ask, chat)
     };
-    let planned = post_json::<_, Plan>("router", routes::PLAN, &ask).await;
+    let planned = deps::plan(&ask);
     if let Some(body) = ask.request {
         chat.body = body;
     }

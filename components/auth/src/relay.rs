@@ -12,10 +12,11 @@
 use crate::chat::Admitted;
 use crate::ctx::Ctx;
 use crate::limits;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use lumen_shared::budget::{self, Hold};
+use crate::deps::{self, ProviderAnswer};
 use lumen_shared::contracts::{
-    headers, routes, CallKind, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
+    headers, CallKind, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
 use lumen_shared::dialect::messages;
 use lumen_shared::kv::TenantRecord;
@@ -24,14 +25,12 @@ use lumen_shared::ratelimit::Taken;
 use lumen_shared::route::RouteExplain;
 use lumen_shared::sse::{self, Parser};
 use lumen_shared::ApiError;
-use lumen_spin::http::{
-    post_json, post_streaming, read_response_body, respond, response_header, start_stream,
-};
+use lumen_spin::http::{respond, start_stream};
 use lumen_spin::relay::{ClientRelay, Outgoing};
 use lumen_spin::util::elapsed_ms;
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
-use spin_sdk::http::{IncomingResponse, ResponseOutparam};
+use spin_sdk::http::ResponseOutparam;
 
 /// Largest non-streamed answer relayed.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -111,15 +110,8 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
         body: chat.body,
         cascade: plan.cascade,
     };
-    let sent = match serde_json::to_vec(&call) {
-        Ok(bytes) => {
-            drop(call);
-            post_streaming("provider", routes::CALL, bytes).await
-        }
-        Err(e) => Err(ApiError::internal(format!(
-            "could not serialise the provider call: {e}"
-        ))),
-    };
+    let sent = deps::call(&call);
+    drop(call);
     match sent {
         Err(e) => {
             let report = fallback_report(&ctx, Usage::default(), false, Outcome::UpstreamError);
@@ -127,20 +119,20 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             respond(out, ctx.stamp(shaped(Reply::error(&e), shape))).await;
         }
         Ok(resp) => {
-            if let Some(m) = response_header(&resp, headers::MODEL) {
+            if let Some(m) = resp.header(headers::MODEL) {
                 ctx.model = m;
             }
-            if let Some(p) = response_header(&resp, headers::PROVIDER) {
+            if let Some(p) = resp.header(headers::PROVIDER) {
                 ctx.provider = p;
             }
-            if let Some(why) = response_header(&resp, headers::CASCADE) {
+            if let Some(why) = resp.header(headers::CASCADE) {
                 let r = ctx.route.take().unwrap_or_default();
                 ctx.route = Some(format!("{r}; escalated={why}"));
             }
-            ctx.upstream_ms = response_header(&resp, headers::UPSTREAM_MS)
+            ctx.upstream_ms = resp.header(headers::UPSTREAM_MS)
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0);
-            let content_type = response_header(&resp, "content-type").unwrap_or_default();
+            let content_type = resp.header("content-type").unwrap_or_default();
             if content_type
                 .trim_start()
                 .to_ascii_lowercase()
@@ -163,20 +155,20 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
 /// type and `retry-after`, and the report to settle.
 async fn whole(
     ctx: &Ctx,
-    resp: IncomingResponse,
+    resp: ProviderAnswer,
     prompt_estimate: u64,
     content_type: &str,
     shape: Shape,
     route: Option<&RouteExplain>,
 ) -> (Reply, UsageReport) {
     let status = resp.status();
-    let retry_after = response_header(&resp, "retry-after");
-    let cost = response_header(&resp, headers::COST);
-    let cold = response_header(&resp, headers::COLD_START);
-    let fallbacks = response_header(&resp, headers::FALLBACKS);
-    let usage = response_header(&resp, headers::USAGE)
+    let retry_after = resp.header("retry-after");
+    let cost = resp.header(headers::COST);
+    let cold = resp.header(headers::COLD_START);
+    let fallbacks = resp.header(headers::FALLBACKS);
+    let usage = resp.header(headers::USAGE)
         .and_then(|v| serde_json::from_str::<UsageReport>(&v).ok());
-    let body = read_response_body(&resp, MAX_ANSWER_BYTES).await;
+    let body = resp.read_all(MAX_ANSWER_BYTES);
     drop(resp);
     let ok = (200..300).contains(&status);
     let (reply, report) = match body {
@@ -285,7 +277,7 @@ fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
 /// `[DONE]` is held back until the request is settled.
 async fn stream(
     ctx: &Ctx,
-    resp: IncomingResponse,
+    resp: ProviderAnswer,
     out: ResponseOutparam,
     prompt_estimate: u64,
     budget: &mut Budget,
@@ -298,10 +290,10 @@ async fn stream(
         ("cache-control".to_string(), "no-cache".to_string()),
     ];
     hs.extend(ctx.headers());
-    if let Some(ms) = response_header(&resp, headers::COLD_START) {
+    if let Some(ms) = resp.header(headers::COLD_START) {
         hs.push(("x-lumen-cold-start-ms".to_string(), ms));
     }
-    if let Some(f) = response_header(&resp, headers::FALLBACKS) {
+    if let Some(f) = resp.header(headers::FALLBACKS) {
         hs.push(("x-lumen-fallbacks".to_string(), f));
     }
     let mut sink = start_stream(out, resp.status(), &hs);
@@ -312,8 +304,7 @@ async fn stream(
     let done_event = sse::data_event("[DONE]");
     let mut held_done: Option<Vec<u8>> = None;
     {
-        let mut body = resp.take_body_stream();
-        'read: while let Some(Ok(chunk)) = body.next().await {
+        'read: while let Some(chunk) = resp.next_piece() {
             for ev in parser.push(&chunk) {
                 if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
                     if bytes == done_event {
@@ -422,7 +413,7 @@ async fn settle(
     };
     let mut last = None;
     for _ in 0..2 {
-        match post_json::<_, Value>("meter", routes::SETTLE, &req).await {
+        match deps::settle(&req) {
             Ok(_) => return,
             Err(e) => last = Some(e),
         }

@@ -20,20 +20,16 @@ use lumen_shared::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::pricing::{cost_header, lumen_object};
 use lumen_shared::sse::{Event, Parser};
 use lumen_shared::ApiError;
-use lumen_spin::http::{
-    json_post, read_request_body, read_response_body, respond, response_header, send_request,
-    start_stream,
-};
+use lumen_spin::http::{json_post, read_response_body, response_header, send_request};
+use lumen_spin::pipe::Out;
 use lumen_spin::relay::{CostTag, UpstreamRelay};
 use lumen_spin::util::{elapsed_ms, format_ms, now_ms, origin_of};
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
-use spin_sdk::http::{IncomingRequest, IncomingResponse, ResponseOutparam};
+use spin_sdk::http::IncomingResponse;
 use spin_sdk::variables;
 use std::time::Instant;
 
-/// Call requests carry the client's body, already limited by auth; this is a backstop.
-const MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
 /// Largest upstream answer read whole (non-streamed answers and error bodies).
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// Largest upstream error body read for its message.
@@ -306,7 +302,7 @@ fn cascade_header(escalated: &[String]) -> Vec<(String, String)> {
 
 /// Streams a whole (already checked) answer to auth as SSE events, with the internal usage event.
 async fn relay_whole(
-    out: ResponseOutparam,
+    out: Out,
     body: &[u8],
     c: &Candidate,
     upstream_ms: f64,
@@ -321,7 +317,7 @@ async fn relay_whole(
     ];
     hs.extend(served_headers(c, upstream_ms));
     hs.extend(extra);
-    let mut sink = start_stream(out, 200, &hs);
+    let mut sink = out.start_stream(200, &hs);
     let mut relay = UpstreamRelay::new(call.include_usage).with_cost(CostTag {
         price: c.price.clone(),
         model: c.model.clone(),
@@ -345,9 +341,9 @@ async fn relay_whole(
     let _ = sink.close().await;
 }
 
-/// Handles `POST /call`.
-pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
-    let attempts = serve(req, out).await;
+/// Serves one call (a [`CallRequest`] as JSON).
+pub async fn call(request: Vec<u8>, out: Out) {
+    let attempts = serve(request, out).await;
     // After the response's last byte: health never delays an answer.
     record_health(&attempts);
 }
@@ -366,15 +362,15 @@ fn record_health(attempts: &[Attempt]) {
 }
 
 /// Serves one call; returns its attempts.
-async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
-    let mut call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
-        serde_json::from_slice::<CallRequest>(&b).map_err(|e| {
-            ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
-        })
-    }) {
+async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
+    let parsed = serde_json::from_slice::<CallRequest>(&request).map_err(|e| {
+        ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
+    });
+    drop(request);
+    let mut call = match parsed {
         Ok(call) => call,
         Err(e) => {
-            respond(out, Reply::error(&e)).await;
+            out.respond(Reply::error(&e)).await;
             return Vec::new();
         }
     };
@@ -385,7 +381,7 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
     let policy = match Policy::from_body(&call.body) {
         Ok(p) => p,
         Err(e) => {
-            respond(out, Reply::error(&e)).await;
+            out.respond(Reply::error(&e)).await;
             return Vec::new();
         }
     };
@@ -468,7 +464,7 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                     reply.set_header(headers::COST, cost_header(&usage, &c.price));
                     reply.headers.extend(cascade_hs);
                     let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
-                    respond(out, reply).await;
+                    out.respond(reply).await;
                     // After the answer: the latency record never delays it.
                     cascade::record_latency(&c.provider.name, &c.model, ms);
                     return attempts;
@@ -542,7 +538,7 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
         }
         None => Reply::error(&ApiError::internal("the plan has no candidates")),
     };
-    respond(out, reply).await;
+    out.respond(reply).await;
     attempts
 }
 
@@ -555,7 +551,7 @@ fn jitter() -> u8 {
 
 /// Relays an upstream SSE stream event by event; stops as soon as auth goes away.
 async fn relay(
-    out: ResponseOutparam,
+    out: Out,
     resp: IncomingResponse,
     c: &Candidate,
     upstream_ms: f64,
@@ -569,7 +565,7 @@ async fn relay(
     ];
     hs.extend(served_headers(c, upstream_ms));
     hs.extend(extra);
-    let mut sink = start_stream(out, 200, &hs);
+    let mut sink = out.start_stream(200, &hs);
     let mut relay = UpstreamRelay::new(include_usage).with_cost(CostTag {
         price: c.price.clone(),
         model: c.model.clone(),

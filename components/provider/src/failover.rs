@@ -20,11 +20,11 @@ use lumen_shared::pricing::{cost_nanos, lumen_object};
 use lumen_shared::sse::{self, Parser};
 use lumen_shared::stitch::{Resume, Stitcher};
 use lumen_shared::ApiError;
-use lumen_spin::http::start_stream;
+use lumen_spin::pipe::Out;
 use lumen_spin::relay::{is_content_chunk, KEEP_ALIVE};
 use lumen_spin::util::elapsed_ms;
 use serde_json::{json, Map, Value};
-use spin_sdk::http::{IncomingResponse, ResponseOutparam};
+use spin_sdk::http::IncomingResponse;
 use std::time::Instant;
 
 /// Most tries of one candidate before moving on (the request's `lumen.retries` + 1).
@@ -476,7 +476,7 @@ async fn next_leg(
 /// Serves a streamed answer that begins with `resp` from candidate `i`, failing over mid-stream.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_stream(
-    out: ResponseOutparam,
+    out: Out,
     call: &CallRequest,
     policy: &Policy,
     mut i: usize,
@@ -498,7 +498,7 @@ pub(crate) async fn serve_stream(
     if let Some(f) = fallbacks_header(&before) {
         hs.push((headers::FALLBACKS.to_string(), f));
     }
-    let mut sink = start_stream(out, 200, &hs);
+    let mut sink = out.start_stream(200, &hs);
     let mut st = Stitcher::new();
     let mut legs: Vec<Leg> = Vec::new();
     let mut held = None;
