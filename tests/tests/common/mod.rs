@@ -23,7 +23,7 @@ pub fn repo() -> PathBuf {
 }
 
 fn check_built() {
-    let wasm = repo().join("target/wasm32-wasip2/release/lumen_auth.wasm");
+    let wasm = repo().join("target/wasm32-wasip2/release/lumen_gateway.wasm");
     assert!(
         wasm.is_file(),
         "{} is missing: run scripts/build.sh (scripts/test.sh does) before cargo test",
