@@ -7,7 +7,7 @@ use crate::kv::KvBackend;
 use crate::manifest::{Component as ComponentDef, Manifest, Route};
 use crate::outbound::{chaining_target, AllowedHost};
 use crate::outbound_http::OutboundHttp;
-use crate::spin::{bindings::SpinImports, SpinState, SpinView};
+use crate::spin::{bindings::SpinImports, KvOps, SpinState, SpinView};
 use crate::variables::AppVariables;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -110,6 +110,7 @@ pub struct App {
     components: HashMap<String, Arc<ComponentRuntime>>,
     routes: Vec<RouteEntry>,
     private: Vec<String>,
+    kv_log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 /// Everything needed to build an [`App`].
@@ -122,6 +123,8 @@ pub struct AppConfig<'a> {
     pub stores: &'a HashMap<String, Arc<dyn KvBackend>>,
     /// Where compiled components are cached.
     pub cache_dir: &'a Path,
+    /// Where to append one JSON line per request with its key-value round trips.
+    pub kv_log: Option<&'a Path>,
 }
 
 impl App {
@@ -184,12 +187,23 @@ impl App {
             }
         }
         routes.sort_by_key(RouteEntry::priority);
+        let kv_log = match cfg.kv_log {
+            None => None,
+            Some(p) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format_err!("cannot open the KV log {}: {e}", p.display()))?,
+            )),
+        };
         Ok(Arc::new(App {
             engine,
             outbound: OutboundHttp::new(),
             components,
             routes,
             private,
+            kv_log,
         }))
     }
 
@@ -265,7 +279,8 @@ impl App {
             }
         }
         let req = http::Request::from_parts(parts, body);
-        match self.clone().invoke(comp, req, Scheme::Http).await {
+        let method = req.method().to_string();
+        match self.clone().invoke(comp, req, Scheme::Http, (method, path.clone())).await {
             Ok(resp) => resp,
             Err(e) => {
                 eprintln!("lumen-host: {path}: {e:?}");
@@ -285,6 +300,7 @@ impl App {
         comp: Arc<ComponentRuntime>,
         req: http::Request<B>,
         scheme: Scheme,
+        (method, path): (String, String),
     ) -> Result<HostResponse>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -301,20 +317,35 @@ impl App {
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await
+                .await?;
+            Ok::<KvOps, wasmtime::Error>(store.data().spin.ops)
         });
         match rx.await {
             Ok(Ok(resp)) => {
+                let request_id = resp
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let status = resp.status().as_u16();
+                let app = self.clone();
                 tokio::spawn(async move {
-                    if let Ok(Err(e)) = task.await {
-                        eprintln!("lumen-host: component {id:?} failed after responding: {e:?}");
+                    match task.await {
+                        Ok(Err(e)) => {
+                            eprintln!(
+                                "lumen-host: component {id:?} failed after responding: {e:?}"
+                            )
+                        }
+                        Ok(Ok(ops)) => app.log_kv(&method, &path, status, &request_id, ops),
+                        Err(_) => {}
                     }
                 });
                 Ok(resp)
             }
             Ok(Err(code)) => bail!("component {:?} answered with error {code:?}", comp.id),
             Err(_) => match task.await {
-                Ok(Ok(())) => bail!(
+                Ok(Ok(_)) => bail!(
                     "component {:?} returned without setting a response",
                     comp.id
                 ),
@@ -322,6 +353,23 @@ impl App {
                 Err(e) => bail!("component {:?} task failed: {e}", comp.id),
             },
         }
+    }
+
+    /// Appends a request's key-value round trips to the KV log, when one is configured.
+    fn log_kv(&self, method: &str, path: &str, status: u16, request_id: &str, ops: KvOps) {
+        let Some(log) = &self.kv_log else { return };
+        let line = serde_json::json!({
+            "method": method,
+            "path": path,
+            "status": status,
+            "request_id": request_id,
+            "total": ops.total(),
+            "reads": ops.reads(),
+            "writes": ops.writes(),
+            "ops": ops,
+        });
+        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = std::io::Write::write_all(&mut *f, format!("{line}\n").as_bytes());
     }
 
     fn new_store(self: &Arc<Self>, comp: &Arc<ComponentRuntime>) -> Result<Store<Ctx>> {
@@ -353,6 +401,7 @@ impl App {
             spin: SpinState {
                 stores: comp.stores.clone(),
                 variables: comp.variables.clone(),
+                ops: KvOps::default(),
             },
         };
         Ok(Store::new(&self.engine, ctx))
@@ -392,7 +441,7 @@ pub struct Ctx {
 impl Ctx {
     fn spin_view(&mut self) -> SpinView<'_> {
         SpinView {
-            state: &self.spin,
+            state: &mut self.spin,
             table: &mut self.table,
         }
     }
@@ -469,7 +518,8 @@ impl WasiHttpHooks for Hooks {
                     return Err(wasmtime_wasi_http::Error::DestinationNotFound);
                 };
                 let id = target.id.clone();
-                match app.invoke(target, request, Scheme::Http).await {
+                let what = (request.method().to_string(), request.uri().path().to_string());
+                match app.invoke(target, request, Scheme::Http, what).await {
                     Ok(resp) => Ok((
                         resp,
                         Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,

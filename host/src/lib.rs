@@ -42,6 +42,9 @@ pub struct HostOptions {
     pub variables: HashMap<String, String>,
     /// Compiled-component cache (default `<state dir>/cache`).
     pub cache_dir: Option<PathBuf>,
+    /// Append one JSON line per request with its key-value round trips here
+    /// (`LUMEN_HOST_KV_LOG`): how the KV-operation ceilings are tested and reported.
+    pub kv_log: Option<PathBuf>,
 }
 
 impl HostOptions {
@@ -55,6 +58,7 @@ impl HostOptions {
             memory_kv: false,
             variables: HashMap::new(),
             cache_dir: None,
+            kv_log: None,
         }
     }
 }
@@ -150,6 +154,7 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         variables: &vars,
         stores: &stores,
         cache_dir: &cache_dir,
+        kv_log: opts.kv_log.as_deref(),
     })?;
 
     let listener =
