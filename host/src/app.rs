@@ -280,7 +280,11 @@ impl App {
         }
         let req = http::Request::from_parts(parts, body);
         let method = req.method().to_string();
-        match self.clone().invoke(comp, req, Scheme::Http, (method, path.clone())).await {
+        match self
+            .clone()
+            .invoke(comp, req, Scheme::Http, (method, path.clone()))
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
                 eprintln!("lumen-host: {path}: {e:?}");
@@ -333,9 +337,7 @@ impl App {
                 tokio::spawn(async move {
                     match task.await {
                         Ok(Err(e)) => {
-                            eprintln!(
-                                "lumen-host: component {id:?} failed after responding: {e:?}"
-                            )
+                            eprintln!("lumen-host: component {id:?} failed after responding: {e:?}")
                         }
                         Ok(Ok(ops)) => app.log_kv(&method, &path, status, &request_id, ops),
                         Err(_) => {}
@@ -518,7 +520,10 @@ impl WasiHttpHooks for Hooks {
                     return Err(wasmtime_wasi_http::Error::DestinationNotFound);
                 };
                 let id = target.id.clone();
-                let what = (request.method().to_string(), request.uri().path().to_string());
+                let what = (
+                    request.method().to_string(),
+                    request.uri().path().to_string(),
+                );
                 match app.invoke(target, request, Scheme::Http, what).await {
                     Ok(resp) => Ok((
                         resp,

@@ -272,8 +272,12 @@ impl atomics::Host for SpinView<'_> {
         key: String,
         delta: i64,
     ) -> Result<i64, wasi_kv::Error> {
-        self.on(&b, |o| &mut o.increment, |kv, l| kv.increment(l, &key, delta))
-            .map_err(wasi_kv::Error::Other)
+        self.on(
+            &b,
+            |o| &mut o.increment,
+            |kv, l| kv.increment(l, &key, delta),
+        )
+        .map_err(wasi_kv::Error::Other)
     }
     /// Writes `value` only if the key still holds what the handle saw, in one atomic backend
     /// operation; on a mismatch the caller gets a fresh handle with the current value.
@@ -337,11 +341,15 @@ impl batch::Host for SpinView<'_> {
         b: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error> {
-        self.on(&b, |o| &mut o.get_many, |kv, l| {
-            keys.into_iter()
-                .map(|k| Ok((k.clone(), kv.get(l, &k)?)))
-                .collect()
-        })
+        self.on(
+            &b,
+            |o| &mut o.get_many,
+            |kv, l| {
+                keys.into_iter()
+                    .map(|k| Ok((k.clone(), kv.get(l, &k)?)))
+                    .collect()
+            },
+        )
         .map_err(wasi_kv::Error::Other)
     }
     fn set_many(
@@ -349,9 +357,11 @@ impl batch::Host for SpinView<'_> {
         b: Resource<OpenStore>,
         kvs: Vec<(String, Vec<u8>)>,
     ) -> Result<(), wasi_kv::Error> {
-        self.on(&b, |o| &mut o.set_many, |kv, l| {
-            kvs.iter().try_for_each(|(k, v)| kv.set(l, k, v))
-        })
+        self.on(
+            &b,
+            |o| &mut o.set_many,
+            |kv, l| kvs.iter().try_for_each(|(k, v)| kv.set(l, k, v)),
+        )
         .map_err(wasi_kv::Error::Other)
     }
     fn delete_many(
@@ -359,10 +369,12 @@ impl batch::Host for SpinView<'_> {
         b: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> Result<(), wasi_kv::Error> {
-        self.on(&b, |o| &mut o.delete_many, |kv, l| {
-            keys.iter().try_for_each(|k| kv.delete(l, k))
-        })
-            .map_err(wasi_kv::Error::Other)
+        self.on(
+            &b,
+            |o| &mut o.delete_many,
+            |kv, l| keys.iter().try_for_each(|k| kv.delete(l, k)),
+        )
+        .map_err(wasi_kv::Error::Other)
     }
 }
 

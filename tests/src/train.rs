@@ -1,4 +1,4 @@
-//! Training and held-out evaluation of the difficulty scorer ([`lumen_shared::scorer`]), used by
+//! Training and held-out evaluation of the difficulty scorer ([`lumen_shared::domain::scorer`]), used by
 //! `lumen-train` (`scripts/train-router.sh`).
 //!
 //! Data: per-question correctness of many models on MMLU-Pro. Model: item response theory,
@@ -12,7 +12,9 @@
 //! smallest strong share whose PGR reaches x.
 
 use anyhow::{bail, Context as _};
-use lumen_shared::scorer::{featurize, prior, sigmoid, Features, Structure, Weights, DIM, HASHED};
+use lumen_shared::domain::scorer::{
+    featurize, prior, sigmoid, Features, Structure, Weights, DIM, HASHED,
+};
 use std::io::Read as _;
 use std::path::Path;
 

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use lumen_shared::catalog::Catalog;
-use lumen_shared::openai::Usage;
-use lumen_shared::pricing::{cost_header, cost_nanos, lumen_object};
+use lumen_shared::domain::catalog::Catalog;
+use lumen_shared::domain::pricing::{cost_header, cost_nanos, lumen_object};
+use lumen_shared::wire::openai::Usage;
 use lumen_tests::mock::{self, TOOL_ARGUMENTS};
 use lumen_tests::mock_dialects::{self, anthropic_prompt_tokens, gemini_prompt_tokens};
 use serde_json::{json, Value};
@@ -632,7 +632,7 @@ async fn anthropic_messages_ingress_reaches_any_backend_with_usage() {
         body["stream"] = json!(true);
         let s = stream(gw.addr(), "/v1/messages", &key, body, None).await;
         assert_eq!(s.status, 200);
-        let evs = lumen_shared::sse::Parser::default().push(s.text().as_bytes());
+        let evs = lumen_shared::wire::sse::Parser::default().push(s.text().as_bytes());
         let names: Vec<&str> = evs.iter().filter_map(|e| e.event.as_deref()).collect();
         assert_eq!(
             names,

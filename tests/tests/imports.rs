@@ -53,7 +53,10 @@ fn assert_spin_only(what: &str, imports: &[String]) {
 fn the_composed_gateway_imports_only_what_spin_provides() {
     let (imports, exports) = component_type("lumen_gateway.wasm");
     assert_spin_only("the gateway", &imports);
-    assert_eq!(exports, vec!["wasi:http/incoming-handler@0.2.0".to_string()]);
+    assert_eq!(
+        exports,
+        vec!["wasi:http/incoming-handler@0.2.0".to_string()]
+    );
 }
 
 /// Each part exports its contract from components/wit/lumen.wit; auth imports the three and
@@ -83,5 +86,8 @@ fn the_four_parts_meet_through_their_contracts() {
             "lumen:gateway/planner@0.1.0"
         ]
     );
-    assert_eq!(exports, vec!["wasi:http/incoming-handler@0.2.0".to_string()]);
+    assert_eq!(
+        exports,
+        vec!["wasi:http/incoming-handler@0.2.0".to_string()]
+    );
 }

@@ -3,17 +3,17 @@
 //! `group_by`, `format=csv`) and `GET /v1/usage/records` (its own newest records).
 
 use crate::ctx::ReqInfo;
-use lumen_shared::kv::ApiKeyRecord;
-use lumen_shared::{keys, usage, ApiError};
 use crate::deps;
+use lumen_shared::store::ApiKeyRecord;
+use lumen_shared::{store::apikeys, store::usage, ApiError};
 use lumen_spin::util::{now_ms, percent_encode, query_param};
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
 
 /// Authenticates the caller's bearer key (401 when missing, wrong or expired).
 pub fn authenticate(kv: &SpinKv, info: &ReqInfo) -> Result<ApiKeyRecord, ApiError> {
-    let secret = keys::bearer(info.authorization.as_deref())?;
-    keys::authenticate(kv, secret, now_ms() / 1000)
+    let secret = apikeys::bearer(info.authorization.as_deref())?;
+    apikeys::authenticate(kv, secret, now_ms() / 1000)
 }
 
 /// Whether a `/models` entry may be used with `allowed` (by id or by one of its aliases).

@@ -46,6 +46,11 @@ pub fn settle(req: &SettleRequest) -> Result<Value, ApiError> {
     from_wire("meter", ledger::settle(&json("meter", req)?))
 }
 
+/// Seals the log's complete blocks.
+pub fn seal() -> Result<Value, ApiError> {
+    from_wire("meter", ledger::seal())
+}
+
 /// Usage totals for a query string (`key_ids=…&from=…`).
 pub fn usage(query: &str) -> Result<UsageSummary, ApiError> {
     from_wire("meter", ledger::usage(query))

@@ -4,26 +4,26 @@
 //! complete always has its usage record, ledger settlement and audit entry, even if this
 //! process is killed right after.
 //!
-//! A stream whose client set no `max_tokens` was held for [`budget::DEFAULT_HOLD_OUTPUT_TOKENS`]
+//! A stream whose client set no `max_tokens` was held for [`ledger::DEFAULT_HOLD_OUTPUT_TOKENS`]
 //! output tokens; going past that extends the hold, and when the budget cannot cover the
 //! extension the stream ends cleanly: a last chunk with `finish_reason: "length"` and a `lumen`
 //! note, then `[DONE]`.
 
 use crate::chat::Admitted;
 use crate::ctx::Ctx;
+use crate::deps::{self, ProviderAnswer};
 use crate::limits;
 use futures::SinkExt;
-use lumen_shared::budget::{self, Hold};
-use crate::deps::{self, ProviderAnswer};
 use lumen_shared::contracts::{
     headers, CallKind, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
-use lumen_shared::dialect::messages;
-use lumen_shared::kv::TenantRecord;
-use lumen_shared::openai::{estimate_prompt_tokens, Usage};
-use lumen_shared::ratelimit::Taken;
-use lumen_shared::route::RouteExplain;
-use lumen_shared::sse::{self, Parser};
+use lumen_shared::domain::route::RouteExplain;
+use lumen_shared::store::ledger::{self, Hold};
+use lumen_shared::store::limits::Taken;
+use lumen_shared::store::{log, TenantRecord};
+use lumen_shared::wire::dialect::messages;
+use lumen_shared::wire::openai::{estimate_prompt_tokens, Usage};
+use lumen_shared::wire::sse::{self, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{respond, start_stream};
 use lumen_spin::relay::{ClientRelay, Outgoing};
@@ -47,12 +47,15 @@ fn fallback_report(ctx: &Ctx, usage: Usage, estimated: bool, outcome: Outcome) -
     }
 }
 
-/// The budget state a relay carries to its settlement.
+/// The budget state a relay carries to its settlement, and what settling returned.
 struct Budget {
     hold: Option<Hold>,
+    tenant_id: String,
     tenant: TenantRecord,
     held_output: (u64, bool),
     taken: Vec<Taken>,
+    /// The request's place in the log, once settled.
+    seq: Option<u64>,
 }
 
 /// The wire shape the client speaks.
@@ -92,9 +95,11 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
     } = admitted;
     let mut budget = Budget {
         hold,
+        tenant_id: key.tenant_id().to_string(),
         tenant,
         held_output,
         taken,
+        seq: None,
     };
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let call = CallRequest {
@@ -105,6 +110,7 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
         },
         request_id: ctx.request_id.clone(),
         key_id: Some(key.id.clone()),
+        byok: key.byok.clone(),
         candidates: plan.candidates.clone(),
         include_usage: chat.include_usage,
         body: chat.body,
@@ -129,7 +135,8 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
                 let r = ctx.route.take().unwrap_or_default();
                 ctx.route = Some(format!("{r}; escalated={why}"));
             }
-            ctx.upstream_ms = resp.header(headers::UPSTREAM_MS)
+            ctx.upstream_ms = resp
+                .header(headers::UPSTREAM_MS)
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0);
             let content_type = resp.header("content-type").unwrap_or_default();
@@ -149,6 +156,12 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             }
         }
     }
+    // After the answer's last byte: the request that ended a block of the log seals it.
+    if budget.seq.is_some_and(log::ends_block) {
+        if let Err(e) = deps::seal() {
+            eprintln!("lumen: could not seal the log: {}", e.message);
+        }
+    }
 }
 
 /// Reads a whole answer (success or error) into the reply to relay, with its status, content
@@ -166,7 +179,8 @@ async fn whole(
     let cost = resp.header(headers::COST);
     let cold = resp.header(headers::COLD_START);
     let fallbacks = resp.header(headers::FALLBACKS);
-    let usage = resp.header(headers::USAGE)
+    let usage = resp
+        .header(headers::USAGE)
         .and_then(|v| serde_json::from_str::<UsageReport>(&v).ok());
     let body = resp.read_all(MAX_ANSWER_BYTES);
     drop(resp);
@@ -259,14 +273,14 @@ fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
         .or_else(|| plan.candidates.first())
         .map(|c| c.price.clone());
     let extra = price.map_or(0, |p| {
-        budget::max_cost_nanos(0, budget::DEFAULT_HOLD_OUTPUT_TOKENS, [&p])
+        ledger::max_cost_nanos(0, ledger::DEFAULT_HOLD_OUTPUT_TOKENS, [&p])
     });
     let Ok(kv) = SpinKv::open() else {
         return false;
     };
-    match budget::extend(&kv, hold, &budget.tenant, extra) {
+    match ledger::extend(&kv, hold, &budget.tenant, extra) {
         Ok(true) => {
-            budget.held_output.0 += budget::DEFAULT_HOLD_OUTPUT_TOKENS;
+            budget.held_output.0 += ledger::DEFAULT_HOLD_OUTPUT_TOKENS;
             true
         }
         _ => false,
@@ -404,6 +418,7 @@ async fn settle(
     let req = SettleRequest {
         request_id: ctx.request_id.clone(),
         key_id: key_id.to_string(),
+        tenant: budget.tenant_id.clone(),
         started_ms: ctx.started_ms,
         latency_ms: elapsed_ms(ctx.started),
         stream,
@@ -414,7 +429,10 @@ async fn settle(
     let mut last = None;
     for _ in 0..2 {
         match deps::settle(&req) {
-            Ok(_) => return,
+            Ok(done) => {
+                budget.seq = done.get("seq").and_then(Value::as_u64);
+                return;
+            }
             Err(e) => last = Some(e),
         }
     }

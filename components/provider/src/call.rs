@@ -10,15 +10,17 @@ use crate::timer::{after_ms, sleep_until, within};
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use crate::{queue, spin_llm};
 use futures::{SinkExt, StreamExt};
-use lumen_shared::byok::{self, ByokKey, ByokRecord};
-use lumen_shared::catalog::Dialect;
 use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
-use lumen_shared::deadline::Deadlines;
-use lumen_shared::dialect::{self, anthropic, gemini, openai_compat};
-use lumen_shared::health;
-use lumen_shared::openai::{estimate_prompt_tokens, Usage};
-use lumen_shared::pricing::{cost_header, lumen_object};
-use lumen_shared::sse::{Event, Parser};
+use lumen_shared::domain::catalog::Dialect;
+use lumen_shared::domain::deadline::Deadlines;
+use lumen_shared::domain::health;
+use lumen_shared::domain::pricing::{cost_header, lumen_object};
+use lumen_shared::store::byok::{self, ByokRecord};
+use lumen_shared::store::health as health_store;
+use lumen_shared::store::{ByokKey, Target};
+use lumen_shared::wire::dialect::{self, anthropic, gemini, openai_compat};
+use lumen_shared::wire::openai::{estimate_prompt_tokens, Usage};
+use lumen_shared::wire::sse::{Event, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{json_post, read_response_body, response_header, send_request};
 use lumen_spin::pipe::Out;
@@ -237,12 +239,14 @@ fn deadline_error(p: &lumen_shared::contracts::ProviderTarget, which: &str, ms: 
 /// in KV, or named Spin variable), else the platform key variable. Never logged.
 fn provider_key(c: &Candidate, call: &CallRequest) -> Result<String, Failure> {
     let p = &c.provider;
-    if let (Some(id), Ok(kv)) = (call.key_id.as_deref(), SpinKv::open()) {
+    // Only a key that has its own key for this provider costs a read.
+    let own = call.byok.iter().any(|b| *b == p.name);
+    if let (Some(id), true, Ok(kv)) = (call.key_id.as_deref(), own, SpinKv::open()) {
         let slot = ByokKey {
             key_id: id,
             provider: &p.name,
         };
-        match lumen_shared::kv::load(&kv, &slot) {
+        match lumen_shared::store::load(&kv, &slot) {
             Ok(Some(rec @ ByokRecord::Encrypted { .. })) => {
                 let master = variables::get("byok_encryption_key").unwrap_or_default();
                 return byok::open(master.trim(), id, &p.name, &rec)
@@ -252,7 +256,7 @@ fn provider_key(c: &Candidate, call: &CallRequest) -> Result<String, Failure> {
                 return variables::get(&name).map_err(|e| {
                     config_error(
                         c,
-                        format!("this API key's provider key variable {name} could not be read ({e}); declare it under [component.provider.variables]"),
+                        format!("this API key's provider key variable {name} could not be read ({e}); declare it under [component.gateway.variables]"),
                     )
                 })
             }
@@ -325,7 +329,7 @@ async fn relay_whole(
         cold_start_ms: None,
     });
     for data in cascade::as_stream_events(&answer) {
-        let ev = lumen_shared::sse::Event {
+        let ev = lumen_shared::wire::sse::Event {
             event: None,
             data,
             comment_only: false,
@@ -356,7 +360,12 @@ fn record_health(attempts: &[Attempt]) {
     let policy = health::Policy::default();
     for a in attempts {
         if let Some(what) = a.observation() {
-            let _ = health::observe(&kv, &policy, &a.provider, &a.model, now_ms(), what);
+            let target = Target {
+                provider: &a.provider,
+                model: &a.model,
+            };
+            let snap = a.health.clone().unwrap_or_default();
+            let _ = health_store::observe(&kv, &policy, target, &snap, now_ms(), what);
         }
     }
 }
@@ -437,7 +446,6 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                 )) => {
                     if checked {
                         if let Err(why) = cascade::check(&answer, &call.body) {
-                            cascade::record_latency(&c.provider.name, &c.model, ms);
                             attempts.push(Attempt::new(c, "escalated", elapsed_ms(start)));
                             escalated.push(format!("{}: {why}", c.model));
                             continue 'candidates;
@@ -449,7 +457,6 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                         // A checked whole answer, released as the stream the client asked for.
                         let bytes = serde_json::to_vec(&answer).unwrap_or_default();
                         relay_whole(out, &bytes, c, ms, &call, prompt_estimate, cascade_hs).await;
-                        cascade::record_latency(&c.provider.name, &c.model, ms);
                         return attempts;
                     }
                     if let Some(l) = answer.get_mut("lumen") {
@@ -466,7 +473,6 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                     let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
                     out.respond(reply).await;
                     // After the answer: the latency record never delays it.
-                    cascade::record_latency(&c.provider.name, &c.model, ms);
                     return attempts;
                 }
                 Ok((Success::Stream(resp), ms)) => {
@@ -475,7 +481,6 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                         // Several choices: relayed as they come (the stitcher follows one).
                         let (inc, est) = (call.include_usage, prompt_estimate);
                         relay(out, resp, c, ms, inc, est, cascade_hs).await;
-                        cascade::record_latency(&c.provider.name, &c.model, ms);
                         return attempts;
                     }
                     let attempts = failover::serve_stream(
@@ -490,7 +495,6 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                         cascade_hs,
                     )
                     .await;
-                    cascade::record_latency(&c.provider.name, &c.model, ms);
                     return attempts;
                 }
                 Ok((Success::Queued(job), ms)) => {

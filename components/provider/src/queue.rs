@@ -2,19 +2,19 @@
 //! status until a worker has answered. While the job waits for a cold start a streamed request
 //! gets an SSE comment (`: keep-alive`) every second, so clients and proxies keep the connection;
 //! the provider's first-token deadline (longer for `cold_start` backends) bounds the wait. The
-//! observed wait is recorded in KV ([`lumen_shared::coldstart`]) and reported as
+//! observed wait is recorded in KV ([`lumen_shared::store::coldstart`]) and reported as
 //! `x-lumen-cold-start-ms` (this request's wait for whole answers, and `lumen.cold_start_ms` in the
 //! final chunk of a stream, whose headers carry the last recorded wait).
 
 use crate::call::{report, served_headers, with_usage};
 use crate::upstream::answer_usage;
 use futures::SinkExt;
-use lumen_shared::coldstart;
 use lumen_shared::contracts::{headers, CallRequest, Candidate, Outcome, UsageReport};
-use lumen_shared::dialect::queue::{completion_chunks, job_state, JobState};
-use lumen_shared::openai::Usage;
-use lumen_shared::pricing::{cost_header, lumen_object};
-use lumen_shared::sse::Event;
+use lumen_shared::domain::pricing::{cost_header, lumen_object};
+use lumen_shared::store::coldstart;
+use lumen_shared::wire::dialect::queue::{completion_chunks, job_state, JobState};
+use lumen_shared::wire::openai::Usage;
+use lumen_shared::wire::sse::Event;
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_response_body, send_request};
 use lumen_spin::pipe::Out;

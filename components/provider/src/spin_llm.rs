@@ -6,7 +6,7 @@
 use crate::call::Failure;
 use crate::queue::{replay_stream, whole_reply};
 use lumen_shared::contracts::{CallRequest, Candidate};
-use lumen_shared::dialect::{spin_llm, unsupported};
+use lumen_shared::wire::dialect::{spin_llm, unsupported};
 use lumen_shared::ApiError;
 use lumen_spin::pipe::Out;
 use lumen_spin::util::now_ms;
@@ -65,6 +65,7 @@ pub async fn serve(
     if stream {
         replay_stream(out, c, &output, call.include_usage, prompt_estimate, 0.0).await;
     } else {
-        out.respond(whole_reply(c, output, None, prompt_estimate, 0.0)).await;
+        out.respond(whole_reply(c, output, None, prompt_estimate, 0.0))
+            .await;
     }
 }

@@ -271,7 +271,8 @@ mod tests {
                 }
                 sent += 1;
             }
-            l.borrow_mut().push(format!("sent {sent}, then recorded health"));
+            l.borrow_mut()
+                .push(format!("sent {sent}, then recorded health"));
         });
         drop(a);
         let log = log.borrow();

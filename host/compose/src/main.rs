@@ -21,8 +21,7 @@ fn register(graph: &mut CompositionGraph, path: &Path) -> Result<wac_graph::Pack
         .and_then(|s| s.to_str())
         .map(|s| format!("lumen:{}", s.replace('_', "-")))
         .context("component paths must have a file name")?;
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let package = Package::from_bytes(&name, None, bytes, graph.types_mut())
         .with_context(|| format!("{} is not a component", path.display()))?;
     graph

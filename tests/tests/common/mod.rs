@@ -128,7 +128,7 @@ impl Streamed {
     }
     /// The `data:` payloads in order.
     pub fn data(&self) -> Vec<String> {
-        let mut p = lumen_shared::sse::Parser::default();
+        let mut p = lumen_shared::wire::sse::Parser::default();
         let evs = p.push(self.text().as_bytes());
         evs.into_iter()
             .filter(|e| !e.comment_only)
