@@ -67,6 +67,7 @@ impl HostOptions {
 pub struct RunningHost {
     addr: SocketAddr,
     app: Arc<App>,
+    stores: HashMap<String, Arc<dyn KvBackend>>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -75,6 +76,11 @@ impl RunningHost {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A key-value store by label, as the components see it (tests inspect what was stored).
+    pub fn store(&self, label: &str) -> Option<Arc<dyn KvBackend>> {
+        self.stores.get(label).cloned()
     }
 
     /// `http://ADDR`.
@@ -220,6 +226,7 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
     Ok(RunningHost {
         addr,
         app,
+        stores,
         stop,
         task,
     })

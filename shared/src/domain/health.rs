@@ -11,9 +11,10 @@
 //!   [`Policy::refresh_ms`] to move the averages;
 //! - one half-open probe per cool-down is claimed with `increment` (the first to reach 1 has it).
 //!
-//! Breaker: **closed** until the window holds at least [`Policy::open_after`] failures that are
-//! at least [`Policy::open_rate`] of the calls counted (a provider that fails every call opens
-//! after 5; one that fails 1 % of a busy stream never does); then **open** for
+//! Breaker: **closed** until the window holds [`Policy::open_after`] failures with no success
+//! counted among them, or [`Policy::min_calls`] counted calls of which at least
+//! [`Policy::open_rate`] failed (a provider that fails every call opens after 5; one that fails
+//! every other call after about 10; one that fails 1 % of a busy stream never); then **open** for
 //! [`Policy::cooldown_ms`]; then one probe per [`Policy::probe_timeout_ms`]. A probe's success
 //! closes the breaker (and the window restarts: slots that began before the close are not
 //! counted), its failure opens it again. Everything takes `now` in milliseconds.
@@ -24,10 +25,12 @@ use serde::{Deserialize, Serialize};
 /// Thresholds of the breaker and the averages.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
-    /// Failures in the window that open the breaker (when they are also enough of the calls).
+    /// Failures in the window, with no success counted between them, that open the breaker.
     pub open_after: i64,
-    /// Share of the counted calls that must have failed.
+    /// Share of the counted calls that opens the breaker once [`Policy::min_calls`] are counted.
     pub open_rate: f64,
+    /// Calls the window must count before its error rate opens the breaker.
+    pub min_calls: i64,
     /// How long an open breaker stays open before a probe.
     pub cooldown_ms: u64,
     /// How long a probe may stay unanswered before another is let through.
@@ -45,6 +48,7 @@ impl Default for Policy {
         Policy {
             open_after: 5,
             open_rate: 0.5,
+            min_calls: 10,
             cooldown_ms: 30_000,
             probe_timeout_ms: 60_000,
             alpha: 0.2,
@@ -292,9 +296,11 @@ impl Snapshot {
                             };
                             let fails = fails - snapshot_cur + counted;
                             let (_, oks) = self.window(p, now);
-                            let enough = fails >= p.open_after;
-                            let rate = fails as f64 >= p.open_rate * (fails + oks) as f64;
-                            if enough && rate {
+                            let calls = fails + oks;
+                            let in_a_row = fails >= p.open_after && oks == 0;
+                            let rate =
+                                calls >= p.min_calls && fails as f64 >= p.open_rate * calls as f64;
+                            if in_a_row || rate {
                                 r.open_since_ms = Some(now);
                                 changed = true;
                             }
@@ -323,6 +329,7 @@ mod tests {
     const P: Policy = Policy {
         open_after: 5,
         open_rate: 0.5,
+        min_calls: 10,
         cooldown_ms: 30_000,
         probe_timeout_ms: 60_000,
         alpha: 0.2,
@@ -402,6 +409,13 @@ mod tests {
         let busy = snap(now, None, [3, 1], [40, 60]);
         let w = busy.observe(&P, now, Observation::Failure(Failure::Error), Some(4));
         assert_eq!(w.record, None);
+        // Every other call failing: not five in a row, but half of ten calls.
+        let flapping = snap(now, None, [4, 0], [4, 0]);
+        let w = flapping.observe(&P, now, Observation::Failure(Failure::Error), Some(5));
+        assert_eq!(w.record, None, "5 of 9 calls: not enough calls yet");
+        let flapping = snap(now, None, [5, 0], [5, 0]);
+        let w = flapping.observe(&P, now, Observation::Failure(Failure::Error), Some(6));
+        assert_eq!(w.record.unwrap().open_since_ms, Some(now), "6 of 11 calls");
     }
 
     #[test]

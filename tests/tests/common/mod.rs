@@ -168,6 +168,19 @@ impl Gateway {
         self.host.addr()
     }
 
+    /// Keys of the default store that start with `prefix`.
+    pub fn store_keys(&self, prefix: &str) -> Vec<String> {
+        let store = self.host.store("default").expect("a default store");
+        let mut keys: Vec<String> = store
+            .keys("default")
+            .expect("keys")
+            .into_iter()
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        keys
+    }
+
     pub async fn call(
         &self,
         method: &str,
