@@ -22,7 +22,7 @@ const SPIN_PROVIDES: &[&str] = &[
 fn components_import_only_what_spin_provides() {
     let root = common::repo();
     let engine = lumen_host::engine::shared_engine().unwrap();
-    for c in ["auth", "router", "provider", "meter"] {
+    for c in ["auth", "router", "provider", "meter", "dashboard"] {
         let wasm = root.join(format!("target/wasm32-wasip2/release/lumen_{c}.wasm"));
         assert!(
             wasm.is_file(),
