@@ -384,10 +384,86 @@ def test_dashboard_in_chromium(dash_gateway: Server, dash_admin: httpx.Client, d
                   and "/admin/keys - Failed to load resource: the server responded with a status of 401" not in e["message"]]
         assert not severe, severe
 
+        # A reload keeps the session (sessionStorage, this tab only), still with a clean URL.
+        driver.refresh()
+        wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready", "the reloaded dashboard")
+        assert driver.current_url == f"{dash_gateway.url}{PAGE}"
+        assert driver.find_element(By.ID, "kpi-requests").text == "7"
+
         # Signing out forgets the token.
         driver.find_element(By.ID, "sign-out").click()
         assert driver.execute_script("return sessionStorage.length") == 0
         assert driver.find_element(By.ID, "sign-in").is_displayed()
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# Rewrites the admin API's answers in the page (before any page script runs) to carry fields the
+# API does not have yet: `saved_usd` on usage rows; `route`, `fallbacks`, `saved_usd` and an
+# unknown `region` on records.
+FUTURE_FIELDS_JS = """
+const realFetch = window.fetch.bind(window);
+window.fetch = async (input, init) => {
+  const res = await realFetch(input, init);
+  const url = String(input);
+  if (!res.ok || !url.includes('/admin/usage')) return res;
+  const body = await res.clone().json();
+  if (url.includes('/admin/usage/records')) {
+    body.data = body.data.map(r => Object.assign({}, r, {
+      route: 'model=' + r.model + '; tier=lumen/auto; score=0.12; reason=cheapest model that clears the floor',
+      fallbacks: r.provider === 'azure' ? ['openai/gpt-4o-mini=error_503', 'openai/gpt-4o-mini=error_503'] : [],
+      saved_usd: 0.25,
+      region: 'eu-west',
+    }));
+  } else {
+    body.data = body.data.map(row => Object.assign({}, row, {saved_usd: 0.5 * row.requests}));
+    body.total = Object.assign({}, body.total, {saved_usd: 0.5 * body.total.requests});
+  }
+  return new Response(JSON.stringify(body), {status: res.status, headers: res.headers});
+};
+"""
+
+
+def sign_in(driver, url: str, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "sign-in-button").click()
+    wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready", "the dashboard to load")
+
+
+@pytest.mark.browser
+def test_dashboard_shows_fields_the_api_adds_later(dash_gateway: Server, dash_token: str, traffic: dict) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver, profile = chromium_driver()
+    try:
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": FUTURE_FIELDS_JS})
+        sign_in(driver, f"{dash_gateway.url}{PAGE}", dash_token)
+
+        # Saved by routing: the card appears with the usage rows' total (7 requests × $0.50).
+        assert driver.find_element(By.ID, "kpi-saved-card").is_displayed()
+        assert driver.find_element(By.ID, "kpi-saved").text == "$3.50"
+        charts = driver.execute_script(CHART_DATA_JS)
+        assert by_label(charts["chart-model"], "Saved (USD)") == {"gpt-4o-mini": 2.0, "claude-3-5-haiku": 1.5}
+
+        # Routes: tier and reason from the records' `route`; the note about missing routes is gone.
+        routes = driver.find_element(By.ID, "routes").text
+        assert "lumen/auto" in routes and "cheapest model that clears the floor" in routes, routes
+        assert not driver.find_element(By.ID, "routes-note").is_displayed()
+
+        # Fallbacks: the attempts of the request azure served after openai's 503s.
+        fallbacks = driver.find_element(By.ID, "fallbacks").text
+        assert "openai/gpt-4o-mini=error_503, openai/gpt-4o-mini=error_503" in fallbacks, fallbacks
+        assert "azure" in fallbacks
+
+        # The log shows every field a record has, known or not.
+        headers = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#log th")]
+        assert {"route", "fallbacks", "saved_usd", "region"} <= set(headers), headers
+        assert "eu-west" in driver.find_element(By.ID, "log").text
+        assert driver.find_element(By.ID, "load-error").get_attribute("hidden") is not None
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

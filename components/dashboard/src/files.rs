@@ -166,6 +166,18 @@ pub fn serve(
     reply
 }
 
+/// Reads a regular file whole. Anything else is `NotFound`: hosts differ on what reading a
+/// directory gives (lumen-host: `IsADirectory`; Spin: `EBADF`), so it is checked first.
+pub fn read_regular_file(path: &str) -> io::Result<Vec<u8>> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{path} is not a regular file"),
+        ));
+    }
+    std::fs::read(path)
+}
+
 /// A path that names nothing servable: absent, a directory, or under a file.
 fn is_missing(e: &io::Error) -> bool {
     matches!(
@@ -305,6 +317,20 @@ mod tests {
             assert_eq!(e["code"], "unknown_route", "{path}");
             assert!(e["message"].as_str().unwrap().contains(HOME), "{e}");
         }
+    }
+
+    #[test]
+    fn reads_only_regular_files() {
+        let dir = std::env::temp_dir().join(format!("lumen-dashboard-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a.txt"), b"hello").unwrap();
+        let at = |p: &str| dir.join(p).to_string_lossy().into_owned();
+        assert_eq!(read_regular_file(&at("a.txt")).unwrap(), b"hello");
+        for p in ["sub", "missing.txt", "a.txt/x"] {
+            let e = read_regular_file(&at(p)).unwrap_err();
+            assert!(is_missing(&e), "{p}: {e:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod entry {
         let method = req.method().to_string();
         let info = path_info(&req);
         let inm = request_header(&req, "if-none-match");
-        let reply = files::serve(&method, &info, inm.as_deref(), |p| std::fs::read(p));
+        let reply = files::serve(&method, &info, inm.as_deref(), files::read_regular_file);
         respond(out, reply).await;
     }
 }
