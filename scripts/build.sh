@@ -15,7 +15,7 @@ if ! rustup target list --installed | grep -q '^wasm32-wasip2$'; then
 fi
 
 cargo build --release -j "$JOBS" --target wasm32-wasip2 \
-    -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter
+    -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard
 cargo build --release -j "$JOBS" -p lumen-compose
 wasm=target/wasm32-wasip2/release
 target/release/lumen-compose "$wasm/lumen_gateway.wasm" "$wasm/lumen_auth.wasm" \

@@ -12,12 +12,12 @@ echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy (host and wasm targets)"
 cargo clippy --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests --all-targets -- -D warnings
-cargo clippy --release -j "$jobs" --target wasm32-wasip2 -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-spin -- -D warnings
+cargo clippy --release -j "$jobs" --target wasm32-wasip2 -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard -p lumen-spin -- -D warnings
 
 echo "== cargo test (unit, end-to-end through the host)"
 cargo test --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests
 echo "== component unit tests (native)"
-cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter
+cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard
 
 echo "== router training reproduces the shipped weights"
 if [[ -f ../shared/data/mmlu-pro-outcomes.csv.gz ]]; then
@@ -31,7 +31,15 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-.venv/bin/python -m pytest tests/python -q
+.venv/bin/python -m pytest tests/python -q -m "not browser"
+
+echo "== dashboard in headless Chromium (screenshot: target/test-artifacts/dashboard.png)"
+if [[ ! -x "${LUMEN_CHROMIUM:-/usr/bin/chromium}" || ! -x "${LUMEN_CHROMEDRIVER:-/usr/bin/chromedriver}" ]]; then
+  echo "missing chromium or chromedriver: install Debian's chromium and chromium-driver" >&2
+  echo "(sudo apt-get install chromium chromium-driver; .ci/run does), or set LUMEN_SKIP_BROWSER=1 to skip this step" >&2
+  [[ "${LUMEN_SKIP_BROWSER:-}" == 1 ]] || exit 1
+fi
+.venv/bin/python -m pytest tests/python -q -m browser
 
 echo "== OpenAI Node SDK"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)

@@ -47,16 +47,19 @@ fn assert_spin_only(what: &str, imports: &[String]) {
     }
 }
 
-/// The one component spin.toml runs: everything it imports, Spin provides; it exports only the
-/// HTTP handler.
+/// The components spin.toml runs (the composed gateway and the dashboard): everything they
+/// import, Spin provides; they export only the HTTP handler.
 #[test]
-fn the_composed_gateway_imports_only_what_spin_provides() {
-    let (imports, exports) = component_type("lumen_gateway.wasm");
-    assert_spin_only("the gateway", &imports);
-    assert_eq!(
-        exports,
-        vec!["wasi:http/incoming-handler@0.2.0".to_string()]
-    );
+fn the_components_spin_runs_import_only_what_spin_provides() {
+    for file in ["lumen_gateway.wasm", "lumen_dashboard.wasm"] {
+        let (imports, exports) = component_type(file);
+        assert_spin_only(file, &imports);
+        assert_eq!(
+            exports,
+            vec!["wasi:http/incoming-handler@0.2.0".to_string()],
+            "{file}"
+        );
+    }
 }
 
 /// Each part exports its contract from components/wit/lumen.wit; auth imports the three and
