@@ -20,7 +20,8 @@ struct Up {
     child: Child,
     lines: Vec<String>,
     addr: SocketAddr,
-    state: PathBufGuard,
+    stderr: std::thread::JoinHandle<String>,
+    _state: PathBufGuard,
 }
 
 struct PathBufGuard(std::path::PathBuf);
@@ -30,10 +31,35 @@ impl Drop for PathBufGuard {
     }
 }
 
+fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// Waits up to 15 s for the child to exit.
+fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM first, so that lumen stops its mock child too; SIGKILL if it hangs.
+        if let Ok(None) = self.child.try_wait() {
+            sigterm(&self.child);
+            if wait_exit(&mut self.child).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
     }
 }
 
@@ -67,6 +93,12 @@ impl Up {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("lumen up starts");
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -86,9 +118,11 @@ impl Up {
                     lines.push(line);
                 }
                 Err(_) => {
-                    let _ = child.kill();
-                    let mut err = String::new();
-                    child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                    sigterm(&child);
+                    if wait_exit(&mut child).is_none() {
+                        let _ = child.kill();
+                    }
+                    let err = stderr.join().unwrap_or_default();
                     panic!("lumen up did not serve:\n{}\n{err}", lines.join("\n"));
                 }
             }
@@ -99,7 +133,8 @@ impl Up {
             child,
             lines,
             addr,
-            state: PathBufGuard(state),
+            stderr,
+            _state: PathBufGuard(state),
         }
     }
 
@@ -114,31 +149,12 @@ impl Up {
 
     /// Stops it with SIGTERM and returns everything it wrote to stderr.
     fn stop(mut self) -> String {
-        let killed = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .ok();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "lumen up exited {status:?}: {err}");
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "lumen up did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        sigterm(&self.child);
+        let status = wait_exit(&mut self.child).expect("lumen up stops within 15 s of SIGTERM");
+        // The stderr pipe closes once lumen and its mock child have both exited.
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        let err = stderr.join().unwrap_or_default();
+        assert!(status.success(), "lumen up exited {status:?}: {err}");
         err
     }
 }

@@ -303,7 +303,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     step(
         3,
         &format!(
-            "loading {} component(s); the first start compiles them (about a minute on 2 cores), later starts read {}",
+            "loading {} component(s); the first start compiles them to native code, later starts read {}",
             manifest.components.len(),
             cache.display()
         ),
