@@ -291,8 +291,8 @@ async fn a_fresh_start_serves_auto_from_the_mock_with_no_fallbacks() {
         );
     }
 
-    // Every chat model of the catalog, on each of its providers, answers from the mock without a
-    // fallback ("provider:model" pins the offer). Spin's LLM interface has no URL: not here.
+    // Every chat model of the catalog answers from the mock without a fallback, and each of its
+    // other offers from the mock too. Spin's LLM interface has no URL: not here.
     let models = common::send(up.addr, "GET", "/v1/models", Some(&key), None)
         .await
         .json();
@@ -305,22 +305,25 @@ async fn a_fresh_start_serves_auto_from_the_mock_with_no_fallbacks() {
             continue;
         }
         let id = m["id"].as_str().unwrap();
-        // The model's own provider, then its other offers.
-        let mut offers = vec![m["owned_by"].as_str().unwrap_or_default().to_string()];
-        offers.extend(
+        let owner = m["owned_by"].as_str().unwrap_or_default().to_string();
+        // The model's own provider, then each other offer: an offer serves when the providers
+        // before it fail, so the mock fails the owner for those (a fault directive).
+        let mut legs = vec![(owner.clone(), String::new())];
+        legs.extend(
             m["offers"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|o| o["provider"].as_str().map(str::to_string)),
+                .filter_map(|o| o["provider"].as_str())
+                .map(|p| (p.to_string(), format!(" [mock status=503 only={owner}]"))),
         );
-        for provider in offers {
+        for (provider, fault) in legs {
             if !with_url.contains(&provider) {
                 continue;
             }
             let nonce = format!("pin-{provider}-{id}");
-            let body = json!({"model": format!("{provider}:{id}"), "max_tokens": 16,
-                              "messages": [{"role": "user", "content": format!("hi {nonce}")}]});
+            let body = json!({"model": id, "max_tokens": 16, "lumen": {"retries": 0},
+                              "messages": [{"role": "user", "content": format!("hi {nonce}{fault}")}]});
             let r = common::send(
                 up.addr,
                 "POST",
@@ -332,19 +335,21 @@ async fn a_fresh_start_serves_auto_from_the_mock_with_no_fallbacks() {
             assert_eq!(
                 r.status,
                 200,
-                "{provider}:{id}: {}",
+                "{provider}/{id}: {}",
                 String::from_utf8_lossy(&r.body)
             );
-            assert_eq!(r.header("x-lumen-fallbacks"), None, "{provider}:{id}");
             assert_eq!(
                 r.header("x-lumen-provider"),
                 Some(provider.as_str()),
-                "{provider}:{id}"
+                "{provider}/{id}"
             );
+            if fault.is_empty() {
+                assert_eq!(r.header("x-lumen-fallbacks"), None, "{provider}/{id}");
+            }
             let log = mock_log(&mock).await;
             assert!(
                 !with_nonce(&log, &nonce).is_empty(),
-                "the mock never saw {provider}:{id}"
+                "the mock never saw {provider}/{id}"
             );
             served.insert(provider);
         }

@@ -415,7 +415,12 @@ fn print_summary(
         Some(t) => println!("  export LUMEN_URL={url} LUMEN_ADMIN_TOKEN={t}"),
         None => println!("  export LUMEN_URL={url} LUMEN_ADMIN_TOKEN=<your admin token>"),
     }
-    println!("  lumen keys create --name me            # the key is shown once");
+    // The way this binary was invoked (target/release/lumen from up.sh), so the line works as is.
+    let me = std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "lumen".into());
+    println!("  {me} keys create --name me            # the key is shown once");
     println!("  curl -s {url}/v1/chat/completions -H \"Authorization: Bearer <key>\" \\");
     println!("       -H 'content-type: application/json' -d '{{\"model\":\"auto\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
     println!();
