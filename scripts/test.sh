@@ -6,6 +6,33 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${CARGO_BUILD_JOBS:-2}"
 
+# What the suite needs besides Rust: checked before the long build. As root with apt-get (CI,
+# .ci/run) the missing Debian packages are installed; elsewhere the script says what to install.
+echo "== prerequisites"
+missing=()
+command -v cargo >/dev/null && command -v rustup >/dev/null || {
+  echo "missing: a Rust toolchain with rustup (https://rustup.rs), then re-run" >&2; exit 1; }
+cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 || {
+  echo "missing: rustfmt and clippy (rustup component add rustfmt clippy), then re-run" >&2; exit 1; }
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v redis-server >/dev/null || missing+=(redis-server)   # the shared-KV (replica) tests
+command -v node >/dev/null || missing+=(nodejs)                 # the openai Node SDK tests
+command -v npm >/dev/null || missing+=(npm)
+if [[ "${LUMEN_SKIP_BROWSER:-}" != 1 ]]; then                    # the dashboard's browser test
+  [[ -x "${LUMEN_CHROMIUM:-/usr/bin/chromium}" ]] || missing+=(chromium)
+  [[ -x "${LUMEN_CHROMEDRIVER:-/usr/bin/chromedriver}" ]] || missing+=(chromium-driver)
+fi
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+  else
+    echo "missing: ${missing[*]}" >&2
+    echo "install them (Debian/Ubuntu: sudo apt-get install ${missing[*]}) and re-run; README.md, 'Tests', lists why each is needed" >&2
+    exit 1
+  fi
+fi
+
 scripts/build.sh
 
 echo "== rustfmt"
@@ -26,7 +53,7 @@ else
   echo "skipped: ../shared/data/mmlu-pro-outcomes.csv.gz is not here"
 fi
 
-echo "== Python SDKs (openai, anthropic)"
+echo "== Python: the openai and anthropic SDKs, and the deploy/ manifests"
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
