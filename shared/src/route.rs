@@ -986,7 +986,8 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
         assert_eq!(order(&p), ["big", "mid", "small"]);
         assert!(p.route.unwrap().reason.contains("clears the floor 1"));
         // Without big (no tools), mid is the strongest: small is measured against mid.
-        let b = json!({"messages": [{"role": "user", "content": "hi"}], "provider": {"only": ["a"]}});
+        let b =
+            json!({"messages": [{"role": "user", "content": "hi"}], "provider": {"only": ["a"]}});
         let r = run("auto", b, &[]).unwrap().route.unwrap();
         assert_eq!(r.model, "big", "mid is excluded, big is the strongest left");
         let b = json!({"messages": [{"role": "user", "content": "hi"}], "max_price": 2});

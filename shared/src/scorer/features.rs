@@ -34,6 +34,10 @@ pub const DENSE: &[&str] = &[
     "code_task",
     "small_talk",
     "transform",
+    "open_length",
+    "open_steps",
+    "open_constraints",
+    "open_long_words",
 ];
 
 /// Index of a dense feature by name (a compile-time constant where it is used).
@@ -281,31 +285,35 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
     let mut out: Features = Vec::with_capacity(bytes.len() / 3 + 32);
     let mut c = Scan::default();
     let (mut h, mut len, mut prev) = (FNV_OFFSET ^ 1, 0usize, 0u64);
+    // Whether the current word is all ASCII (scripts without spaces make one long "word").
+    let mut ascii = true;
     let mut in_number = false;
-    let mut end_word = |h: &mut u64, len: &mut usize, c: &mut Scan, out: &mut Features| {
-        if *len == 0 {
-            return;
-        }
-        out.push((bucket(*h), 1.0));
-        if prev != 0 {
-            out.push((bucket(h.rotate_left(17) ^ prev.wrapping_mul(31)), 1.0));
-        }
-        c.words += 1;
-        if *len >= 10 {
-            c.long_words += 1;
-        }
-        if *len <= 12 {
-            if let Some(k) = class_of(*h) {
-                c.classes[k as usize] += 1;
+    let mut end_word =
+        |h: &mut u64, len: &mut usize, ascii: &mut bool, c: &mut Scan, out: &mut Features| {
+            if *len == 0 {
+                return;
             }
-            if *h == SHOW_THAT.1 && prev == SHOW_THAT.0 {
-                c.classes[Class::Proof as usize] += 1;
+            out.push((bucket(*h), 1.0));
+            if prev != 0 {
+                out.push((bucket(h.rotate_left(17) ^ prev.wrapping_mul(31)), 1.0));
             }
-        }
-        prev = *h;
-        *h = FNV_OFFSET ^ 1;
-        *len = 0;
-    };
+            c.words += 1;
+            if *len >= 10 && *ascii {
+                c.long_words += 1;
+            }
+            *ascii = true;
+            if *len <= 12 {
+                if let Some(k) = class_of(*h) {
+                    c.classes[k as usize] += 1;
+                }
+                if *h == SHOW_THAT.1 && prev == SHOW_THAT.0 {
+                    c.classes[Class::Proof as usize] += 1;
+                }
+            }
+            prev = *h;
+            *h = FNV_OFFSET ^ 1;
+            *len = 0;
+        };
     for (i, &b) in bytes.iter().enumerate() {
         if b & 0xc0 != 0x80 {
             c.chars += 1;
@@ -323,6 +331,9 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
                 }
             } else {
                 in_number = false;
+                if b >= 0x80 {
+                    ascii = false;
+                }
                 if b >= 0xc0 {
                     c.non_ascii += 1;
                 }
@@ -330,7 +341,7 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
             continue;
         }
         in_number = in_number && (b == b'.' || b == b',');
-        end_word(&mut h, &mut len, &mut c, &mut out);
+        end_word(&mut h, &mut len, &mut ascii, &mut c, &mut out);
         match b {
             b'\n' => c.lines += 1,
             b'?' => {
@@ -346,7 +357,7 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
             _ => {}
         }
     }
-    end_word(&mut h, &mut len, &mut c, &mut out);
+    end_word(&mut h, &mut len, &mut ascii, &mut c, &mut out);
     if !out.is_empty() {
         let norm = 1.0 / (out.len() as f32).sqrt();
         for f in &mut out {
@@ -374,9 +385,14 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
     let tests = code_task && class(Class::Test) > 0;
     let steps = class(Class::Step);
     let proof = class(Class::Proof);
+    // Multiple choice (the training data's form): the open_* features are zero for it.
+    let open = !(has("Options:") || has("\n(A)") || has("\nA)") || has("\nA."));
+    let when_open = |v: f32| if open { v } else { 0.0 };
+    let long_share = c.long_words as f32 / c.words.max(1) as f32 * 4.0;
+    let log_len = ((1 + total_chars) as f32).ln() / 8.0;
     let latex = has("\\frac") || has("$$") || has("\\(") || has("\\int") || has("\\sum");
     let dense = [
-        ((1 + total_chars) as f32).ln() / 8.0,
+        log_len,
         share(c.digits) * 5.0,
         share(c.math) * 10.0,
         f32::from(u8::from(latex)),
@@ -394,10 +410,14 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
         (proof as f32 / 2.0).min(1.0),
         (class(Class::Constraint) as f32 / 4.0).min(1.0),
         (class(Class::Systems) as f32 / 3.0).min(1.0),
-        c.long_words as f32 / c.words.max(1) as f32 * 4.0,
+        long_share,
         f32::from(u8::from(code_task)),
         f32::from(u8::from(class(Class::SmallTalk) > 0 && c.words <= 12)),
         f32::from(u8::from(class(Class::Transform) > 0)),
+        when_open((log_len - 0.5).max(0.0)),
+        when_open((steps as f32 / 3.0).min(1.0)),
+        when_open((class(Class::Constraint) as f32 / 4.0).min(1.0)),
+        when_open(long_share),
     ];
     for (i, v) in dense.iter().enumerate() {
         if *v != 0.0 {
@@ -427,12 +447,24 @@ mod tests {
                 .find(|(i, _)| *i as usize == HASHED + dense(name))
                 .map_or(0.0, |f| f.1)
         };
-        assert_eq!(get("Prove that there are infinitely many primes.", "proof"), 1.0);
+        assert_eq!(
+            get("Prove that there are infinitely many primes.", "proof"),
+            1.0
+        );
         assert_eq!(get("What is 2+2?", "proof"), 0.0);
-        assert_eq!(get("Implement a lock-free queue in Rust with tests.", "code_tests"), 1.0);
+        assert_eq!(
+            get(
+                "Implement a lock-free queue in Rust with tests.",
+                "code_tests"
+            ),
+            1.0
+        );
         assert!(get("Implement a lock-free queue in Rust with tests.", "systems") > 0.0);
         assert_eq!(get("hello!", "small_talk"), 1.0);
-        assert!(get("She has 3 apples and buys 12.5 more, then 7.", "numbers") > get("She has apples.", "numbers"));
+        assert!(
+            get("She has 3 apples and buys 12.5 more, then 7.", "numbers")
+                > get("She has apples.", "numbers")
+        );
         assert!(get("Как дела? 你好", "non_ascii_share") > 0.3);
     }
 }

@@ -29,21 +29,30 @@ pub const DIM: usize = HASHED + DENSE.len();
 pub const MAGIC: &[u8; 8] = b"LUMENRW2";
 /// Smallest ability gap the model is evaluated at (the pair term has `ln Δ`).
 pub const MIN_GAP: f32 = 0.05;
-/// Fixed prior weights (logit units, in `w`) of dense features the training data cannot teach:
-/// MMLU-Pro and GSM8K hold no code, tests, tools, JSON mode, multi-turn chats, proofs,
-/// systems programming, small talk or text transformations. The trainer holds them fixed (not
-/// learned); they are a stated assumption, not a measured result (`bench/ROUTER.md`).
+/// Fixed prior weights (logit units, in `w`) of dense features the training data cannot teach
+/// or teaches the wrong way for open-ended requests. MMLU-Pro and GSM8K hold no code, tests,
+/// tools, JSON mode, multi-turn chats, proofs, systems programming, small talk or text
+/// transformations; and within multiple-choice questions a longer, more technical question is
+/// more often one that *every* model fails (so the fit gives length, step and constraint
+/// wording negative weights that do not carry over to open-ended prompts: the `open_*` features,
+/// zero for multiple-choice text, carry the open-ended prior instead). The trainer holds
+/// these fixed (not learned); they are a stated assumption, not a measured result
+/// (`bench/ROUTER.md`), checked by the probe suite (`tests/tests/router_probes.rs`).
 pub const PRIOR: &[(&str, f32)] = &[
     ("code", 0.4),
     ("code_tests", 0.5),
     ("turns", 0.3),
     ("tools", 0.3),
     ("json_format", 0.1),
-    ("proof", 1.2),
-    ("systems", 0.9),
+    ("proof", 2.0),
+    ("systems", 1.2),
     ("code_task", 0.3),
     ("small_talk", -1.0),
     ("transform", -0.3),
+    ("open_length", 3.0),
+    ("open_steps", 1.5),
+    ("open_constraints", 0.8),
+    ("open_long_words", 0.5),
 ];
 
 /// Prior weight of dense feature `i`, if it has one.

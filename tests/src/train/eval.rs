@@ -33,7 +33,10 @@ pub struct PairEval {
 pub fn eval_order(cheap: &[bool], strong: &[bool], order: &[usize]) -> PairEval {
     let n = order.len();
     let count = |v: &[bool]| order.iter().filter(|i| v[**i]).count() as f64;
-    let (qc, qs) = (count(cheap) / n.max(1) as f64, count(strong) / n.max(1) as f64);
+    let (qc, qs) = (
+        count(cheap) / n.max(1) as f64,
+        count(strong) / n.max(1) as f64,
+    );
     let gap = qs - qc;
     // correct(k) = questions right when the first k of `order` go to the strong model.
     let mut correct = Vec::with_capacity(n + 1);
@@ -205,7 +208,13 @@ pub struct Compared {
 }
 
 /// Compares the scorer, prompt length and random on `items` for `pair`.
-pub fn compare(items: &[&Item], weights: &Weights, scored: &[Scored], pair: &Pair, seed: u64) -> Compared {
+pub fn compare(
+    items: &[&Item],
+    weights: &Weights,
+    scored: &[Scored],
+    pair: &Pair,
+    seed: u64,
+) -> Compared {
     let mut rows = Vec::new();
     let mut len_rows = Vec::new();
     for (it, s) in items.iter().zip(scored) {
@@ -213,7 +222,11 @@ pub fn compare(items: &[&Item], weights: &Weights, scored: &[Scored], pair: &Pai
             continue;
         };
         let key = f64::from(weights.short_logit(s, pair.theta_cheap, pair.theta_strong));
-        rows.push(Row { key, cheap: c, strong: st });
+        rows.push(Row {
+            key,
+            cheap: c,
+            strong: st,
+        });
         len_rows.push(Row {
             key: it.chars as f64,
             cheap: c,
@@ -321,7 +334,12 @@ mod tests {
         assert!((best.pgr[5] - 1.0).abs() < 1e-9);
         let worst = eval_order(&cheap, &strong, &[0, 1, 2, 3]);
         assert_eq!(worst.cpt80, 1.0);
-        assert!(best.apgr > 0.7 && worst.apgr < 0.3, "{} {}", best.apgr, worst.apgr);
+        assert!(
+            best.apgr > 0.7 && worst.apgr < 0.3,
+            "{} {}",
+            best.apgr,
+            worst.apgr
+        );
     }
 
     #[test]
@@ -334,7 +352,10 @@ mod tests {
             })
             .collect();
         let r = stat(&rows, true, 7);
-        assert!((r.apgr - 0.5).abs() < 0.03 && r.lo < 0.5 && r.hi > 0.5, "{r:?}");
+        assert!(
+            (r.apgr - 0.5).abs() < 0.03 && r.lo < 0.5 && r.hi > 0.5,
+            "{r:?}"
+        );
         let s = stat(&rows, false, 7);
         assert!(s.apgr > 0.8 && s.lo > r.hi, "{s:?} vs {r:?}");
         assert_eq!(stat(&rows, false, 7), s, "deterministic");

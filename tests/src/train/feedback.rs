@@ -37,8 +37,7 @@ pub struct Feedback {
 
 /// Reads a feedback JSONL file against the catalog.
 pub fn load(path: &Path, catalog: &Catalog) -> anyhow::Result<Feedback> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let top = catalog
         .models
         .values()
@@ -67,7 +66,10 @@ pub fn load(path: &Path, catalog: &Catalog) -> anyhow::Result<Feedback> {
                 },
             ),
             (None, Some(Value::Array(_))) => body_text(v.as_object().context("object")?),
-            _ => bail!("{}: needs exactly one of \"prompt\" (a string) or \"messages\" (an array)", at()),
+            _ => bail!(
+                "{}: needs exactly one of \"prompt\" (a string) or \"messages\" (an array)",
+                at()
+            ),
         };
         let model = v["model"]
             .as_str()
@@ -76,7 +78,10 @@ pub fn load(path: &Path, catalog: &Catalog) -> anyhow::Result<Feedback> {
             .lookup(model)
             .and_then(|(_, m)| m.quality)
             .with_context(|| {
-                format!("{}: model \"{model}\" is not a catalog model with a quality", at())
+                format!(
+                    "{}: model \"{model}\" is not a catalog model with a quality",
+                    at()
+                )
             })?;
         let score = match (v.get("score"), v.get("label").and_then(Value::as_str)) {
             (Some(s), None) => match s.as_f64() {
@@ -116,4 +121,67 @@ pub fn load(path: &Path, catalog: &Catalog) -> anyhow::Result<Feedback> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> anyhow::Result<Feedback> {
+        let cat =
+            Catalog::from_toml(include_str!("../../../config/catalog.toml"), "catalog").unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "lumen-feedback-{}-{}.jsonl",
+            std::process::id(),
+            fnv32(text)
+        ));
+        std::fs::write(&path, text).unwrap();
+        let r = load(&path, &cat);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn lines_become_examples_against_the_strongest_model() {
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!(
+                "{{\"prompt\": \"question {i}\", \"model\": \"meta-llama/llama-3.1-8b-instruct\", \"score\": 0.25}}\n"
+            ));
+        }
+        text.push_str("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"model\": \"gpt-4o-mini\", \"label\": \"escalated\", \"weight\": 2}\n");
+        text.push_str("{\"prompt\": \"x\", \"model\": \"gpt-4o\", \"label\": \"good\"}\n\n");
+        let f = load_text(&text).unwrap();
+        assert_eq!(f.train.len() + f.held_out.len(), 51);
+        assert_eq!(f.skipped, 1, "the strongest model has no gap");
+        assert!(!f.held_out.is_empty() && f.held_out.len() < 25);
+        let all: Vec<&Example> = f.train.iter().chain(&f.held_out).collect();
+        assert!(all
+            .iter()
+            .any(|e| e.target == 1.0 && e.weight == 2.0 && e.theta_cheap == 1.2));
+        assert!(all.iter().all(|e| e.theta_strong == 1.7));
+        assert!(all.iter().filter(|e| e.target == 0.75).count() == 50);
+    }
+
+    #[test]
+    fn bad_lines_are_refused_with_their_line_number() {
+        let err = |t: &str| format!("{:#}", load_text(t).err().unwrap());
+        assert!(
+            err("{\"prompt\": \"x\", \"model\": \"nope\", \"score\": 1}")
+                .contains(":1: model \"nope\"")
+        );
+        assert!(
+            err("\n{\"prompt\": \"x\", \"model\": \"gpt-4o-mini\", \"score\": 2}")
+                .contains(":2: \"score\" must be")
+        );
+        assert!(
+            err("{\"prompt\": \"x\", \"model\": \"gpt-4o-mini\", \"label\": \"meh\"}")
+                .contains("unknown label")
+        );
+        assert!(
+            err("{\"model\": \"gpt-4o-mini\", \"score\": 1}").contains("exactly one of \"prompt\"")
+        );
+        assert!(err("{\"prompt\": \"x\", \"model\": \"gpt-4o-mini\"}")
+            .contains("exactly one of \"score\""));
+    }
 }
