@@ -59,6 +59,10 @@ const EVAL_PAIRS: &[(&str, &str)] = &[
     ("Meta-Llama-3_1-8B-Instruct", "gemini-1.5-pro-002"),
 ];
 
+/// Groups where the strong model leads the cheap one by less than this (accuracy) are left out
+/// of the means: PGR divides by that lead.
+const MIN_GROUP_GAP: f64 = 0.05;
+
 fn pct(x: f64) -> String {
     format!("{:.0} %", 100.0 * x)
 }
@@ -210,7 +214,6 @@ fn report(
         eval::BOOTSTRAP,
         eval::BOOTSTRAP
     )?;
-    let n_groups = rot.groups.len() as f64;
     for (k, (cheap, strong)) in EVAL_PAIRS.iter().enumerate() {
         writeln!(r, "### {cheap} → {strong}\n")?;
         writeln!(r, "| held out | n | cheap / strong acc | scorer APGR [95 %] | length APGR [95 %] | random APGR [95 %] | scorer CPT(50 %) / CPT(80 %) | length CPT(50 %) / CPT(80 %) |")?;
@@ -233,7 +236,14 @@ fn report(
                 pct(c.length.cpt80)
             )?;
         }
-        let m = |f: &dyn Fn(&Compared) -> f64| mean(rot.groups.iter().map(|g| f(&g.2[k])));
+        // PGR divides by the gap: groups where the strong model barely leads make it noise.
+        let kept: Vec<&Compared> = rot
+            .groups
+            .iter()
+            .map(|g| &g.2[k])
+            .filter(|c| c.acc.1 - c.acc.0 >= MIN_GROUP_GAP)
+            .collect();
+        let m = |f: &dyn Fn(&Compared) -> f64| mean(kept.iter().map(|c| f(c)));
         let below = rot
             .groups
             .iter()
@@ -241,8 +251,9 @@ fn report(
             .count();
         writeln!(
             r,
-            "| **mean of {} groups** | | | **{:.3}** | {:.3} | {:.3} | {} / {} | {} / {} |\n",
-            n_groups,
+            "| **mean of {} groups** (strong leads by ≥ {} points) | | | **{:.3}** | {:.3} | {:.3} | {} / {} | {} / {} |\n",
+            kept.len(),
+            100.0 * MIN_GROUP_GAP,
             m(&|c| c.scorer.apgr),
             m(&|c| c.length.apgr),
             m(&|c| c.random.apgr),
@@ -259,11 +270,18 @@ fn report(
         )?;
     }
     writeln!(r, "### All four pairs\n")?;
-    let all =
-        |f: &dyn Fn(&Compared) -> f64| mean(rot.groups.iter().flat_map(|g| g.2.iter().map(f)));
+    let all = |f: &dyn Fn(&Compared) -> f64| {
+        mean(
+            rot.groups
+                .iter()
+                .flat_map(|g| g.2.iter())
+                .filter(|c| c.acc.1 - c.acc.0 >= MIN_GROUP_GAP)
+                .map(f),
+        )
+    };
     writeln!(
         r,
-        "Mean APGR over groups and pairs: scorer {:.3}, length {:.3}, random {:.3} (scorer − random {:+.3}, scorer − length {:+.3}).\n",
+        "Mean APGR over groups and pairs where the strong model leads by ≥ 5 points: scorer {:.3}, length {:.3}, random {:.3} (scorer − random {:+.3}, scorer − length {:+.3}).\n",
         all(&|c| c.scorer.apgr),
         all(&|c| c.length.apgr),
         all(&|c| c.random.apgr),
