@@ -348,10 +348,8 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
                 c.questions += 1;
                 c.sentences += 1;
             }
-            b'.' | b'!' => {
-                if bytes.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) {
-                    c.sentences += 1;
-                }
+            b'.' | b'!' if bytes.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) => {
+                c.sentences += 1
             }
             _ if is_math(b) => c.math += 1,
             _ => {}
