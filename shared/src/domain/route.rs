@@ -3,15 +3,23 @@
 //! explanation. Pure: the router component passes the catalog, the scorer and observed latencies.
 //!
 //! Tiers (`lumen/auto` = `auto`, `lumen/fast`, `lumen/balanced`, `lumen/reasoning`, as the
-//! catalog's `[tiers]` define them) pick, among the catalog models that have a `quality`, the
-//! cheapest whose predicted quality for this request clears the quality floor; pinned models
-//! always win.
+//! catalog's `[tiers]` define them) pick, among the eligible catalog models that have a
+//! `quality`, the cheapest whose predicted quality for this request clears the quality floor;
+//! pinned models always win.
+//!
+//! The scale, calibrated on held-out data (`bench/ROUTER.md`): a candidate's predicted quality is
+//! `1 − P(it falls short of the strongest eligible candidate)`, the probability that its answer is
+//! as good as the strongest one's would be ([`crate::domain::scorer`] predicts "the cheap model fails where
+//! the strong one succeeds"); the strongest candidate itself has 1. The quality floor is on that
+//! scale: a floor of 0.6 accepts a cheaper model while the chance that it falls short stays at or
+//! below 40 %; floor 0 always takes the cheapest, floor 1 always the strongest. The route's
+//! `score` is `P(the cheapest eligible candidate falls short)`, in [0, 1].
 
-use crate::contracts::Plan;
 use crate::domain::catalog::{Catalog, ModelConfig};
-use crate::domain::scorer::{predicted_quality, Weights};
+use crate::contracts::Plan;
 use crate::error::ApiError;
 use crate::wire::openai::estimate_prompt_tokens;
+use crate::domain::scorer::Weights;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -347,7 +355,8 @@ pub struct Considered {
     pub model: String,
     /// Its provider.
     pub provider: String,
-    /// Predicted chance it answers this request well.
+    /// Predicted chance that its answer does not fall short of the strongest eligible
+    /// candidate's (1 for that candidate), in [0, 1].
     pub predicted_quality: f64,
     /// Input + output price, dollars per million tokens.
     pub price: f64,
@@ -362,10 +371,12 @@ pub struct RouteExplain {
     /// Tier (`lumen/auto`, …); absent for pinned models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
-    /// Difficulty logit of the request (tiers only).
+    /// Probability, in [0, 1], that the cheapest eligible candidate falls short of the strongest
+    /// (fails where the strongest succeeds) for this request (tiers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f32>,
-    /// Quality floor applied (tiers only).
+    /// Quality floor applied (tiers only): the least predicted quality (chance of not falling
+    /// short of the strongest eligible candidate) the winner must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_floor: Option<f64>,
     /// Microseconds the scorer took (tiers only).
@@ -646,15 +657,14 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         ApiError::internal("the router's scorer weights are missing (config/router-weights.bin)")
     })?;
     let t0 = (inp.now_us)();
-    let z = weights.score_body(body);
+    let scored = weights.score_body(body);
     let score_us = (inp.now_us)() - t0;
     let floor = prefs.quality_floor.unwrap_or(cat.tiers[tier].quality_floor);
     let prompt = estimate_prompt_tokens(body);
     let caps = needs(body);
-    let mut considered = Vec::new();
+    let mut looked = Vec::new();
     for (id, m) in &cat.models {
         let Some(q) = m.quality else { continue };
-        let pq = predicted_quality(q, z);
         let allowed = concrete.is_empty()
             || concrete
                 .iter()
@@ -700,14 +710,36 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         } else {
             None
         };
-        considered.push(Considered {
+        looked.push((id, m, q, excluded));
+    }
+    // Predicted quality: the chance of not falling short of the strongest eligible candidate.
+    let strongest = |eligible_only: bool| {
+        looked
+            .iter()
+            .filter(|l| !eligible_only || l.3.is_none())
+            .map(|l| l.2)
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    let top = match strongest(true) {
+        t if t.is_finite() => t,
+        _ => strongest(false),
+    };
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let score = looked
+        .iter()
+        .filter(|l| l.3.is_none())
+        .min_by(|a, b| blended(a.1).total_cmp(&blended(b.1)).then(a.0.cmp(b.0)))
+        .map_or(0.0, |l| weights.short_prob(&scored, l.2, top));
+    let considered: Vec<Considered> = looked
+        .into_iter()
+        .map(|(id, m, q, excluded)| Considered {
             model: id.clone(),
             provider: m.provider.clone(),
-            predicted_quality: (pq * 1000.0).round() / 1000.0,
+            predicted_quality: round(1.0 - weights.short_prob(&scored, q, top)),
             price: blended(m),
             excluded,
-        });
-    }
+        })
+        .collect();
     let rank = |list: &[String], v: &str| list.iter().position(|x| x == v).unwrap_or(usize::MAX);
     let brand = |id: &str| cat.models[id].brand.clone().unwrap_or_default();
     let mut clearing: Vec<&Considered> = considered
@@ -808,7 +840,7 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
     };
     plan.route = Some(RouteExplain {
         tier: Some(format!("{TIER_PREFIX}{tier}")),
-        score: Some((z * 1000.0).round() / 1000.0),
+        score: Some(round(score) as f32),
         quality_floor: Some(floor),
         score_us: Some(score_us),
         model: winner,
@@ -822,7 +854,7 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::scorer::DIM;
+    use crate::domain::scorer::PairTerm;
     use serde_json::json;
 
     const CAT: &str = r#"
@@ -880,10 +912,15 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
 
     fn run(model: &str, body: Value, allowed: &[String]) -> Result<Plan, ApiError> {
         let cat = Catalog::from_toml(CAT, "t").unwrap();
-        // Zero weights: every request has difficulty 0 (the bias).
+        // No text features: P(falls short) = σ(2Δ − 2.5) for an ability gap Δ, whatever the
+        // request; vs big (2.0): mid σ(−0.5) = 0.38, small σ(1.1) = 0.75.
         let w = Weights {
-            bias: 0.0,
-            w: vec![0.0; DIM],
+            pair: PairTerm {
+                bias: -2.5,
+                gap: 2.0,
+                ..PairTerm::default()
+            },
+            ..Weights::zero()
         };
         let none = |_: &str, _: &str| None;
         let slow = |_: &str, m: &str| (m == "mid").then_some(900.0);
@@ -921,7 +958,7 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
 
     #[test]
     fn cheapest_model_that_clears_the_floor_then_fallbacks() {
-        // σ(0.2) = 0.55 < 0.6 ≤ σ(1.0) = 0.73.
+        // Predicted quality = 1 − P(falls short of big): small 0.25 < 0.6 ≤ mid 0.62, big 1.
         let p = run("auto", msg(json!({})), &[]).unwrap();
         assert_eq!(order(&p), ["mid", "big", "small"]);
         let r = p.route.unwrap();
@@ -932,11 +969,31 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
             3,
             "unrated models are not tier candidates"
         );
-        let p = run("lumen/auto", msg(json!({"quality_floor": 0.5})), &[]).unwrap();
+        let pq = |m: &str| {
+            r.candidates
+                .iter()
+                .find(|c| c.model == m)
+                .unwrap()
+                .predicted_quality
+        };
+        assert_eq!((pq("small"), pq("mid"), pq("big")), (0.25, 0.622, 1.0));
+        // The score is the chance that the cheapest eligible model (small) falls short.
+        assert_eq!(r.score, Some(0.75));
+        let p = run("lumen/auto", msg(json!({"quality_floor": 0.2})), &[]).unwrap();
         assert_eq!(order(&p)[0], "small");
-        let p = run("auto", msg(json!({"quality_floor": 0.95})), &[]).unwrap();
+        // The strongest eligible model always clears the floor: floor 1 means "the strongest".
+        let p = run("auto", msg(json!({"quality_floor": 1.0})), &[]).unwrap();
         assert_eq!(order(&p), ["big", "mid", "small"]);
-        assert!(p.route.unwrap().reason.contains("no eligible model clears"));
+        assert!(p.route.unwrap().reason.contains("clears the floor 1"));
+        // Without big (no tools), mid is the strongest: small is measured against mid.
+        let b =
+            json!({"messages": [{"role": "user", "content": "hi"}], "provider": {"only": ["a"]}});
+        let r = run("auto", b, &[]).unwrap().route.unwrap();
+        assert_eq!(r.model, "big", "mid is excluded, big is the strongest left");
+        let b = json!({"messages": [{"role": "user", "content": "hi"}], "max_price": 2});
+        let r = run("auto", b, &[]).unwrap().route.unwrap();
+        // vs mid: σ(2·0.8 − 2.5) = 0.29 → small has 0.711 and wins.
+        assert_eq!((r.model.as_str(), r.score), ("small", Some(0.289)));
         assert_eq!(
             order(&run("lumen/fast", msg(json!({})), &[]).unwrap())[0],
             "small"
