@@ -240,7 +240,7 @@ fn deadline_error(p: &lumen_shared::contracts::ProviderTarget, which: &str, ms: 
 fn provider_key(c: &Candidate, call: &CallRequest) -> Result<String, Failure> {
     let p = &c.provider;
     // Only a key that has its own key for this provider costs a read.
-    let own = call.byok.iter().any(|b| *b == p.name);
+    let own = call.byok.contains(&p.name);
     if let (Some(id), true, Ok(kv)) = (call.key_id.as_deref(), own, SpinKv::open()) {
         let slot = ByokKey {
             key_id: id,

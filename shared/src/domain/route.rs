@@ -15,11 +15,11 @@
 //! below 40 %; floor 0 always takes the cheapest, floor 1 always the strongest. The route's
 //! `score` is `P(the cheapest eligible candidate falls short)`, in [0, 1].
 
-use crate::domain::catalog::{Catalog, ModelConfig};
 use crate::contracts::Plan;
+use crate::domain::catalog::{Catalog, ModelConfig};
+use crate::domain::scorer::Weights;
 use crate::error::ApiError;
 use crate::wire::openai::estimate_prompt_tokens;
-use crate::domain::scorer::Weights;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

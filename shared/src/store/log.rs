@@ -283,7 +283,7 @@ pub fn write(store: &dyn Kv, e: &Entry) -> Result<(), KvError> {
 
 /// Whether `seq` ends a block (its writer seals after answering).
 pub fn ends_block(seq: u64) -> bool {
-    seq > 0 && seq % BLOCK == 0
+    seq > 0 && seq.is_multiple_of(BLOCK)
 }
 
 fn block_range(b: u64) -> std::ops::RangeInclusive<u64> {
@@ -422,7 +422,7 @@ pub fn seal(store: &dyn Kv, now_ms: u64, tail: bool) -> Result<Sealed, KvError> 
         kv::store(store, &LogBlockKey(b), &blk)?;
         prev = blk.hashes.last().cloned().unwrap_or_default();
         b += 1;
-        if b % SUPER == 0 {
+        if b.is_multiple_of(SUPER) {
             seal_super(store, b / SUPER - 1)?;
         }
     }

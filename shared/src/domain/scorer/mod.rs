@@ -324,7 +324,8 @@ mod tests {
 
     #[test]
     fn shipped_weights_load_and_rank_hard_above_easy() {
-        let w = Weights::from_bytes(include_bytes!("../../../../config/router-weights.bin")).unwrap();
+        let w =
+            Weights::from_bytes(include_bytes!("../../../../config/router-weights.bin")).unwrap();
         let easy = json!({"messages":[{"role":"user","content":"What is the capital of France?"}]});
         let hard = json!({"messages":[{"role":"user","content":"Let f(x) = x^3 - 6x^2 + 11x - 6. Find all roots, then compute the integral of f from 0 to 4, derive the second derivative, determine the inflection point, and prove that f has exactly three real roots. Finally evaluate the limit of f(x)/x^3 as x approaches infinity. Show every step."}]});
         let p = |b: &Value| {
