@@ -6,18 +6,45 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${CARGO_BUILD_JOBS:-2}"
 
+# What the suite needs besides Rust: checked before the long build. As root with apt-get (CI,
+# .ci/run) the missing Debian packages are installed; elsewhere the script says what to install.
+echo "== prerequisites"
+missing=()
+command -v cargo >/dev/null && command -v rustup >/dev/null || {
+  echo "missing: a Rust toolchain with rustup (https://rustup.rs), then re-run" >&2; exit 1; }
+cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 || {
+  echo "missing: rustfmt and clippy (rustup component add rustfmt clippy), then re-run" >&2; exit 1; }
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v redis-server >/dev/null || missing+=(redis-server)   # the shared-KV (replica) tests
+command -v node >/dev/null || missing+=(nodejs)                 # the openai Node SDK tests
+command -v npm >/dev/null || missing+=(npm)
+if [[ "${LUMEN_SKIP_BROWSER:-}" != 1 ]]; then                    # the dashboard's browser test
+  [[ -x "${LUMEN_CHROMIUM:-/usr/bin/chromium}" ]] || missing+=(chromium)
+  [[ -x "${LUMEN_CHROMEDRIVER:-/usr/bin/chromedriver}" ]] || missing+=(chromium-driver)
+fi
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+  else
+    echo "missing: ${missing[*]}" >&2
+    echo "install them (Debian/Ubuntu: sudo apt-get install ${missing[*]}) and re-run; README.md, 'Tests', lists why each is needed" >&2
+    exit 1
+  fi
+fi
+
 scripts/build.sh
 
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy (host and wasm targets)"
 cargo clippy --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests --all-targets -- -D warnings
-cargo clippy --release -j "$jobs" --target wasm32-wasip2 -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-spin -- -D warnings
+cargo clippy --release -j "$jobs" --target wasm32-wasip2 -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard -p lumen-spin -- -D warnings
 
 echo "== cargo test (unit, end-to-end through the host)"
 cargo test --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests
 echo "== component unit tests (native)"
-cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter
+cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard
 
 echo "== router training reproduces the shipped weights"
 if [[ -f ../shared/data/mmlu-pro-outcomes.csv.gz ]]; then
@@ -26,12 +53,20 @@ else
   echo "skipped: ../shared/data/mmlu-pro-outcomes.csv.gz is not here"
 fi
 
-echo "== Python SDKs (openai, anthropic)"
+echo "== Python: the openai and anthropic SDKs, and the deploy/ manifests"
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-.venv/bin/python -m pytest tests/python -q
+.venv/bin/python -m pytest tests/python -q -m "not browser"
+
+echo "== dashboard in headless Chromium (screenshot: target/test-artifacts/dashboard.png)"
+if [[ ! -x "${LUMEN_CHROMIUM:-/usr/bin/chromium}" || ! -x "${LUMEN_CHROMEDRIVER:-/usr/bin/chromedriver}" ]]; then
+  echo "missing chromium or chromedriver: install Debian's chromium and chromium-driver" >&2
+  echo "(sudo apt-get install chromium chromium-driver; .ci/run does), or set LUMEN_SKIP_BROWSER=1 to skip this step" >&2
+  [[ "${LUMEN_SKIP_BROWSER:-}" == 1 ]] || exit 1
+fi
+.venv/bin/python -m pytest tests/python -q -m browser
 
 echo "== OpenAI Node SDK"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)

@@ -8,7 +8,7 @@ use crate::manifest::{Component as ComponentDef, Manifest, Route};
 use crate::outbound::{chaining_target, AllowedHost};
 use crate::outbound_http::OutboundHttp;
 use crate::reply;
-use crate::spin::{bindings::SpinImports, SpinState, SpinView};
+use crate::spin::{bindings::SpinImports, KvOps, SpinState, SpinView};
 use crate::variables::AppVariables;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -116,6 +116,7 @@ pub struct App {
     components: HashMap<String, Arc<ComponentRuntime>>,
     routes: Vec<RouteEntry>,
     private: Vec<String>,
+    kv_log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 /// Everything needed to build an [`App`].
@@ -130,6 +131,8 @@ pub struct AppConfig<'a> {
     pub cache_dir: &'a Path,
     /// Component instances alive at once (the pooling allocator's size).
     pub max_instances: u32,
+    /// Where to append one JSON line per request with its key-value round trips.
+    pub kv_log: Option<&'a Path>,
 }
 
 impl App {
@@ -192,6 +195,16 @@ impl App {
             }
         }
         routes.sort_by_key(RouteEntry::priority);
+        let kv_log = match cfg.kv_log {
+            None => None,
+            Some(p) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format_err!("cannot open the KV log {}: {e}", p.display()))?,
+            )),
+        };
         Ok(Arc::new(App {
             engine,
             max_instances: cfg.max_instances,
@@ -199,6 +212,7 @@ impl App {
             components,
             routes,
             private,
+            kv_log,
         }))
     }
 
@@ -274,7 +288,12 @@ impl App {
             }
         }
         let req = http::Request::from_parts(parts, body);
-        match self.clone().invoke(comp, req, Scheme::Http).await {
+        let method = req.method().to_string();
+        match self
+            .clone()
+            .invoke(comp, req, Scheme::Http, (method, path.clone()))
+            .await
+        {
             Ok(resp) => resp,
             Err(InvokeError::PoolExhausted(id)) => {
                 static LOG: AtomicU64 = AtomicU64::new(0);
@@ -311,6 +330,7 @@ impl App {
         comp: Arc<ComponentRuntime>,
         req: http::Request<B>,
         scheme: Scheme,
+        (method, path): (String, String),
     ) -> Result<HostResponse, InvokeError>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -331,13 +351,26 @@ impl App {
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await
-                .map_err(InvokeError::Failed)
+                .map_err(InvokeError::Failed)?;
+            Ok::<KvOps, InvokeError>(store.data().spin.ops)
         });
         match rx.await {
             Ok(Ok(resp)) => {
+                let request_id = resp
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let status = resp.status().as_u16();
+                let app = self.clone();
                 tokio::spawn(async move {
-                    if let Ok(Err(e)) = task.await {
-                        eprintln!("lumen-host: component {id:?} failed after responding: {e}");
+                    match task.await {
+                        Ok(Err(e)) => {
+                            eprintln!("lumen-host: component {id:?} failed after responding: {e}")
+                        }
+                        Ok(Ok(ops)) => app.log_kv(&method, &path, status, &request_id, ops),
+                        Err(_) => {}
                     }
                 });
                 Ok(resp)
@@ -346,7 +379,7 @@ impl App {
                 Err(format_err!("component {:?} answered with error {code:?}", comp.id).into())
             }
             Err(_) => match task.await {
-                Ok(Ok(())) => Err(format_err!(
+                Ok(Ok(_)) => Err(format_err!(
                     "component {:?} returned without setting a response",
                     comp.id
                 )
@@ -360,6 +393,23 @@ impl App {
                 Err(e) => Err(format_err!("component {:?} task failed: {e}", comp.id).into()),
             },
         }
+    }
+
+    /// Appends a request's key-value round trips to the KV log, when one is configured.
+    fn log_kv(&self, method: &str, path: &str, status: u16, request_id: &str, ops: KvOps) {
+        let Some(log) = &self.kv_log else { return };
+        let line = serde_json::json!({
+            "method": method,
+            "path": path,
+            "status": status,
+            "request_id": request_id,
+            "total": ops.total(),
+            "reads": ops.reads(),
+            "writes": ops.writes(),
+            "ops": ops,
+        });
+        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = std::io::Write::write_all(&mut *f, format!("{line}\n").as_bytes());
     }
 
     fn new_store(self: &Arc<Self>, comp: &Arc<ComponentRuntime>) -> Result<Store<Ctx>> {
@@ -391,6 +441,7 @@ impl App {
             spin: SpinState {
                 stores: comp.stores.clone(),
                 variables: comp.variables.clone(),
+                ops: KvOps::default(),
             },
         };
         Ok(Store::new(&self.engine, ctx))
@@ -471,7 +522,7 @@ pub struct Ctx {
 impl Ctx {
     fn spin_view(&mut self) -> SpinView<'_> {
         SpinView {
-            state: &self.spin,
+            state: &mut self.spin,
             table: &mut self.table,
         }
     }
@@ -549,7 +600,11 @@ impl WasiHttpHooks for Hooks {
                 };
                 let id = target.id.clone();
                 let max = app.max_instances;
-                match app.invoke(target, request, Scheme::Http).await {
+                let what = (
+                    request.method().to_string(),
+                    request.uri().path().to_string(),
+                );
+                match app.invoke(target, request, Scheme::Http, what).await {
                     Ok(resp) => Ok((
                         resp,
                         Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,

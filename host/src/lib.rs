@@ -49,6 +49,9 @@ pub struct HostOptions {
     pub cache_dir: Option<PathBuf>,
     /// Timeouts and caps of the listener (see [`Limits`] for the defaults).
     pub limits: Limits,
+    /// Append one JSON line per request with its key-value round trips here
+    /// (`LUMEN_HOST_KV_LOG`): how the KV-operation ceilings are tested and reported.
+    pub kv_log: Option<PathBuf>,
 }
 
 impl HostOptions {
@@ -63,6 +66,7 @@ impl HostOptions {
             variables: HashMap::new(),
             cache_dir: None,
             limits: Limits::default(),
+            kv_log: None,
         }
     }
 }
@@ -72,6 +76,7 @@ pub struct RunningHost {
     addr: SocketAddr,
     app: Arc<App>,
     admission: limits::Admission,
+    stores: HashMap<String, Arc<dyn KvBackend>>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -80,6 +85,11 @@ impl RunningHost {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A key-value store by label, as the components see it (tests inspect what was stored).
+    pub fn store(&self, label: &str) -> Option<Arc<dyn KvBackend>> {
+        self.stores.get(label).cloned()
     }
 
     /// `http://ADDR`.
@@ -165,6 +175,7 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         stores: &stores,
         cache_dir: &cache_dir,
         max_instances: opts.limits.max_instances,
+        kv_log: opts.kv_log.as_deref(),
     })?;
 
     let listener =
@@ -188,6 +199,7 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         addr,
         app,
         admission,
+        stores,
         stop,
         task,
     })

@@ -156,6 +156,7 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
     opts.cache_dir = cache_dir;
     opts.limits = limits.limits();
     opts.variables = lumen_host::variables::from_env(std::env::vars());
+    opts.kv_log = std::env::var_os("LUMEN_HOST_KV_LOG").map(std::path::PathBuf::from);
     let host = lumen_host::start(opts).await?;
     // Listen for signals before announcing the address: a supervisor (or a test) may send
     // SIGTERM as soon as it has read the route table.

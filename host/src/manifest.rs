@@ -365,16 +365,16 @@ mod tests {
     fn reads_the_project_manifest() {
         let m = Manifest::load(&dir().join("spin.toml")).unwrap();
         assert_eq!(m.name, "lumen");
-        assert_eq!(m.components.len(), 4);
+        assert_eq!(m.components.len(), 2);
         let public: Vec<_> = m
             .triggers
             .iter()
             .filter(|t| t.route != Route::Private)
             .map(|t| t.component.as_str())
             .collect();
-        assert_eq!(public, vec!["auth"]);
+        assert_eq!(public, vec!["gateway", "dashboard"]);
         assert!(m.variables["admin_token"].secret);
-        assert_eq!(m.components["router"].files[0].destination, "/config");
+        assert_eq!(m.components["gateway"].files[0].destination, "/config");
     }
 
     #[test]

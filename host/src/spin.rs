@@ -45,12 +45,57 @@ pub struct SpinState {
     pub stores: Arc<HashMap<String, Arc<dyn KvBackend>>>,
     /// The component's resolved variables.
     pub variables: Arc<HashMap<String, String>>,
+    /// Key-value round trips this instance made.
+    pub ops: KvOps,
+}
+
+/// Key-value round trips of one instance, by operation: what each request costs a store where
+/// every operation is a round trip (Spin's SQLite and Redis stores). A batch is one round trip.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KvOps {
+    /// `get`.
+    pub get: u32,
+    /// `set`.
+    pub set: u32,
+    /// `delete`.
+    pub delete: u32,
+    /// `exists`.
+    pub exists: u32,
+    /// `get-keys` / `list-keys`.
+    pub list: u32,
+    /// `increment`.
+    pub increment: u32,
+    /// Compare-and-swap: `cas.new` (a read) and `swap`.
+    pub cas: u32,
+    /// `get-many`.
+    pub get_many: u32,
+    /// `set-many`.
+    pub set_many: u32,
+    /// `delete-many`.
+    pub delete_many: u32,
+}
+
+impl KvOps {
+    /// Every round trip.
+    pub fn total(&self) -> u32 {
+        self.reads() + self.writes()
+    }
+
+    /// Round trips that only read.
+    pub fn reads(&self) -> u32 {
+        self.get + self.exists + self.list + self.get_many
+    }
+
+    /// Round trips that write.
+    pub fn writes(&self) -> u32 {
+        self.set + self.delete + self.increment + self.cas + self.set_many + self.delete_many
+    }
 }
 
 /// The view the generated `Host` traits are implemented on.
 pub struct SpinView<'a> {
     /// Spin state.
-    pub state: &'a SpinState,
+    pub state: &'a mut SpinState,
     /// The instance's resource table.
     pub table: &'a mut ResourceTable,
 }
@@ -80,10 +125,12 @@ impl SpinView<'_> {
     /// Runs `op` on an open store; any failure is reported as text, which each interface wraps
     /// in its own error type.
     fn on<T>(
-        &self,
+        &mut self,
         store: &Resource<OpenStore>,
+        count: fn(&mut KvOps) -> &mut u32,
         op: impl FnOnce(&dyn KvBackend, &str) -> wasmtime::Result<T>,
     ) -> Result<T, String> {
+        *count(&mut self.state.ops) += 1;
         let s = self.table.get(store).map_err(|e| e.to_string())?;
         op(s.backend.as_ref(), &s.label).map_err(|e| e.to_string())
     }
@@ -105,7 +152,7 @@ impl spin_kv::HostStore for SpinView<'_> {
         s: Resource<OpenStore>,
         key: String,
     ) -> Result<Option<Vec<u8>>, spin_kv::Error> {
-        self.on(&s, |kv, l| kv.get(l, &key))
+        self.on(&s, |o| &mut o.get, |kv, l| kv.get(l, &key))
             .map_err(spin_kv::Error::Other)
     }
     fn set(
@@ -114,19 +161,19 @@ impl spin_kv::HostStore for SpinView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), spin_kv::Error> {
-        self.on(&s, |kv, l| kv.set(l, &key, &value))
+        self.on(&s, |o| &mut o.set, |kv, l| kv.set(l, &key, &value))
             .map_err(spin_kv::Error::Other)
     }
     fn delete(&mut self, s: Resource<OpenStore>, key: String) -> Result<(), spin_kv::Error> {
-        self.on(&s, |kv, l| kv.delete(l, &key))
+        self.on(&s, |o| &mut o.delete, |kv, l| kv.delete(l, &key))
             .map_err(spin_kv::Error::Other)
     }
     fn exists(&mut self, s: Resource<OpenStore>, key: String) -> Result<bool, spin_kv::Error> {
-        self.on(&s, |kv, l| kv.exists(l, &key))
+        self.on(&s, |o| &mut o.exists, |kv, l| kv.exists(l, &key))
             .map_err(spin_kv::Error::Other)
     }
     fn get_keys(&mut self, s: Resource<OpenStore>) -> Result<Vec<String>, spin_kv::Error> {
-        self.on(&s, |kv, l| kv.keys(l))
+        self.on(&s, |o| &mut o.list, |kv, l| kv.keys(l))
             .map_err(spin_kv::Error::Other)
     }
     fn drop(&mut self, s: Resource<OpenStore>) -> wasmtime::Result<()> {
@@ -177,7 +224,7 @@ impl wasi_kv::HostBucket for SpinView<'_> {
         b: Resource<OpenStore>,
         key: String,
     ) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
-        self.on(&b, |kv, l| kv.get(l, &key))
+        self.on(&b, |o| &mut o.get, |kv, l| kv.get(l, &key))
             .map_err(wasi_kv::Error::Other)
     }
     fn set(
@@ -186,15 +233,15 @@ impl wasi_kv::HostBucket for SpinView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), wasi_kv::Error> {
-        self.on(&b, |kv, l| kv.set(l, &key, &value))
+        self.on(&b, |o| &mut o.set, |kv, l| kv.set(l, &key, &value))
             .map_err(wasi_kv::Error::Other)
     }
     fn delete(&mut self, b: Resource<OpenStore>, key: String) -> Result<(), wasi_kv::Error> {
-        self.on(&b, |kv, l| kv.delete(l, &key))
+        self.on(&b, |o| &mut o.delete, |kv, l| kv.delete(l, &key))
             .map_err(wasi_kv::Error::Other)
     }
     fn exists(&mut self, b: Resource<OpenStore>, key: String) -> Result<bool, wasi_kv::Error> {
-        self.on(&b, |kv, l| kv.exists(l, &key))
+        self.on(&b, |o| &mut o.exists, |kv, l| kv.exists(l, &key))
             .map_err(wasi_kv::Error::Other)
     }
     fn list_keys(
@@ -208,7 +255,7 @@ impl wasi_kv::HostBucket for SpinView<'_> {
             ));
         }
         let keys = self
-            .on(&b, |kv, l| kv.keys(l))
+            .on(&b, |o| &mut o.list, |kv, l| kv.keys(l))
             .map_err(wasi_kv::Error::Other)?;
         Ok(wasi_kv::KeyResponse { keys, cursor: None })
     }
@@ -225,12 +272,17 @@ impl atomics::Host for SpinView<'_> {
         key: String,
         delta: i64,
     ) -> Result<i64, wasi_kv::Error> {
-        self.on(&b, |kv, l| kv.increment(l, &key, delta))
-            .map_err(wasi_kv::Error::Other)
+        self.on(
+            &b,
+            |o| &mut o.increment,
+            |kv, l| kv.increment(l, &key, delta),
+        )
+        .map_err(wasi_kv::Error::Other)
     }
     /// Writes `value` only if the key still holds what the handle saw, in one atomic backend
     /// operation; on a mismatch the caller gets a fresh handle with the current value.
     fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> Result<(), atomics::CasError> {
+        self.state.ops.cas += 1;
         let cas = self
             .table
             .delete(cas)
@@ -261,6 +313,7 @@ impl atomics::HostCas for SpinView<'_> {
         b: Resource<OpenStore>,
         key: String,
     ) -> Result<Resource<Cas>, wasi_kv::Error> {
+        self.state.ops.cas += 1;
         let b = self.table.get(&b).map_err(wasi_err)?;
         let (label, backend) = (b.label.clone(), b.backend.clone());
         let seen = backend.get(&label, &key).map_err(wasi_err)?;
@@ -288,11 +341,15 @@ impl batch::Host for SpinView<'_> {
         b: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error> {
-        self.on(&b, |kv, l| {
-            keys.into_iter()
-                .map(|k| Ok((k.clone(), kv.get(l, &k)?)))
-                .collect()
-        })
+        self.on(
+            &b,
+            |o| &mut o.get_many,
+            |kv, l| {
+                keys.into_iter()
+                    .map(|k| Ok((k.clone(), kv.get(l, &k)?)))
+                    .collect()
+            },
+        )
         .map_err(wasi_kv::Error::Other)
     }
     fn set_many(
@@ -300,9 +357,11 @@ impl batch::Host for SpinView<'_> {
         b: Resource<OpenStore>,
         kvs: Vec<(String, Vec<u8>)>,
     ) -> Result<(), wasi_kv::Error> {
-        self.on(&b, |kv, l| {
-            kvs.iter().try_for_each(|(k, v)| kv.set(l, k, v))
-        })
+        self.on(
+            &b,
+            |o| &mut o.set_many,
+            |kv, l| kvs.iter().try_for_each(|(k, v)| kv.set(l, k, v)),
+        )
         .map_err(wasi_kv::Error::Other)
     }
     fn delete_many(
@@ -310,8 +369,12 @@ impl batch::Host for SpinView<'_> {
         b: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> Result<(), wasi_kv::Error> {
-        self.on(&b, |kv, l| keys.iter().try_for_each(|k| kv.delete(l, k)))
-            .map_err(wasi_kv::Error::Other)
+        self.on(
+            &b,
+            |o| &mut o.delete_many,
+            |kv, l| keys.iter().try_for_each(|k| kv.delete(l, k)),
+        )
+        .map_err(wasi_kv::Error::Other)
     }
 }
 
@@ -397,10 +460,12 @@ mod tests {
         let state = SpinState {
             stores: Arc::new(HashMap::from([("default".to_string(), backend.clone())])),
             variables: Arc::new(HashMap::new()),
+            ops: KvOps::default(),
         };
+        let mut state = state;
         let mut table = ResourceTable::new();
         let mut view = SpinView {
-            state: &state,
+            state: &mut state,
             table: &mut table,
         };
         let bucket = wasi_kv::Host::open(&mut view, "default".into()).unwrap();

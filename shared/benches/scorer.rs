@@ -2,7 +2,7 @@
 //! does per request), and decoding the weights file (once per router instance).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use lumen_shared::scorer::Weights;
+use lumen_shared::domain::scorer::Weights;
 use serde_json::json;
 use std::hint::black_box;
 

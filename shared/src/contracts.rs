@@ -1,8 +1,8 @@
 //! Internal contracts between components: small JSON documents sent over
 //! `http://<component>.spin.internal/...`. Defined once here so each component is testable alone.
 
-use crate::catalog::{Dialect, Price};
-use crate::openai::Usage;
+use crate::domain::catalog::{Dialect, Price};
+use crate::wire::openai::Usage;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +121,11 @@ pub struct Candidate {
     pub retries: Option<u32>,
     /// Catalog `deadlines` of the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadlines: Option<crate::deadline::Overrides>,
+    pub deadlines: Option<crate::domain::deadline::Overrides>,
+    /// The provider's health as the router read it (one batch per plan); the provider records
+    /// what its call showed against it, writing only what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::domain::health::Snapshot>,
 }
 
 /// router → auth: candidates in the order to try them.
@@ -141,7 +145,7 @@ pub struct Plan {
     pub cascade: bool,
     /// Why this plan, for `x-lumen-route` and `lumen.route`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<crate::route::RouteExplain>,
+    pub route: Option<crate::domain::route::RouteExplain>,
 }
 
 /// Which upstream endpoint a call is for.
@@ -164,9 +168,12 @@ pub struct CallRequest {
     /// Request id.
     pub request_id: String,
     /// The calling API key's id: the provider uses that key's own provider keys when it has some
-    /// (`crate::byok`).
+    /// (`crate::store::byok`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// The providers that key has its own upstream key for (the provider reads one only then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub byok: Vec<String>,
     /// Candidates in order.
     pub candidates: Vec<Candidate>,
     /// Whether the client asked for a usage chunk at the end of its stream.
@@ -230,13 +237,16 @@ pub struct Leg {
     pub price: Price,
 }
 
-/// auth → meter: settle one request, exactly once.
+/// auth → meter: settle one request (auth settles each request once).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SettleRequest {
-    /// Request id (the idempotency key).
+    /// Request id.
     pub request_id: String,
     /// API key id.
     pub key_id: String,
+    /// The key's tenant (empty: the key is its own tenant).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
     /// Unix time in ms when the request arrived.
     pub started_ms: u64,
     /// Gateway latency in ms, arrival to last byte.
@@ -249,7 +259,7 @@ pub struct SettleRequest {
     pub price: Option<Price>,
     /// The budget hold taken at admission, settled to the actual cost with this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hold: Option<crate::budget::Hold>,
+    pub hold: Option<crate::store::ledger::Hold>,
 }
 
 /// One row of `GET /v1/usage`.

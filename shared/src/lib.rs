@@ -1,34 +1,26 @@
-//! Lumen's shared crate: wire types, internal contracts, KV key families, the error model and
-//! the pure cores every component calls.
+//! Lumen's shared crate, laid out as a request lives:
 //!
-//! Nothing here imports `spin_sdk`: cores take their inputs, `now`, and a [`kv::Kv`] so they run
-//! natively in unit tests and unchanged inside the wasm components.
+//! - [`wire`]: what crosses the network: OpenAI and Anthropic wire types, SSE framing, one
+//!   adapter per upstream dialect. Pure.
+//! - [`domain`]: the decisions: the catalog, routing and scoring, fallbacks, deadlines, prices
+//!   and costs, plans, the stitched stream. Pure: nothing here knows the key-value store.
+//! - [`store`]: everything remembered between requests: the [`store::Kv`] trait, the typed key
+//!   families (one place for every key's spelling) and the operations built on atomic
+//!   `increment` and plain `get`/`set` — keys, limits, the budget ledger, the log (usage and
+//!   audit chain), provider health. No compare-and-swap anywhere.
+//! - [`contracts`]: what the four components hand each other (`components/wit/lumen.wit`).
+//! - [`error`]: the error model, rendered once as OpenAI JSON.
+//!
+//! Nothing here imports `spin_sdk`: cores take their inputs, `now`, and a [`store::Kv`] so they
+//! run natively in unit tests and unchanged inside the wasm components.
 #![deny(missing_docs)]
 
-pub mod audit;
-pub mod budget;
-pub mod byok;
-pub mod catalog;
-pub mod coldstart;
 pub mod contracts;
-pub mod deadline;
-pub mod dialect;
-pub mod embeddings;
+pub mod domain;
 pub mod error;
-pub mod fallback;
-pub mod health;
-pub mod keys;
-pub mod kv;
-pub mod openai;
-pub mod plans;
-pub mod pricing;
-pub mod ratelimit;
-pub mod route;
 pub mod schemas;
-pub mod scorer;
-pub mod sse;
-pub mod stitch;
+pub mod store;
 pub mod time;
-pub mod usage;
+pub mod wire;
 
 pub use error::ApiError;

@@ -2,7 +2,7 @@
 //! `BLESS=1 cargo test -p lumen-shared schemas` and checked for staleness by the same test.
 
 use crate::contracts::{Plan, PlanRequest, SettleRequest, UsageSummary};
-use crate::kv::{ApiKeyRecord, LatencyRecord, UsageDim, UsageRecord};
+use crate::store::ApiKeyRecord;
 
 /// (file name, pretty JSON schema) for every stored value and contract.
 pub fn all() -> Vec<(&'static str, String)> {
@@ -13,26 +13,25 @@ pub fn all() -> Vec<(&'static str, String)> {
     }
     vec![
         ("kv.api-key-record.v1.json", s::<ApiKeyRecord>()),
-        ("kv.usage-record.v1.json", s::<UsageRecord>()),
-        ("kv.usage-dim.v1.json", s::<UsageDim>()),
-        ("kv.byok.v1.json", s::<crate::byok::ByokRecord>()),
+        ("kv.tenant.v1.json", s::<crate::store::TenantRecord>()),
+        ("kv.byok.v1.json", s::<crate::store::byok::ByokRecord>()),
         (
             "kv.cold-start.v1.json",
-            s::<crate::coldstart::ColdStartStats>(),
+            s::<crate::store::coldstart::ColdStartStats>(),
         ),
-        ("kv.latency-record.v1.json", s::<LatencyRecord>()),
-        (
-            "kv.compiled-catalog.v1.json",
-            s::<crate::catalog::Catalog>(),
-        ),
-        ("kv.tenant.v1.json", s::<crate::kv::TenantRecord>()),
-        ("kv.health.v1.json", s::<crate::health::Health>()),
-        ("kv.audit-head.v1.json", s::<crate::audit::AuditHead>()),
-        ("kv.audit-entry.v1.json", s::<crate::audit::AuditEntry>()),
+        ("kv.log-entry.v2.json", s::<crate::store::log::Entry>()),
+        ("kv.log-block.v2.json", s::<crate::store::log::Block>()),
+        ("kv.log-super.v2.json", s::<crate::store::log::Super>()),
+        ("kv.health.v2.json", s::<crate::domain::health::Record>()),
         ("contract.plan-request.json", s::<PlanRequest>()),
         ("contract.plan.json", s::<Plan>()),
         ("contract.settle-request.json", s::<SettleRequest>()),
         ("contract.usage-summary.json", s::<UsageSummary>()),
+        (
+            "contract.usage-record.json",
+            s::<crate::store::usage::UsageRecord>(),
+        ),
+        ("contract.audit-head.json", s::<crate::store::log::Head>()),
     ]
 }
 

@@ -1,47 +1,76 @@
-//! Training and held-out evaluation of the difficulty scorer ([`lumen_shared::scorer`]), used by
-//! `lumen-train` (`scripts/train-router.sh`).
+//! Training of the router's scorer ([`lumen_shared::domain::scorer`]), used by `lumen-train`
+//! (`scripts/train-router.sh`): data loading, the two fits, and (in [`eval`]) the held-out
+//! evaluation by rotating whole subject groups and question styles out of training.
 //!
-//! Data: per-question correctness of many models on MMLU-Pro. Model: item response theory,
-//! `P(model m answers question q) = σ(θ_m − z_q)` with `z_q = b + w·features(q)`; `w`, `b` and
-//! the abilities `θ_m` are fitted together by full-batch Adam on the log loss with L2 on `w`.
-//! Full batch, fixed iteration count, sequential sums: the result is the same on every run.
+//! Data: per-question correctness of 29 models on MMLU-Pro; GSM8K's training split (the number of
+//! worked-solution steps is a weak label for math); optionally exported feedback labels
+//! ([`feedback`]).
 //!
-//! Evaluation follows RouteLLM: for a cheap/strong pair, route the hardest share `s` of held-out
-//! questions to the strong model; PGR(s) = (quality(s) − quality(cheap)) / (quality(strong) −
-//! quality(cheap)); APGR is the mean PGR over s = 0, 10 %, …, 100 % (trapezoid); CPT(x) is the
-//! smallest strong share whose PGR reaches x.
+//! 1. **Abilities** (the catalog's `quality` scale): item response theory,
+//!    `P(model m answers q) = σ(θ_m − z_q)`, `z_q = b + v·features(q)`, fitted jointly by
+//!    full-batch Adam. Only the θ are kept.
+//! 2. **The gap model**: for every pair of models (cheap, strong) at least [`Params::min_gap`]
+//!    apart in θ and every question both answered, the label is "cheap fails ∧ strong succeeds";
+//!    a logistic model over the features and the pair's abilities ([`lumen_shared::domain::scorer`]'s
+//!    logit) is fitted by full-batch Adam on the mean log loss (each pair weighted equally), plus a
+//!    weak-label term on GSM8K ("needs at least [`Params::gsm_hard_steps`] steps") and, when
+//!    given, feedback labels.
+//!
+//! Full batch, fixed iteration counts, sequential sums in file order, no threads, no hash-map
+//! iteration: the result is the same bits on every run.
+
+pub mod eval;
+pub mod feedback;
 
 use anyhow::{bail, Context as _};
-use lumen_shared::scorer::{featurize, prior, sigmoid, Features, Structure, Weights, DIM, HASHED};
+use lumen_shared::domain::scorer::{
+    featurize, prior, Features, PairTerm, Structure, Weights, DENSE, DIM, HASHED, MIN_GAP,
+};
 use std::io::Read as _;
 use std::path::Path;
 
-/// One question: features and per-model outcomes (`None` = not evaluated).
+/// One MMLU-Pro question.
 pub struct Item {
     /// MMLU-Pro question id.
     pub id: String,
+    /// Subject group (MMLU-Pro `category`).
+    pub category: String,
+    /// Question style: the source the question came from (`stemez`, `theoremQA`, `scibench`).
+    pub style: String,
+    /// Characters of the text (the prompt-length baseline).
+    pub chars: usize,
     /// Features of question + options.
     pub features: Features,
-    /// Outcome per model, in [`Data::models`] order.
+    /// Outcome per model, in [`Data::models`] order (`None` = not evaluated).
     pub y: Vec<Option<bool>>,
+}
+
+/// One GSM8K problem: features and the number of calculator steps of its worked solution.
+pub struct Problem {
+    /// Features of the question.
+    pub features: Features,
+    /// Steps (`<<…>>` annotations) in the reference solution.
+    pub steps: usize,
 }
 
 /// The data set.
 pub struct Data {
     /// Model names (the outcome columns).
     pub models: Vec<String>,
-    /// Questions, in file order.
+    /// MMLU-Pro questions, in file order.
     pub items: Vec<Item>,
+    /// GSM8K problems, in file order (empty when the file is absent).
+    pub gsm8k: Vec<Problem>,
 }
 
-/// Whether a question is held out for evaluation (a fixed 20 % by hash of its id).
-pub fn held_out(id: &str) -> bool {
+/// FNV-1a (32 bit): the fixed splits.
+pub fn fnv32(s: &str) -> u32 {
     let mut h: u32 = 2_166_136_261;
-    for b in id.as_bytes() {
+    for b in s.as_bytes() {
         h ^= u32::from(*b);
         h = h.wrapping_mul(16_777_619);
     }
-    h.is_multiple_of(5)
+    h
 }
 
 /// The text a question is scored on: the question and its options, as a user would send it.
@@ -49,22 +78,35 @@ pub fn question_text(question: &str, options: &str) -> String {
     format!("{question}\nOptions: {options}")
 }
 
-/// Reads `mmlu-pro-outcomes.csv.gz`.
-pub fn load(path: &Path) -> anyhow::Result<Data> {
+fn one_turn() -> Structure {
+    Structure {
+        turns: 1,
+        ..Structure::default()
+    }
+}
+
+fn gunzip(path: &Path) -> anyhow::Result<String> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(file)
         .read_to_string(&mut text)
         .with_context(|| format!("gunzip {}", path.display()))?;
+    Ok(text)
+}
+
+/// Reads `mmlu-pro-outcomes.csv.gz` and, when `gsm8k` exists, `gsm8k-train.jsonl.gz`.
+pub fn load(mmlu: &Path, gsm8k: Option<&Path>) -> anyhow::Result<Data> {
+    let text = gunzip(mmlu)?;
     let mut r = csv::Reader::from_reader(text.as_bytes());
     let header: Vec<String> = r.headers()?.iter().map(str::to_string).collect();
     let col = |name: &str| {
         header
             .iter()
             .position(|h| h == name)
-            .with_context(|| format!("column {name} missing"))
+            .with_context(|| format!("column {name} missing in {}", mmlu.display()))
     };
     let (qid, q, opts) = (col("question_id")?, col("question")?, col("options")?);
+    let (cat, src) = (col("category")?, col("src")?);
     let model_cols: Vec<usize> = (col("answer")? + 1..header.len())
         .filter(|i| !header[*i].contains('|'))
         .collect();
@@ -81,51 +123,94 @@ pub fn load(path: &Path) -> anyhow::Result<Data> {
             })
             .collect();
         let text = question_text(rec.get(q).unwrap_or(""), rec.get(opts).unwrap_or(""));
+        let src = rec.get(src).unwrap_or("");
         items.push(Item {
             id: rec.get(qid).unwrap_or("").to_string(),
-            features: featurize(
-                &text,
-                &Structure {
-                    turns: 1,
-                    ..Structure::default()
-                },
-            ),
+            category: rec.get(cat).unwrap_or("").to_string(),
+            style: src.split('-').next().unwrap_or(src).to_string(),
+            chars: text.chars().count(),
+            features: featurize(&text, &one_turn()),
             y,
         });
     }
     if items.is_empty() {
-        bail!("{} has no rows", path.display());
+        bail!("{} has no rows", mmlu.display());
     }
-    Ok(Data { models, items })
+    let mut problems = Vec::new();
+    if let Some(path) = gsm8k.filter(|p| p.exists()) {
+        for (n, line) in gunzip(path)?.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+            let (Some(question), Some(answer)) = (v["question"].as_str(), v["answer"].as_str())
+            else {
+                bail!("{}:{}: needs question and answer", path.display(), n + 1);
+            };
+            problems.push(Problem {
+                features: featurize(question, &one_turn()),
+                steps: answer.matches("<<").count().max(1),
+            });
+        }
+    }
+    Ok(Data {
+        models,
+        items,
+        gsm8k: problems,
+    })
+}
+
+/// Whether GSM8K problem `i` is held out of every evaluation fit (a fixed 20 %).
+pub fn gsm8k_held_out(i: usize) -> bool {
+    fnv32(&i.to_string()).is_multiple_of(5)
 }
 
 /// Hyper-parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
-    /// Adam iterations (full batch).
+    /// Adam iterations of the ability fit.
+    pub ability_iterations: usize,
+    /// Adam iterations of the gap fit.
     pub iterations: usize,
     /// Learning rate.
     pub lr: f64,
-    /// L2 penalty on the feature weights.
+    /// L2 penalty on `w`.
     pub l2: f64,
+    /// L2 penalty on `u`.
+    pub l2_level: f64,
+    /// Smallest ability difference of a training pair.
+    pub min_gap: f64,
+    /// Weight of the GSM8K weak-label term (relative to the MMLU-Pro pairs' mean loss).
+    pub gsm_weight: f64,
+    /// GSM8K problems needing at least this many steps are "hard".
+    pub gsm_hard_steps: usize,
+    /// The level the pair term is centred on.
+    pub centre: f32,
+    /// Learn the hashed n-gram weights in `w` (else only the dense features). Off in the shipped
+    /// scorer: held out by whole subject, n-grams bought +0.008 APGR on the Llama pair and lost
+    /// 0.05 on the Gemini pair (`bench/ROUTER.md`).
+    pub hashed: bool,
+    /// Most training pairs.
+    pub max_pairs: usize,
 }
 
 impl Default for Params {
     fn default() -> Self {
         Params {
-            iterations: 400,
+            ability_iterations: 400,
+            iterations: 300,
             lr: 0.05,
             l2: 2e-4,
+            l2_level: 1e-3,
+            min_gap: 0.2,
+            gsm_weight: 0.3,
+            gsm_hard_steps: 4,
+            centre: 0.8,
+            hashed: false,
+            max_pairs: 64,
         }
     }
-}
-
-/// A fitted model: weights and per-model abilities.
-pub struct Fit {
-    /// Scorer weights.
-    pub weights: Weights,
-    /// Ability θ per model, in [`Data::models`] order.
-    pub abilities: Vec<f64>,
 }
 
 struct Adam {
@@ -154,15 +239,16 @@ impl Adam {
     }
 }
 
-fn logistic(x: f64) -> f64 {
+/// The logistic function in f64.
+pub fn logistic(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Fits the model on the items `train` selects.
-pub fn fit(data: &Data, train: &dyn Fn(&Item) -> bool, p: Params) -> Fit {
+/// Fits the abilities θ (catalog `quality` scale) of all models on the items `train` selects.
+pub fn fit_abilities(data: &Data, train: &dyn Fn(&Item) -> bool, p: &Params) -> Vec<f64> {
     let items: Vec<&Item> = data.items.iter().filter(|i| train(i)).collect();
     let n_models = data.models.len();
-    // Parameters: w (DIM), b, θ (n_models).
+    // Parameters: v (DIM), b, θ (n_models).
     let n = DIM + 1 + n_models;
     let mut x = vec![0.0f64; n];
     let mut adam = Adam::new(n);
@@ -171,19 +257,12 @@ pub fn fit(data: &Data, train: &dyn Fn(&Item) -> bool, p: Params) -> Fit {
         .map(|i| i.y.iter().filter(|y| y.is_some()).count() as f64)
         .sum();
     let mut g = vec![0.0f64; n];
-    for _ in 0..p.iterations {
+    for _ in 0..p.ability_iterations {
         g.iter_mut().for_each(|v| *v = 0.0);
         for it in &items {
             let mut z = x[DIM];
             for (j, v) in &it.features {
-                let j = *j as usize;
-                let w = x[j]
-                    + if j >= HASHED {
-                        f64::from(prior(j - HASHED))
-                    } else {
-                        0.0
-                    };
-                z += w * f64::from(*v);
+                z += x[*j as usize] * f64::from(*v);
             }
             let mut gz = 0.0;
             for (m, y) in it.y.iter().enumerate() {
@@ -201,191 +280,220 @@ pub fn fit(data: &Data, train: &dyn Fn(&Item) -> bool, p: Params) -> Fit {
         for j in 0..DIM {
             g[j] += p.l2 * x[j];
         }
-        // Features with a hand-set prior are not learned (the data cannot teach them).
-        for (i, gj) in g[HASHED..DIM].iter_mut().enumerate() {
-            if prior(i) != 0.0 {
-                *gj = 0.0;
-            }
-        }
         // Pin the shared offset of b and θ: a tiny pull of θ towards 0.
         for m in 0..n_models {
             g[DIM + 1 + m] += 1e-4 * x[DIM + 1 + m];
         }
         adam.step(&mut x, &g, p.lr);
     }
-    Fit {
-        weights: Weights {
-            bias: x[DIM] as f32,
-            w: x[..DIM].iter().map(|v| *v as f32).collect(),
-        },
-        abilities: x[DIM + 1..].to_vec(),
-    }
+    x[DIM + 1..].to_vec()
 }
 
-/// RouteLLM metrics of one cheap/strong pair on the items `eval` selects.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PairEval {
-    /// Questions evaluated (both models have an outcome).
-    pub n: usize,
-    /// Accuracy of the cheap and the strong model alone.
-    pub cheap_acc: f64,
-    /// Accuracy of the strong model alone.
-    pub strong_acc: f64,
-    /// PGR at strong shares 0, 10 %, …, 100 %.
-    pub pgr: Vec<f64>,
-    /// APGR.
-    pub apgr: f64,
-    /// CPT(50 %), as a strong share.
-    pub cpt50: f64,
-    /// CPT(80 %), as a strong share.
-    pub cpt80: f64,
+/// A (cheap, strong) pair of model indexes with its abilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pair {
+    /// Cheap (weaker) model.
+    pub cheap: usize,
+    /// Strong model.
+    pub strong: usize,
+    /// θ of the cheap model.
+    pub theta_cheap: f64,
+    /// θ of the strong model.
+    pub theta_strong: f64,
 }
 
-/// Evaluates routing by `order` (question indexes, hardest first) for a pair.
-fn eval_order(cheap: &[bool], strong: &[bool], order: &[usize]) -> PairEval {
-    let n = order.len();
-    let acc = |v: &[bool]| v.iter().filter(|b| **b).count() as f64 / n.max(1) as f64;
-    let (qc, qs) = (acc(cheap), acc(strong));
-    let gap = qs - qc;
-    // correct(k) = questions right when the first k of `order` go to the strong model.
-    let mut correct = Vec::with_capacity(n + 1);
-    let mut c = cheap.iter().filter(|b| **b).count() as f64;
-    correct.push(c);
-    for &q in order {
-        c += f64::from(u8::from(strong[q])) - f64::from(u8::from(cheap[q]));
-        correct.push(c);
+/// Pairs of models at least `min_gap` apart in θ: every one in model order, thinned to at most
+/// `max` by an even stride (training cost grows with the pairs; neighbours carry much the same
+/// signal).
+pub fn all_pairs(abilities: &[f64], min_gap: f64, max: usize) -> Vec<Pair> {
+    let mut out = Vec::new();
+    for (c, tc) in abilities.iter().enumerate() {
+        for (s, ts) in abilities.iter().enumerate() {
+            if ts - tc >= min_gap {
+                out.push(Pair {
+                    cheap: c,
+                    strong: s,
+                    theta_cheap: *tc,
+                    theta_strong: *ts,
+                });
+            }
+        }
     }
-    let pgr_at = |k: usize| (correct[k] / n as f64 - qc) / gap;
-    let pgr: Vec<f64> = (0..=10)
-        .map(|i| pgr_at(((i as f64 / 10.0) * n as f64).round() as usize))
-        .collect();
-    let apgr = (pgr.iter().sum::<f64>() - (pgr[0] + pgr[10]) / 2.0) / 10.0;
-    let cpt = |x: f64| {
-        (0..=n)
-            .find(|k| pgr_at(*k) >= x)
-            .map_or(1.0, |k| k as f64 / n as f64)
-    };
-    PairEval {
-        n,
-        cheap_acc: qc,
-        strong_acc: qs,
-        pgr,
-        apgr,
-        cpt50: cpt(0.5),
-        cpt80: cpt(0.8),
-    }
+    let stride = out.len().div_ceil(max.max(1)).max(1);
+    out.into_iter().step_by(stride).collect()
 }
 
-/// Evaluates the scorer (hardest first by difficulty, ties by id) and the random router (mean of
-/// `random_runs` fixed-seed shuffles) for a pair on held-out items.
-pub fn evaluate_pair(
+/// A labelled example for the gap model besides MMLU-Pro: features, the abilities of the cheap
+/// and strong side, a target probability that the cheap side falls short, and a weight.
+pub struct Example {
+    /// Features of the request.
+    pub features: Features,
+    /// θ of the model that answered.
+    pub theta_cheap: f64,
+    /// θ of the model it is measured against.
+    pub theta_strong: f64,
+    /// Target `P(falls short)` in [0, 1].
+    pub target: f64,
+    /// Weight (relative: the examples' mean loss is weighted by their total weight).
+    pub weight: f64,
+}
+
+/// The pair term's inputs: (1, Δ, ln Δ, L).
+fn pair_inputs(tc: f64, ts: f64, centre: f32) -> [f64; 4] {
+    let gap = (ts - tc).max(f64::from(MIN_GAP));
+    let level = (tc + ts) / 2.0 - f64::from(centre);
+    [1.0, gap, gap.ln(), level]
+}
+
+/// Fits the gap model.
+///
+/// `train` selects the MMLU-Pro items, `gsm` the GSM8K problems used; `extra` are further
+/// examples (feedback) weighted by `extra_weight` relative to the MMLU-Pro pairs' mean loss.
+pub fn fit_gap(
     data: &Data,
-    weights: &Weights,
-    cheap: &str,
-    strong: &str,
-    random_runs: usize,
-) -> anyhow::Result<(PairEval, PairEval)> {
-    let idx = |name: &str| {
-        data.models
-            .iter()
-            .position(|m| m == name)
-            .with_context(|| format!("model {name} is not in the data"))
-    };
-    let (ci, si) = (idx(cheap)?, idx(strong)?);
-    let mut rows: Vec<(f32, &str, bool, bool)> = data
-        .items
+    pairs: &[Pair],
+    train: &dyn Fn(&Item) -> bool,
+    gsm: &dyn Fn(usize) -> bool,
+    extra: &[Example],
+    extra_weight: f64,
+    p: &Params,
+) -> Weights {
+    let items: Vec<&Item> = data.items.iter().filter(|i| train(i)).collect();
+    // Per pair: its inputs and the count of its labelled items (each pair weighs the same).
+    let inputs: Vec<[f64; 4]> = pairs
         .iter()
-        .filter(|i| held_out(&i.id))
-        .filter_map(|i| {
-            Some((
-                weights.difficulty(&i.features),
-                i.id.as_str(),
-                i.y[ci]?,
-                i.y[si]?,
-            ))
+        .map(|q| pair_inputs(q.theta_cheap, q.theta_strong, p.centre))
+        .collect();
+    let per_pair: Vec<f64> = pairs
+        .iter()
+        .map(|q| {
+            items
+                .iter()
+                .filter(|i| i.y[q.cheap].is_some() && i.y[q.strong].is_some())
+                .count()
+                .max(1) as f64
         })
         .collect();
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    let cheap_v: Vec<bool> = rows.iter().map(|r| r.2).collect();
-    let strong_v: Vec<bool> = rows.iter().map(|r| r.3).collect();
-    let order: Vec<usize> = (0..rows.len()).collect();
-    let scored = eval_order(&cheap_v, &strong_v, &order);
-    // Random router: average of seeded shuffles.
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut acc: Option<PairEval> = None;
-    for _ in 0..random_runs {
-        let mut o = order.clone();
-        for i in (1..o.len()).rev() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            o.swap(i, (seed % (i as u64 + 1)) as usize);
+    let n_pairs = pairs.len().max(1) as f64;
+    let problems: Vec<&Problem> = data
+        .gsm8k
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| gsm(*i))
+        .map(|(_, p)| p)
+        .collect();
+    // GSM8K is measured as for the catalog's cheapest pair level: 8B vs a frontier model.
+    let gsm_in = pair_inputs(0.3, 1.7, p.centre);
+    let extra_total: f64 = extra.iter().map(|e| e.weight).sum::<f64>().max(1e-12);
+    let extra_in: Vec<[f64; 4]> = extra
+        .iter()
+        .map(|e| pair_inputs(e.theta_cheap, e.theta_strong, p.centre))
+        .collect();
+    // Parameters: w (DIM), u (DIM), pair term (4), GSM8K offset (1).
+    let (u0, t0, gi) = (DIM, 2 * DIM, 2 * DIM + 4);
+    let n = 2 * DIM + 5;
+    let mut x = vec![0.0f64; n];
+    let fixed: Vec<usize> = (0..DENSE.len())
+        .filter_map(|i| prior(i).map(|_| HASHED + i))
+        .collect();
+    for &j in &fixed {
+        x[j] = f64::from(prior(j - HASHED).unwrap_or(0.0));
+    }
+    let mut adam = Adam::new(n);
+    let mut g = vec![0.0f64; n];
+    let dots = |x: &[f64], f: &Features| {
+        let (mut a, mut b) = (0.0, 0.0);
+        for (j, v) in f {
+            let (j, v) = (*j as usize, f64::from(*v));
+            a += x[j] * v;
+            b += x[u0 + j] * v;
         }
-        let e = eval_order(&cheap_v, &strong_v, &o);
-        acc = Some(match acc {
-            None => e,
-            Some(mut a) => {
-                for (x, y) in a.pgr.iter_mut().zip(&e.pgr) {
-                    *x += y;
+        (a, b)
+    };
+    for _ in 0..p.iterations {
+        g.iter_mut().for_each(|v| *v = 0.0);
+        let term: Vec<f64> = inputs
+            .iter()
+            .map(|i| (0..4).map(|k| x[t0 + k] * i[k]).sum())
+            .collect();
+        for it in &items {
+            let (a, b) = dots(&x, &it.features);
+            let (mut ga, mut gb) = (0.0, 0.0);
+            for (k, q) in pairs.iter().enumerate() {
+                let (Some(yc), Some(ys)) = (it.y[q.cheap], it.y[q.strong]) else {
+                    continue;
+                };
+                let y = if !yc && ys { 1.0 } else { 0.0 };
+                let level = inputs[k][3];
+                let r = (logistic(term[k] + a + level * b) - y) / (per_pair[k] * n_pairs);
+                ga += r;
+                gb += r * level;
+                for (m, v) in inputs[k].iter().enumerate() {
+                    g[t0 + m] += r * v;
                 }
-                a.apgr += e.apgr;
-                a.cpt50 += e.cpt50;
-                a.cpt80 += e.cpt80;
-                a
             }
-        });
-    }
-    let mut random = acc.context("random_runs must be at least 1")?;
-    let k = random_runs as f64;
-    random.pgr.iter_mut().for_each(|x| *x /= k);
-    random.apgr /= k;
-    random.cpt50 /= k;
-    random.cpt80 /= k;
-    Ok((scored, random))
-}
-
-/// Held-out mean log loss of the fitted model (all models), for the report.
-pub fn held_out_log_loss(data: &Data, fit: &Fit) -> f64 {
-    let (mut sum, mut n) = (0.0, 0.0);
-    for it in data.items.iter().filter(|i| held_out(&i.id)) {
-        let z = fit.weights.difficulty(&it.features);
-        for (m, y) in it.y.iter().enumerate() {
-            let Some(y) = y else { continue };
-            let p = f64::from(sigmoid(fit.abilities[m] as f32 - z)).clamp(1e-6, 1.0 - 1e-6);
-            sum -= if *y { p.ln() } else { (1.0 - p).ln() };
-            n += 1.0;
+            for (j, v) in &it.features {
+                let (j, v) = (*j as usize, f64::from(*v));
+                g[j] += ga * v;
+                g[u0 + j] += gb * v;
+            }
         }
+        let gsm_term: f64 = (0..4).map(|k| x[t0 + k] * gsm_in[k]).sum::<f64>() + x[gi];
+        let n_gsm = problems.len().max(1) as f64;
+        for pr in &problems {
+            let (a, b) = dots(&x, &pr.features);
+            let y = if pr.steps >= p.gsm_hard_steps {
+                1.0
+            } else {
+                0.0
+            };
+            let r = p.gsm_weight * (logistic(gsm_term + a + gsm_in[3] * b) - y) / n_gsm;
+            g[gi] += r;
+            for (j, v) in &pr.features {
+                let (j, v) = (*j as usize, f64::from(*v));
+                g[j] += r * v;
+                g[u0 + j] += r * gsm_in[3] * v;
+            }
+        }
+        for (e, inp) in extra.iter().zip(&extra_in) {
+            let (a, b) = dots(&x, &e.features);
+            let term: f64 = (0..4).map(|k| x[t0 + k] * inp[k]).sum();
+            let r = extra_weight * e.weight * (logistic(term + a + inp[3] * b) - e.target)
+                / extra_total;
+            for (m, v) in inp.iter().enumerate() {
+                g[t0 + m] += r * v;
+            }
+            for (j, v) in &e.features {
+                let (j, v) = (*j as usize, f64::from(*v));
+                g[j] += r * v;
+                g[u0 + j] += r * inp[3] * v;
+            }
+        }
+        for j in 0..DIM {
+            g[j] += p.l2 * x[j];
+            g[u0 + j] += p.l2_level * x[u0 + j];
+        }
+        // Features with a hand-set prior are not learned (the data cannot teach them).
+        for &j in &fixed {
+            g[j] = 0.0;
+            g[u0 + j] = 0.0;
+        }
+        // The level head reads the dense features only (per-word level shifts overfit).
+        g[u0..u0 + HASHED].iter_mut().for_each(|v| *v = 0.0);
+        if !p.hashed {
+            g[..HASHED].iter_mut().for_each(|v| *v = 0.0);
+        }
+        adam.step(&mut x, &g, p.lr);
     }
-    sum / n
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn perfect_and_inverted_orders() {
-        // cheap right on 0,1; strong right on 0,1,2,3: routing 2,3 first recovers the gap at 50 %.
-        let cheap = [true, true, false, false];
-        let strong = [true, true, true, true];
-        let best = eval_order(&cheap, &strong, &[2, 3, 0, 1]);
-        assert_eq!(best.cpt50, 0.25);
-        assert_eq!(best.cpt80, 0.5);
-        assert!((best.pgr[5] - 1.0).abs() < 1e-9);
-        let worst = eval_order(&cheap, &strong, &[0, 1, 2, 3]);
-        assert_eq!(worst.cpt80, 1.0);
-        assert!(
-            best.apgr > 0.7 && worst.apgr < 0.3,
-            "{} {}",
-            best.apgr,
-            worst.apgr
-        );
-    }
-
-    #[test]
-    fn split_is_stable() {
-        assert_eq!(held_out("86"), held_out("86"));
-        let share = (0..10_000).filter(|i| held_out(&i.to_string())).count();
-        assert!((1_600..2_400).contains(&share), "{share}");
+    Weights {
+        pair: PairTerm {
+            bias: x[t0] as f32,
+            gap: x[t0 + 1] as f32,
+            ln_gap: x[t0 + 2] as f32,
+            level: x[t0 + 3] as f32,
+            centre: p.centre,
+        },
+        w: x[..DIM].iter().map(|v| *v as f32).collect(),
+        u: x[u0..t0].iter().map(|v| *v as f32).collect(),
     }
 }

@@ -53,29 +53,39 @@ async fn tampering_with_one_entry_is_detected() {
         .await
         .error(401);
 
-    // Change the cost of entry 3 in the store itself.
+    // Change the cost of entry 3 in the store itself (the head above anchored it).
     let db = rusqlite::Connection::open(state.join("sqlite_key_value.db")).unwrap();
     let rows: Vec<(String, Vec<u8>)> = db
-        .prepare("SELECT key, value FROM spin_key_value WHERE key LIKE 'v1/audit/entry/%'")
+        .prepare("SELECT key, value FROM spin_key_value WHERE key LIKE 'v2/log/entry/%'")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(rows.len(), 5, "one stored entry per chain link");
-    let (k, bytes) = rows
-        .iter()
-        .find(|(_, b)| serde_json::from_slice::<Value>(b).unwrap()["seq"] == 3)
-        .unwrap();
+    let (k, bytes) = rows.iter().find(|(k, _)| k == "v2/log/entry/3").unwrap();
     let mut entry: Value = serde_json::from_slice(bytes).unwrap();
     assert_eq!(entry["kind"], "request");
+    assert_eq!(entry["seq"], 3);
     for field in [
-        "time", "kind", "subject", "key_id", "model", "provider", "tokens", "cost", "outcome",
-        "prev",
+        "time_ms",
+        "kind",
+        "subject",
+        "key_id",
+        "model",
+        "provider",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_nanos",
+        "outcome",
     ] {
         assert!(entry.get(field).is_some(), "entry lacks {field}: {entry}");
     }
-    entry["cost"] = json!(0);
+    assert!(
+        !entry.to_string().contains("n2"),
+        "no content is stored: {entry}"
+    );
+    entry["cost_nanos"] = json!(0);
     db.execute(
         "UPDATE spin_key_value SET value = ?1 WHERE key = ?2",
         rusqlite::params![serde_json::to_vec(&entry).unwrap(), k],
@@ -88,10 +98,10 @@ async fn tampering_with_one_entry_is_detected() {
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["first_broken"]["seq"], 3, "{v}");
     assert_eq!(
-        v["first_broken"]["hash"].as_str().unwrap(),
-        k.trim_start_matches("v1/audit/entry/"),
+        v["first_broken"]["reason"], "entry content does not match its sealed hash",
         "{v}"
     );
+    assert_eq!(v["first_broken"]["hash"].as_str().unwrap().len(), 64, "{v}");
     drop(gw);
     std::fs::remove_dir_all(&state).ok();
 }

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
-use lumen_shared::catalog::Catalog;
-use lumen_shared::openai::Usage;
-use lumen_shared::pricing::{cost_header, cost_nanos, lumen_object};
+use lumen_shared::domain::catalog::Catalog;
+use lumen_shared::domain::pricing::{cost_header, cost_nanos, lumen_object};
+use lumen_shared::wire::openai::Usage;
 use lumen_tests::mock::{self, TOOL_ARGUMENTS};
 use lumen_tests::mock_dialects::{self, anthropic_prompt_tokens, gemini_prompt_tokens};
 use serde_json::{json, Value};
@@ -632,7 +632,7 @@ async fn anthropic_messages_ingress_reaches_any_backend_with_usage() {
         body["stream"] = json!(true);
         let s = stream(gw.addr(), "/v1/messages", &key, body, None).await;
         assert_eq!(s.status, 200);
-        let evs = lumen_shared::sse::Parser::default().push(s.text().as_bytes());
+        let evs = lumen_shared::wire::sse::Parser::default().push(s.text().as_bytes());
         let names: Vec<&str> = evs.iter().filter_map(|e| e.event.as_deref()).collect();
         assert_eq!(
             names,
@@ -894,7 +894,11 @@ async fn spin_llm_provider_answers_not_available_here_clearly() {
 #[tokio::test]
 async fn bring_your_own_provider_keys_are_used_and_never_echoed() {
     // An open mock: it records whichever key arrives.
-    let gw = Gateway::start_with(mock::MockConfig::default(), |_| {}).await;
+    let gw = Gateway::start_with(mock::MockConfig::default(), |o| {
+        o.variables
+            .insert("byok_tenant_key".into(), "sk-tenant-variable-7".into());
+    })
+    .await;
     let (key_a, id_a) = gw.create_key(1000, &[]).await;
     let (key_b, _) = gw.create_key(1000, &[]).await;
     let tenant = "sk-tenant-own-key-42";
@@ -919,7 +923,18 @@ async fn bring_your_own_provider_keys_are_used_and_never_echoed() {
         "never echoed"
     );
     assert_eq!(r.json(), json!({"provider": "openai", "kind": "encrypted"}));
-    let r = put(&id_a, "anthropic", json!({"variable": "anthropic_api_key"})).await;
+    // A reference may not name the master key, a platform key or an undeclared variable.
+    for bad in [
+        "byok_encryption_key",
+        "anthropic_api_key",
+        "byok_undeclared",
+    ] {
+        let e = put(&id_a, "anthropic", json!({"variable": bad}))
+            .await
+            .error(400);
+        assert_eq!(e["param"], "variable", "{bad}: {e}");
+    }
+    let r = put(&id_a, "anthropic", json!({"variable": "byok_tenant_key"})).await;
     assert_eq!(r.json()["kind"], "variable");
 
     // Key A's requests carry its own key upstream; key B still uses the platform key.
@@ -939,7 +954,7 @@ async fn bring_your_own_provider_keys_are_used_and_never_echoed() {
         .await;
     assert_eq!(
         gw.mock.last_request().unwrap().header("x-api-key"),
-        Some(UPSTREAM_KEY)
+        Some("sk-tenant-variable-7")
     );
 
     // Listing shows kinds, never keys; delete falls back to the platform key.
@@ -954,7 +969,7 @@ async fn bring_your_own_provider_keys_are_used_and_never_echoed() {
     assert!(!String::from_utf8_lossy(&r.body).contains(tenant));
     assert_eq!(
         r.json()["data"],
-        json!([{"provider": "anthropic", "kind": "variable", "variable": "anthropic_api_key"}, {"provider": "openai", "kind": "encrypted"}])
+        json!([{"provider": "anthropic", "kind": "variable", "variable": "byok_tenant_key"}, {"provider": "openai", "kind": "encrypted"}])
     );
     let r = gw
         .call(
@@ -996,6 +1011,25 @@ async fn bring_your_own_provider_keys_are_used_and_never_echoed() {
         )
         .await;
     r.error(401);
+
+    // Every change is on the audit chain; revoking the key removes its provider keys.
+    let head = gw
+        .call("GET", "/admin/audit/head", Some(ADMIN), None)
+        .await
+        .json();
+    let v = gw
+        .call("GET", "/admin/audit/verify", Some(ADMIN), None)
+        .await
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
+    // 2 keys created, 2 provider keys put, 1 deleted, 3 settled chats, 1 more chat.
+    assert!(head["seq"].as_u64().unwrap() >= 5 + 4, "{head}");
+    let r = gw
+        .call("DELETE", &format!("/admin/keys/{id_a}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, 200);
+    let left: Vec<String> = gw.store_keys("v1/byok/");
+    assert!(left.iter().all(|k| !k.contains(&id_a)), "{left:?}");
 }
 
 /// Anthropic-format clients (and `curl` from Anthropic's docs) send the key as `x-api-key`, not as

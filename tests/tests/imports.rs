@@ -16,43 +16,81 @@ const SPIN_PROVIDES: &[&str] = &[
     "fermyon:spin/llm@2.0.0",
     "wasi:keyvalue/store@0.2.0-draft2",
     "wasi:keyvalue/atomics@0.2.0-draft2",
+    "wasi:keyvalue/batch@0.2.0-draft2",
 ];
 
-#[test]
-fn components_import_only_what_spin_provides() {
+fn component_type(file: &str) -> (Vec<String>, Vec<String>) {
     let root = common::repo();
     let engine = lumen_host::engine::shared_engine().unwrap();
-    for c in ["auth", "router", "provider", "meter"] {
-        let wasm = root.join(format!("target/wasm32-wasip2/release/lumen_{c}.wasm"));
+    let wasm = root.join(format!("target/wasm32-wasip2/release/{file}"));
+    assert!(
+        wasm.is_file(),
+        "{} missing: run scripts/build.sh",
+        wasm.display()
+    );
+    let component =
+        lumen_host::engine::load_component(&engine, &wasm, &root.join("target/lumen-cache"))
+            .unwrap();
+    let ty = component.component_type();
+    let imports = ty.imports(&engine).map(|(n, _)| n.to_string()).collect();
+    let exports = ty.exports(&engine).map(|(n, _)| n.to_string()).collect();
+    (imports, exports)
+}
+
+fn assert_spin_only(what: &str, imports: &[String]) {
+    assert!(!imports.is_empty());
+    for name in imports {
         assert!(
-            wasm.is_file(),
-            "{} missing: run scripts/build.sh",
-            wasm.display()
-        );
-        let component =
-            lumen_host::engine::load_component(&engine, &wasm, &root.join("target/lumen-cache"))
-                .unwrap();
-        let ty = component.component_type();
-        let imports: Vec<String> = ty
-            .imports(&engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        assert!(!imports.is_empty());
-        for name in &imports {
-            assert!(
-                SPIN_PROVIDES.iter().any(|p| name.starts_with(p)),
-                "{c} imports {name}, which Spin does not provide"
-            );
-        }
-        let exports: Vec<String> = ty
-            .exports(&engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        assert!(
-            exports
-                .iter()
-                .any(|e| e == "wasi:http/incoming-handler@0.2.0"),
-            "{c} exports {exports:?}"
+            SPIN_PROVIDES.iter().any(|p| name.starts_with(p)),
+            "{what} imports {name}, which Spin does not provide"
         );
     }
+}
+
+/// The components spin.toml runs (the composed gateway and the dashboard): everything they
+/// import, Spin provides; they export only the HTTP handler.
+#[test]
+fn the_components_spin_runs_import_only_what_spin_provides() {
+    for file in ["lumen_gateway.wasm", "lumen_dashboard.wasm"] {
+        let (imports, exports) = component_type(file);
+        assert_spin_only(file, &imports);
+        assert_eq!(
+            exports,
+            vec!["wasi:http/incoming-handler@0.2.0".to_string()],
+            "{file}"
+        );
+    }
+}
+
+/// Each part exports its contract from components/wit/lumen.wit; auth imports the three and
+/// otherwise only what Spin provides.
+#[test]
+fn the_four_parts_meet_through_their_contracts() {
+    for (c, contract) in [
+        ("router", "lumen:gateway/planner@0.1.0"),
+        ("provider", "lumen:gateway/caller@0.1.0"),
+        ("meter", "lumen:gateway/ledger@0.1.0"),
+    ] {
+        let (imports, exports) = component_type(&format!("lumen_{c}.wasm"));
+        assert_spin_only(c, &imports);
+        assert_eq!(exports, vec![contract.to_string()], "{c}");
+    }
+    let (imports, exports) = component_type("lumen_auth.wasm");
+    let (ours, spin): (Vec<String>, Vec<String>) =
+        imports.into_iter().partition(|n| n.starts_with("lumen:"));
+    assert_spin_only("auth", &spin);
+    let mut ours = ours;
+    ours.sort();
+    assert_eq!(
+        ours,
+        [
+            "lumen:gateway/caller@0.1.0",
+            "lumen:gateway/ledger@0.1.0",
+            "lumen:gateway/planner@0.1.0"
+        ]
+    );
+    assert_eq!(
+        exports,
+        vec!["wasi:http/incoming-handler@0.2.0".to_string()]
+    );
 }

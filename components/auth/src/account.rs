@@ -3,18 +3,17 @@
 //! `group_by`, `format=csv`) and `GET /v1/usage/records` (its own newest records).
 
 use crate::ctx::ReqInfo;
-use lumen_shared::contracts::{routes, UsageSummary};
-use lumen_shared::kv::ApiKeyRecord;
-use lumen_shared::{keys, usage, ApiError};
-use lumen_spin::http::get_json;
+use crate::deps;
+use lumen_shared::store::ApiKeyRecord;
+use lumen_shared::{store::apikeys, store::usage, ApiError};
 use lumen_spin::util::{now_ms, percent_encode, query_param};
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
 
 /// Authenticates the caller's bearer key (401 when missing, wrong or expired).
 pub fn authenticate(kv: &SpinKv, info: &ReqInfo) -> Result<ApiKeyRecord, ApiError> {
-    let secret = keys::bearer(info.authorization.as_deref())?;
-    keys::authenticate(kv, secret, now_ms() / 1000)
+    let secret = apikeys::bearer(info.authorization.as_deref())?;
+    apikeys::authenticate(kv, secret, now_ms() / 1000)
 }
 
 /// Whether a `/models` entry may be used with `allowed` (by id or by one of its aliases).
@@ -30,7 +29,7 @@ pub fn model_allowed(model: &Value, allowed: &[String]) -> bool {
 /// `GET /v1/models`.
 pub async fn models(info: &ReqInfo) -> Result<Reply, ApiError> {
     let key = authenticate(&SpinKv::open_or_503()?, info)?;
-    let mut list: Value = get_json("router", routes::MODELS).await?;
+    let mut list = deps::models()?;
     if !key.allowed_models.is_empty() {
         if let Some(data) = list.get_mut("data").and_then(Value::as_array_mut) {
             data.retain(|m| model_allowed(m, &key.allowed_models));
@@ -74,11 +73,7 @@ pub async fn usage_reply(info: &ReqInfo, key_ids: &[String]) -> Result<Reply, Ap
     let csv = wants_csv(info)?;
     let filters = usage_filters(&info.query)?;
     let ids: Vec<String> = key_ids.iter().map(|k| percent_encode(k)).collect();
-    let summary: UsageSummary = get_json(
-        "meter",
-        &format!("{}?key_ids={}{filters}", routes::USAGE, ids.join(",")),
-    )
-    .await?;
+    let summary = deps::usage(&format!("key_ids={}{filters}", ids.join(",")))?;
     if csv {
         return Ok(Reply::new(
             200,
@@ -91,11 +86,11 @@ pub async fn usage_reply(info: &ReqInfo, key_ids: &[String]) -> Result<Reply, Ap
 
 /// The newest usage records of `key_id` (`limit`, default 100).
 pub async fn records_reply(info: &ReqInfo, key_id: &str) -> Result<Reply, ApiError> {
-    let mut url = format!("{}?key_id={}", routes::RECORDS, percent_encode(key_id));
+    let mut query = format!("key_id={}", percent_encode(key_id));
     if let Some(l) = query_param(&info.query, "limit") {
-        url.push_str(&format!("&limit={}", percent_encode(&l)));
+        query.push_str(&format!("&limit={}", percent_encode(&l)));
     }
-    let list: Value = get_json("meter", &url).await?;
+    let list = deps::records(&query)?;
     Ok(Reply::json(200, &list))
 }
 

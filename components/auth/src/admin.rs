@@ -5,12 +5,11 @@
 
 use crate::account::{records_reply, usage_reply};
 use crate::ctx::{read_body, ReqInfo};
-use lumen_shared::audit::{self, AuditEvent};
-use lumen_shared::contracts::routes;
-use lumen_shared::kv::{self as kvs, TenantKey, TenantRecord};
-use lumen_shared::pricing::NANOS_PER_USD;
-use lumen_shared::{budget, keys, ApiError};
-use lumen_spin::http::get_json;
+use crate::deps;
+use lumen_shared::domain::pricing::NANOS_PER_USD;
+use lumen_shared::store::log::{self, Entry, EntryKind};
+use lumen_shared::store::{self as kvs, TenantKey, TenantRecord};
+use lumen_shared::{store::apikeys, store::ledger, ApiError};
 use lumen_spin::kv::unavailable;
 use lumen_spin::util::{fill_random, now_ms, query_param};
 use lumen_spin::{Reply, SpinKv};
@@ -33,10 +32,10 @@ pub fn check_admin(info: &ReqInfo) -> Result<(), ApiError> {
             "missing or incorrect admin token; send 'Authorization: Bearer <admin_token>'",
         )
     };
-    let given = keys::bearer(info.authorization.as_deref()).map_err(|_| wrong())?;
-    if keys::ct_eq(
-        keys::hash_secret(given).as_bytes(),
-        keys::hash_secret(token).as_bytes(),
+    let given = apikeys::bearer(info.authorization.as_deref()).map_err(|_| wrong())?;
+    if apikeys::ct_eq(
+        apikeys::hash_secret(given).as_bytes(),
+        apikeys::hash_secret(token).as_bytes(),
     ) {
         Ok(())
     } else {
@@ -44,19 +43,27 @@ pub fn check_admin(info: &ReqInfo) -> Result<(), ApiError> {
     }
 }
 
-/// Appends an admin action to the audit chain; a failure fails the request (503), so no admin
-/// change goes unrecorded without the caller knowing.
-fn record(kv: &SpinKv, kind: &str, subject: &str, key_id: &str, cost: i64) -> Result<(), ApiError> {
-    audit::append(
+/// Appends an admin change to the log (the audit chain); a failure fails the request (503), so
+/// no admin change goes unrecorded without the caller knowing.
+pub fn record(
+    kv: &SpinKv,
+    action: &str,
+    subject: &str,
+    key_id: &str,
+    cost: i64,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    log::append(
         kv,
-        &AuditEvent {
-            time: now_ms(),
-            kind: format!("admin.{kind}"),
+        Entry {
+            kind: EntryKind::Admin,
+            time_ms: now,
+            written_ms: now,
+            action: action.to_string(),
             subject: subject.to_string(),
             key_id: key_id.to_string(),
-            cost,
-            outcome: "done".into(),
-            ..AuditEvent::default()
+            cost_nanos: cost,
+            ..Entry::default()
         },
     )
     .map(|_| ())
@@ -67,10 +74,10 @@ fn record(kv: &SpinKv, kind: &str, subject: &str, key_id: &str, cost: i64) -> Re
 pub async fn create(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiError> {
     check_admin(info)?;
     let body = read_body(req, info).await?;
-    let mut ask = keys::parse_create(&body)?;
+    let mut ask = apikeys::parse_create(&body)?;
     if let Some(name) = &ask.plan {
         let all = crate::limits::load_plans()?;
-        let plan = lumen_shared::plans::find(&all, name)?;
+        let plan = lumen_shared::domain::plans::find(&all, name)?;
         if ask.rpm_limit.is_none() {
             ask.rpm_limit = plan.rpm;
         }
@@ -79,17 +86,17 @@ pub async fn create(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiEr
         }
     }
     if !ask.allowed_models.is_empty() {
-        let models: serde_json::Value = get_json("router", routes::MODELS).await?;
-        keys::check_allowed_models(&ask.allowed_models, &models)?;
+        let models = deps::models()?;
+        apikeys::check_allowed_models(&ask.allowed_models, &models)?;
     }
     let kv = SpinKv::open_or_503()?;
     let mut secret = [0u8; 32];
     let mut id = [0u8; 8];
     fill_random(&mut secret)?;
     fill_random(&mut id)?;
-    let (rec, secret) = keys::create(&kv, ask, &secret, &id, now_ms() / 1000)?;
+    let (rec, secret) = apikeys::create(&kv, ask, &secret, &id, now_ms() / 1000)?;
     record(&kv, "key.create", &rec.id, &rec.id, 0)?;
-    let mut view = keys::public_view(&rec);
+    let mut view = apikeys::public_view(&rec);
     if let Some(obj) = view.as_object_mut() {
         obj.insert("key".into(), secret.into());
     }
@@ -99,8 +106,8 @@ pub async fn create(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiEr
 /// `GET /admin/keys`.
 pub fn list(info: &ReqInfo) -> Result<Reply, ApiError> {
     check_admin(info)?;
-    let recs = keys::list(&SpinKv::open_or_503()?)?;
-    let data: Vec<_> = recs.iter().map(keys::public_view).collect();
+    let recs = apikeys::list(&SpinKv::open_or_503()?)?;
+    let data: Vec<_> = recs.iter().map(apikeys::public_view).collect();
     Ok(Reply::json(
         200,
         &serde_json::json!({"object": "list", "data": data}),
@@ -111,7 +118,9 @@ pub fn list(info: &ReqInfo) -> Result<Reply, ApiError> {
 pub fn delete(info: &ReqInfo, id: &str) -> Result<Reply, ApiError> {
     check_admin(info)?;
     let kv = SpinKv::open_or_503()?;
-    let rec = keys::delete(&kv, id)?;
+    let rec = apikeys::delete(&kv, id, now_ms() / 1000)?;
+    // Its provider keys go with it.
+    lumen_shared::store::byok::remove_all(&kv, id, &rec.byok).map_err(|e| unavailable(&e))?;
     record(&kv, "key.revoke", &rec.id, &rec.id, 0)?;
     Ok(Reply::json(
         200,
@@ -125,9 +134,9 @@ pub fn rotate(info: &ReqInfo, id: &str) -> Result<Reply, ApiError> {
     let kv = SpinKv::open_or_503()?;
     let mut secret = [0u8; 32];
     fill_random(&mut secret)?;
-    let (rec, secret) = keys::rotate(&kv, id, &secret, now_ms() / 1000)?;
+    let (rec, secret) = apikeys::rotate(&kv, id, &secret, now_ms() / 1000)?;
     record(&kv, "key.rotate", &rec.id, &rec.id, 0)?;
-    let mut view = keys::public_view(&rec);
+    let mut view = apikeys::public_view(&rec);
     if let Some(obj) = view.as_object_mut() {
         obj.insert("key".into(), secret.into());
     }
@@ -159,13 +168,13 @@ pub async fn update(info: &ReqInfo, id: &str, req: IncomingRequest) -> Result<Re
     let body = read_body(req, info).await?;
     let ask: UpdateKey = parse(&body, "{\"expires_at\": unix seconds or null}")?;
     let kv = SpinKv::open_or_503()?;
-    let rec = keys::set_expiry(&kv, id, ask.expires_at)?;
+    let rec = apikeys::set_expiry(&kv, id, ask.expires_at)?;
     record(&kv, "key.expire", &rec.id, &rec.id, 0)?;
-    Ok(Reply::json(200, &keys::public_view(&rec)))
+    Ok(Reply::json(200, &apikeys::public_view(&rec)))
 }
 
 fn tenant_keys(kv: &SpinKv, tenant: &str) -> Result<Vec<String>, ApiError> {
-    Ok(keys::list(kv)?
+    Ok(apikeys::list(kv)?
         .into_iter()
         .filter(|k| k.tenant_id() == tenant)
         .map(|k| k.id)
@@ -210,7 +219,7 @@ pub async fn usage_records(info: &ReqInfo) -> Result<Reply, ApiError> {
 /// `GET /admin/tenants/{tenant}`: settings and this month's ledger.
 pub fn get_tenant(info: &ReqInfo, tenant: &str) -> Result<Reply, ApiError> {
     check_admin(info)?;
-    let view = budget::view(&SpinKv::open_or_503()?, tenant, now_ms())?;
+    let view = ledger::view(&SpinKv::open_or_503()?, tenant, now_ms())?;
     Ok(Reply::json(200, &view))
 }
 
@@ -273,7 +282,7 @@ pub async fn put_tenant(
         "",
         monthly_budget_nanos.unwrap_or(0),
     )?;
-    Ok(Reply::json(200, &budget::view(&kv, tenant, now_ms())?))
+    Ok(Reply::json(200, &ledger::view(&kv, tenant, now_ms())?))
 }
 
 #[derive(Deserialize)]
@@ -289,21 +298,21 @@ pub async fn grant(info: &ReqInfo, tenant: &str, req: IncomingRequest) -> Result
     let ask: Grant = parse(&body, "{\"amount_usd\": number}")?;
     let nanos = usd_to_nanos(ask.amount_usd, "amount_usd")?;
     let kv = SpinKv::open_or_503()?;
-    budget::grant(&kv, tenant, nanos).map_err(|e| unavailable(&e))?;
+    ledger::grant(&kv, tenant, nanos).map_err(|e| unavailable(&e))?;
     record(&kv, "tenant.credits", tenant, "", nanos)?;
-    Ok(Reply::json(200, &budget::view(&kv, tenant, now_ms())?))
+    Ok(Reply::json(200, &ledger::view(&kv, tenant, now_ms())?))
 }
 
 /// `GET /admin/audit/head`: the head hash, to anchor elsewhere.
 pub fn audit_head(info: &ReqInfo) -> Result<Reply, ApiError> {
     check_admin(info)?;
-    let head = audit::head(&SpinKv::open_or_503()?).map_err(|e| unavailable(&e))?;
+    let head = log::head(&SpinKv::open_or_503()?, now_ms()).map_err(|e| unavailable(&e))?;
     Ok(Reply::json(200, &head))
 }
 
 /// `GET /admin/audit/verify`: re-walks the chain; names the first broken link.
 pub fn audit_verify(info: &ReqInfo) -> Result<Reply, ApiError> {
     check_admin(info)?;
-    let v = audit::verify(&SpinKv::open_or_503()?).map_err(|e| unavailable(&e))?;
+    let v = log::verify(&SpinKv::open_or_503()?, now_ms()).map_err(|e| unavailable(&e))?;
     Ok(Reply::json(200, &v))
 }

@@ -5,10 +5,9 @@
 
 use crate::admin::check_admin;
 use crate::ctx::{read_body, ReqInfo};
-use lumen_shared::byok::{self, ByokAsk, ByokRecord};
-use lumen_shared::contracts::routes;
-use lumen_shared::{keys, ApiError};
-use lumen_spin::http::get_json;
+use crate::deps;
+use lumen_shared::store::byok::{self, ByokAsk, ByokRecord};
+use lumen_shared::{store::apikeys, ApiError};
 use lumen_spin::kv::unavailable;
 use lumen_spin::util::fill_random;
 use lumen_spin::{Reply, SpinKv};
@@ -16,9 +15,9 @@ use serde_json::{json, Value};
 use spin_sdk::http::IncomingRequest;
 use spin_sdk::variables;
 
-fn key_exists(kv: &SpinKv, id: &str) -> Result<(), ApiError> {
-    match keys::get(kv, id)? {
-        Some(_) => Ok(()),
+fn key_exists(kv: &SpinKv, id: &str) -> Result<lumen_shared::store::ApiKeyRecord, ApiError> {
+    match apikeys::get(kv, id)? {
+        Some(rec) => Ok(rec),
         None => Err(ApiError::not_found(
             format!("no API key with id \"{id}\""),
             None,
@@ -28,7 +27,7 @@ fn key_exists(kv: &SpinKv, id: &str) -> Result<(), ApiError> {
 }
 
 async fn provider_exists(provider: &str) -> Result<(), ApiError> {
-    let models: Value = get_json("router", routes::MODELS).await?;
+    let models = deps::models()?;
     let mut known: Vec<String> = Vec::new();
     for m in models["data"].as_array().into_iter().flatten() {
         known.extend(m["owned_by"].as_str().map(str::to_string));
@@ -77,9 +76,13 @@ pub async fn put(
             fill_random(&mut nonce)?;
             byok::seal(master.trim(), id, provider, &secret, nonce)
         }
-        ByokAsk::Variable(name) => ByokRecord::Variable { name },
+        ByokAsk::Variable(name) => {
+            check_reference(&name)?;
+            ByokRecord::Variable { name }
+        }
     };
-    byok::put(&kv, id, provider, &rec).map_err(|e| unavailable(&e))?;
+    byok::put(&kv, id, provider, &rec)?;
+    crate::admin::record(&kv, "provider_key.put", &format!("{id}/{provider}"), id, 0)?;
     Ok(Reply::json(200, &byok::view(provider, &rec)))
 }
 
@@ -87,8 +90,8 @@ pub async fn put(
 pub fn list(info: &ReqInfo, id: &str) -> Result<Reply, ApiError> {
     check_admin(info)?;
     let kv = SpinKv::open_or_503()?;
-    key_exists(&kv, id)?;
-    let data: Vec<Value> = byok::list(&kv, id)
+    let key = key_exists(&kv, id)?;
+    let data: Vec<Value> = byok::list(&kv, id, &key.byok)
         .map_err(|e| unavailable(&e))?
         .iter()
         .map(|(p, r)| byok::view(p, r))
@@ -101,15 +104,41 @@ pub fn delete(info: &ReqInfo, id: &str, provider: &str) -> Result<Reply, ApiErro
     check_admin(info)?;
     let kv = SpinKv::open_or_503()?;
     key_exists(&kv, id)?;
-    if !byok::remove(&kv, id, provider).map_err(|e| unavailable(&e))? {
+    if !byok::remove(&kv, id, provider)? {
         return Err(ApiError::not_found(
             format!("API key \"{id}\" has no key for provider \"{provider}\""),
             None,
             "provider_key_not_found",
         ));
     }
+    crate::admin::record(
+        &kv,
+        "provider_key.delete",
+        &format!("{id}/{provider}"),
+        id,
+        0,
+    )?;
     Ok(Reply::json(
         200,
         &json!({"provider": provider, "deleted": true}),
     ))
+}
+
+/// A reference may name only a variable meant for it: `byok_…` (never the master key
+/// `byok_encryption_key`, never a platform key such as `openai_api_key`), and one that exists,
+/// so a typo is a 400 now instead of a 500 on the first call.
+fn check_reference(name: &str) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError::invalid_request(m, Some("variable"), "invalid_value");
+    if !name.starts_with("byok_") || name == "byok_encryption_key" {
+        return Err(bad(format!(
+            "provider-key variable \"{name}\" is not allowed: a reference must name a variable whose name starts with byok_ (not byok_encryption_key), declared in spin.toml for this purpose"
+        )));
+    }
+    match variables::get(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(()),
+        Ok(_) => Err(bad(format!("provider-key variable \"{name}\" is empty; set SPIN_VARIABLE_{}", name.to_ascii_uppercase()))),
+        Err(_) => Err(bad(format!(
+            "no variable \"{name}\" is declared for the gateway component; add it to spin.toml [variables] and [component.gateway.variables]"
+        ))),
+    }
 }

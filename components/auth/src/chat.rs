@@ -4,16 +4,17 @@
 
 use crate::account::authenticate;
 use crate::ctx::{read_body, Ctx, ReqInfo};
+use crate::deps;
 use crate::limits;
 use crate::relay::{self, shaped, Shape};
-use lumen_shared::budget::{self, Hold};
-use lumen_shared::contracts::{routes, Plan, PlanRequest};
-use lumen_shared::kv::{ApiKeyRecord, TenantRecord};
-use lumen_shared::openai::{self, estimate_prompt_tokens, ChatRequest};
-use lumen_shared::ratelimit::{check_rpm, Kind, RateStatus, Taken};
-use lumen_shared::route;
+use lumen_shared::contracts::{Plan, PlanRequest};
+use lumen_shared::domain::route;
+use lumen_shared::store::ledger::{self, Hold};
+use lumen_shared::store::limits::{check_rpm, Kind, RateStatus, Taken};
+use lumen_shared::store::{ApiKeyRecord, TenantRecord};
+use lumen_shared::wire::openai::{self, estimate_prompt_tokens, ChatRequest};
 use lumen_shared::ApiError;
-use lumen_spin::http::{post_json, respond};
+use lumen_spin::http::respond;
 use lumen_spin::util::now_ms;
 use lumen_spin::{Reply, SpinKv};
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
@@ -65,7 +66,7 @@ pub async fn admit_chat(
         }
     }
     let key_plan = limits::key_plan(&key)?;
-    let held_output = budget::max_output_tokens(&chat.body);
+    let held_output = ledger::max_output_tokens(&chat.body);
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let taken = limits::take_windows(
         &kv,
@@ -89,7 +90,7 @@ pub async fn admit_chat(
         model: chat.model.clone(),
         allowed_models,
         request: None,
-        models: lumen_shared::fallback::request_models(&chat.body)?,
+        models: lumen_shared::domain::fallback::request_models(&chat.body)?,
     };
     // Only virtual models are planned from the body; a pinned model's body stays here.
     let (ask, mut chat) = if route::needs_body(&chat.model) {
@@ -105,7 +106,7 @@ pub async fn admit_chat(
     } else {
         (ask, chat)
     };
-    let planned = post_json::<_, Plan>("router", routes::PLAN, &ask).await;
+    let planned = deps::plan(&ask);
     if let Some(body) = ask.request {
         chat.body = body;
     }
@@ -139,12 +140,12 @@ pub async fn admit_chat(
     // The hold comes after planning: only the plan knows which prices can apply.
     let tenant_id = key.tenant_id().to_string();
     let tenant = limits::tenant_budget(&kv, &tenant_id, key_plan.as_ref())?;
-    let nanos = budget::max_cost_nanos(
+    let nanos = ledger::max_cost_nanos(
         prompt_estimate,
         held_output.0,
         plan.candidates.iter().map(|c| &c.price),
     );
-    let hold = match budget::hold(&kv, &tenant_id, &tenant, now_ms(), nanos) {
+    let hold = match ledger::hold(&kv, &tenant_id, &tenant, now_ms(), nanos) {
         Ok(h) => h,
         Err(e) => {
             limits::reconcile(&taken, 0);
@@ -182,7 +183,7 @@ pub async fn handle_messages(
     let admitted = async {
         let body = read_body(req, &info).await?;
         let msg = openai::parse_json_object(&body)?;
-        let chat_body = lumen_shared::dialect::messages::request(&msg)?;
+        let chat_body = lumen_shared::wire::dialect::messages::request(&msg)?;
         let chat = openai::parse_chat_request(&serde_json::to_vec(&chat_body).unwrap_or_default())?;
         admit_chat(&mut ctx, &info, chat).await
     }
@@ -203,7 +204,7 @@ pub async fn handle_embeddings(
 ) {
     let admitted = async {
         let body = read_body(req, &info).await?;
-        let chat = lumen_shared::embeddings::parse_embeddings_request(&body)?;
+        let chat = lumen_shared::wire::embeddings::parse_embeddings_request(&body)?;
         admit_chat(&mut ctx, &info, chat).await
     }
     .await;

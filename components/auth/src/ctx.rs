@@ -2,7 +2,7 @@
 //! (`x-request-id`, `x-lumen-model`, `x-lumen-provider`, `x-lumen-overhead-ms`, rate-limit
 //! headers once known), and what was read from the incoming request before its body.
 
-use lumen_shared::ratelimit::RateStatus;
+use lumen_shared::store::limits::RateStatus;
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_request_body, request_header};
 use lumen_spin::util::{
@@ -74,7 +74,7 @@ impl Ctx {
     }
 
     /// Adds the token-limit state (`x-ratelimit-*-tokens`).
-    pub fn set_token_rate(&mut self, s: &lumen_shared::ratelimit::RateStatus64) {
+    pub fn set_token_rate(&mut self, s: &lumen_shared::store::limits::RateStatus64) {
         self.rate.extend([
             ("x-ratelimit-limit-tokens".into(), s.limit.to_string()),
             (

@@ -3,12 +3,12 @@
 
 use crate::account::authenticate;
 use crate::ctx::{read_body, ReqInfo};
-use lumen_shared::contracts::{routes, Plan, PlanRequest};
-use lumen_shared::openai::{parse_chat_request, parse_json_object};
-use lumen_shared::ratelimit::check_rpm;
-use lumen_shared::route::RouteExplain;
+use crate::deps;
+use lumen_shared::contracts::PlanRequest;
+use lumen_shared::domain::route::RouteExplain;
+use lumen_shared::store::limits::check_rpm;
+use lumen_shared::wire::openai::{parse_chat_request, parse_json_object};
 use lumen_shared::ApiError;
-use lumen_spin::http::post_json;
 use lumen_spin::util::now_ms;
 use lumen_spin::{Reply, SpinKv};
 use serde_json::{json, Value};
@@ -48,17 +48,17 @@ pub async fn route(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiErr
         let explain = obj.get("explain").and_then(Value::as_bool).unwrap_or(false);
         let ask =
             json!({"allowed_models": key.allowed_models, "requests": reqs, "explain": explain});
-        let list: Value = post_json("router", routes::ROUTE, &ask).await?;
+        let list = deps::route(&ask)?;
         return Ok(Reply::json(200, &list));
     }
     let chat = parse_chat_request(&body)?;
     let ask = PlanRequest {
         model: chat.model.clone(),
         allowed_models: key.allowed_models.clone(),
-        models: lumen_shared::fallback::request_models(&chat.body)?,
+        models: lumen_shared::domain::fallback::request_models(&chat.body)?,
         request: Some(chat.body),
     };
-    let plan: Plan = post_json("router", routes::PLAN, &ask).await?;
+    let plan = deps::plan(&ask)?;
     Ok(Reply::json(200, &plan))
 }
 

@@ -8,6 +8,7 @@ mod admin;
 mod byok;
 mod chat;
 mod ctx;
+mod deps;
 mod explain;
 mod health;
 mod limits;

@@ -4,10 +4,10 @@
 //! Token limits reserve the request's estimate (prompt estimate + max output) at admission and
 //! are reconciled with the actual usage once the request is settled.
 
-use lumen_shared::kv::{self as kvs, ApiKeyRecord, TenantKey, TenantRecord};
-use lumen_shared::plans::{self, Plan, Plans};
-use lumen_shared::pricing::NANOS_PER_USD;
-use lumen_shared::ratelimit::{self, Kind, Taken};
+use lumen_shared::domain::plans::{self, Plan, Plans};
+use lumen_shared::domain::pricing::NANOS_PER_USD;
+use lumen_shared::store::limits::{self, Kind, Taken};
+use lumen_shared::store::{self as kvs, ApiKeyRecord, TenantKey, TenantRecord};
 use lumen_shared::ApiError;
 use lumen_spin::kv::unavailable;
 use lumen_spin::SpinKv;
@@ -77,11 +77,11 @@ pub fn take_windows(
     let mut taken: Vec<Taken> = Vec::new();
     for (kind, id, limit, amount) in asks {
         let Some(limit) = limit else { continue };
-        match ratelimit::take(kv, kind, id, limit, amount, now_ms) {
+        match limits::take(kv, kind, id, limit, amount, now_ms) {
             Ok(t) => taken.push(t),
             Err(e) => {
                 for t in &taken {
-                    let _ = ratelimit::adjust(kv, t, -(t.amount as i64));
+                    let _ = limits::adjust(kv, t, -(t.amount as i64));
                 }
                 return Err(e);
             }
@@ -112,11 +112,11 @@ pub fn take_model_windows(
     let mut taken: Vec<Taken> = Vec::new();
     for (kind, limit, amount) in asks {
         let Some(limit) = limit else { continue };
-        match ratelimit::take(kv, kind, &id, limit, amount, now_ms) {
+        match limits::take(kv, kind, &id, limit, amount, now_ms) {
             Ok(t) => taken.push(t),
             Err(e) => {
                 for t in taken.iter().chain(earlier) {
-                    let _ = ratelimit::adjust(kv, t, -(t.amount as i64));
+                    let _ = limits::adjust(kv, t, -(t.amount as i64));
                 }
                 return Err(e);
             }
@@ -132,6 +132,6 @@ pub fn reconcile(taken: &[Taken], actual_tokens: u64) {
         .iter()
         .filter(|t| matches!(t.kind, Kind::KeyTpm | Kind::KeyTpd | Kind::ModelTpm))
     {
-        let _ = ratelimit::adjust(&kv, t, actual_tokens as i64 - t.amount as i64);
+        let _ = limits::adjust(&kv, t, actual_tokens as i64 - t.amount as i64);
     }
 }

@@ -4,34 +4,33 @@
 //! complete always has its usage record, ledger settlement and audit entry, even if this
 //! process is killed right after.
 //!
-//! A stream whose client set no `max_tokens` was held for [`budget::DEFAULT_HOLD_OUTPUT_TOKENS`]
+//! A stream whose client set no `max_tokens` was held for [`ledger::DEFAULT_HOLD_OUTPUT_TOKENS`]
 //! output tokens; going past that extends the hold, and when the budget cannot cover the
 //! extension the stream ends cleanly: a last chunk with `finish_reason: "length"` and a `lumen`
 //! note, then `[DONE]`.
 
 use crate::chat::Admitted;
 use crate::ctx::Ctx;
+use crate::deps::{self, ProviderAnswer};
 use crate::limits;
-use futures::{SinkExt, StreamExt};
-use lumen_shared::budget::{self, Hold};
+use futures::SinkExt;
 use lumen_shared::contracts::{
-    headers, routes, CallKind, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
+    headers, CallKind, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
-use lumen_shared::dialect::messages;
-use lumen_shared::kv::TenantRecord;
-use lumen_shared::openai::{estimate_prompt_tokens, Usage};
-use lumen_shared::ratelimit::Taken;
-use lumen_shared::route::RouteExplain;
-use lumen_shared::sse::{self, Parser};
+use lumen_shared::domain::route::RouteExplain;
+use lumen_shared::store::ledger::{self, Hold};
+use lumen_shared::store::limits::Taken;
+use lumen_shared::store::{log, TenantRecord};
+use lumen_shared::wire::dialect::messages;
+use lumen_shared::wire::openai::{estimate_prompt_tokens, Usage};
+use lumen_shared::wire::sse::{self, Parser};
 use lumen_shared::ApiError;
-use lumen_spin::http::{
-    post_json, post_streaming, read_response_body, respond, response_header, start_stream,
-};
+use lumen_spin::http::{respond, start_stream};
 use lumen_spin::relay::{ClientRelay, Outgoing};
 use lumen_spin::util::elapsed_ms;
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
-use spin_sdk::http::{IncomingResponse, ResponseOutparam};
+use spin_sdk::http::ResponseOutparam;
 
 /// Largest non-streamed answer relayed.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -48,12 +47,15 @@ fn fallback_report(ctx: &Ctx, usage: Usage, estimated: bool, outcome: Outcome) -
     }
 }
 
-/// The budget state a relay carries to its settlement.
+/// The budget state a relay carries to its settlement, and what settling returned.
 struct Budget {
     hold: Option<Hold>,
+    tenant_id: String,
     tenant: TenantRecord,
     held_output: (u64, bool),
     taken: Vec<Taken>,
+    /// The request's place in the log, once settled.
+    seq: Option<u64>,
 }
 
 /// The wire shape the client speaks.
@@ -93,9 +95,11 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
     } = admitted;
     let mut budget = Budget {
         hold,
+        tenant_id: key.tenant_id().to_string(),
         tenant,
         held_output,
         taken,
+        seq: None,
     };
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let call = CallRequest {
@@ -106,20 +110,14 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
         },
         request_id: ctx.request_id.clone(),
         key_id: Some(key.id.clone()),
+        byok: key.byok.clone(),
         candidates: plan.candidates.clone(),
         include_usage: chat.include_usage,
         body: chat.body,
         cascade: plan.cascade,
     };
-    let sent = match serde_json::to_vec(&call) {
-        Ok(bytes) => {
-            drop(call);
-            post_streaming("provider", routes::CALL, bytes).await
-        }
-        Err(e) => Err(ApiError::internal(format!(
-            "could not serialise the provider call: {e}"
-        ))),
-    };
+    let sent = deps::call(&call);
+    drop(call);
     match sent {
         Err(e) => {
             let report = fallback_report(&ctx, Usage::default(), false, Outcome::UpstreamError);
@@ -127,20 +125,21 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             respond(out, ctx.stamp(shaped(Reply::error(&e), shape))).await;
         }
         Ok(resp) => {
-            if let Some(m) = response_header(&resp, headers::MODEL) {
+            if let Some(m) = resp.header(headers::MODEL) {
                 ctx.model = m;
             }
-            if let Some(p) = response_header(&resp, headers::PROVIDER) {
+            if let Some(p) = resp.header(headers::PROVIDER) {
                 ctx.provider = p;
             }
-            if let Some(why) = response_header(&resp, headers::CASCADE) {
+            if let Some(why) = resp.header(headers::CASCADE) {
                 let r = ctx.route.take().unwrap_or_default();
                 ctx.route = Some(format!("{r}; escalated={why}"));
             }
-            ctx.upstream_ms = response_header(&resp, headers::UPSTREAM_MS)
+            ctx.upstream_ms = resp
+                .header(headers::UPSTREAM_MS)
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0);
-            let content_type = response_header(&resp, "content-type").unwrap_or_default();
+            let content_type = resp.header("content-type").unwrap_or_default();
             if content_type
                 .trim_start()
                 .to_ascii_lowercase()
@@ -157,26 +156,33 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             }
         }
     }
+    // After the answer's last byte: the request that ended a block of the log seals it.
+    if budget.seq.is_some_and(log::ends_block) {
+        if let Err(e) = deps::seal() {
+            eprintln!("lumen: could not seal the log: {}", e.message);
+        }
+    }
 }
 
 /// Reads a whole answer (success or error) into the reply to relay, with its status, content
 /// type and `retry-after`, and the report to settle.
 async fn whole(
     ctx: &Ctx,
-    resp: IncomingResponse,
+    resp: ProviderAnswer,
     prompt_estimate: u64,
     content_type: &str,
     shape: Shape,
     route: Option<&RouteExplain>,
 ) -> (Reply, UsageReport) {
     let status = resp.status();
-    let retry_after = response_header(&resp, "retry-after");
-    let cost = response_header(&resp, headers::COST);
-    let cold = response_header(&resp, headers::COLD_START);
-    let fallbacks = response_header(&resp, headers::FALLBACKS);
-    let usage = response_header(&resp, headers::USAGE)
+    let retry_after = resp.header("retry-after");
+    let cost = resp.header(headers::COST);
+    let cold = resp.header(headers::COLD_START);
+    let fallbacks = resp.header(headers::FALLBACKS);
+    let usage = resp
+        .header(headers::USAGE)
         .and_then(|v| serde_json::from_str::<UsageReport>(&v).ok());
-    let body = read_response_body(&resp, MAX_ANSWER_BYTES).await;
+    let body = resp.read_all(MAX_ANSWER_BYTES);
     drop(resp);
     let ok = (200..300).contains(&status);
     let (reply, report) = match body {
@@ -267,14 +273,14 @@ fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
         .or_else(|| plan.candidates.first())
         .map(|c| c.price.clone());
     let extra = price.map_or(0, |p| {
-        budget::max_cost_nanos(0, budget::DEFAULT_HOLD_OUTPUT_TOKENS, [&p])
+        ledger::max_cost_nanos(0, ledger::DEFAULT_HOLD_OUTPUT_TOKENS, [&p])
     });
     let Ok(kv) = SpinKv::open() else {
         return false;
     };
-    match budget::extend(&kv, hold, &budget.tenant, extra) {
+    match ledger::extend(&kv, hold, &budget.tenant, extra) {
         Ok(true) => {
-            budget.held_output.0 += budget::DEFAULT_HOLD_OUTPUT_TOKENS;
+            budget.held_output.0 += ledger::DEFAULT_HOLD_OUTPUT_TOKENS;
             true
         }
         _ => false,
@@ -285,7 +291,7 @@ fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
 /// `[DONE]` is held back until the request is settled.
 async fn stream(
     ctx: &Ctx,
-    resp: IncomingResponse,
+    resp: ProviderAnswer,
     out: ResponseOutparam,
     prompt_estimate: u64,
     budget: &mut Budget,
@@ -298,10 +304,10 @@ async fn stream(
         ("cache-control".to_string(), "no-cache".to_string()),
     ];
     hs.extend(ctx.headers());
-    if let Some(ms) = response_header(&resp, headers::COLD_START) {
+    if let Some(ms) = resp.header(headers::COLD_START) {
         hs.push(("x-lumen-cold-start-ms".to_string(), ms));
     }
-    if let Some(f) = response_header(&resp, headers::FALLBACKS) {
+    if let Some(f) = resp.header(headers::FALLBACKS) {
         hs.push(("x-lumen-fallbacks".to_string(), f));
     }
     let mut sink = start_stream(out, resp.status(), &hs);
@@ -312,8 +318,7 @@ async fn stream(
     let done_event = sse::data_event("[DONE]");
     let mut held_done: Option<Vec<u8>> = None;
     {
-        let mut body = resp.take_body_stream();
-        'read: while let Some(Ok(chunk)) = body.next().await {
+        'read: while let Some(chunk) = resp.next_piece() {
             for ev in parser.push(&chunk) {
                 if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
                     if bytes == done_event {
@@ -413,6 +418,7 @@ async fn settle(
     let req = SettleRequest {
         request_id: ctx.request_id.clone(),
         key_id: key_id.to_string(),
+        tenant: budget.tenant_id.clone(),
         started_ms: ctx.started_ms,
         latency_ms: elapsed_ms(ctx.started),
         stream,
@@ -422,8 +428,11 @@ async fn settle(
     };
     let mut last = None;
     for _ in 0..2 {
-        match post_json::<_, Value>("meter", routes::SETTLE, &req).await {
-            Ok(_) => return,
+        match deps::settle(&req) {
+            Ok(done) => {
+                budget.seq = done.get("seq").and_then(Value::as_u64);
+                return;
+            }
             Err(e) => last = Some(e),
         }
     }

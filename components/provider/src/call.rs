@@ -10,30 +10,28 @@ use crate::timer::{after_ms, sleep_until, within};
 use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
 use crate::{queue, spin_llm};
 use futures::{SinkExt, StreamExt};
-use lumen_shared::byok::{self, ByokKey, ByokRecord};
-use lumen_shared::catalog::Dialect;
 use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
-use lumen_shared::deadline::Deadlines;
-use lumen_shared::dialect::{self, anthropic, gemini, openai_compat};
-use lumen_shared::health;
-use lumen_shared::openai::{estimate_prompt_tokens, Usage};
-use lumen_shared::pricing::{cost_header, lumen_object};
-use lumen_shared::sse::{Event, Parser};
+use lumen_shared::domain::catalog::Dialect;
+use lumen_shared::domain::deadline::Deadlines;
+use lumen_shared::domain::health;
+use lumen_shared::domain::pricing::{cost_header, lumen_object};
+use lumen_shared::store::byok::{self, ByokRecord};
+use lumen_shared::store::health as health_store;
+use lumen_shared::store::{ByokKey, Target};
+use lumen_shared::wire::dialect::{self, anthropic, gemini, openai_compat};
+use lumen_shared::wire::openai::{estimate_prompt_tokens, Usage};
+use lumen_shared::wire::sse::{Event, Parser};
 use lumen_shared::ApiError;
-use lumen_spin::http::{
-    json_post, read_request_body, read_response_body, respond, response_header, send_request,
-    start_stream,
-};
+use lumen_spin::http::{json_post, read_response_body, response_header, send_request};
+use lumen_spin::pipe::Out;
 use lumen_spin::relay::{CostTag, UpstreamRelay};
 use lumen_spin::util::{elapsed_ms, format_ms, now_ms, origin_of};
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
-use spin_sdk::http::{IncomingRequest, IncomingResponse, ResponseOutparam};
+use spin_sdk::http::IncomingResponse;
 use spin_sdk::variables;
 use std::time::Instant;
 
-/// Call requests carry the client's body, already limited by auth; this is a backstop.
-const MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
 /// Largest upstream answer read whole (non-streamed answers and error bodies).
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// Largest upstream error body read for its message.
@@ -241,12 +239,14 @@ fn deadline_error(p: &lumen_shared::contracts::ProviderTarget, which: &str, ms: 
 /// in KV, or named Spin variable), else the platform key variable. Never logged.
 fn provider_key(c: &Candidate, call: &CallRequest) -> Result<String, Failure> {
     let p = &c.provider;
-    if let (Some(id), Ok(kv)) = (call.key_id.as_deref(), SpinKv::open()) {
+    // Only a key that has its own key for this provider costs a read.
+    let own = call.byok.contains(&p.name);
+    if let (Some(id), true, Ok(kv)) = (call.key_id.as_deref(), own, SpinKv::open()) {
         let slot = ByokKey {
             key_id: id,
             provider: &p.name,
         };
-        match lumen_shared::kv::load(&kv, &slot) {
+        match lumen_shared::store::load(&kv, &slot) {
             Ok(Some(rec @ ByokRecord::Encrypted { .. })) => {
                 let master = variables::get("byok_encryption_key").unwrap_or_default();
                 return byok::open(master.trim(), id, &p.name, &rec)
@@ -256,7 +256,7 @@ fn provider_key(c: &Candidate, call: &CallRequest) -> Result<String, Failure> {
                 return variables::get(&name).map_err(|e| {
                     config_error(
                         c,
-                        format!("this API key's provider key variable {name} could not be read ({e}); declare it under [component.provider.variables]"),
+                        format!("this API key's provider key variable {name} could not be read ({e}); declare it under [component.gateway.variables]"),
                     )
                 })
             }
@@ -306,7 +306,7 @@ fn cascade_header(escalated: &[String]) -> Vec<(String, String)> {
 
 /// Streams a whole (already checked) answer to auth as SSE events, with the internal usage event.
 async fn relay_whole(
-    out: ResponseOutparam,
+    out: Out,
     body: &[u8],
     c: &Candidate,
     upstream_ms: f64,
@@ -321,7 +321,7 @@ async fn relay_whole(
     ];
     hs.extend(served_headers(c, upstream_ms));
     hs.extend(extra);
-    let mut sink = start_stream(out, 200, &hs);
+    let mut sink = out.start_stream(200, &hs);
     let mut relay = UpstreamRelay::new(call.include_usage).with_cost(CostTag {
         price: c.price.clone(),
         model: c.model.clone(),
@@ -329,7 +329,7 @@ async fn relay_whole(
         cold_start_ms: None,
     });
     for data in cascade::as_stream_events(&answer) {
-        let ev = lumen_shared::sse::Event {
+        let ev = lumen_shared::wire::sse::Event {
             event: None,
             data,
             comment_only: false,
@@ -345,9 +345,9 @@ async fn relay_whole(
     let _ = sink.close().await;
 }
 
-/// Handles `POST /call`.
-pub async fn call(req: IncomingRequest, out: ResponseOutparam) {
-    let attempts = serve(req, out).await;
+/// Serves one call (a [`CallRequest`] as JSON).
+pub async fn call(request: Vec<u8>, out: Out) {
+    let attempts = serve(request, out).await;
     // After the response's last byte: health never delays an answer.
     record_health(&attempts);
 }
@@ -360,21 +360,26 @@ fn record_health(attempts: &[Attempt]) {
     let policy = health::Policy::default();
     for a in attempts {
         if let Some(what) = a.observation() {
-            let _ = health::observe(&kv, &policy, &a.provider, &a.model, now_ms(), what);
+            let target = Target {
+                provider: &a.provider,
+                model: &a.model,
+            };
+            let snap = a.health.clone().unwrap_or_default();
+            let _ = health_store::observe(&kv, &policy, target, &snap, now_ms(), what);
         }
     }
 }
 
 /// Serves one call; returns its attempts.
-async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
-    let mut call = match read_request_body(req, MAX_CALL_BYTES).await.and_then(|b| {
-        serde_json::from_slice::<CallRequest>(&b).map_err(|e| {
-            ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
-        })
-    }) {
+async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
+    let parsed = serde_json::from_slice::<CallRequest>(&request).map_err(|e| {
+        ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
+    });
+    drop(request);
+    let mut call = match parsed {
         Ok(call) => call,
         Err(e) => {
-            respond(out, Reply::error(&e)).await;
+            out.respond(Reply::error(&e)).await;
             return Vec::new();
         }
     };
@@ -385,7 +390,7 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
     let policy = match Policy::from_body(&call.body) {
         Ok(p) => p,
         Err(e) => {
-            respond(out, Reply::error(&e)).await;
+            out.respond(Reply::error(&e)).await;
             return Vec::new();
         }
     };
@@ -441,7 +446,6 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                 )) => {
                     if checked {
                         if let Err(why) = cascade::check(&answer, &call.body) {
-                            cascade::record_latency(&c.provider.name, &c.model, ms);
                             attempts.push(Attempt::new(c, "escalated", elapsed_ms(start)));
                             escalated.push(format!("{}: {why}", c.model));
                             continue 'candidates;
@@ -453,7 +457,6 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                         // A checked whole answer, released as the stream the client asked for.
                         let bytes = serde_json::to_vec(&answer).unwrap_or_default();
                         relay_whole(out, &bytes, c, ms, &call, prompt_estimate, cascade_hs).await;
-                        cascade::record_latency(&c.provider.name, &c.model, ms);
                         return attempts;
                     }
                     if let Some(l) = answer.get_mut("lumen") {
@@ -468,9 +471,8 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                     reply.set_header(headers::COST, cost_header(&usage, &c.price));
                     reply.headers.extend(cascade_hs);
                     let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
-                    respond(out, reply).await;
+                    out.respond(reply).await;
                     // After the answer: the latency record never delays it.
-                    cascade::record_latency(&c.provider.name, &c.model, ms);
                     return attempts;
                 }
                 Ok((Success::Stream(resp), ms)) => {
@@ -479,7 +481,6 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                         // Several choices: relayed as they come (the stitcher follows one).
                         let (inc, est) = (call.include_usage, prompt_estimate);
                         relay(out, resp, c, ms, inc, est, cascade_hs).await;
-                        cascade::record_latency(&c.provider.name, &c.model, ms);
                         return attempts;
                     }
                     let attempts = failover::serve_stream(
@@ -494,7 +495,6 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
                         cascade_hs,
                     )
                     .await;
-                    cascade::record_latency(&c.provider.name, &c.model, ms);
                     return attempts;
                 }
                 Ok((Success::Queued(job), ms)) => {
@@ -542,7 +542,7 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) -> Vec<Attempt> {
         }
         None => Reply::error(&ApiError::internal("the plan has no candidates")),
     };
-    respond(out, reply).await;
+    out.respond(reply).await;
     attempts
 }
 
@@ -555,7 +555,7 @@ fn jitter() -> u8 {
 
 /// Relays an upstream SSE stream event by event; stops as soon as auth goes away.
 async fn relay(
-    out: ResponseOutparam,
+    out: Out,
     resp: IncomingResponse,
     c: &Candidate,
     upstream_ms: f64,
@@ -569,7 +569,7 @@ async fn relay(
     ];
     hs.extend(served_headers(c, upstream_ms));
     hs.extend(extra);
-    let mut sink = start_stream(out, 200, &hs);
+    let mut sink = out.start_stream(200, &hs);
     let mut relay = UpstreamRelay::new(include_usage).with_cost(CostTag {
         price: c.price.clone(),
         model: c.model.clone(),

@@ -1,6 +1,5 @@
 //! The quality-floor cascade (opt-in with `"lumen": {"cascade": true}`): a non-final candidate's
 //! answer is checked before it is released, and a failed check escalates to the next candidate.
-//! Also the latency record the router's `max_latency_ms` reads.
 //!
 //! The check is cheap and local: the answer is empty, refused, truncated (`finish_reason` =
 //! `length`), or not valid JSON when the request asked for JSON. For streams, the check runs
@@ -10,9 +9,6 @@
 //! byte is therefore the checked candidates' full answer time (bounded by the upstream's own
 //! timeouts), which is why the cascade is opt-in.
 
-use lumen_shared::kv::{self, LatencyKey, LatencyRecord};
-use lumen_spin::util::now_ms;
-use lumen_spin::SpinKv;
 use serde_json::{Map, Value};
 
 /// Openings of refusals (lowercase, apostrophes normalised).
@@ -151,19 +147,6 @@ pub fn as_stream_events(answer: &Value) -> Vec<String> {
     }
     out.push("[DONE]".into());
     out
-}
-
-/// Folds one observed time to headers into the provider+model's latency record. Best effort:
-/// a KV failure only leaves the record older.
-pub fn record_latency(provider: &str, model: &str, upstream_ms: f64) {
-    let Ok(store) = SpinKv::open() else { return };
-    let key = LatencyKey { provider, model };
-    let prev = kv::load(&store, &key).ok().flatten();
-    let _ = kv::store(
-        &store,
-        &key,
-        &LatencyRecord::update(prev, upstream_ms, now_ms()),
-    );
 }
 
 #[cfg(test)]

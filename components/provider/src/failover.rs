@@ -2,29 +2,29 @@
 //! retries, deadlines), the record of every attempt (`lumen.attempts`, `x-lumen-fallbacks`), and
 //! a streamed answer that continues on the next candidate when its upstream is cut, stalls past
 //! its deadline, sends a malformed chunk or an in-band error, or ends without `[DONE]`
-//! ([`lumen_shared::stitch::Stitcher`]: assistant prefill where the dialect supports it, else
+//! ([`lumen_shared::domain::stitch::Stitcher`]: assistant prefill where the dialect supports it, else
 //! regeneration with the already-sent prefix suppressed, else a well-formed error event with
 //! `finish_reason: "error"`; never a truncated answer with a normal finish).
 
 use crate::call::{attempt, served_headers, Converter, Success};
 use crate::timer::{after_ms, now_ns, within};
 use futures::{SinkExt, StreamExt};
-use lumen_shared::catalog::Dialect;
 use lumen_shared::contracts::{
     headers, CallRequest, Candidate, Leg, Outcome, UsageReport, USAGE_EVENT,
 };
-use lumen_shared::deadline::{Deadlines, Overrides};
-use lumen_shared::health::{Failure as HealthFailure, Observation};
-use lumen_shared::openai::Usage;
-use lumen_shared::pricing::{cost_nanos, lumen_object};
-use lumen_shared::sse::{self, Parser};
-use lumen_shared::stitch::{Resume, Stitcher};
+use lumen_shared::domain::catalog::Dialect;
+use lumen_shared::domain::deadline::{Deadlines, Overrides};
+use lumen_shared::domain::health::{Failure as HealthFailure, Observation, Snapshot};
+use lumen_shared::domain::pricing::{cost_nanos, lumen_object};
+use lumen_shared::domain::stitch::{Resume, Stitcher};
+use lumen_shared::wire::openai::Usage;
+use lumen_shared::wire::sse::{self, Parser};
 use lumen_shared::ApiError;
-use lumen_spin::http::start_stream;
+use lumen_spin::pipe::Out;
 use lumen_spin::relay::{is_content_chunk, KEEP_ALIVE};
 use lumen_spin::util::elapsed_ms;
 use serde_json::{json, Map, Value};
-use spin_sdk::http::{IncomingResponse, ResponseOutparam};
+use spin_sdk::http::IncomingResponse;
 use std::time::Instant;
 
 /// Most tries of one candidate before moving on (the request's `lumen.retries` + 1).
@@ -142,6 +142,8 @@ pub struct Attempt {
     pub provider_fault: bool,
     /// The provider's `Retry-After`, seconds.
     pub retry_after_s: Option<u64>,
+    /// The provider's health as the plan read it.
+    pub health: Option<Snapshot>,
 }
 
 impl Attempt {
@@ -155,6 +157,7 @@ impl Attempt {
             outcome,
             latency_ms: (latency_ms * 10.0).round() / 10.0,
             retry_after_s: None,
+            health: c.health.clone(),
         }
     }
 
@@ -476,7 +479,7 @@ async fn next_leg(
 /// Serves a streamed answer that begins with `resp` from candidate `i`, failing over mid-stream.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_stream(
-    out: ResponseOutparam,
+    out: Out,
     call: &CallRequest,
     policy: &Policy,
     mut i: usize,
@@ -498,7 +501,7 @@ pub(crate) async fn serve_stream(
     if let Some(f) = fallbacks_header(&before) {
         hs.push((headers::FALLBACKS.to_string(), f));
     }
-    let mut sink = start_stream(out, 200, &hs);
+    let mut sink = out.start_stream(200, &hs);
     let mut st = Stitcher::new();
     let mut legs: Vec<Leg> = Vec::new();
     let mut held = None;

@@ -2,26 +2,27 @@
 //! status until a worker has answered. While the job waits for a cold start a streamed request
 //! gets an SSE comment (`: keep-alive`) every second, so clients and proxies keep the connection;
 //! the provider's first-token deadline (longer for `cold_start` backends) bounds the wait. The
-//! observed wait is recorded in KV ([`lumen_shared::coldstart`]) and reported as
+//! observed wait is recorded in KV ([`lumen_shared::store::coldstart`]) and reported as
 //! `x-lumen-cold-start-ms` (this request's wait for whole answers, and `lumen.cold_start_ms` in the
 //! final chunk of a stream, whose headers carry the last recorded wait).
 
 use crate::call::{report, served_headers, with_usage};
 use crate::upstream::answer_usage;
 use futures::SinkExt;
-use lumen_shared::coldstart;
 use lumen_shared::contracts::{headers, CallRequest, Candidate, Outcome, UsageReport};
-use lumen_shared::dialect::queue::{completion_chunks, job_state, JobState};
-use lumen_shared::openai::Usage;
-use lumen_shared::pricing::{cost_header, lumen_object};
-use lumen_shared::sse::Event;
+use lumen_shared::domain::pricing::{cost_header, lumen_object};
+use lumen_shared::store::coldstart;
+use lumen_shared::wire::dialect::queue::{completion_chunks, job_state, JobState};
+use lumen_shared::wire::openai::Usage;
+use lumen_shared::wire::sse::Event;
 use lumen_shared::ApiError;
-use lumen_spin::http::{read_response_body, respond, send_request, start_stream};
+use lumen_spin::http::{read_response_body, send_request};
+use lumen_spin::pipe::Out;
 use lumen_spin::relay::{CostTag, UpstreamRelay, KEEP_ALIVE};
 use lumen_spin::util::{elapsed_ms, now_ms};
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
-use spin_sdk::http::{Method, Request, ResponseOutparam};
+use spin_sdk::http::{Method, Request};
 use std::time::{Duration, Instant};
 
 /// Time between status polls.
@@ -139,7 +140,7 @@ fn remember(c: &Candidate, cold_ms: Option<u64>) {
 
 /// Serves a submitted job: whole, or as a stream with keep-alives while it waits.
 pub async fn serve(
-    out: ResponseOutparam,
+    out: Out,
     job: Job,
     c: &Candidate,
     call: &CallRequest,
@@ -199,7 +200,7 @@ pub async fn serve(
             )
         }
     };
-    respond(out, reply).await;
+    out.respond(reply).await;
 }
 
 /// A finished OpenAI `chat.completion` as the whole reply to auth: `lumen` object, cost header,
@@ -233,7 +234,7 @@ pub fn whole_reply(
 
 /// A finished `chat.completion` replayed as a stream (role, content, finish, usage, `[DONE]`).
 pub async fn replay_stream(
-    out: ResponseOutparam,
+    out: Out,
     c: &Candidate,
     output: &Value,
     include_usage: bool,
@@ -245,7 +246,7 @@ pub async fn replay_stream(
         ("cache-control".to_string(), "no-cache".to_string()),
     ];
     hs.extend(served_headers(c, upstream_ms));
-    let mut sink = start_stream(out, 200, &hs);
+    let mut sink = out.start_stream(200, &hs);
     let mut relay = UpstreamRelay::new(include_usage).with_cost(CostTag {
         price: c.price.clone(),
         model: c.model.clone(),
@@ -270,7 +271,7 @@ pub async fn replay_stream(
 }
 
 async fn serve_stream(
-    out: ResponseOutparam,
+    out: Out,
     job: Job,
     c: &Candidate,
     include_usage: bool,
@@ -289,7 +290,7 @@ async fn serve_stream(
     {
         hs.push((headers::COLD_START.to_string(), s.last_ms.to_string()));
     }
-    let mut sink = start_stream(out, 200, &hs);
+    let mut sink = out.start_stream(200, &hs);
     let waited = wait(&job, c, Some(&mut sink)).await;
     let mut relay = UpstreamRelay::new(include_usage).with_cost(CostTag {
         price: c.price.clone(),

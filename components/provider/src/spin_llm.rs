@@ -6,12 +6,11 @@
 use crate::call::Failure;
 use crate::queue::{replay_stream, whole_reply};
 use lumen_shared::contracts::{CallRequest, Candidate};
-use lumen_shared::dialect::{spin_llm, unsupported};
+use lumen_shared::wire::dialect::{spin_llm, unsupported};
 use lumen_shared::ApiError;
-use lumen_spin::http::respond;
+use lumen_spin::pipe::Out;
 use lumen_spin::util::now_ms;
 use serde_json::Value;
-use spin_sdk::http::ResponseOutparam;
 use spin_sdk::llm;
 
 /// Runs the inference; the answer is an OpenAI `chat.completion`.
@@ -56,7 +55,7 @@ pub fn infer(c: &Candidate, call: &CallRequest) -> Result<Value, Failure> {
 
 /// Answers with an inference result, whole or replayed as a stream.
 pub async fn serve(
-    out: ResponseOutparam,
+    out: Out,
     c: &Candidate,
     call: &CallRequest,
     output: Value,
@@ -66,6 +65,7 @@ pub async fn serve(
     if stream {
         replay_stream(out, c, &output, call.include_usage, prompt_estimate, 0.0).await;
     } else {
-        respond(out, whole_reply(c, output, None, prompt_estimate, 0.0)).await;
+        out.respond(whole_reply(c, output, None, prompt_estimate, 0.0))
+            .await;
     }
 }

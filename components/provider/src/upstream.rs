@@ -3,7 +3,7 @@
 //! client is told, never an upstream body or key for credential errors).
 
 use lumen_shared::contracts::ProviderTarget;
-use lumen_shared::openai::Usage;
+use lumen_shared::wire::openai::Usage;
 use lumen_shared::ApiError;
 use lumen_spin::util::parse_retry_after;
 use serde_json::Value;
@@ -179,7 +179,7 @@ pub fn answer_usage(answer: &Value, prompt_estimate: u64) -> (Usage, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lumen_shared::catalog::Dialect;
+    use lumen_shared::domain::catalog::Dialect;
     use serde_json::json;
 
     fn openai() -> ProviderTarget {

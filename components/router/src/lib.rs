@@ -1,22 +1,20 @@
 //! The router component: resolves a requested model against `config/catalog.toml` into an ordered
-//! plan (`POST /plan`), scores requests for the tiers with the difficulty scorer
-//! (`config/router-weights.bin`), answers `POST /route` (plans for one request or a batch, without
-//! calling any model) and lists the catalog's models (`GET /models`). Private to the app.
+//! plan, scores requests for the tiers with the difficulty scorer (`config/router-weights.bin`),
+//! plans a batch without calling any model (`/v1/route`) and lists the catalog's models. It
+//! exports `lumen:gateway/planner` (`components/wit/lumen.wit`) and is composed into auth at
+//! build time.
 
-use lumen_shared::catalog::Catalog;
 use lumen_shared::contracts::{Plan, PlanRequest};
-use lumen_shared::fallback;
-use lumen_shared::health::{self, Availability};
-use lumen_shared::kv::{self, LatencyKey};
-use lumen_shared::route::{decide, Inputs};
-use lumen_shared::scorer::Weights;
+use lumen_shared::domain::catalog::Catalog;
+use lumen_shared::domain::fallback;
+use lumen_shared::domain::health::{Availability, Policy};
+use lumen_shared::domain::route::{decide, Inputs};
+use lumen_shared::domain::scorer::Weights;
+use lumen_shared::store::{health, Target};
 use lumen_shared::ApiError;
-use lumen_spin::http::{read_request_body, respond};
-use lumen_spin::util::{dispatch, now_ms, split_path};
-use lumen_spin::{Reply, SpinKv};
+use lumen_spin::util::{now_ms, to_wire as wire};
+use lumen_spin::SpinKv;
 use serde_json::{Map, Value};
-use spin_sdk::http::{IncomingRequest, ResponseOutparam};
-use spin_sdk::http_component;
 use std::sync::OnceLock;
 
 /// Where spin.toml mounts the catalog.
@@ -25,8 +23,6 @@ const CATALOG_PATH: &str = "/config/catalog.toml";
 const CATALOG_NAME: &str = "config/catalog.toml";
 /// Where spin.toml mounts the scorer's weights.
 const WEIGHTS_PATH: &str = "/config/router-weights.bin";
-/// Plan requests carry the client's body (already limited by auth); this is a backstop.
-const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// The catalog, read and checked once per instance.
 fn catalog() -> Result<&'static Catalog, ApiError> {
@@ -35,12 +31,7 @@ fn catalog() -> Result<&'static Catalog, ApiError> {
         .get_or_init(|| {
             let text = std::fs::read_to_string(CATALOG_PATH)
                 .map_err(|e| format!("could not read {CATALOG_NAME}: {e}"))?;
-            // Parsed TOML is cached in KV by content hash: a fresh instance per request would
-            // otherwise pay the TOML parse on every plan.
-            match SpinKv::open() {
-                Ok(kv) => Catalog::from_toml_cached(&text, CATALOG_NAME, &kv),
-                Err(_) => Catalog::from_toml(&text, CATALOG_NAME),
-            }
+            Catalog::from_toml(&text, CATALOG_NAME)
         })
         .as_ref()
         .map_err(|e| ApiError::internal(format!("the model catalog is invalid: {e}")))
@@ -88,11 +79,10 @@ fn plan_one(
     body: Option<&Map<String, Value>>,
 ) -> Result<lumen_shared::contracts::Plan, ApiError> {
     let latency = |provider: &str, model: &str| {
-        let kv = kv?;
-        kv::load(kv, &LatencyKey { provider, model })
+        health::record(kv?, Target { provider, model })
             .ok()
             .flatten()
-            .map(|r| r.ewma_ms)
+            .and_then(|r| r.ttft_ms)
     };
     decide(
         cat,
@@ -112,12 +102,10 @@ fn wants_latency(body: Option<&Map<String, Value>>) -> bool {
     body.is_some_and(|b| b.get("max_latency_ms").is_some_and(|v| !v.is_null()))
 }
 
-async fn plan(req: IncomingRequest) -> Result<Reply, ApiError> {
-    let body = read_request_body(req, MAX_BODY).await?;
-    let ask: PlanRequest = serde_json::from_slice(&body).map_err(|e| {
+fn plan(body: &[u8]) -> Result<Plan, ApiError> {
+    let ask: PlanRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid_request(format!("invalid plan request: {e}"), None, "invalid_json")
     })?;
-    drop(body);
     let kv = if wants_latency(ask.request.as_ref()) {
         SpinKv::open().ok()
     } else {
@@ -144,13 +132,13 @@ async fn plan(req: IncomingRequest) -> Result<Reply, ApiError> {
         fallback::merge(cat, &mut plan, &ask.models, &ask.allowed_models)?;
     }
     order_by_health(&mut plan);
-    Ok(Reply::json(200, &plan))
+    Ok(plan)
 }
 
 /// `POST /route`: `{"allowed_models": [...], "requests": [body, ...], "explain": bool}` →
 /// `{"object":"list","data":[plan or {"error":...}, ...]}`; each plan lists the considered
 /// candidates only with `explain: true`.
-async fn route_batch(req: IncomingRequest) -> Result<Reply, ApiError> {
+fn route_batch(body: &[u8]) -> Result<Value, ApiError> {
     #[derive(serde::Deserialize)]
     struct Batch {
         #[serde(default)]
@@ -159,11 +147,9 @@ async fn route_batch(req: IncomingRequest) -> Result<Reply, ApiError> {
         #[serde(default)]
         explain: bool,
     }
-    let body = read_request_body(req, MAX_BODY).await?;
-    let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid_request(format!("invalid route request: {e}"), None, "invalid_json")
     })?;
-    drop(body);
     let cat = catalog()?;
     let kv = SpinKv::open().ok();
     let mut out = Vec::with_capacity(batch.requests.len());
@@ -203,28 +189,38 @@ async fn route_batch(req: IncomingRequest) -> Result<Reply, ApiError> {
                 "message": e.message, "type": e.kind, "param": e.param, "code": e.code}}),
         });
     }
-    Ok(Reply::json(
-        200,
-        &serde_json::json!({"object": "list", "data": out}),
-    ))
+    Ok(serde_json::json!({"object": "list", "data": out}))
 }
 
-/// Moves candidates that health says are down behind the healthy ones
-/// ([`lumen_shared::fallback::order`]); claims a due half-open probe. Without KV, the catalog
-/// order stands.
+/// Reads the health of every candidate in one batch, claims a due half-open probe (one
+/// increment, only while a breaker is open), moves candidates that are down behind the healthy
+/// ones ([`lumen_shared::domain::fallback::order`]) and hands each its snapshot, against which
+/// the provider records what its call showed. Without KV, the catalog order stands.
 fn order_by_health(plan: &mut Plan) {
     let Ok(kv) = SpinKv::open() else {
         return;
     };
-    let policy = health::Policy::default();
+    let policy = Policy::default();
     let now = now_ms();
-    let avail: Vec<Availability> = plan
+    let targets: Vec<Target> = plan
         .candidates
         .iter()
-        .map(|c| {
-            health::check(&kv, &policy, &c.provider.name, &c.model, now).unwrap_or(Availability::Up)
+        .map(|c| Target {
+            provider: &c.provider.name,
+            model: &c.model,
         })
         .collect();
+    let Ok(snaps) = health::snapshots(&kv, &policy, &targets, now) else {
+        return;
+    };
+    let avail: Vec<Availability> = targets
+        .iter()
+        .zip(&snaps)
+        .map(|(&t, s)| health::availability(&kv, &policy, t, s, now).unwrap_or(Availability::Up))
+        .collect();
+    for (c, s) in plan.candidates.iter_mut().zip(snaps) {
+        c.health = Some(s);
+    }
     let moved = fallback::order(&mut plan.candidates, &avail);
     if !moved.is_empty() {
         plan.reason = format!(
@@ -235,36 +231,32 @@ fn order_by_health(plan: &mut Plan) {
     }
 }
 
-async fn route(req: IncomingRequest) -> Result<Reply, ApiError> {
-    let method = req.method();
-    let target = req.path_with_query().unwrap_or_default();
-    let (path, _) = split_path(&target);
-    #[derive(Clone, Copy)]
-    enum Op {
-        Plan,
-        Route,
-        Models,
-    }
-    let table = [
-        ("/plan", "POST", Op::Plan),
-        ("/route", "POST", Op::Route),
-        ("/models", "GET", Op::Models),
-    ];
-    match dispatch(&method.to_string(), path, &table)? {
-        Op::Plan => plan(req).await,
-        Op::Route => route_batch(req).await,
-        Op::Models => Ok(Reply::json(200, &catalog()?.models_list(now_ms() / 1000))),
-    }
+/// The export glue `wit_bindgen::generate!` writes is the only unsafe code in the component.
+#[expect(
+    unsafe_code,
+    reason = "the component-model export glue generated by wit-bindgen"
+)]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "router",
+        path: "../wit",
+    });
+    use super::Router;
+    export!(Router);
 }
 
-/// The export: the code `#[http_component]` generates is the only unsafe code in the component.
-#[allow(unsafe_code)]
-mod entry {
-    use super::*;
+struct Router;
 
-    #[http_component]
-    async fn handle(req: IncomingRequest, out: ResponseOutparam) {
-        let reply = route(req).await.unwrap_or_else(Reply::from);
-        respond(out, reply).await;
+impl bindings::exports::lumen::gateway::planner::Guest for Router {
+    fn plan(request: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+        wire(plan(&request))
+    }
+
+    fn route(batch: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+        wire(route_batch(&batch))
+    }
+
+    fn models() -> Result<Vec<u8>, Vec<u8>> {
+        wire(catalog().map(|c| c.models_list(now_ms() / 1000)))
     }
 }

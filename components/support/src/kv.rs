@@ -1,10 +1,12 @@
-//! [`SpinKv`]: the shared [`Kv`] trait over Spin's `default` key-value store, with counters and
-//! compare-and-swap on `wasi:keyvalue/atomics`.
+//! [`SpinKv`]: the shared [`Kv`] trait over Spin's `default` key-value store — plain
+//! operations through `fermyon:spin/key-value`, counters through `wasi:keyvalue/atomics`
+//! `increment`, and batched reads through `wasi:keyvalue/batch` `get-many` (one round trip).
+//! No compare-and-swap: see `lumen_shared::store`.
 
-use lumen_shared::kv::{Kv, KvError};
+use lumen_shared::store::{Kv, KvError};
 use lumen_shared::ApiError;
 use spin_sdk::key_value::Store;
-use spin_sdk::wit::wasi::keyvalue::{atomics, store as wasi_store};
+use spin_sdk::wit::wasi::keyvalue::{atomics, batch, store as wasi_store};
 
 /// The `default` store, opened through both interfaces.
 pub struct SpinKv {
@@ -60,21 +62,15 @@ impl Kv for SpinKv {
             .map_err(|e| KvError(format!("increment {key}: {e}")))
     }
 
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: &[u8],
-    ) -> Result<bool, KvError> {
-        let fail = |e: &dyn std::fmt::Display| KvError(format!("compare-and-swap {key}: {e}"));
-        let cas = atomics::Cas::new(&self.bucket, key).map_err(|e| fail(&e))?;
-        if cas.current().map_err(|e| fail(&e))?.as_deref() != expected {
-            return Ok(false);
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        match atomics::swap(cas, new) {
-            Ok(()) => Ok(true),
-            Err(atomics::CasError::CasFailed(_)) => Ok(false),
-            Err(atomics::CasError::StoreError(e)) => Err(fail(&e)),
-        }
+        let got = batch::get_many(&self.bucket, keys)
+            .map_err(|e| KvError(format!("get-many ({} keys): {e}", keys.len())))?;
+        // The batch answers (key, value) pairs; put them back in the order asked.
+        let mut by_key: std::collections::HashMap<String, Option<Vec<u8>>> =
+            got.into_iter().collect();
+        Ok(keys.iter().map(|k| by_key.remove(k).flatten()).collect())
     }
 }

@@ -1,5 +1,5 @@
 //! Glue shared by Lumen's four Spin components, so nothing is written four times: Spin KV behind
-//! the shared [`lumen_shared::kv::Kv`] trait, JSON replies with `content-length`, bounded body
+//! the shared [`lumen_shared::store::Kv`] trait, JSON replies with `content-length`, bounded body
 //! reads, internal JSON calls, and the SSE relays.
 //!
 //! [`util`] and [`relay`] import nothing from Spin and are unit-tested natively; [`kv`] and
@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod kv;
+pub mod pipe;
 pub mod relay;
 pub mod util;
 

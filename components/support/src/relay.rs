@@ -2,14 +2,14 @@
 //! [`UpstreamRelay`] (provider: upstream events → events for auth, plus the internal usage event)
 //! and [`ClientRelay`] (auth: provider events → client events, stripping the usage event).
 //!
-//! Both take whole events from [`lumen_shared::sse::Parser`] and return the bytes to write for
+//! Both take whole events from [`lumen_shared::wire::sse::Parser`] and return the bytes to write for
 //! each one, so every event is written as soon as it is complete.
 
-use lumen_shared::catalog::Price;
 use lumen_shared::contracts::{Outcome, UsageReport, USAGE_EVENT};
-use lumen_shared::openai::Usage;
-use lumen_shared::pricing::lumen_object;
-use lumen_shared::sse::{self, Event, Parser};
+use lumen_shared::domain::catalog::Price;
+use lumen_shared::domain::pricing::lumen_object;
+use lumen_shared::wire::openai::Usage;
+use lumen_shared::wire::sse::{self, Event, Parser};
 use serde_json::{Map, Value};
 
 /// Written when a stream ends without `data: [DONE]`.
@@ -422,7 +422,7 @@ impl ClientRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lumen_shared::sse::Parser;
+    use lumen_shared::wire::sse::Parser;
 
     const ROLE: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
     const TOK: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi "}}],"usage":null}"#;

@@ -255,6 +255,31 @@ pub fn api_error_from_wire(
     }
 }
 
+/// A component-call result on the wire (`components/wit/lumen.wit`): the JSON of the value, or
+/// of the [`ApiError`] that prevented it.
+pub fn to_wire<T: serde::Serialize>(r: Result<T, ApiError>) -> Result<Vec<u8>, Vec<u8>> {
+    let encoded = r.and_then(|v| {
+        serde_json::to_vec(&v)
+            .map_err(|e| ApiError::internal(format!("could not serialise the answer: {e}")))
+    });
+    encoded.map_err(|e| serde_json::to_vec(&e).unwrap_or_default())
+}
+
+/// Decodes what [`to_wire`] encoded; `what` names the component in messages.
+pub fn from_wire<T: serde::de::DeserializeOwned>(
+    what: &str,
+    r: Result<Vec<u8>, Vec<u8>>,
+) -> Result<T, ApiError> {
+    match r {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::internal(format!("the {what} component answered unexpectedly: {e}"))
+        }),
+        Err(bytes) => Err(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            ApiError::internal(format!("the {what} component failed unexpectedly: {e}"))
+        })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -353,6 +378,20 @@ mod tests {
         assert_eq!(parse_retry_after("7"), Some(7));
         assert_eq!(parse_retry_after(" 1.2 "), Some(2));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn component_results_round_trip() {
+        let ok: Result<Vec<u32>, ApiError> = from_wire("router", to_wire(Ok(vec![1u32, 2])));
+        assert_eq!(ok, Ok(vec![1, 2]));
+        let mut e = ApiError::upstream(429, "slow down", true);
+        e.retry_after = Some(3);
+        let back: Result<u8, ApiError> = from_wire("router", to_wire::<u8>(Err(e.clone())));
+        assert_eq!(back, Err(e));
+        let garbled: Result<u8, ApiError> = from_wire("meter", Err(b"<html>".to_vec()));
+        let g = garbled.unwrap_err();
+        assert_eq!(g.status, 500);
+        assert!(g.message.contains("the meter component"), "{}", g.message);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub fn repo() -> PathBuf {
 }
 
 fn check_built() {
-    let wasm = repo().join("target/wasm32-wasip2/release/lumen_auth.wasm");
+    let wasm = repo().join("target/wasm32-wasip2/release/lumen_gateway.wasm");
     assert!(
         wasm.is_file(),
         "{} is missing: run scripts/build.sh (scripts/test.sh does) before cargo test",
@@ -139,7 +139,7 @@ impl Streamed {
     }
     /// The `data:` payloads in order.
     pub fn data(&self) -> Vec<String> {
-        let mut p = lumen_shared::sse::Parser::default();
+        let mut p = lumen_shared::wire::sse::Parser::default();
         let evs = p.push(self.text().as_bytes());
         evs.into_iter()
             .filter(|e| !e.comment_only)
@@ -177,6 +177,19 @@ impl Gateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.host.addr()
+    }
+
+    /// Keys of the default store that start with `prefix`.
+    pub fn store_keys(&self, prefix: &str) -> Vec<String> {
+        let store = self.host.store("default").expect("a default store");
+        let mut keys: Vec<String> = store
+            .keys("default")
+            .expect("keys")
+            .into_iter()
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        keys
     }
 
     pub async fn call(

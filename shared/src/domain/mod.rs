@@ -1,0 +1,13 @@
+//! The decisions a request goes through, as pure functions of their inputs: which model and
+//! provider (catalog, route, scorer, fallback), under which deadlines, at what price, and how a
+//! stream that failed over is stitched. Nothing here reads or writes the key-value store.
+
+pub mod catalog;
+pub mod deadline;
+pub mod fallback;
+pub mod health;
+pub mod plans;
+pub mod pricing;
+pub mod route;
+pub mod scorer;
+pub mod stitch;

@@ -1,0 +1,430 @@
+//! Every key family of the store, in one place: one struct per family with one `key()`,
+//! versioned, so a key's spelling is written exactly once. Never `format!` a key at a call site.
+//!
+//! | family | kind | written by | per request |
+//! |---|---|---|---|
+//! | `v1/key/hash/{sha256}` → [`ApiKeyRecord`] | value | admin | read once (auth) |
+//! | `v1/key/id/{id}` → sha256 | value | admin | – |
+//! | `v1/key/revoked/{id}` → unix s | value | admin (DELETE) | – |
+//! | `v1/key/seq`, `v1/key/index/{n}` → id | counter, value | admin | – |
+//! | `v1/rl/{kind}/{id}/{window}` | counter | auth | 1 increment per limit the key has |
+//! | `v1/tenant/{tenant}` → [`TenantRecord`] | value | admin | read once (auth) |
+//! | `v2/ledger/{tenant}/{YYYY-MM}/{committed,settled}` | counter | auth, meter | only with a budget |
+//! | `v1/credit/{tenant}/{granted,committed}` | counter | admin, auth, meter | only prepaid |
+//! | `v2/log/seq`, `v2/log/entry/{n}` | counter, value | meter, admin | 1 increment + 1 set |
+//! | `v2/log/block/{b}`, `v2/log/super/{s}`, `v2/log/sealed` | value | whoever seals | every 64th request |
+//! | `v2/health/{p}/{m}` → [`crate::domain::health::Record`] | value | provider | on change only |
+//! | `v2/health/{fail,ok}/{p}/{m}/{slot}` | counter | provider | failures (and successes while failing) |
+//! | `v2/health/probe/{p}/{m}/{since}/{period}` | counter | router | one per half-open probe |
+//! | `v1/byok/{key}/{provider}`, `v1/byok-index/{key}` | value | admin | read only for keys with one |
+//! | `v1/coldstart/{provider}` | value | provider | queue backends only |
+
+use super::{Counter, Family};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An API key as stored; the secret itself is never stored, only its sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyRecord {
+    /// Public id (`key_…`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Hex sha256 of the secret.
+    pub hash: String,
+    /// Requests per minute.
+    pub rpm_limit: u32,
+    /// Models the key may use; empty = all.
+    pub allowed_models: Vec<String>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Tenant the key belongs to (its usage, budget and credits); empty = the key's own id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
+    /// Unix seconds after which the key is refused (none = never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Unix seconds of the last rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated: Option<u64>,
+    /// Plan from `config/plans.toml` (empty = none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub plan: String,
+    /// Providers this key has its own upstream key for (bring your own key): the provider
+    /// reads `v1/byok/...` only for these, so other keys cost no read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub byok: Vec<String>,
+    /// The hash this record replaced in a rotation, removed again by every later admin change
+    /// of the key (a rotation that died half way leaves no second valid secret for long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_hash: Option<String>,
+}
+
+impl ApiKeyRecord {
+    /// The tenant id: `tenant`, or the key id for a key created without one.
+    pub fn tenant_id(&self) -> &str {
+        if self.tenant.is_empty() {
+            &self.id
+        } else {
+            &self.tenant
+        }
+    }
+}
+
+/// `v1/key/hash/{sha256}` → [`ApiKeyRecord`].
+pub struct KeyByHash<'a>(pub &'a str);
+impl Family for KeyByHash<'_> {
+    type Value = ApiKeyRecord;
+    fn key(&self) -> String {
+        format!("v1/key/hash/{}", self.0)
+    }
+}
+
+/// `v1/key/id/{id}` → the key's sha256, for admin lookups by id.
+pub struct KeyById<'a>(pub &'a str);
+impl Family for KeyById<'_> {
+    type Value = String;
+    fn key(&self) -> String {
+        format!("v1/key/id/{}", self.0)
+    }
+}
+
+/// `v1/key/revoked/{id}` → unix seconds of the revocation: written before a key's records are
+/// removed, and checked by every other admin change after it writes, so a change racing a
+/// revocation never brings the key back.
+pub struct KeyRevoked<'a>(pub &'a str);
+impl Family for KeyRevoked<'_> {
+    type Value = u64;
+    fn key(&self) -> String {
+        format!("v1/key/revoked/{}", self.0)
+    }
+}
+
+/// `v1/key/seq` — how many keys were ever created (indexes [`KeyIndex`]).
+pub struct KeySeq;
+impl Counter for KeySeq {
+    fn key(&self) -> String {
+        "v1/key/seq".into()
+    }
+}
+
+/// `v1/key/index/{n}` → key id of the n-th created key (1-based).
+pub struct KeyIndex(pub i64);
+impl Family for KeyIndex {
+    type Value = String;
+    fn key(&self) -> String {
+        format!("v1/key/index/{}", self.0)
+    }
+}
+
+/// `v1/rl/{kind}/{id}/{window_start_secs}` — what one limit admitted in one window.
+pub struct RateWindow<'a> {
+    /// The limit's name (`rpm`, `rpd`, `tpm`, …).
+    pub kind: &'a str,
+    /// Key, tenant or `key/model` id.
+    pub id: &'a str,
+    /// Unix seconds at the window's start.
+    pub window: u64,
+}
+impl Counter for RateWindow<'_> {
+    fn key(&self) -> String {
+        format!("v1/rl/{}/{}/{}", self.kind, self.id, self.window)
+    }
+}
+
+/// `v1/tenant/{tenant}` → [`TenantRecord`]: a tenant's budget settings.
+pub struct TenantKey<'a>(pub &'a str);
+impl Family for TenantKey<'_> {
+    type Value = TenantRecord;
+    fn key(&self) -> String {
+        format!("v1/tenant/{}", self.0)
+    }
+}
+
+/// A tenant's budget settings (set with `PUT /admin/tenants/{tenant}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRecord {
+    /// Hard cap on spend per calendar month (UTC), nano-dollars; none = no monthly cap.
+    #[serde(default)]
+    pub monthly_budget_nanos: Option<i64>,
+    /// When true, spend is also limited by prepaid credits (grants minus spend, all time).
+    #[serde(default)]
+    pub prepaid: bool,
+}
+
+/// Monthly ledger counters of a tenant, in nano-dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerField {
+    /// Settled spend plus outstanding holds (checked against the monthly cap).
+    Committed,
+    /// Settled spend.
+    Settled,
+}
+
+/// `v2/ledger/{tenant}/{YYYY-MM}/{committed|settled}`.
+pub struct MonthLedger<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// `YYYY-MM` (UTC).
+    pub month: &'a str,
+    /// Field.
+    pub field: LedgerField,
+}
+impl Counter for MonthLedger<'_> {
+    fn key(&self) -> String {
+        let f = match self.field {
+            LedgerField::Committed => "committed",
+            LedgerField::Settled => "settled",
+        };
+        format!("v2/ledger/{}/{}/{f}", self.tenant, self.month)
+    }
+}
+
+/// Prepaid-credit counters of a tenant (all time), in nano-dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditField {
+    /// Credits granted (negative grants are refunds to the operator / corrections).
+    Granted,
+    /// Settled spend plus outstanding holds against credits.
+    Committed,
+}
+
+/// `v1/credit/{tenant}/{granted|committed}`.
+pub struct Credit<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Field.
+    pub field: CreditField,
+}
+impl Counter for Credit<'_> {
+    fn key(&self) -> String {
+        let f = match self.field {
+            CreditField::Granted => "granted",
+            CreditField::Committed => "committed",
+        };
+        format!("v1/credit/{}/{f}", self.tenant)
+    }
+}
+
+/// `v2/log/seq` — the last sequence number handed out (entries are 1-based).
+pub struct LogSeq;
+impl Counter for LogSeq {
+    fn key(&self) -> String {
+        "v2/log/seq".into()
+    }
+}
+
+/// `v2/log/entry/{seq}` → [`crate::store::log::Entry`].
+pub struct LogEntryKey(pub u64);
+impl Family for LogEntryKey {
+    type Value = crate::store::log::Entry;
+    fn key(&self) -> String {
+        format!("v2/log/entry/{}", self.0)
+    }
+}
+
+/// `v2/log/block/{b}` → [`crate::store::log::Block`]: the hashes and usage of entries
+/// `64·b + 1 ..= 64·b + 64`, written once they are all present.
+pub struct LogBlockKey(pub u64);
+impl Family for LogBlockKey {
+    type Value = crate::store::log::Block;
+    fn key(&self) -> String {
+        format!("v2/log/block/{}", self.0)
+    }
+}
+
+/// `v2/log/super/{s}` → [`crate::store::log::Super`]: the usage of blocks `64·s ..= 64·s + 63`.
+pub struct LogSuperKey(pub u64);
+impl Family for LogSuperKey {
+    type Value = crate::store::log::Super;
+    fn key(&self) -> String {
+        format!("v2/log/super/{}", self.0)
+    }
+}
+
+/// `v2/log/sealed` → how many blocks are sealed (a hint: plain writes may race, so readers check
+/// the blocks after it).
+pub struct LogSealed;
+impl Family for LogSealed {
+    type Value = u64;
+    fn key(&self) -> String {
+        "v2/log/sealed".into()
+    }
+}
+
+/// A provider and one of its models.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Provider name.
+    pub provider: &'a str,
+    /// Catalog model id.
+    pub model: &'a str,
+}
+
+/// `v2/health/{provider}/{model}` → [`crate::domain::health::Record`].
+pub struct HealthKey<'a>(pub Target<'a>);
+impl Family for HealthKey<'_> {
+    type Value = crate::domain::health::Record;
+    fn key(&self) -> String {
+        format!("v2/health/{}/{}", self.0.provider, self.0.model)
+    }
+}
+
+/// Which calls a health counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// Failures.
+    Fail,
+    /// Successes (counted only while failures are in the window).
+    Ok,
+}
+
+/// `v2/health/{fail|ok}/{provider}/{model}/{slot_start_ms}`.
+pub struct HealthCount<'a> {
+    /// What is counted.
+    pub tally: Tally,
+    /// Whose calls.
+    pub target: Target<'a>,
+    /// Start of the slot, ms since the epoch.
+    pub slot_ms: u64,
+}
+impl Counter for HealthCount<'_> {
+    fn key(&self) -> String {
+        let t = match self.tally {
+            Tally::Fail => "fail",
+            Tally::Ok => "ok",
+        };
+        format!(
+            "v2/health/{t}/{}/{}/{}",
+            self.target.provider, self.target.model, self.slot_ms
+        )
+    }
+}
+
+/// `v2/health/probe/{provider}/{model}/{open_since_ms}/{period}` — the request that takes it
+/// from 0 to 1 holds the half-open probe of that period.
+pub struct HealthProbe<'a> {
+    /// Whose breaker.
+    pub target: Target<'a>,
+    /// When the breaker opened.
+    pub since_ms: u64,
+    /// Which probe period.
+    pub period: u64,
+}
+impl Counter for HealthProbe<'_> {
+    fn key(&self) -> String {
+        format!(
+            "v2/health/probe/{}/{}/{}/{}",
+            self.target.provider, self.target.model, self.since_ms, self.period
+        )
+    }
+}
+
+/// `v1/byok/{key_id}/{provider}` → [`crate::store::byok::ByokRecord`].
+pub struct ByokKey<'a> {
+    /// Lumen API key id.
+    pub key_id: &'a str,
+    /// Catalog provider.
+    pub provider: &'a str,
+}
+impl Family for ByokKey<'_> {
+    type Value = crate::store::byok::ByokRecord;
+    fn key(&self) -> String {
+        format!("v1/byok/{}/{}", self.key_id, self.provider)
+    }
+}
+
+/// `v1/coldstart/{provider}` → [`crate::store::coldstart::ColdStartStats`].
+pub struct ColdStartKey<'a>(pub &'a str);
+impl Family for ColdStartKey<'_> {
+    type Value = crate::store::coldstart::ColdStartStats;
+    fn key(&self) -> String {
+        format!("v1/coldstart/{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Key spellings are part of the stored format: pin them byte for byte.
+    #[test]
+    fn key_spellings_are_pinned() {
+        let t = Target {
+            provider: "openai",
+            model: "gpt-4o",
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (KeyByHash("ab").key(), "v1/key/hash/ab"),
+            (KeyById("key_1").key(), "v1/key/id/key_1"),
+            (KeyRevoked("key_1").key(), "v1/key/revoked/key_1"),
+            (KeySeq.key(), "v1/key/seq"),
+            (KeyIndex(3).key(), "v1/key/index/3"),
+            (
+                RateWindow {
+                    kind: "rpm",
+                    id: "key_1",
+                    window: 60,
+                }
+                .key(),
+                "v1/rl/rpm/key_1/60",
+            ),
+            (TenantKey("t1").key(), "v1/tenant/t1"),
+            (
+                MonthLedger {
+                    tenant: "t1",
+                    month: "2026-11",
+                    field: LedgerField::Settled,
+                }
+                .key(),
+                "v2/ledger/t1/2026-11/settled",
+            ),
+            (
+                Credit {
+                    tenant: "t1",
+                    field: CreditField::Granted,
+                }
+                .key(),
+                "v1/credit/t1/granted",
+            ),
+            (LogSeq.key(), "v2/log/seq"),
+            (LogEntryKey(7).key(), "v2/log/entry/7"),
+            (LogBlockKey(2).key(), "v2/log/block/2"),
+            (LogSuperKey(0).key(), "v2/log/super/0"),
+            (LogSealed.key(), "v2/log/sealed"),
+            (HealthKey(t).key(), "v2/health/openai/gpt-4o"),
+            (
+                HealthCount {
+                    tally: Tally::Fail,
+                    target: t,
+                    slot_ms: 30_000,
+                }
+                .key(),
+                "v2/health/fail/openai/gpt-4o/30000",
+            ),
+            (
+                HealthProbe {
+                    target: t,
+                    since_ms: 5,
+                    period: 1,
+                }
+                .key(),
+                "v2/health/probe/openai/gpt-4o/5/1",
+            ),
+            (
+                ByokKey {
+                    key_id: "k",
+                    provider: "openai",
+                }
+                .key(),
+                "v1/byok/k/openai",
+            ),
+            (ColdStartKey("runpod").key(), "v1/coldstart/runpod"),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
+}
