@@ -42,9 +42,11 @@ pub fn new_engine_with(instances: u32) -> Result<Engine> {
     // Core instances, memories and tables: at least what one component may use, so that a
     // tiny pool still fits one instance of each component.
     pool.total_component_instances(instances)
-        .total_core_instances((instances * 4).max(50))
-        .total_memories((instances * 2).max(10))
-        .total_tables((instances * 4).max(20))
+        // The composed gateway is four components in one: per request it instantiates their
+        // core modules (and the glue wit-component adds), each with its memory and tables.
+        .total_core_instances((instances * 20).max(50))
+        .total_memories((instances * 6).max(10))
+        .total_tables((instances * 20).max(20))
         .total_stacks(instances)
         .max_memory_size(512 << 20)
         .max_core_instances_per_component(50)
@@ -62,6 +64,10 @@ pub fn new_engine_with(instances: u32) -> Result<Engine> {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if std::env::var_os("LUMEN_HOST_PERFMAP").is_some() {
+        // `perf` names the guests' functions (/tmp/perf-<pid>.map); for profiling only.
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     match Engine::new(&cfg) {
         Ok(e) => Ok(e),
         Err(err) => {
