@@ -55,7 +55,7 @@ impl Router {
                 model: "auto",
                 allowed: &[],
                 body: Some(b),
-                weights: Some(&self.weights),
+                weights: &|| Some(&self.weights),
                 latency: &|_, _| None,
                 now_us: &|| 0.0,
                 roll: 0,

@@ -25,7 +25,7 @@ use lumen_shared::wire::dialect::messages;
 use lumen_shared::wire::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::wire::sse::{self, Parser};
 use lumen_shared::ApiError;
-use lumen_spin::http::{respond, start_stream};
+use lumen_spin::http::{respond, start_stream, ResponseSink};
 use lumen_spin::relay::{ClientRelay, Outgoing};
 use lumen_spin::util::elapsed_ms;
 use lumen_spin::{Reply, SpinKv};
@@ -310,7 +310,11 @@ async fn stream(
     if let Some(f) = resp.header(headers::FALLBACKS) {
         hs.push(("x-lumen-fallbacks".to_string(), f));
     }
-    let mut sink = start_stream(out, resp.status(), &hs);
+    // The head waits for the first event, so both leave in one write (see `start_stream`).
+    let status = resp.status();
+    let mut out = Some(out);
+    let mut sink: Option<ResponseSink> = None;
+    let mut first: Vec<u8> = Vec::new();
     let mut relay = ClientRelay::default();
     let mut parser = Parser::default();
     let mut disconnected = false;
@@ -340,15 +344,28 @@ async fn stream(
                     if bytes.is_empty() {
                         continue;
                     }
-                    if sink.send(bytes).await.is_err() {
-                        disconnected = true;
-                        break 'read;
+                    match sink.as_mut() {
+                        None => first.extend(bytes),
+                        Some(s) => {
+                            if s.send(bytes).await.is_err() {
+                                disconnected = true;
+                                break 'read;
+                            }
+                        }
                     }
                     relay.delivered(content);
                 }
             }
+            if let Some(out) = out.take() {
+                sink = Some(start_stream(out, status, &hs, std::mem::take(&mut first)).await);
+            }
         }
     }
+    let mut sink = match (sink, out) {
+        (Some(s), _) => s,
+        (None, Some(out)) => start_stream(out, status, &hs, first).await,
+        (None, None) => return,
+    };
     drop(resp);
     let fallback = (ctx.model.as_str(), ctx.provider.as_str(), ctx.upstream_ms);
     let (report, last) = if cut_by_budget {

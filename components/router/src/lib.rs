@@ -100,7 +100,7 @@ fn plan_one(
             model,
             allowed,
             body,
-            weights: weights(),
+            weights: &|| weights(),
             latency: &latency,
             now_us: &now_us,
             roll: roll(),

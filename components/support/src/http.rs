@@ -108,28 +108,60 @@ pub fn fields(headers: &[(String, String)]) -> Fields {
     f
 }
 
-/// Sends a whole reply (with `content-length`) and ends the response.
+/// Bodies up to this size are written into the body stream *before* the head is handed to the
+/// host, so the host's HTTP stack can send head and body in one write. Written after the head,
+/// a small body leaves in a second packet that Nagle's algorithm holds until the peer's delayed
+/// ACK (~40 ms) on hosts that do not set `TCP_NODELAY` — stock Spin sets it on neither its
+/// inbound nor its outbound sockets. The host buffers a little of a body whose head it does not
+/// have yet (wasmtime: two chunks); larger bodies go after the head as before.
+pub const ONE_WRITE_LIMIT: usize = 64 * 1024;
+
+/// Sends a whole reply (with `content-length`) and ends the response: head and body in one
+/// write when the body is small (see [`ONE_WRITE_LIMIT`]).
 pub async fn respond(out: ResponseOutparam, reply: Reply) {
     let response = OutgoingResponse::new(fields(&reply.wire_headers()));
     // Only out-of-range codes are refused; every status used here is valid.
     let _ = response.set_status_code(reply.status);
-    // A failure here means the caller went away; there is no one left to tell.
-    let _ = out.set_with_body(response, reply.body).await;
+    if reply.body.len() <= ONE_WRITE_LIMIT {
+        let mut body = response.take_body();
+        if !reply.body.is_empty() {
+            // A failure here means the caller went away; there is no one left to tell.
+            let _ = body.send(reply.body).await;
+        }
+        // Dropping the sink finishes the body; then the head goes, with the body behind it.
+        drop(body);
+        out.set(response);
+    } else {
+        let _ = out.set_with_body(response, reply.body).await;
+    }
 }
 
-/// Starts a streamed response: sends status and headers now and returns the body sink. Dropping
-/// the sink ends the response.
-pub fn start_stream(
+/// Starts a streamed response with its first bytes (the first event): they are written before
+/// the head is handed over, so head and first event leave in one write (see
+/// [`ONE_WRITE_LIMIT`]). Returns the body sink; dropping it ends the response.
+pub async fn start_stream(
     out: ResponseOutparam,
     status: u16,
     headers: &[(String, String)],
-) -> impl Sink<Vec<u8>, Error = impl std::fmt::Debug> + Unpin {
+    first: Vec<u8>,
+) -> ResponseSink {
     let response = OutgoingResponse::new(fields(headers));
     let _ = response.set_status_code(status);
-    let body = response.take_body();
-    out.set(response);
-    body
+    let mut body = response.take_body();
+    if first.is_empty() {
+        out.set(response);
+    } else if first.len() <= ONE_WRITE_LIMIT {
+        let _ = body.send(first).await;
+        out.set(response);
+    } else {
+        out.set(response);
+        let _ = body.send(first).await;
+    }
+    Box::pin(body)
 }
+
+/// The body of a streamed response; dropping it ends the response.
+pub type ResponseSink = std::pin::Pin<Box<dyn Sink<Vec<u8>, Error = wasi::io::streams::StreamError>>>;
 
 /// The first value of a header, as text.
 pub fn header(fields: &Fields, name: &str) -> Option<String> {
@@ -218,6 +250,20 @@ pub async fn send_request(req: Request) -> Result<IncomingResponse, SendError> {
         .try_into_outgoing_request()
         .map_err(|e| SendError::RequestConversion(e.into()))?;
     let mut sink = outgoing.take_body();
+    // A small body is written and finished before the request is handed to the host, so head
+    // and body leave in one write (see [`ONE_WRITE_LIMIT`]); the host holds it until it sends.
+    if body.as_ref().is_none_or(|b| b.len() <= ONE_WRITE_LIMIT) {
+        let written = match body {
+            Some(bytes) if !bytes.is_empty() => sink.send(bytes).await,
+            _ => Ok(()),
+        };
+        drop(sink);
+        return match (spin_sdk::http::send::<_, IncomingResponse>(outgoing).await, written) {
+            (Ok(resp), _) => Ok(resp),
+            (Err(SendError::Io(_)), Err(e)) => Err(SendError::Io(e)),
+            (Err(e), _) => Err(e),
+        };
+    }
     let response = spin_sdk::http::send::<_, IncomingResponse>(outgoing);
     let write = async move {
         let written = match body {

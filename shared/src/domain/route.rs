@@ -438,8 +438,8 @@ pub struct Inputs<'a> {
     pub allowed: &'a [String],
     /// The request body (routing fields included), when known.
     pub body: Option<&'a Map<String, Value>>,
-    /// The scorer; tiers need it.
-    pub weights: Option<&'a Weights>,
+    /// The scorer, loaded only when a tier needs it (a pinned model never pays for it).
+    pub weights: &'a dyn Fn() -> Option<&'a Weights>,
     /// Observed latency (ms) of a provider+model, if any.
     pub latency: &'a dyn Fn(&str, &str) -> Option<f64>,
     /// The monotonic clock in microseconds (to time the scorer).
@@ -653,7 +653,7 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         .iter()
         .filter(|a| cat.lookup(a).is_some())
         .collect();
-    let weights = inp.weights.ok_or_else(|| {
+    let weights = (inp.weights)().ok_or_else(|| {
         ApiError::internal("the router's scorer weights are missing (config/router-weights.bin)")
     })?;
     let t0 = (inp.now_us)();
@@ -936,7 +936,7 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
                 model,
                 allowed,
                 body: Some(&body),
-                weights: Some(&w),
+                weights: &|| Some(&w),
                 latency,
                 now_us: &|| 0.0,
                 roll: 7,
