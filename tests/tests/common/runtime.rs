@@ -293,9 +293,14 @@ impl SpinProc {
         kill_group(&mut self.child);
     }
 
-    /// The process id (for `/proc` readings).
+    /// The process that serves: `spin up` runs the app in a child (`spin trigger http`); its
+    /// id when there is one (for `/proc` readings), else `spin up`'s.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        let id = self.child.id();
+        std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(id)
     }
 }
 
