@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: format and lint checks, unit tests, end-to-end tests of the compiled
 # components through lumen-host, and the official SDKs (openai and anthropic Python, openai Node)
-# against the gateway.
+# against the gateway; then the end-to-end and SDK suites again under real Spin, when a `spin`
+# binary is found (SPIN_BIN, PATH, or ../shared/tools/get-spin.sh): `spin up` on its SQLite store
+# (leg spin-sqlite) and two `spin up` processes sharing one Redis (leg spin-redis). The tests pick
+# the runtime from LUMEN_TEST_RUNTIME (tests/README.md). Where no Spin is found, the Spin legs
+# print "skipped" and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${CARGO_BUILD_JOBS:-2}"
@@ -70,3 +74,37 @@ fi
 
 echo "== OpenAI Node SDK"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)
+
+# The Spin legs: the same end-to-end test binaries (those that run the gateway; cli, first_run,
+# imports and router_probes test lumen-host's own binaries or need no runtime) and SDK suites,
+# with the gateway under real `spin up`.
+spin=""
+if [[ -n "${SPIN_BIN:-}" ]]; then
+  spin="$SPIN_BIN"
+  [[ -x "$spin" ]] || { echo "SPIN_BIN=$spin is not an executable" >&2; exit 1; }
+elif command -v spin >/dev/null; then
+  spin="$(command -v spin)"
+elif [[ -x ../shared/tools/get-spin.sh ]]; then
+  spin="$(../shared/tools/get-spin.sh)"
+fi
+e2e=()
+for f in tests/tests/*.rs; do
+  name="$(basename "$f" .rs)"
+  case "$name" in cli|first_run|imports|router_probes) ;; *) e2e+=(--test "$name") ;; esac
+done
+for leg in spin-sqlite spin-redis; do
+  if [[ -z "$spin" ]]; then
+    echo "== $leg: skipped: no spin binary (SPIN_BIN is unset, no spin on PATH, no ../shared/tools/get-spin.sh)"
+    continue
+  fi
+  started=$SECONDS
+  echo "== $leg: end-to-end under real Spin ($("$spin" --version))"
+  LUMEN_TEST_RUNTIME=$leg SPIN_BIN="$spin" cargo test --release -j "$jobs" -p lumen-tests "${e2e[@]}"
+  echo "== $leg: Python SDKs and the dashboard"
+  browser=(-m "not browser")
+  [[ -x "${LUMEN_CHROMIUM:-/usr/bin/chromium}" && -x "${LUMEN_CHROMEDRIVER:-/usr/bin/chromedriver}" ]] && browser=()
+  LUMEN_TEST_RUNTIME=$leg SPIN_BIN="$spin" .venv/bin/python -m pytest tests/python -q "${browser[@]}" --ignore tests/python/test_deploy.py
+  echo "== $leg: OpenAI Node SDK"
+  (cd tests/node && LUMEN_TEST_RUNTIME=$leg SPIN_BIN="$spin" node --test)
+  echo "== $leg: passed in $((SECONDS - started)) s"
+done

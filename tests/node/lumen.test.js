@@ -1,10 +1,16 @@
-// The official openai Node SDK, unmodified, against Lumen: lumen-mock and lumen-host run as child
+// The official openai Node SDK, unmodified, against Lumen: lumen-mock and the gateway run as child
 // processes (built by scripts/build.sh), one Lumen key, then chat, stream, tools, JSON mode,
 // embeddings, models and errors across every dialect. Run: npm ci && node --test
+//
+// The gateway runs under LUMEN_TEST_RUNTIME (as tests/python/conftest.py): `host` (default,
+// lumen-host), `spin-sqlite` (real `spin up`), `spin-redis` (two `spin up` on one redis-server on a
+// unix socket; the key is created on the first, the SDK calls the second). Spin is SPIN_BIN, `spin`
+// on PATH, or ../shared/tools/get-spin.sh.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,14 +30,18 @@ const WEATHER = [{
   },
 }];
 
+const RUNTIME = process.env.LUMEN_TEST_RUNTIME || 'host';
 const children = [];
+const groups = [];
 let client;
 
-/** Starts a binary and resolves with the address from its `Serving http://ADDR` line. */
-function serve(name, args, env) {
+/** Starts a program and resolves with the address from its `Serving http://ADDR` line; `group`
+ * starts it as a process group, stopped whole (`spin up` runs the app in a child process). */
+function serve(program, args, env, group = false) {
+  const name = path.basename(program);
   return new Promise((resolve, reject) => {
-    const child = spawn(path.join(BIN, name), args, { cwd: REPO, env: { ...process.env, ...env } });
-    children.push(child);
+    const child = spawn(program, args, { cwd: REPO, env: { ...process.env, ...env }, detached: group });
+    (group ? groups : children).push(child);
     let out = '';
     const timer = setTimeout(() => reject(new Error(`${name} did not start: ${out}`)), 180_000);
     child.stdout.on('data', (d) => {
@@ -47,8 +57,72 @@ function serve(name, args, env) {
   });
 }
 
+/** The Spin CLI: SPIN_BIN, `spin` on PATH, or ../shared/tools/get-spin.sh. */
+function spinBinary() {
+  if (process.env.SPIN_BIN) return process.env.SPIN_BIN;
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (dir && existsSync(path.join(dir, 'spin'))) return path.join(dir, 'spin');
+  }
+  const get = path.join(REPO, '..', 'shared', 'tools', 'get-spin.sh');
+  if (existsSync(get)) return execFileSync(get, { encoding: 'utf8' }).trim();
+  throw new Error(`LUMEN_TEST_RUNTIME=${RUNTIME} needs Spin: set SPIN_BIN, put spin on PATH, or provide ${get}`);
+}
+
+/** A port nobody listens on now (Spin cannot report one it picked). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function spinUp(env, state, runtimeConfig) {
+  const args = ['up', '-f', path.join(REPO, 'spin.toml'), '--listen', `127.0.0.1:${await freePort()}`, '--state-dir', state];
+  if (runtimeConfig) args.push('--runtime-config-file', runtimeConfig);
+  return serve(spinBinary(), args, env, true);
+}
+
+/** redis-server on a unix socket in `dir`; resolves with a runtime config pointing at it. */
+async function redis(dir) {
+  const sock = path.join(dir, 'redis.sock');
+  const child = spawn('redis-server', ['--port', '0', '--save', '', '--appendonly', 'no', '--unixsocket', sock, '--dir', dir], { stdio: 'ignore' });
+  children.push(child);
+  for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 20));
+  if (!existsSync(sock)) throw new Error('redis-server did not start (apt-get install redis-server)');
+  const rc = path.join(dir, 'runtime-config.toml');
+  writeFileSync(rc, `[key_value_store.default]\ntype = "redis"\nurl = "redis+unix://${sock}"\n`);
+  return rc;
+}
+
+/** The gateway under RUNTIME: [where the admin API is called, where the SDK calls]. */
+async function gateway(env) {
+  const state = mkdtempSync(path.join(tmpdir(), 'lumen-node-'));
+  if (RUNTIME === 'host') {
+    const gw = await serve(path.join(BIN, 'lumen-host'), ['up', '--listen', '127.0.0.1:0', '--manifest', path.join(REPO, 'spin.toml'), '--state-dir', state], env);
+    return [gw, gw];
+  }
+  if (RUNTIME === 'spin-sqlite') {
+    const gw = await spinUp(env, state);
+    return [gw, gw];
+  }
+  if (RUNTIME === 'spin-redis') {
+    const rc = await redis(state);
+    const replicas = [];
+    for (const r of ['a', 'b']) {
+      mkdirSync(path.join(state, r));
+      replicas.push(await spinUp(env, path.join(state, r), rc));
+    }
+    return replicas;
+  }
+  throw new Error(`LUMEN_TEST_RUNTIME=${RUNTIME}: expected host, spin-sqlite or spin-redis`);
+}
+
 before(async () => {
-  const mock = await serve('lumen-mock', ['--listen', '127.0.0.1:0', '--api-key', UPSTREAM_KEY, '--token-delay-ms', '1'], {});
+  const mock = await serve(path.join(BIN, 'lumen-mock'), ['--listen', '127.0.0.1:0', '--api-key', UPSTREAM_KEY, '--token-delay-ms', '1'], {});
   const origin = `http://${mock}`;
   const env = { SPIN_VARIABLE_ADMIN_TOKEN: ADMIN };
   for (const [p, base] of [['OPENAI', `${origin}/v1`], ['AZURE', origin], ['ANTHROPIC', `${origin}/v1`], ['GEMINI', `${origin}/v1beta`], ['VLLM', `${origin}/v1`], ['RUNPOD', `${origin}/v2/qwen`]]) {
@@ -56,9 +130,8 @@ before(async () => {
     env[`SPIN_VARIABLE_${p}_ALLOWED_HOST`] = origin;
     env[`SPIN_VARIABLE_${p}_API_KEY`] = UPSTREAM_KEY;
   }
-  const state = mkdtempSync(path.join(tmpdir(), 'lumen-node-'));
-  const gw = await serve('lumen-host', ['up', '--listen', '127.0.0.1:0', '--manifest', path.join(REPO, 'spin.toml'), '--state-dir', state], env);
-  const r = await fetch(`http://${gw}/admin/keys`, {
+  const [adminGw, gw] = await gateway(env);
+  const r = await fetch(`http://${adminGw}/admin/keys`, {
     method: 'POST',
     headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
     body: JSON.stringify({ name: 'node-sdk', rpm_limit: 100000 }),
@@ -69,6 +142,13 @@ before(async () => {
 });
 
 after(() => {
+  for (const c of groups) {
+    try {
+      process.kill(-c.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
   for (const c of children) c.kill('SIGTERM');
 });
 

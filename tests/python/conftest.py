@@ -1,10 +1,20 @@
-"""Session fixtures for the OpenAI SDK tests: run lumen-mock and lumen-host as subprocesses.
+"""Session fixtures for the SDK tests: run lumen-mock and the gateway as subprocesses.
 
-Both binaries come from ``target/release`` (override the directory with ``LUMEN_BIN_DIR``); build
-them first with ``scripts/build.sh`` (``scripts/test.sh`` does). Each
-prints ``Serving http://ADDR`` as its first stdout line, which is how the fixtures learn the
-ephemeral port. Process output goes to log files under pytest's temporary directory; their paths
-are shown in startup failures and in the report header (``-v``).
+The gateway runs under the runtime ``LUMEN_TEST_RUNTIME`` names (as in the Rust end-to-end
+suites, ``tests/tests/common/runtime.rs``):
+
+- ``host`` (default): ``lumen-host up``;
+- ``spin-sqlite``: real ``spin up`` on Spin's default SQLite key-value store;
+- ``spin-redis``: two real ``spin up`` processes sharing one ``redis-server`` (started here on a
+  unix socket): the admin API is called on the first, the SDKs on the second, so every key the
+  SDKs use was created by the other process.
+
+Spin is ``SPIN_BIN``, else ``spin`` on ``PATH``, else the build in ``../shared/tools``. lumen-mock
+and lumen-host come from ``target/release`` (override the directory with ``LUMEN_BIN_DIR``);
+build them first with ``scripts/build.sh`` (``scripts/test.sh`` does). Each server prints
+``Serving http://ADDR``, which is how the fixtures learn the port. Process output goes to log
+files under pytest's temporary directory; their paths are shown in startup failures and in the
+report header (``-v``).
 """
 
 from __future__ import annotations
@@ -12,9 +22,12 @@ from __future__ import annotations
 import os
 import queue
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +43,8 @@ HOST_STARTUP_TIMEOUT_S = float(os.environ.get("LUMEN_HOST_STARTUP_TIMEOUT", "180
 MOCK_STARTUP_TIMEOUT_S = 30.0
 UPSTREAM_KEY = "sk-upstream-test"
 MOCK_TOKEN_DELAY_MS = 2
+RUNTIME = os.environ.get("LUMEN_TEST_RUNTIME") or "host"
+RUNTIMES = ("host", "spin-sqlite", "spin-redis")
 
 
 @dataclass
@@ -41,12 +56,22 @@ class Server:
     addr: str
     stdout_log: Path
     stderr_log: Path
+    # Started in its own session: stopped as a process group (``spin up`` runs the app in a
+    # child process that would outlive its parent).
+    group: bool = False
 
     @property
     def url(self) -> str:
         return f"http://{self.addr}"
 
     def stop(self) -> None:
+        if self.group:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -63,8 +88,9 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "<no log>"
 
 
-def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path, timeout_s: float) -> Server:
-    """Starts ``argv`` and waits up to ``timeout_s`` for its ``Serving http://ADDR`` line."""
+def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path, timeout_s: float, group: bool = False) -> Server:
+    """Starts ``argv`` and waits up to ``timeout_s`` for its ``Serving http://ADDR`` line (the
+    first line that is not blank: Spin prints an empty one first)."""
     binary = Path(argv[0])
     if not binary.is_file():
         pytest.fail(
@@ -83,6 +109,7 @@ def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
         stderr=stderr,
         text=True,
         bufsize=1,
+        start_new_session=group,
     )
     stderr.close()
     first_line: queue.Queue[str | None] = queue.Queue(maxsize=1)
@@ -95,7 +122,7 @@ def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
             for line in proc.stdout:
                 log.write(line)
                 log.flush()
-                if not announced:
+                if not announced and line.strip():
                     first_line.put(line)
                     announced = True
             if not announced:
@@ -114,7 +141,10 @@ def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
         except subprocess.TimeoutExpired:
             status = None
         if status is None:
-            proc.kill()
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
             proc.wait(timeout=10)
         if status is not None:
             problem = f"exited with status {status} before printing 'Serving http://ADDR'"
@@ -123,7 +153,107 @@ def spawn_server(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
         else:
             problem = f"printed {line!r} instead of 'Serving http://ADDR'"
         pytest.fail(f"{name} {problem}; stderr tail:\n{_tail(stderr_log)}", pytrace=False)
-    return Server(name, proc, line[len(prefix):].strip().rstrip("/"), stdout_log, stderr_log)
+    return Server(name, proc, line[len(prefix):].strip().rstrip("/"), stdout_log, stderr_log, group)
+
+
+def spin_binary() -> str:
+    """The Spin CLI: ``SPIN_BIN``, ``spin`` on ``PATH``, or ``../shared/tools/get-spin.sh``."""
+    if os.environ.get("SPIN_BIN"):
+        return os.environ["SPIN_BIN"]
+    found = shutil.which("spin")
+    if found:
+        return found
+    get = REPO.parent / "shared" / "tools" / "get-spin.sh"
+    if get.is_file():
+        out = subprocess.run([str(get)], capture_output=True, text=True, check=False)
+        if out.returncode == 0 and Path(out.stdout.strip()).is_file():
+            return out.stdout.strip()
+    pytest.fail(f"LUMEN_TEST_RUNTIME={RUNTIME} needs Spin: set SPIN_BIN, put spin on PATH, or provide {get}", pytrace=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_spin(name: str, env: dict[str, str], log_dir: Path, state_dir: Path, runtime_config: Path | None = None) -> Server:
+    """``spin up`` on a free port (Spin cannot report a port it picked); a lost race for the
+    port is retried."""
+    for attempt in range(3):
+        argv = [spin_binary(), "up", "-f", str(REPO / "spin.toml"), "--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(state_dir)]
+        if runtime_config is not None:
+            argv += ["--runtime-config-file", str(runtime_config)]
+        try:
+            return spawn_server(name, argv, env, log_dir, HOST_STARTUP_TIMEOUT_S, group=True)
+        except pytest.fail.Exception as e:
+            if "in use" not in str(e) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class Redis:
+    """``redis-server`` on a unix socket in ``directory`` (no TCP port), for the spin-redis runtime."""
+
+    def __init__(self, directory: Path) -> None:
+        self.sock = directory / "redis.sock"
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--save", "", "--appendonly", "no", "--unixsocket", str(self.sock), "--dir", str(directory)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.sock.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail("redis-server did not start (apt-get install redis-server)", pytrace=False)
+            time.sleep(0.02)
+        self.runtime_config = directory / "runtime-config.toml"
+        self.runtime_config.write_text(f'[key_value_store.default]\ntype = "redis"\nurl = "redis+unix://{self.sock}"\n')
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@dataclass
+class Deployment:
+    """The gateway under ``RUNTIME``: ``admin`` takes the admin calls, ``client`` the SDKs'."""
+
+    admin: Server
+    client: Server
+    servers: list[Server]
+    redis: Redis | None = None
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def deploy(name: str, env: dict[str, str], log_dir: Path, state: Path) -> Deployment:
+    """Starts the gateway under ``RUNTIME`` with ``env`` (its ``SPIN_VARIABLE_*``)."""
+    if RUNTIME not in RUNTIMES:
+        pytest.fail(f"LUMEN_TEST_RUNTIME={RUNTIME!r}: expected one of {', '.join(RUNTIMES)}", pytrace=False)
+    if RUNTIME == "host":
+        argv = [str(BIN_DIR / "lumen-host"), "up", "--listen", "127.0.0.1:0", "--manifest", str(REPO / "spin.toml"), "--state-dir", str(state)]
+        s = spawn_server(name, argv, env, log_dir, HOST_STARTUP_TIMEOUT_S)
+        return Deployment(s, s, [s])
+    if RUNTIME == "spin-sqlite":
+        s = spawn_spin(f"{name}-spin", env, log_dir, state)
+        return Deployment(s, s, [s])
+    redis = Redis(state)
+    servers: list[Server] = []
+    try:
+        for replica in ("a", "b"):
+            (state / replica).mkdir()
+            servers.append(spawn_spin(f"{name}-spin-{replica}", env, log_dir, state / replica, redis.runtime_config))
+    except BaseException:
+        for started in servers:
+            started.stop()
+        redis.stop()
+        raise
+    return Deployment(servers[0], servers[1], servers, redis)
 
 
 @pytest.fixture(scope="session")
@@ -151,10 +281,10 @@ def admin_token() -> str:
 
 
 @pytest.fixture(scope="session")
-def gateway(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """lumen-host serving spin.toml, with the mock as its OpenAI upstream."""
+def deployment(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The gateway serving spin.toml under ``RUNTIME``, with the mock as every upstream."""
     state_dir = tmp_path_factory.mktemp("lumen-state")
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIN_VARIABLE_")}
     env.update(
         SPIN_VARIABLE_ADMIN_TOKEN=admin_token,
         SPIN_VARIABLE_OPENAI_BASE_URL=f"{mock_server.url}/v1",
@@ -173,23 +303,22 @@ def gateway(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_facto
         env[f"SPIN_VARIABLE_{name}_BASE_URL"] = base
         env[f"SPIN_VARIABLE_{name}_ALLOWED_HOST"] = mock_server.url
         env[f"SPIN_VARIABLE_{name}_API_KEY"] = UPSTREAM_KEY
-    argv = [
-        str(BIN_DIR / "lumen-host"),
-        "up",
-        "--listen", "127.0.0.1:0",
-        "--manifest", str(REPO / "spin.toml"),
-        "--state-dir", str(state_dir),
-    ]
-    server = spawn_server("lumen-host", argv, env, log_dir, HOST_STARTUP_TIMEOUT_S)
-    yield server
-    server.stop()
+    d = deploy("lumen-host" if RUNTIME == "host" else "lumen", env, log_dir, state_dir)
+    yield d
+    d.stop()
 
 
 @pytest.fixture(scope="session")
-def admin(gateway: Server, admin_token: str) -> Iterator[httpx.Client]:
+def gateway(deployment: Deployment) -> Server:
+    """Where the SDKs call (under spin-redis, the process that did not create their keys)."""
+    return deployment.client
+
+
+@pytest.fixture(scope="session")
+def admin(deployment: Deployment, admin_token: str) -> Iterator[httpx.Client]:
     """An httpx client for the gateway's admin API."""
     with httpx.Client(
-        base_url=gateway.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
+        base_url=deployment.admin.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
     ) as client:
         yield client
 
@@ -231,4 +360,4 @@ def mock_http(mock_server: Server) -> Iterator[httpx.Client]:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [f"lumen binaries: {BIN_DIR}"]
+    return [f"lumen binaries: {BIN_DIR}", f"runtime (LUMEN_TEST_RUNTIME): {RUNTIME}"]

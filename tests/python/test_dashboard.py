@@ -31,13 +31,11 @@ import httpx
 import pytest
 
 from conftest import (
-    HOST_STARTUP_TIMEOUT_S,
     REPO,
     UPSTREAM_KEY,
-    BIN_DIR,
     Server,
     create_key,
-    spawn_server,
+    deploy,
 )
 
 CHROMIUM = os.environ.get("LUMEN_CHROMIUM", "/usr/bin/chromium")
@@ -59,22 +57,17 @@ def dash_token() -> str:
 
 @pytest.fixture(scope="module")
 def dash_gateway(mock_server: Server, dash_token: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A gateway of its own, so the dashboard shows this module's requests and nothing else."""
-    env = dict(os.environ)
+    """A gateway of its own, so the dashboard shows this module's requests and nothing else
+    (under the runtime ``LUMEN_TEST_RUNTIME`` names; see conftest.py)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIN_VARIABLE_")}
     env["SPIN_VARIABLE_ADMIN_TOKEN"] = dash_token
     for name, path in [("OPENAI", "/v1"), ("AZURE", ""), ("ANTHROPIC", "/v1"), ("GEMINI", "/v1beta"), ("VLLM", "/v1"), ("RUNPOD", "/v2/qwen"), ("TOGETHER", "/v1")]:
         env[f"SPIN_VARIABLE_{name}_BASE_URL"] = f"{mock_server.url}{path}"
         env[f"SPIN_VARIABLE_{name}_ALLOWED_HOST"] = mock_server.url
         env[f"SPIN_VARIABLE_{name}_API_KEY"] = UPSTREAM_KEY
-    argv = [
-        str(BIN_DIR / "lumen-host"), "up",
-        "--listen", "127.0.0.1:0",
-        "--manifest", str(REPO / "spin.toml"),
-        "--state-dir", str(tmp_path_factory.mktemp("dashboard-state")),
-    ]
-    server = spawn_server("lumen-host-dashboard", argv, env, log_dir, HOST_STARTUP_TIMEOUT_S)
-    yield server
-    server.stop()
+    d = deploy("lumen-host-dashboard", env, log_dir, tmp_path_factory.mktemp("dashboard-state"))
+    yield d.client
+    d.stop()
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ fn up_prints_routes_and_stops_cleanly_on_signals() {
         let mut child = up(&state);
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut lines = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
             lines.push(line.trim_end().to_string());
@@ -66,7 +66,12 @@ fn up_prints_routes_and_stops_cleanly_on_signals() {
         );
         let addr = lines[0].trim_start_matches("Serving http://").to_string();
         assert_eq!(lines[1], "Available Routes:");
-        assert_eq!(lines[2], format!("  gateway: http://{addr} (wildcard)"));
+        // Routes in name order, as Spin prints them.
+        assert_eq!(
+            lines[2],
+            format!("  dashboard: http://{addr}/app (wildcard)")
+        );
+        assert_eq!(lines[3], format!("  gateway: http://{addr} (wildcard)"));
         // It serves.
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         std::io::Write::write_all(

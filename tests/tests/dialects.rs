@@ -879,9 +879,16 @@ async fn spin_llm_provider_answers_not_available_here_clearly() {
     let (key, _) = gw.create_key(1000, &[]).await;
     let r = gw.chat(&key, chat_body("llama2-chat", "hi")).await;
     let e = r.error(502);
+    let why = if common::runtime::Runtime::current().is_spin() {
+        // Real Spin answers the interface itself: spin.toml grants no `ai_models` (lumen-host
+        // refuses the key; config/catalog.toml says to add it where Spin serves models).
+        "The component does not have access to use 'llama2-chat'. To give the component access, add 'llama2-chat' to the 'ai_models' key for the component in your spin.toml manifest"
+    } else {
+        "fermyon:spin/llm is not available in lumen-host (it runs no model); deploy to a Spin platform with LLM support, e.g. Fermyon Cloud"
+    };
     assert_eq!(
         e["message"],
-        "provider \"fermyon\" (Spin LLM interface) failed: fermyon:spin/llm is not available in lumen-host (it runs no model); deploy to a Spin platform with LLM support, e.g. Fermyon Cloud"
+        format!("provider \"fermyon\" (Spin LLM interface) failed: {why}")
     );
     assert_eq!(r.header("x-lumen-provider"), Some("fermyon"));
     assert_eq!(gw.mock.request_count(), 0);

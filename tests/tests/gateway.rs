@@ -1,5 +1,5 @@
-//! End-to-end: the compiled components in `spin.toml`, run by lumen-host, in front of the mock
-//! upstream. Covers the request path (auth → limit → plan → call → meter), streaming, usage,
+//! End-to-end: the compiled components in `spin.toml`, run by lumen-host or real Spin
+//! (`LUMEN_TEST_RUNTIME`), in front of the mock upstream. Covers the request path (auth → limit → plan → call → meter), streaming, usage,
 //! the admin API and bad input.
 
 mod common;
@@ -502,39 +502,32 @@ async fn outbound_host_not_allowed_is_a_clear_error() {
     assert_eq!(gw.mock.request_count(), 0);
 }
 
+/// The store outlives the processes: lumen-host and `spin up` on their SQLite file, the two
+/// Spin processes of spin-redis on Redis.
 #[tokio::test]
-async fn keys_persist_in_the_sqlite_store_across_restarts() {
-    let state = std::env::temp_dir().join(format!("lumen-e2e-state-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&state);
-    let mock = mock::MockUpstream::start(mock::MockConfig::default())
-        .await
-        .unwrap();
-    let mut o = options(&mock);
-    o.memory_kv = false;
-    o.state_dir = Some(state.clone());
-    let host = lumen_host::start(o.clone()).await.unwrap();
-    let r = send(
-        host.addr(),
-        "POST",
-        "/admin/keys",
-        Some(ADMIN),
-        Some(br#"{"name":"p"}"#.to_vec()),
-    )
+async fn keys_persist_in_the_store_across_restarts() {
+    let state = common::procs::temp_dir("e2e-state");
+    let mut gw = Gateway::start_with(mock::MockConfig::default(), |o| {
+        o.memory_kv = false;
+        o.state_dir = Some(state.clone());
+    })
     .await;
+    let r = gw
+        .call(
+            "POST",
+            "/admin/keys",
+            Some(ADMIN),
+            Some(br#"{"name":"p"}"#.to_vec()),
+        )
+        .await;
     let key = r.json()["key"].as_str().unwrap().to_string();
-    host.shutdown().await;
-    assert!(state.join("sqlite_key_value.db").is_file());
-    let host = lumen_host::start(o).await.unwrap();
-    let r = send(
-        host.addr(),
-        "POST",
-        "/v1/chat/completions",
-        Some(&key),
-        Some(chat_body("gpt-4o-mini", "hi").to_string().into_bytes()),
-    )
-    .await;
+    if runtime::Runtime::current() != runtime::Runtime::SpinRedis {
+        assert!(state.join("sqlite_key_value.db").is_file());
+    }
+    gw.restart().await;
+    let r = gw.chat(&key, chat_body("gpt-4o-mini", "hi")).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    host.shutdown().await;
+    drop(gw);
     std::fs::remove_dir_all(&state).unwrap();
 }
 
@@ -543,6 +536,12 @@ async fn keys_persist_in_the_sqlite_store_across_restarts() {
 /// `shutdown` left keep-alive connections open, still served by the stopped app.
 #[tokio::test]
 async fn shutdown_closes_connections_and_the_port_is_reusable_at_once() {
+    if runtime::skip_under_spin(
+        "shutdown_closes_connections_and_the_port_is_reusable_at_once",
+        "a regression test of lumen-host's own listener",
+    ) {
+        return;
+    }
     let mock = mock::MockUpstream::start(mock::MockConfig::default())
         .await
         .unwrap();

@@ -489,18 +489,7 @@ async fn clear_errors_for_no_server_no_token_and_a_wrong_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_fails_on_a_tampered_chain() {
-    let state = common::procs::temp_dir("lumen-cli-audit");
-    let gw = Gateway::start_with(
-        lumen_tests::mock::MockConfig {
-            api_key: Some(common::UPSTREAM_KEY.into()),
-            ..Default::default()
-        },
-        |o| {
-            o.memory_kv = false;
-            o.state_dir = Some(state.clone());
-        },
-    )
-    .await;
+    let gw = Gateway::start().await;
     let (url, token) = env(&gw);
     let e = [("LUMEN_URL", url.as_str()), ("LUMEN_ADMIN_TOKEN", token)];
     let (key, _) = gw.create_key(600, &[]).await;
@@ -513,21 +502,18 @@ async fn audit_verify_fails_on_a_tampered_chain() {
     lumen(&e, &["audit", "verify"]).await.success();
 
     // Edit the request's entry in the store itself (as tests/tests/audit.rs does).
-    let db = rusqlite::Connection::open(state.join("sqlite_key_value.db")).unwrap();
-    let (k, bytes): (String, Vec<u8>) = db
-        .query_row(
-            "SELECT key, value FROM spin_key_value WHERE key LIKE 'v1/audit/entry/%' AND value LIKE '%\"request\"%'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (k, bytes) = gw
+        .store_keys("v2/log/entry/")
+        .into_iter()
+        .map(|k| {
+            let v = gw.store_get(&k).expect("listed key");
+            (k, v)
+        })
+        .find(|(_, v)| String::from_utf8_lossy(v).contains(r#""kind":"request""#))
+        .expect("the request's entry");
     let mut entry: Value = serde_json::from_slice(&bytes).unwrap();
-    entry["cost"] = serde_json::json!(0);
-    db.execute(
-        "UPDATE spin_key_value SET value = ?1 WHERE key = ?2",
-        rusqlite::params![serde_json::to_vec(&entry).unwrap(), k],
-    )
-    .unwrap();
+    entry["cost_nanos"] = serde_json::json!(0);
+    gw.store_set(&k, &serde_json::to_vec(&entry).unwrap());
 
     let r = lumen(&e, &["audit", "verify"]).await;
     assert!(!r.ok, "verify succeeded on a tampered chain: {}", r.stdout);
@@ -541,6 +527,4 @@ async fn audit_verify_fails_on_a_tampered_chain() {
     let r = lumen(&e, &["--json", "audit", "verify"]).await;
     assert!(!r.ok);
     assert_eq!(r.json()["ok"], false);
-    drop(gw);
-    std::fs::remove_dir_all(&state).ok();
 }

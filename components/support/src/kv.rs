@@ -62,12 +62,33 @@ impl Kv for SpinKv {
             .map_err(|e| KvError(format!("increment {key}: {e}")))
     }
 
+    /// One round trip where the store's batch works. Spin 4.1's Redis store sends `get-many` as
+    /// `KEYS k1 k2 …` (not `MGET`): Redis refuses it with more than one key, and with one it
+    /// answers key names, not values. So one key is a plain `get` (the same single round trip
+    /// everywhere), and a refused batch is read key by key (only on that store; the SQLite
+    /// store and lumen-host answer the batch).
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        match keys {
+            [] => return Ok(Vec::new()),
+            [key] => return Ok(vec![self.get(key)?]),
+            _ => {}
         }
-        let got = batch::get_many(&self.bucket, keys)
-            .map_err(|e| KvError(format!("get-many ({} keys): {e}", keys.len())))?;
+        let got = match batch::get_many(&self.bucket, keys) {
+            Ok(got) => got,
+            Err(batch_err) => {
+                return keys
+                    .iter()
+                    .map(|k| self.get(k))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| {
+                        KvError(format!(
+                            "get-many ({} keys): {batch_err}; one by one: {}",
+                            keys.len(),
+                            e.0
+                        ))
+                    })
+            }
+        };
         // The batch answers (key, value) pairs; put them back in the order asked.
         let mut by_key: std::collections::HashMap<String, Option<Vec<u8>>> =
             got.into_iter().collect();

@@ -14,41 +14,37 @@
 //! 4. maximum throughput at `--concurrency` closed-loop workers for `--duration-s`.
 //!
 //! Prints a markdown table; `--out FILE` appends it with the date and host facts.
+//!
+//! Two more modes: `--target name=…,url=…` (repeated; the first is `name=direct`, the upstream)
+//! measures several gateways side by side ([`lumen_tests::compare`]; what `scripts/bench.sh`
+//! runs), and `--kv-ops LOG` reports the key-value round trips of a warm chat, a stream, a 401
+//! and a 429 from a lumen-host run with `LUMEN_HOST_KV_LOG=LOG`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use clap::Parser;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use lumen_tests::bench::{
-    cpu_model, markdown_table, proc_status_kib, utc_timestamp, Row, SseScanner, Summary,
-};
-use tokio::net::TcpStream;
-use tokio::task::{JoinHandle, JoinSet};
+use lumen_tests::bench::{cpu_model, markdown_table, proc_status_kib, utc_timestamp, Row, Summary};
+use lumen_tests::load::{call, open_loop, saturate, serial, PhaseResult, Target};
 
-use lumen_tests::failover_bench;
+use lumen_tests::{compare, failover_bench};
 
 /// Benchmark the latency Lumen adds over calling the upstream directly.
 #[derive(Debug, Parser)]
 #[command(name = "lumen-bench", version)]
 struct Args {
     /// Gateway base URL, e.g. http://127.0.0.1:3000/v1.
-    #[arg(long)]
-    gateway: String,
+    #[arg(long, required_unless_present = "target")]
+    gateway: Option<String>,
     /// Upstream (mock) base URL, e.g. http://127.0.0.1:4000/v1.
-    #[arg(long)]
-    direct: String,
+    #[arg(long, required_unless_present_any = ["target", "kv_ops"])]
+    direct: Option<String>,
     /// Lumen API key for the gateway.
-    #[arg(long)]
-    key: String,
+    #[arg(long, required_unless_present_any = ["target", "kv_ops"])]
+    key: Option<String>,
     /// API key sent to the direct target.
     #[arg(long, default_value = "bench")]
     direct_key: String,
@@ -82,383 +78,33 @@ struct Args {
     /// PID of the lumen-host process, to report its VmRSS before and after.
     #[arg(long)]
     host_pid: Option<u32>,
+    /// Side-by-side mode: one system per flag, `name=…,url=…,key=…[,pid=…][,header=Name:Value]…`;
+    /// the first must be `name=direct` (the upstream itself).
+    #[arg(long)]
+    target: Vec<compare::TargetSpec>,
+    /// Side-by-side: rounds over every system (the tables show medians and spreads).
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+    /// Side-by-side: open-loop rate of the latency phases.
+    #[arg(long, default_value_t = 10)]
+    rate: u32,
+    /// Side-by-side: seconds of each latency phase (non-stream, stream).
+    #[arg(long, default_value_t = 20.0)]
+    latency_s: f64,
+    /// Side-by-side: systems the ratio table compares with (comma separated names).
+    #[arg(long, value_delimiter = ',', default_values_t = ["portkey".to_string(), "lumen-host".to_string()])]
+    ratio_vs: Vec<String>,
+    /// KV-operations mode: lumen-host's `LUMEN_HOST_KV_LOG` file (with `--gateway` and
+    /// `--admin-token`).
+    #[arg(long)]
+    kv_ops: Option<PathBuf>,
+    /// Admin token for `--kv-ops`.
+    #[arg(long, default_value = "")]
+    admin_token: String,
     /// Failover mode instead of the latency phases: this many requests (1..=100000) while the
     /// model's first provider is hard down (`scripts/bench.sh --failover 1000`).
     #[arg(long)]
     failover: Option<usize>,
-}
-
-/// Most requests one closed-loop worker sends in one phase (a count bound next to the time bound).
-const MAX_REQUESTS_PER_WORKER: usize = 1_000_000;
-/// Most requests in flight during an open-loop phase; beyond it a send is counted as an error.
-const MAX_IN_FLIGHT: usize = 1024;
-/// Longest any concurrency-1 phase may run, per target.
-const SERIAL_PHASE_LIMIT: Duration = Duration::from_secs(30);
-
-/// One endpoint under test.
-#[derive(Debug)]
-struct Target {
-    name: &'static str,
-    /// `host:port` to connect to.
-    authority: String,
-    /// Origin-form path of the chat completions endpoint.
-    path: String,
-    auth: HeaderValue,
-    host: HeaderValue,
-    plain_body: Bytes,
-    stream_body: Bytes,
-}
-
-impl Target {
-    fn new(
-        name: &'static str,
-        base: &str,
-        key: &str,
-        model: &str,
-        tokens: u64,
-    ) -> anyhow::Result<Self> {
-        let url = format!("{}/chat/completions", base.trim_end_matches('/'));
-        let uri: Uri = url
-            .parse()
-            .with_context(|| format!("invalid {name} URL {base:?}"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("{name} URL must be http://, got {base:?}");
-        }
-        let authority = uri
-            .authority()
-            .context("URL without host")?
-            .as_str()
-            .to_owned();
-        let authority = if authority.contains(':') {
-            authority
-        } else {
-            format!("{authority}:80")
-        };
-        let prompt = format!("Benchmark request. Reply briefly. [mock tokens={tokens}]");
-        let body = |stream: bool| {
-            let mut json = serde_json::json!({
-                "model": model,
-                "messages": [{"role": "user", "content": prompt}],
-            });
-            if stream {
-                json["stream"] = serde_json::Value::Bool(true);
-            }
-            Bytes::from(json.to_string())
-        };
-        Ok(Self {
-            name,
-            path: uri.path().to_owned(),
-            host: HeaderValue::from_str(uri.authority().context("URL without host")?.as_str())?,
-            authority,
-            auth: HeaderValue::from_str(&format!("Bearer {key}"))?,
-            plain_body: body(false),
-            stream_body: body(true),
-        })
-    }
-
-    async fn connect(&self) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .with_context(|| format!("connecting to {} ({})", self.name, self.authority))?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let task = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Conn { sender, task })
-    }
-
-    fn request(&self, stream: bool) -> Request<Full<Bytes>> {
-        let body = if stream {
-            &self.stream_body
-        } else {
-            &self.plain_body
-        };
-        let mut request = Request::new(Full::new(body.clone()));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = Uri::try_from(self.path.as_str()).expect("path was parsed from a URI");
-        let headers = request.headers_mut();
-        headers.insert(HOST, self.host.clone());
-        headers.insert(AUTHORIZATION, self.auth.clone());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        request
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Timings of one successful request, measured from its start (or scheduled start).
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    total: Duration,
-    ttft: Option<Duration>,
-}
-
-/// Sends one request on `conn` and reads the whole response; `start` is when it counts from.
-async fn call(
-    conn: &mut Conn,
-    target: &Target,
-    stream: bool,
-    start: Instant,
-) -> anyhow::Result<Sample> {
-    conn.sender.ready().await.context("connection closed")?;
-    let response = conn.sender.send_request(target.request(stream)).await?;
-    let status = response.status();
-    let mut body = response.into_body();
-    if status != StatusCode::OK {
-        let bytes = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        bail!(
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-        );
-    }
-    let mut scanner = SseScanner::default();
-    let mut ttft = None;
-    let mut received = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.context("reading response body")?;
-        if let Some(data) = frame.data_ref() {
-            received += data.len();
-            if stream && scanner.feed(data) && ttft.is_none() {
-                ttft = Some(start.elapsed());
-            }
-        }
-    }
-    let total = start.elapsed();
-    if stream && !(scanner.saw_content() && scanner.saw_done()) {
-        bail!("incomplete stream ({} events)", scanner.events());
-    }
-    if !stream && received == 0 {
-        bail!("empty response body");
-    }
-    Ok(Sample { total, ttft })
-}
-
-/// Results of one phase against one target.
-#[derive(Debug, Default)]
-struct PhaseResult {
-    samples: Vec<Sample>,
-    errors: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
-    /// Open loop only: the largest delay between a request's scheduled and actual send.
-    max_lag: Duration,
-}
-
-impl PhaseResult {
-    fn record(&mut self, outcome: anyhow::Result<Sample>) {
-        match outcome {
-            Ok(sample) => self.samples.push(sample),
-            Err(err) => {
-                self.errors += 1;
-                self.first_error.get_or_insert_with(|| format!("{err:#}"));
-            }
-        }
-    }
-
-    fn merge(&mut self, other: PhaseResult) {
-        self.samples.extend(other.samples);
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-    }
-
-    fn totals(&self) -> Option<Summary> {
-        Summary::of(&self.samples.iter().map(|s| s.total).collect::<Vec<_>>())
-    }
-
-    fn ttfts(&self) -> Option<Summary> {
-        Summary::of(
-            &self
-                .samples
-                .iter()
-                .filter_map(|s| s.ttft)
-                .collect::<Vec<_>>(),
-        )
-    }
-
-    fn throughput(&self) -> f64 {
-        self.samples.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-/// Sends `warmup + requests` requests one at a time on one connection, recording the last
-/// `requests`; stops early at [`SERIAL_PHASE_LIMIT`].
-async fn serial(
-    target: &Target,
-    stream: bool,
-    warmup: usize,
-    requests: usize,
-    timeout: Duration,
-) -> PhaseResult {
-    let mut result = PhaseResult::default();
-    let mut conn: Option<Conn> = None;
-    let began = Instant::now();
-    let deadline = began + SERIAL_PHASE_LIMIT;
-    for i in 0..warmup + requests {
-        if Instant::now() >= deadline {
-            break;
-        }
-        let start = Instant::now();
-        let outcome = tokio::time::timeout(timeout, async {
-            if conn.is_none() {
-                conn = Some(target.connect().await?);
-            }
-            call(
-                conn.as_mut().expect("connected above"),
-                target,
-                stream,
-                start,
-            )
-            .await
-        })
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {timeout:?}")));
-        if outcome.is_err() {
-            conn = None; // reconnect after any failure
-        }
-        if i >= warmup {
-            result.record(outcome);
-        }
-    }
-    result.elapsed = began.elapsed();
-    result
-}
-
-/// Open loop: schedules `rate × duration` requests at fixed intervals, each on an idle pooled
-/// connection (or a new one), whether or not earlier requests have finished.
-async fn open_loop(
-    target: &Arc<Target>,
-    rate: u32,
-    duration: Duration,
-    timeout: Duration,
-) -> PhaseResult {
-    let mut result = PhaseResult::default();
-    let total = (f64::from(rate) * duration.as_secs_f64()).round() as usize;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let pool: Arc<Mutex<Vec<Conn>>> = Arc::default();
-    let mut in_flight: JoinSet<anyhow::Result<Sample>> = JoinSet::new();
-    let began = Instant::now();
-    let first = tokio::time::Instant::now() + Duration::from_millis(20);
-    for i in 0..total {
-        let at = first + interval * i as u32;
-        tokio::time::sleep_until(at).await;
-        let dispatched = Instant::now();
-        result.max_lag = result
-            .max_lag
-            .max(dispatched.saturating_duration_since(at.into_std()));
-        while let Some(done) = in_flight.try_join_next() {
-            result.record(done.unwrap_or_else(|e| Err(e.into())));
-        }
-        if in_flight.len() >= MAX_IN_FLIGHT {
-            result.record(Err(anyhow::anyhow!(
-                "more than {MAX_IN_FLIGHT} requests in flight"
-            )));
-            continue;
-        }
-        let (target, pool) = (target.clone(), pool.clone());
-        in_flight.spawn(async move {
-            let pooled = pool.lock().expect("pool poisoned").pop();
-            let outcome = tokio::time::timeout(timeout, async {
-                let mut conn = match pooled {
-                    Some(conn) => conn,
-                    None => target.connect().await?,
-                };
-                let sample = call(&mut conn, &target, false, dispatched).await?;
-                Ok::<_, anyhow::Error>((sample, conn))
-            })
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {timeout:?}")));
-            outcome.map(|(sample, conn)| {
-                pool.lock().expect("pool poisoned").push(conn);
-                sample
-            })
-        });
-    }
-    // Every task carries its own timeout, so this drain is bounded; the outer timeout is a backstop.
-    let drain_deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(1);
-    while let Ok(Some(done)) = tokio::time::timeout_at(drain_deadline, in_flight.join_next()).await
-    {
-        result.record(done.unwrap_or_else(|e| Err(e.into())));
-    }
-    for _ in 0..in_flight.len() {
-        result.record(Err(anyhow::anyhow!(
-            "still in flight after the drain deadline"
-        )));
-    }
-    in_flight.abort_all();
-    result.elapsed = began.elapsed();
-    result
-}
-
-/// Closed loop: `concurrency` workers, each sending back-to-back on its own connection until
-/// `duration` has passed.
-async fn saturate(
-    target: &Arc<Target>,
-    concurrency: usize,
-    duration: Duration,
-    timeout: Duration,
-) -> PhaseResult {
-    let began = Instant::now();
-    let deadline = began + duration;
-    let mut workers = JoinSet::new();
-    for _ in 0..concurrency {
-        let target = target.clone();
-        workers.spawn(async move {
-            let mut result = PhaseResult::default();
-            let mut conn: Option<Conn> = None;
-            for _ in 0..MAX_REQUESTS_PER_WORKER {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let start = Instant::now();
-                let outcome = tokio::time::timeout(timeout, async {
-                    if conn.is_none() {
-                        conn = Some(target.connect().await?);
-                    }
-                    call(
-                        conn.as_mut().expect("connected above"),
-                        &target,
-                        false,
-                        start,
-                    )
-                    .await
-                })
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {timeout:?}")));
-                if outcome.is_err() {
-                    conn = None;
-                }
-                result.record(outcome);
-            }
-            result
-        });
-    }
-    let mut result = PhaseResult::default();
-    while let Some(worker) = workers.join_next().await {
-        match worker {
-            Ok(part) => result.merge(part),
-            Err(err) => result.record(Err(err.into())),
-        }
-    }
-    result.elapsed = began.elapsed();
-    result
 }
 
 /// Results of both targets for one phase.
@@ -545,16 +191,35 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// Prints `text` and appends it to `--out` (no header: `scripts/bench.sh` writes the section's).
+fn emit(args: &Args, text: &str) -> anyhow::Result<()> {
+    println!("{text}");
+    if let Some(path) = &args.out {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// `--failover N`: prints (and appends to `--out`) the failover table; fails unless every
 /// request succeeded.
-async fn failover(args: &Args, n: usize, timeout: Duration) -> anyhow::Result<()> {
+async fn failover(
+    args: &Args,
+    (gateway, direct, key): (&str, &str, &str),
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     if n == 0 || n > 100_000 {
         bail!("--failover must be in 1..=100000");
     }
     let r = failover_bench::run(
-        &args.gateway,
-        &args.direct,
-        &args.key,
+        gateway,
+        direct,
+        key,
         &args.model,
         n,
         args.concurrency,
@@ -610,21 +275,48 @@ async fn main() -> anyhow::Result<()> {
     }
     let duration = Duration::from_secs_f64(args.duration_s);
     let timeout = Duration::from_secs_f64(args.timeout_s);
+    if let Some(log) = &args.kv_ops {
+        let gateway = args
+            .gateway
+            .as_deref()
+            .context("--kv-ops needs --gateway")?;
+        let base = gateway.trim_end_matches('/').trim_end_matches("/v1");
+        let table = compare::kv_ops(base, &args.admin_token, &args.model, log).await?;
+        return emit(&args, &table);
+    }
+    if !args.target.is_empty() {
+        let settings = compare::Settings {
+            runs: args.runs,
+            rate: args.rate,
+            latency: Duration::from_secs_f64(args.latency_s.clamp(1.0, 300.0)),
+            throughput: duration,
+            concurrency: args.concurrency,
+            warmup: args.warmup,
+            timeout,
+            model: args.model.clone(),
+            tokens: args.tokens,
+        };
+        let results = compare::run(args.target.clone(), &settings).await?;
+        return emit(&args, &results.markdown(&settings, &args.ratio_vs));
+    }
+    let (Some(gateway), Some(direct), Some(key)) = (&args.gateway, &args.direct, &args.key) else {
+        bail!("--gateway, --direct and --key are required");
+    };
     if let Some(n) = args.failover {
-        return failover(&args, n, timeout).await;
+        return failover(&args, (gateway, direct, key), n, timeout).await;
     }
     let targets = [
         Arc::new(Target::new(
             "direct",
-            &args.direct,
+            direct,
             &args.direct_key,
             &args.model,
             args.tokens,
         )?),
         Arc::new(Target::new(
             "gateway",
-            &args.gateway,
-            &args.key,
+            gateway,
+            key,
             &args.model,
             args.tokens,
         )?),
@@ -654,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
         let label = format!("open-loop {rate} req/s");
         open.push(
             both(label, &targets, |t| async move {
-                open_loop(&t, rate, duration, timeout).await
+                open_loop(&t, false, rate, duration, timeout).await
             })
             .await,
         );
@@ -663,7 +355,7 @@ async fn main() -> anyhow::Result<()> {
     let saturated = both(
         format!("closed-loop c={concurrency}"),
         &targets,
-        |t| async move { saturate(&t, concurrency, duration, timeout).await },
+        |t| async move { saturate(&t, false, concurrency, duration, timeout).await },
     )
     .await;
     let wall = began.elapsed();

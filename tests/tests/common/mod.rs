@@ -1,18 +1,22 @@
-//! Test harness: the real host running the real `.wasm` components from `spin.toml`, in front of
-//! the mock upstream, plus a small HTTP client that records when each body frame arrives.
+//! Test harness: the real `.wasm` components from `spin.toml` in front of the mock upstream,
+//! run by lumen-host in process or by real `spin up` processes (`LUMEN_TEST_RUNTIME`, see
+//! [`runtime`]), plus a small HTTP client that records when each body frame arrives.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod procs;
 pub mod raw;
+pub mod runtime;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use lumen_host::{HostOptions, RunningHost};
 use lumen_tests::mock::{MockConfig, MockUpstream};
+use runtime::{Runtime, SpinGateway, SpinOptions};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const ADMIN: &str = "test-admin-token";
@@ -76,9 +80,17 @@ pub fn options(mock: &MockUpstream) -> HostOptions {
     o
 }
 
+/// The gateway under test and its mock upstream.
 pub struct Gateway {
-    pub host: RunningHost,
+    server: Server,
     pub mock: MockUpstream,
+    turn: AtomicUsize,
+    opts: HostOptions,
+}
+
+enum Server {
+    Host(RunningHost),
+    Spin(SpinGateway),
 }
 
 pub struct Resp {
@@ -167,29 +179,139 @@ impl Gateway {
         .await
     }
 
+    /// Starts the mock and the gateway under [`Runtime::current`]; `tweak` adjusts the host
+    /// options, which the Spin legs translate: `variables` become `SPIN_VARIABLE_*`,
+    /// `state_dir` and `runtime_config` their flags; `memory_kv` means a fresh store, which a
+    /// fresh Spin state dir (or Redis) is. `kv_log` and `listen` are lumen-host only.
     pub async fn start_with(cfg: MockConfig, tweak: impl FnOnce(&mut HostOptions)) -> Gateway {
         let mock = MockUpstream::start(cfg).await.expect("mock starts");
         let mut o = options(&mock);
         tweak(&mut o);
-        let host = lumen_host::start(o).await.expect("host starts");
-        Gateway { host, mock }
+        let rt = Runtime::current();
+        let kept = o.clone();
+        let server = if rt.is_spin() {
+            assert!(
+                o.kv_log.is_none(),
+                "kv_log is lumen-host only: skip this test under {}",
+                rt.name()
+            );
+            let opts = SpinOptions {
+                manifest: Some(o.manifest.clone()),
+                variables: o.variables.clone(),
+                state_dir: o.state_dir.clone(),
+                runtime_config: o.runtime_config.clone(),
+            };
+            Server::Spin(
+                tokio::task::spawn_blocking(move || SpinGateway::start(rt, opts))
+                    .await
+                    .expect("spin starts"),
+            )
+        } else {
+            Server::Host(lumen_host::start(o).await.expect("host starts"))
+        };
+        Gateway {
+            server,
+            mock,
+            turn: AtomicUsize::new(0),
+            opts: kept,
+        }
     }
 
+    /// Stops the gateway's processes and starts them again on the same store (lumen-host: the
+    /// same options, so a persistent store needs `memory_kv = false`).
+    pub async fn restart(&mut self) {
+        match &mut self.server {
+            Server::Host(_) => {
+                let Server::Host(h) =
+                    std::mem::replace(&mut self.server, Server::Spin(SpinGateway::empty()))
+                else {
+                    unreachable!()
+                };
+                h.shutdown().await;
+                self.server = Server::Host(
+                    lumen_host::start(self.opts.clone())
+                        .await
+                        .expect("host restarts"),
+                );
+            }
+            Server::Spin(s) => {
+                let mut s = std::mem::replace(s, SpinGateway::empty());
+                s = tokio::task::spawn_blocking(move || {
+                    s.restart();
+                    s
+                })
+                .await
+                .expect("spin restarts");
+                self.server = Server::Spin(s);
+            }
+        }
+    }
+
+    /// Where to send the next request: the one server, or (spin-redis) each Spin process in
+    /// turn, so every test exercises two replicas sharing one store.
     pub fn addr(&self) -> SocketAddr {
-        self.host.addr()
+        match &self.server {
+            Server::Host(h) => h.addr(),
+            Server::Spin(s) => {
+                let i = self.turn.fetch_add(1, Ordering::Relaxed);
+                s.procs[i % s.procs.len()].addr
+            }
+        }
+    }
+
+    /// The lumen-host instance, when the runtime is lumen-host.
+    pub fn host(&self) -> Option<&RunningHost> {
+        match &self.server {
+            Server::Host(h) => Some(h),
+            Server::Spin(_) => None,
+        }
+    }
+
+    /// Every key of the default store, read around the gateway.
+    fn raw_keys(&self) -> Vec<String> {
+        match &self.server {
+            Server::Host(h) => h
+                .store("default")
+                .expect("a default store")
+                .keys("default")
+                .expect("keys"),
+            Server::Spin(s) => s.store().keys(),
+        }
     }
 
     /// Keys of the default store that start with `prefix`.
     pub fn store_keys(&self, prefix: &str) -> Vec<String> {
-        let store = self.host.store("default").expect("a default store");
-        let mut keys: Vec<String> = store
-            .keys("default")
-            .expect("keys")
+        let mut keys: Vec<String> = self
+            .raw_keys()
             .into_iter()
             .filter(|k| k.starts_with(prefix))
             .collect();
         keys.sort();
         keys
+    }
+
+    /// A value of the default store, read around the gateway.
+    pub fn store_get(&self, key: &str) -> Option<Vec<u8>> {
+        match &self.server {
+            Server::Host(h) => h
+                .store("default")
+                .expect("a default store")
+                .get("default", key)
+                .expect("get"),
+            Server::Spin(s) => s.store().get(key),
+        }
+    }
+
+    /// Overwrites a value of the default store around the gateway (tamper tests).
+    pub fn store_set(&self, key: &str, value: &[u8]) {
+        match &self.server {
+            Server::Host(h) => h
+                .store("default")
+                .expect("a default store")
+                .set("default", key, value)
+                .expect("set"),
+            Server::Spin(s) => s.store().set(key, value),
+        }
     }
 
     pub async fn call(

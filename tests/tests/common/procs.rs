@@ -1,7 +1,9 @@
 //! Processes for the multi-replica tests: a throwaway `redis-server` on a unix socket (no TCP
-//! port taken) and `lumen-host up` child processes sharing it, plus a client that reports
-//! failures instead of panicking (a killed host is expected there).
+//! port taken) and replicas sharing it — `lumen-host up` child processes, or real `spin up`
+//! ones under a Spin leg ([`Replica`]) — plus a client that reports failures instead of
+//! panicking (a killed replica is expected there).
 
+use super::runtime::{Runtime, SpinOptions, SpinProc};
 use super::{repo, ADMIN, UPSTREAM_KEY};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -148,6 +150,82 @@ impl Drop for HostProc {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+/// One replica on a shared store: lumen-host under the host leg, real Spin under the Spin
+/// legs; killed on drop.
+pub enum Replica {
+    /// `lumen-host up`.
+    Host(HostProc),
+    /// `spin up`.
+    Spin(SpinProc),
+}
+
+impl Replica {
+    /// Starts a replica of the runtime under test on `runtime_config`'s store, with the mock
+    /// as its OpenAI upstream.
+    pub fn start(tag: &str, runtime_config: &Path, mock: &MockUpstream) -> Replica {
+        if !Runtime::current().is_spin() {
+            return Replica::Host(HostProc::start(tag, runtime_config, mock));
+        }
+        let variables = [
+            ("admin_token", ADMIN.to_string()),
+            ("openai_base_url", mock.base_url()),
+            ("openai_allowed_host", format!("http://{}", mock.addr())),
+            ("openai_api_key", UPSTREAM_KEY.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Replica::Spin(SpinProc::start(
+            tag,
+            &SpinOptions {
+                variables,
+                runtime_config: Some(runtime_config.to_path_buf()),
+                ..SpinOptions::default()
+            },
+        ))
+    }
+
+    /// Where it serves.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Replica::Host(h) => h.addr,
+            Replica::Spin(s) => s.addr,
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flushing, like a crashed replica.
+    pub fn kill9(&mut self) {
+        match self {
+            Replica::Host(h) => h.kill9(),
+            Replica::Spin(s) => s.kill9(),
+        }
+    }
+
+    /// The process serving requests (for `/proc` readings).
+    pub fn pid(&self) -> u32 {
+        match self {
+            Replica::Host(h) => h.child.id(),
+            Replica::Spin(s) => s.pid(),
+        }
+    }
+}
+
+/// A Redis connection for reading server facts (`INFO clients`) during a test.
+pub fn redis_clients(url: &str) -> impl FnMut() -> Option<u64> {
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .ok();
+    move || {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(conn.as_mut()?)
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
     }
 }
 
