@@ -75,9 +75,10 @@ fi
 echo "== OpenAI Node SDK"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && node --test)
 
-# The Spin legs: the same end-to-end test binaries (those that run the gateway; cli, first_run,
-# imports and router_probes test lumen-host's own binaries or need no runtime) and SDK suites,
-# with the gateway under real `spin up`.
+# The Spin legs: the same end-to-end test binaries (those that run the gateway) and SDK suites,
+# with the gateway under real `spin up`. Not here: cli, first_run, lumen_cli, imports and
+# router_probes test lumen-host's own binaries or need no runtime; hardening and attack test
+# lumen-host's HTTP server; kv_ops reads lumen-host's per-request KV operation log.
 spin=""
 if [[ -n "${SPIN_BIN:-}" ]]; then
   spin="$SPIN_BIN"
@@ -90,7 +91,7 @@ fi
 e2e=()
 for f in tests/tests/*.rs; do
   name="$(basename "$f" .rs)"
-  case "$name" in cli|first_run|imports|router_probes) ;; *) e2e+=(--test "$name") ;; esac
+  case "$name" in cli|first_run|imports|router_probes|lumen_cli|hardening|attack|kv_ops) ;; *) e2e+=(--test "$name") ;; esac
 done
 for leg in spin-sqlite spin-redis; do
   if [[ -z "$spin" ]]; then

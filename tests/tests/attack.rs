@@ -153,10 +153,10 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
     // Let the attack build up: every slowloris held, slow bodies held up to the cap on
     // unauthenticated requests in flight, the rest refused (and coming back every second).
     let deadline = Instant::now() + Duration::from_secs(8);
-    while gw.host.open_connections() < PER_KIND + 200 && Instant::now() < deadline {
+    while gw.host().expect("lumen-host").open_connections() < PER_KIND + 200 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let held_at_start = gw.host.open_connections();
+    let held_at_start = gw.host().expect("lumen-host").open_connections();
 
     // The keyed client: a call every 20 ms for 4 s (at most 1,000 calls), while the attack is
     // held — before the attackers' 10 s timeouts fire.
@@ -169,7 +169,7 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
         let r = gw.chat(&key, body.clone()).await;
         latencies.push(t.elapsed());
         *statuses.entry(r.status).or_insert(0) += 1;
-        min_held = min_held.min(gw.host.open_connections());
+        min_held = min_held.min(gw.host().expect("lumen-host").open_connections());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let calls = latencies.len();
@@ -236,8 +236,8 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
     );
     // Once the attackers are gone, their connections are too.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.host.open_connections() > 0 && Instant::now() < deadline {
+    while gw.host().expect("lumen-host").open_connections() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(gw.host.open_connections(), 0);
+    assert_eq!(gw.host().expect("lumen-host").open_connections(), 0);
 }
