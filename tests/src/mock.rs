@@ -1529,6 +1529,7 @@ mod tests {
             stall: None,
             malformed_after: None,
             eof_after: None,
+            no_done: false,
             include_usage,
             cached: 0,
             reasoning: 0,

@@ -341,3 +341,28 @@ async fn a_prepaid_ledger_never_goes_negative_and_a_cap_set_mid_month_holds() {
     .await;
     assert_eq!(gw.chat(&key, body).await.status, 200);
 }
+
+/// Usage totals are summed in integer nano-dollars and rendered once: ten requests of one cost
+/// total exactly ten times it (summing dollars as floats showed `0.00007000000000000001`).
+#[tokio::test]
+async fn usage_totals_are_exact_sums_of_nano_dollars() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    let mut nanos = 0u64;
+    for _ in 0..10 {
+        let r = gw
+            .chat(&key, chat_body("gpt-4o-mini", "x [mock tokens=1]"))
+            .await;
+        assert_eq!(r.status, 200);
+        let (whole, frac) = r.header("x-lumen-cost").unwrap().split_once('.').unwrap();
+        nanos += whole.parse::<u64>().unwrap() * 1_000_000_000 + frac.parse::<u64>().unwrap();
+    }
+    let u = gw.usage_until(&key, |u| u["total"]["requests"] == 10).await;
+    assert_eq!(
+        u["total"]["cost_usd"].as_f64(),
+        Some(nanos as f64 / 1e9),
+        "{u}"
+    );
+    let text = u["total"]["cost_usd"].to_string();
+    assert!(text.len() <= 12, "rendered once, no float noise: {text}");
+}

@@ -177,7 +177,7 @@ pub async fn admit_chat(
     // Windows are taken once the request is known to be servable (a 400/403/404 from the
     // router takes none).
     let mut taken = limits::take_windows(kv, key, key_plan.as_ref(), reserve, now_ms())
-        .map_err(|r| refused(ctx, r))?;
+        .map_err(|r| refused(ctx, *r))?;
     if let Some(t) = taken.iter().find(|t| t.kind == Kind::KeyTpm) {
         ctx.set_token_rate(&t.status);
     }
@@ -190,7 +190,7 @@ pub async fn admit_chat(
         now_ms(),
         &taken,
     )
-    .map_err(|r| refused(ctx, r))?;
+    .map_err(|r| refused(ctx, *r))?;
     taken.extend(more);
     // The hold comes after planning: only the plan knows which prices can apply.
     let tenant_id = key.tenant_id().to_string();

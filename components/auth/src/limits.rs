@@ -72,7 +72,7 @@ pub fn take_windows(
     plan: Option<&Plan>,
     tokens: u64,
     now_ms: u64,
-) -> Result<Vec<Taken>, Refused> {
+) -> Result<Vec<Taken>, Box<Refused>> {
     let Some(p) = plan else {
         return Ok(Vec::new());
     };
@@ -111,7 +111,7 @@ pub fn take_model_windows(
     tokens: u64,
     now_ms: u64,
     earlier: &[Taken],
-) -> Result<Vec<Taken>, Refused> {
+) -> Result<Vec<Taken>, Box<Refused>> {
     let Some(m) = plan.and_then(|p| p.models.get(model)) else {
         return Ok(Vec::new());
     };

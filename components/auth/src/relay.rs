@@ -298,7 +298,12 @@ fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
             budget.held_output.0 += ledger::DEFAULT_HOLD_OUTPUT_TOKENS;
             true
         }
-        _ => false,
+        Ok(false) => false,
+        Err(e) => {
+            // Ended as if the budget were spent (never an overspend), and said so in the log.
+            eprintln!("lumen: could not extend the hold of {}: {e}", hold.tenant);
+            false
+        }
     }
 }
 

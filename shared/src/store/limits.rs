@@ -178,8 +178,8 @@ pub struct Refused {
     pub status: Option<RateStatus64>,
 }
 
-impl From<Refused> for ApiError {
-    fn from(r: Refused) -> ApiError {
+impl From<Box<Refused>> for ApiError {
+    fn from(r: Box<Refused>) -> ApiError {
         r.error
     }
 }
@@ -195,20 +195,22 @@ pub fn take(
     limit: u64,
     amount: u64,
     now_ms: u64,
-) -> Result<Taken, Refused> {
+) -> Result<Taken, Box<Refused>> {
     let now = now_ms / 1000;
     let len = kind.window_secs();
     let window = now - now % len;
     let reset_secs = (window + len - now).max(1);
     let w = window_key(kind, id, window);
-    let store_err = |e| Refused {
-        error: rl_err(e),
-        kind,
-        status: None,
+    let store_err = |e| {
+        Box::new(Refused {
+            error: rl_err(e),
+            kind,
+            status: None,
+        })
     };
     let cap = i64::try_from(limit).unwrap_or(i64::MAX);
     let refuse = |count: i64| {
-        Refused {
+        Box::new(Refused {
         error: ApiError::rate_limited(
             format!(
                 "rate limit reached: {limit} {}; this request needs {amount}; retry in {reset_secs} s",
@@ -222,7 +224,7 @@ pub fn take(
             remaining: cap.saturating_sub(count).max(0) as u64,
             reset_secs,
         }),
-    }
+    })
     };
     if amount > limit || amount > MAX_AMOUNT {
         let count = kv::read_counter(store, &w).map_err(store_err)?;
