@@ -31,6 +31,10 @@ pub mod headers {
     pub const USAGE: &str = "lumen-usage";
     /// provider → auth: milliseconds the upstream took to answer with headers.
     pub const UPSTREAM_MS: &str = "lumen-upstream-ms";
+    /// provider → auth: milliseconds spent before the answer's head on anything but the serving
+    /// upstream's own time to headers: failed attempts, retry backoff, a queue's cold start.
+    /// Like [`UPSTREAM_MS`], not counted in `x-lumen-overhead-ms`.
+    pub const WAITED_MS: &str = "lumen-waited-ms";
     /// provider → auth: catalog model that served.
     pub const MODEL: &str = "lumen-model";
     /// provider → auth: provider that served.
@@ -118,7 +122,7 @@ pub struct Candidate {
     pub provider: ProviderTarget,
     /// Catalog `retries` of the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<u32>,
+    pub retries: Option<crate::domain::retry::RetryOverrides>,
     /// Catalog `deadlines` of the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadlines: Option<crate::domain::deadline::Overrides>,

@@ -127,6 +127,14 @@ impl ApiError {
         e
     }
 
+    /// 415: the body is not in a media type the route reads; `param` names the header.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        let mut e = Self::new(415, "invalid_request_error", Blame::Client, message);
+        e.param = Some("content-type".into());
+        e.code = Some("unsupported_media_type".into());
+        e
+    }
+
     /// 429: a Lumen limit was hit; retry after `retry_after` seconds.
     pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(429, "rate_limit_error", Blame::Client, message);

@@ -24,7 +24,9 @@
 //!
 //! Faults: `status=N` (`retry_after=S` for a 429, `code=context_length_exceeded|content_filter`
 //! for a 400), `reset=1`, `ttft_ms=N`, `die_after=K`, `stall_after=K stall_ms=N`,
-//! `malformed_after=K`, `eof_after=K`. The same prompt reaches every fallback, so `only=X` scopes
+//! `malformed_after=K`, `eof_after=K`, `no_done=1` (a complete stream without `[DONE]`; with
+//! `stall_after=0 stall_ms=N` the headers and role chunk come at once and the first token after
+//! N ms). The same prompt reaches every fallback, so `only=X` scopes
 //! them to one upstream (`openai`, `azure`, `anthropic`, or an upstream model id), and `id=x`
 //! with `times=N` (the first N requests fail) or `flap=1` (every other one) keeps state across
 //! requests. `reject_prefill=1` makes the Anthropic route refuse an assistant prefill.
@@ -195,6 +197,9 @@ pub struct Directive {
     pub eof_after: Option<u64>,
     /// `reset=1`: drop the connection without any response.
     pub reset: Option<u64>,
+    /// `no_done=1`: a complete stream (every token, the finish chunk, the usage chunk) that ends
+    /// without `data: [DONE]`.
+    pub no_done: Option<u64>,
     /// `reject_prefill=1` (Anthropic): a request ending with an assistant message (a prefill)
     /// gets a 400. Without it the Anthropic mock continues the prefill's text. A capability of
     /// the upstream, not a fault: `only=` does not scope it.
@@ -211,6 +216,7 @@ impl Directive {
             || self.malformed_after.is_some()
             || self.eof_after.is_some()
             || self.reset.is_some()
+            || self.no_done.is_some()
     }
 
     /// The directive without its faults (for upstreams the faults are not scoped to).
@@ -222,6 +228,7 @@ impl Directive {
         self.malformed_after = None;
         self.eof_after = None;
         self.reset = None;
+        self.no_done = None;
         self
     }
 }
@@ -278,6 +285,7 @@ pub fn parse_directive(text: &str) -> Result<Option<Directive>, String> {
             "malformed_after" => directive.malformed_after = Some(number()?),
             "eof_after" => directive.eof_after = Some(number()?),
             "reset" => directive.reset = Some(number()?),
+            "no_done" => directive.no_done = Some(number()?),
             "reject_prefill" => directive.reject_prefill = Some(number()?),
             "only" | "id" | "code" => {
                 if value.is_empty() {
@@ -521,6 +529,8 @@ struct Plan {
     stall: Option<(u64, Duration)>,
     malformed_after: Option<u64>,
     eof_after: Option<u64>,
+    /// End a complete stream without `[DONE]`.
+    no_done: bool,
     include_usage: bool,
     cached: u64,
     reasoning: u64,
@@ -1196,6 +1206,7 @@ pub(crate) async fn chat_completions(
         }),
         malformed_after: directive.malformed_after,
         eof_after: directive.eof_after,
+        no_done: directive.no_done.is_some_and(|n| n > 0),
         include_usage,
         cached: directive.cached.unwrap_or(0),
         reasoning: directive.reasoning.unwrap_or(0),
@@ -1374,6 +1385,9 @@ async fn produce_stream(
     {
         return gone();
     }
+    if plan.no_done {
+        return;
+    }
     if send(Bytes::from_static(SSE_DONE)).await.is_err() {
         gone();
     }
@@ -1515,6 +1529,7 @@ mod tests {
             stall: None,
             malformed_after: None,
             eof_after: None,
+            no_done: false,
             include_usage,
             cached: 0,
             reasoning: 0,

@@ -363,9 +363,12 @@ async fn no_response_at_all_breaches_the_first_token_deadline_and_falls_back() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(100, &[]).await;
     let lumen = json!({"retries": 0, "deadlines": {"first_token_ms": 500}});
-    // Non-stream and stream: OpenAI never answers (the mock holds the request for 20 s).
+    // Non-stream and stream: OpenAI never answers (the mock holds the request for 20 s). A whole
+    // answer's first byte is its last: its wait is the first-token deadline plus 50 ms per
+    // output token it may produce (3 here).
     let mut body = chat_body("gpt-4o-mini", "[mock ttft_ms=20000 only=openai tokens=3]");
     body["lumen"] = lumen.clone();
+    body["max_tokens"] = json!(3);
     let started = Instant::now();
     let r = gw.chat(&key, body).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -401,6 +404,7 @@ async fn no_response_at_all_breaches_the_first_token_deadline_and_falls_back() {
     // With nowhere to fall back, the deadline is a 504 at once, never a hang.
     let mut body = chat_body("gpt-4o-mini", "[mock ttft_ms=20000 tokens=3]");
     body["lumen"] = json!({"retries": 0, "fallbacks": false, "deadlines": {"first_token_ms": 300}});
+    body["max_tokens"] = json!(3);
     let started = Instant::now();
     let r = gw.chat(&key, body).await;
     let e = r.error(504);
@@ -724,4 +728,268 @@ async fn a_cut_inside_a_tool_call_restarts_the_turn_and_sends_only_complete_call
     assert_eq!(calls(&gw), (1, 1));
     let t = metered(&gw, &key, 1).await;
     assert_eq!(t["errors"], 0, "{t}");
+}
+
+/// The time from sending a stream request to its first content frame.
+async fn to_first_content(gw: &Gateway, key: &str, body: Value) -> (Streamed, Duration) {
+    let started = Instant::now();
+    let s = stream(gw.addr(), "/v1/chat/completions", key, body, None).await;
+    let first = s
+        .frames
+        .iter()
+        .find(|(_, b)| String::from_utf8_lossy(b).contains("\"content\":\"tok"))
+        .map(|(at, _)| at.duration_since(started))
+        .unwrap_or_else(|| panic!("no content: {}", s.text()));
+    (s, first)
+}
+
+/// A route that accepts the connection and never answers costs one first-token deadline, not
+/// `retries` of them: by default a timeout is not retried on the same route (it took 2 × the
+/// deadline, and 3 × 30 s with `retries: 2`), and the default deadline is 10 s.
+#[tokio::test]
+async fn a_silent_route_moves_to_the_fallback_within_the_first_token_deadline() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    let text = "[mock ttft_ms=30000 only=openai tokens=3]";
+    // A request deadline of 1 s.
+    let lumen = json!({"deadlines": {"first_token_ms": 1000}});
+    let (s, first) = to_first_content(&gw, &key, stream_body(text, false, lumen)).await;
+    assert!(
+        first >= Duration::from_millis(950) && first < Duration::from_millis(2500),
+        "the fallback started at {first:?}"
+    );
+    assert_eq!(
+        s.headers.get("x-lumen-fallbacks").unwrap(),
+        "openai/gpt-4o-mini=deadline, azure/gpt-4o-mini=ok"
+    );
+    assert_eq!(calls(&gw), (1, 1), "the silent route is not retried");
+    let (_, got, done) = parse(&s);
+    assert_eq!((got, done), (tokens(3), true));
+
+    // No deadline in the request or the catalog: the 10 s default.
+    gw.mock.clear_requests();
+    let (s, first) = to_first_content(&gw, &key, stream_body(text, false, Value::Null)).await;
+    assert!(
+        first >= Duration::from_millis(9_900) && first < Duration::from_millis(13_000),
+        "the fallback started at {first:?}"
+    );
+    assert_eq!(s.headers.get("x-lumen-provider").unwrap(), "azure");
+    assert_eq!(calls(&gw), (1, 1));
+    let t = metered(&gw, &key, 2).await;
+    assert_eq!(t["errors"], 0, "{t}");
+}
+
+/// Headers at once, then no first token: the first-token deadline counts from the request (not
+/// from the headers), and `retries.first_token` can ask for one more try on the same route.
+#[tokio::test]
+async fn a_slow_first_token_after_quick_headers_moves_to_the_fallback_on_time() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    // Headers after 3 s, then silence: with a 3.5 s deadline the fallback starts at 3.5 s
+    // (counted from the headers it started at 6.5 s).
+    let text = "[mock ttft_ms=3000 stall_after=0 stall_ms=30000 only=openai tokens=3]";
+    let lumen = json!({"deadlines": {"first_token_ms": 3500}});
+    let (s, first) = to_first_content(&gw, &key, stream_body(text, true, lumen)).await;
+    assert!(
+        first >= Duration::from_millis(3_400) && first < Duration::from_millis(5_500),
+        "the fallback started at {first:?}"
+    );
+    assert_eq!(calls(&gw), (1, 1));
+    let (chunks, got, done) = parse(&s);
+    assert_eq!((got, done), (tokens(3), true));
+    assert_eq!(
+        outcomes(&chunks.last().unwrap()["lumen"]),
+        ["openai=deadline", "azure=ok"]
+    );
+
+    // One retry of a first-token timeout on the same route, asked for per class.
+    gw.mock.clear_requests();
+    let text = "[mock stall_after=0 stall_ms=30000 only=openai tokens=3]";
+    let lumen = json!({"deadlines": {"first_token_ms": 500}, "retries": {"first_token": 1}});
+    let (s, _) = to_first_content(&gw, &key, stream_body(text, true, lumen)).await;
+    assert_eq!(calls(&gw), (2, 1), "openai twice, then azure");
+    let (chunks, got, _) = parse(&s);
+    assert_eq!(got, tokens(3));
+    assert_eq!(
+        outcomes(&chunks.last().unwrap()["lumen"]),
+        ["openai=deadline", "openai=deadline", "azure=ok"]
+    );
+}
+
+/// A stream with every token, its finish chunk and its usage chunk that ends without
+/// `data: [DONE]` is complete: delivered once and billed once (it was bought again from the
+/// fallback, 1.5 × the cost).
+#[tokio::test]
+async fn a_complete_stream_without_done_is_delivered_once_and_billed_once() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    for (i, include_usage) in [true, false].into_iter().enumerate() {
+        gw.mock.clear_requests();
+        let body = stream_body(
+            "[mock tokens=6 no_done=1 only=openai]",
+            include_usage,
+            Value::Null,
+        );
+        let s = stream(gw.addr(), "/v1/chat/completions", &key, body.clone(), None).await;
+        assert_eq!(s.status, 200);
+        assert!(
+            s.headers.get("x-lumen-fallbacks").is_none(),
+            "{:?}",
+            s.headers
+        );
+        let (chunks, got, done) = parse(&s);
+        assert_eq!(got, tokens(6), "once");
+        assert!(done, "the client gets its [DONE]");
+        assert_eq!(finish_reasons(&chunks), ["stop"]);
+        assert_eq!(calls(&gw), (1, 0), "never bought again");
+        let lumen = &chunks.last().unwrap()["lumen"];
+        assert_eq!(outcomes(lumen), ["openai=ok"]);
+        let expected = usd(mock::prompt_tokens(&body), 6, OPENAI_IN, OPENAI_OUT);
+        assert!(close(lumen["cost"].as_f64().unwrap(), expected), "{lumen}");
+        if include_usage {
+            assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 6);
+        }
+        let t = metered(&gw, &key, i as u64 + 1).await;
+        assert_eq!(t["errors"], 0, "{t}");
+        assert_eq!(
+            t["completion_tokens"],
+            6 * (i as u64 + 1),
+            "billed once: {t}"
+        );
+    }
+}
+
+/// `retries` per failure class: 5xx retries as asked; a route that cannot serve the request
+/// (misconfigured, or a parameter its dialect cannot honour) is never retried, the next
+/// candidate is tried at once.
+#[tokio::test]
+async fn retries_follow_the_failure_class() {
+    let gw = Gateway::start_with(
+        mock::MockConfig {
+            api_key: Some(UPSTREAM_KEY.into()),
+            ..mock::MockConfig::default()
+        },
+        |o| {
+            o.variables
+                .insert("azure_base_url".into(), "not-a-url".into());
+        },
+    )
+    .await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    // Two retries of a 503 on OpenAI, then Azure is misconfigured: tried once, not retried.
+    let mut body = chat_body("gpt-4o-mini", "[mock status=503 only=openai]");
+    body["lumen"] = json!({"retries": {"5xx": 2}});
+    let r = gw.chat(&key, body).await;
+    assert!(r.error(500)["message"]
+        .as_str()
+        .unwrap()
+        .contains("azure_base_url"));
+    assert_eq!(calls(&gw), (3, 0));
+    assert_eq!(
+        r.header("x-lumen-fallbacks"),
+        Some("openai/gpt-4o-mini=error_502, openai/gpt-4o-mini=error_502, openai/gpt-4o-mini=error_502, azure/gpt-4o-mini=error_500")
+    );
+
+    // A parameter the Anthropic dialect cannot honour: the next candidate (the request's own
+    // fallback model) at once, and not a failure of the provider.
+    gw.mock.clear_requests();
+    let mut body = chat_body("claude-3-5-haiku", "hi [mock tokens=2]");
+    body["logprobs"] = json!(true);
+    body["models"] = json!(["gpt-4o"]);
+    let r = gw.chat(&key, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-lumen-model"), Some("gpt-4o"));
+    assert_eq!(
+        outcomes(&r.json()["lumen"]),
+        ["anthropic=unsupported_parameter", "openai=ok"]
+    );
+    let h = gw
+        .call("GET", "/admin/health", Some(ADMIN), None)
+        .await
+        .json();
+    let haiku = h["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["model"] == "claude-3-5-haiku");
+    assert!(
+        haiku.is_none_or(|x| x["window_failures"] == 0),
+        "not counted against anthropic: {haiku:?}"
+    );
+}
+
+/// An answer served by the queue dialect after failed attempts says so like any other
+/// (`x-lumen-fallbacks`, `lumen.attempts`), and `x-lumen-route` names the model that served.
+#[tokio::test]
+async fn a_queue_answer_after_failures_carries_its_attempts_and_the_served_route() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    for stream_it in [false, true] {
+        let mut body = chat_body("gpt-4o-mini", "[mock status=503 only=gpt-4o-mini tokens=3]");
+        body["models"] = json!(["qwen2.5-7b-instruct"]);
+        body["lumen"] = json!({"retries": 0});
+        body["stream"] = json!(stream_it);
+        let want = ["openai=error_502", "azure=error_502", "runpod=ok"];
+        let header = "openai/gpt-4o-mini=error_502, azure/gpt-4o-mini=error_502, runpod/qwen2.5-7b-instruct=ok";
+        if stream_it {
+            let s = stream(gw.addr(), "/v1/chat/completions", &key, body, None).await;
+            assert_eq!(s.headers.get("x-lumen-fallbacks").unwrap(), header);
+            let route = s.headers.get("x-lumen-route").unwrap().to_str().unwrap();
+            assert!(
+                route.starts_with("model=qwen2.5-7b-instruct; planned=gpt-4o-mini"),
+                "{route}"
+            );
+            let (chunks, got, done) = parse(&s);
+            assert_eq!((got.is_empty(), done), (false, true));
+            assert_eq!(outcomes(&chunks.last().unwrap()["lumen"]), want);
+        } else {
+            let r = gw.chat(&key, body).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.header("x-lumen-fallbacks"), Some(header));
+            let v = r.json();
+            assert_eq!(outcomes(&v["lumen"]), want);
+            assert_eq!(v["lumen"]["route"]["served"], "qwen2.5-7b-instruct");
+            assert!(r
+                .header("x-lumen-route")
+                .unwrap()
+                .starts_with("model=qwen2.5-7b-instruct; planned=gpt-4o-mini"));
+        }
+    }
+}
+
+/// `x-lumen-overhead-ms` is the gateway's own time: a retry's backoff (here a 1 s
+/// `Retry-After`) and a queue's cold start are the upstream's.
+#[tokio::test]
+async fn overhead_excludes_retry_backoff_and_cold_starts() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    let overhead = |r: &Resp| -> f64 { r.header("x-lumen-overhead-ms").unwrap().parse().unwrap() };
+    let r = gw
+        .chat(
+            &key,
+            chat_body(
+                "gpt-4o-mini",
+                "[mock status=429 retry_after=1 times=1 id=oh only=openai]",
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        overhead(&r) < 500.0,
+        "{:?}",
+        r.header("x-lumen-overhead-ms")
+    );
+    let r = gw
+        .chat(
+            &key,
+            chat_body("qwen2.5-7b-instruct", "[mock cold_ms=1500 tokens=2]"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("x-lumen-cold-start-ms").is_some());
+    assert!(
+        overhead(&r) < 500.0,
+        "{:?}",
+        r.header("x-lumen-overhead-ms")
+    );
 }

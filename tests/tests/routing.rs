@@ -699,3 +699,145 @@ async fn weighted_split_is_sticky_per_user_and_per_long_system_prompt() {
     }
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
+
+/// A pin to a provider's non-primary offer (`azure:gpt-4o-mini`) serves from that offer (it was a
+/// 404), and `provider.only` / `order` / `ignore` hold for named models, fallbacks included.
+#[tokio::test]
+async fn named_models_honour_offer_pins_and_provider_preferences() {
+    let (gw, key) = setup().await;
+    let azure = |gw: &Gateway| {
+        gw.mock
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/openai/deployments/"))
+            .count()
+    };
+    let r = gw
+        .chat(
+            &key,
+            body("azure:gpt-4o-mini", "hi [mock tokens=2]", json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-lumen-provider"), Some("azure"));
+    assert_eq!((gw.mock.request_count(), azure(&gw)), (1, 1));
+    // The pin holds when the pinned offer fails: no other provider of the model.
+    gw.mock.clear_requests();
+    let r = gw
+        .chat(
+            &key,
+            body(
+                "azure:gpt-4o-mini",
+                "[mock status=503 only=azure]",
+                json!({"lumen": {"retries": 0}}),
+            ),
+        )
+        .await;
+    r.error(502);
+    assert_eq!((gw.mock.request_count(), azure(&gw)), (1, 1));
+    let e = gw
+        .chat(&key, body("together:gpt-4o", EASY, json!({})))
+        .await
+        .error(404);
+    assert!(
+        e["message"].as_str().unwrap().contains("offered by openai"),
+        "{e}"
+    );
+
+    for (prefs, want) in [
+        (json!({"only": ["azure"]}), "azure"),
+        (json!({"order": ["azure", "openai"]}), "azure"),
+        (json!({"ignore": ["openai"]}), "azure"),
+        (json!({}), "openai"),
+    ] {
+        gw.mock.clear_requests();
+        let r = gw
+            .chat(
+                &key,
+                body(
+                    MINI,
+                    "hi [mock tokens=2]",
+                    json!({"provider": prefs.clone()}),
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-lumen-provider"), Some(want), "{prefs}");
+        let up = gw.mock.last_request().unwrap().body.unwrap();
+        assert!(
+            up.get("provider").is_none(),
+            "routing fields stay home: {up}"
+        );
+    }
+    // `only` also bounds the fallbacks: OpenAI fails, Azure is not allowed, nothing else is.
+    gw.mock.clear_requests();
+    let r = gw
+        .chat(
+            &key,
+            body(
+                MINI,
+                "[mock status=503 only=openai]",
+                json!({"provider": {"only": ["openai"]}, "lumen": {"retries": 0}}),
+            ),
+        )
+        .await;
+    r.error(502);
+    assert_eq!((gw.mock.request_count(), azure(&gw)), (1, 0));
+    let p = plan(
+        &gw,
+        &key,
+        body(MINI, EASY, json!({"provider": {"order": ["azure"]}})),
+    )
+    .await;
+    assert_eq!(p["candidates"][0]["provider"]["name"], "azure");
+    let e = gw
+        .chat(
+            &key,
+            body(MINI, EASY, json!({"provider": {"only": ["gemini"]}})),
+        )
+        .await
+        .error(400);
+    assert_eq!(
+        (e["param"].as_str(), e["code"].as_str()),
+        (Some("provider"), Some("no_eligible_model"))
+    );
+}
+
+/// A cascade escalation is not a failure of the provider that answered: six escalations leave
+/// the cheap model's breaker closed with no failure counted (five used to open it).
+#[tokio::test]
+async fn cascade_escalations_never_open_a_healthy_breaker() {
+    let (gw, key) = setup().await;
+    let text = format!("{EASY} [mock content=Sorry if_model={CHEAP_UPSTREAM}]");
+    for _ in 0..6 {
+        let r = gw
+            .chat(
+                &key,
+                body("lumen/fast", &text, json!({"lumen": {"cascade": true}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_ne!(r.header("x-lumen-model"), Some(CHEAP));
+        let route = r.header("x-lumen-route").unwrap();
+        assert!(route.contains(&format!("planned={CHEAP}")), "{route}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let h = gw
+        .call("GET", "/admin/health", Some(ADMIN), None)
+        .await
+        .json();
+    let cheap = h["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["model"] == CHEAP)
+        .cloned();
+    if let Some(c) = cheap {
+        assert_eq!(c["breaker"], "closed", "{c}");
+        assert_eq!(c["window_failures"], 0, "{c}");
+        assert_eq!(c["availability"]["state"], "up", "{c}");
+    }
+    // Still planned first.
+    let r = gw.chat(&key, body("lumen/fast", EASY, json!({}))).await;
+    assert_eq!(r.header("x-lumen-model"), Some(CHEAP));
+}

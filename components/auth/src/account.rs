@@ -1,5 +1,5 @@
 //! What an API key may read about itself: `GET /v1/models` (the catalog, filtered to the key's
-//! allowed models), `GET /v1/usage` (the key's own usage only, with `from`, `to`, `model`,
+//! allowed models) and `GET /v1/models/{id}`, `GET /v1/usage` (the key's own usage only, with `from`, `to`, `model`,
 //! `group_by`, `format=csv`) and `GET /v1/usage/records` (its own newest records).
 
 use crate::ctx::ReqInfo;
@@ -36,6 +36,27 @@ pub async fn models(info: &ReqInfo) -> Result<Reply, ApiError> {
         }
     }
     Ok(Reply::json(200, &list))
+}
+
+/// `GET /v1/models/{id}`: one model of the list, by id or alias (a 404 naming `model` for one
+/// the list does not have, or the key may not use).
+pub async fn model(info: &ReqInfo, id: &str) -> Result<Reply, ApiError> {
+    let key = authenticate(&SpinKv::open_or_503()?, info)?;
+    let list = deps::models()?;
+    let wanted = [id.to_string()];
+    let found = list
+        .get("data")
+        .and_then(Value::as_array)
+        .and_then(|data| data.iter().find(|m| model_allowed(m, &wanted)))
+        .filter(|m| key.allowed_models.is_empty() || model_allowed(m, &key.allowed_models));
+    match found {
+        Some(m) => Ok(Reply::json(200, m)),
+        None => Err(ApiError::not_found(
+            format!("the model \"{id}\" does not exist or this API key may not use it; GET /v1/models lists the models it may use"),
+            Some("model"),
+            "model_not_found",
+        )),
+    }
 }
 
 /// The usage filters of a query string, re-encoded for the meter (validated here so errors

@@ -1,6 +1,7 @@
-//! `POST /v1/chat/completions` up to the plan: validate the body, authenticate the key, count it
-//! against its rate limit, ask the router for a plan, then hold the most the request can cost
-//! against the tenant's budget. Nothing unauthenticated gets further.
+//! `POST /v1/chat/completions` up to the plan: authenticate the key and count it against its
+//! requests per minute from the headers alone, then read and validate the body, ask the router
+//! for a plan, take the windowed limits and hold the most the request can cost against the
+//! tenant's budget. Nothing unauthenticated gets as far as the body.
 
 use crate::account::authenticate;
 use crate::ctx::{read_body, Ctx, ReqInfo};
@@ -10,7 +11,9 @@ use crate::relay::{self, shaped, Shape};
 use lumen_shared::contracts::{Plan, PlanRequest};
 use lumen_shared::domain::route;
 use lumen_shared::store::ledger::{self, Hold};
-use lumen_shared::store::limits::{check_rpm, Kind, RateStatus, Taken};
+use lumen_shared::store::limits::{
+    check_rpm, refund_rpm as rpm_refund, Kind, RateStatus, Refused, Taken,
+};
 use lumen_shared::store::{ApiKeyRecord, TenantRecord};
 use lumen_shared::wire::openai::{self, estimate_prompt_tokens, ChatRequest};
 use lumen_shared::ApiError;
@@ -37,47 +40,83 @@ pub struct Admitted {
     pub taken: Vec<Taken>,
 }
 
-async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Admitted, ApiError> {
-    let body = read_body(req, info).await?;
-    let chat = openai::parse_chat_request(&body)?;
-    drop(body);
-    admit_chat(ctx, info, chat).await
+/// The caller as the headers alone tell it: the key, counted against its requests per minute.
+pub struct Caller {
+    /// The key.
+    pub key: ApiKeyRecord,
+    /// Its per-minute window as counted (to give the request back).
+    pub rpm: RateStatus,
 }
 
-/// Authenticates, limits, plans and holds budget for an already validated chat request.
-pub async fn admit_chat(
-    ctx: &mut Ctx,
-    info: &ReqInfo,
-    chat: ChatRequest,
-) -> Result<Admitted, ApiError> {
-    let kv = SpinKv::open_or_503()?;
-    let key = authenticate(&kv, info)?;
-    match check_rpm(&kv, &key.id, key.rpm_limit, now_ms()) {
-        Ok(status) => ctx.set_rate(&status),
+/// Before a byte of the body is read: the key from the headers (401 for none, a wrong or an
+/// expired one) and its requests per minute (429), so a stranger or a flooding key costs a
+/// header parse and a KV read or two, never a body.
+pub fn gate(ctx: &mut Ctx, kv: &SpinKv, info: &ReqInfo) -> Result<Caller, ApiError> {
+    let key = authenticate(kv, info)?;
+    match check_rpm(kv, &key.id, key.rpm_limit, now_ms()) {
+        Ok(rpm) => {
+            ctx.set_rate(&rpm);
+            Ok(Caller { key, rpm })
+        }
         Err(e) => {
             if e.status == 429 {
                 ctx.set_rate(&RateStatus {
                     limit: key.rpm_limit,
                     remaining: 0,
                     reset_secs: e.retry_after.unwrap_or(1),
+                    window: 0,
                 });
             }
-            return Err(e);
+            Err(e)
         }
     }
-    let key_plan = limits::key_plan(&key)?;
+}
+
+/// Gives the caller's request back to its per-minute window: a model the key may not use is a
+/// 403 that costs no request (a malformed body, a 400, still counts: it was read and parsed).
+pub fn refund(ctx: &mut Ctx, kv: &SpinKv, caller: &Caller) {
+    match rpm_refund(kv, &caller.key.id, caller.rpm.window) {
+        Ok(()) => ctx.set_rate(&RateStatus {
+            remaining: caller.rpm.remaining.saturating_add(1).min(caller.rpm.limit),
+            ..caller.rpm
+        }),
+        Err(e) => eprintln!(
+            "lumen: could not give a refused request back to key {}: {}",
+            caller.key.id, e.message
+        ),
+    }
+}
+
+/// A refusal by a windowed limit, with the token headers when it was a token limit.
+fn refused(ctx: &mut Ctx, r: Refused) -> ApiError {
+    if let (true, Some(s)) = (r.kind.counts_tokens(), r.status.as_ref()) {
+        ctx.set_token_rate(s);
+    }
+    r.error
+}
+
+async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Admitted, ApiError> {
+    let kv = SpinKv::open_or_503()?;
+    let caller = gate(ctx, &kv, info)?;
+    let body = read_body(req, info).await?;
+    let chat = openai::parse_chat_request(&body)?;
+    drop(body);
+    admit_chat(ctx, &kv, caller, chat).await
+}
+
+/// Plans, limits and holds budget for an authenticated caller's validated chat request.
+pub async fn admit_chat(
+    ctx: &mut Ctx,
+    kv: &SpinKv,
+    caller: Caller,
+    chat: ChatRequest,
+) -> Result<Admitted, ApiError> {
+    let key_plan = limits::key_plan(&caller.key)?;
     let held_output = ledger::max_output_tokens(&chat.body);
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
-    let taken = limits::take_windows(
-        &kv,
-        &key,
-        key_plan.as_ref(),
-        prompt_estimate + held_output.0,
-        now_ms(),
-    )?;
-    if let Some(t) = taken.iter().find(|t| t.kind == Kind::KeyTpm) {
-        ctx.set_token_rate(&t.status);
-    }
+    // Both are bounded (the body's size, MAX_OUTPUT_TOKENS): the sum cannot wrap.
+    let reserve = prompt_estimate.saturating_add(held_output.0);
+    let key = &caller.key;
     let allowed_models = if key.allowed_models.is_empty() {
         key_plan
             .as_ref()
@@ -92,8 +131,10 @@ pub async fn admit_chat(
         request: None,
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
     };
-    // Only virtual models are planned from the body; a pinned model's body stays here.
-    let (ask, mut chat) = if route::needs_body(&chat.model) {
+    // Only virtual models are planned from the body; a pinned model's body stays here and the
+    // router gets its routing fields alone (provider preferences).
+    let virtual_model = route::needs_body(&chat.model);
+    let (ask, mut chat) = if virtual_model {
         let ask = PlanRequest {
             request: Some(chat.body),
             ..ask
@@ -104,16 +145,22 @@ pub async fn admit_chat(
         };
         (ask, chat)
     } else {
+        let ask = PlanRequest {
+            request: route::routing_fields(&chat.body),
+            ..ask
+        };
         (ask, chat)
     };
     let planned = deps::plan(&ask);
-    if let Some(body) = ask.request {
+    if let (true, Some(body)) = (virtual_model, ask.request) {
         chat.body = body;
     }
     let plan = match planned {
         Ok(p) => p,
         Err(e) => {
-            limits::reconcile(&taken, 0);
+            if e.status == 403 {
+                refund(ctx, kv, &caller);
+            }
             return Err(e);
         }
     };
@@ -127,25 +174,33 @@ pub async fn admit_chat(
         .ok_or_else(|| ApiError::internal("the router returned a plan without candidates"))?;
     ctx.model = first.model.clone();
     ctx.provider = first.provider.name.clone();
-    let mut taken = taken;
-    taken.extend(limits::take_model_windows(
-        &kv,
-        &key,
+    // Windows are taken once the request is known to be servable (a 400/403/404 from the
+    // router takes none).
+    let mut taken = limits::take_windows(kv, key, key_plan.as_ref(), reserve, now_ms())
+        .map_err(|r| refused(ctx, *r))?;
+    if let Some(t) = taken.iter().find(|t| t.kind == Kind::KeyTpm) {
+        ctx.set_token_rate(&t.status);
+    }
+    let more = limits::take_model_windows(
+        kv,
+        key,
         key_plan.as_ref(),
         &ctx.model,
-        prompt_estimate + held_output.0,
+        reserve,
         now_ms(),
         &taken,
-    )?);
+    )
+    .map_err(|r| refused(ctx, *r))?;
+    taken.extend(more);
     // The hold comes after planning: only the plan knows which prices can apply.
     let tenant_id = key.tenant_id().to_string();
-    let tenant = limits::tenant_budget(&kv, &tenant_id, key_plan.as_ref())?;
+    let tenant = limits::tenant_budget(kv, &tenant_id, key_plan.as_ref())?;
     let nanos = ledger::max_cost_nanos(
         prompt_estimate,
         held_output.0,
         plan.candidates.iter().map(|c| &c.price),
     );
-    let hold = match ledger::hold(&kv, &tenant_id, &tenant, now_ms(), nanos) {
+    let hold = match ledger::hold(kv, &tenant_id, &tenant, now_ms(), nanos) {
         Ok(h) => h,
         Err(e) => {
             limits::reconcile(&taken, 0);
@@ -153,7 +208,7 @@ pub async fn admit_chat(
         }
     };
     Ok(Admitted {
-        key,
+        key: caller.key,
         chat,
         plan,
         hold,
@@ -181,11 +236,13 @@ pub async fn handle_messages(
     out: ResponseOutparam,
 ) {
     let admitted = async {
+        let kv = SpinKv::open_or_503()?;
+        let caller = gate(&mut ctx, &kv, &info)?;
         let body = read_body(req, &info).await?;
         let msg = openai::parse_json_object(&body)?;
         let chat_body = lumen_shared::wire::dialect::messages::request(&msg)?;
         let chat = openai::parse_chat_request(&serde_json::to_vec(&chat_body).unwrap_or_default())?;
-        admit_chat(&mut ctx, &info, chat).await
+        admit_chat(&mut ctx, &kv, caller, chat).await
     }
     .await;
     match admitted {
@@ -203,9 +260,11 @@ pub async fn handle_embeddings(
     out: ResponseOutparam,
 ) {
     let admitted = async {
+        let kv = SpinKv::open_or_503()?;
+        let caller = gate(&mut ctx, &kv, &info)?;
         let body = read_body(req, &info).await?;
         let chat = lumen_shared::wire::embeddings::parse_embeddings_request(&body)?;
-        admit_chat(&mut ctx, &info, chat).await
+        admit_chat(&mut ctx, &kv, caller, chat).await
     }
     .await;
     match admitted {

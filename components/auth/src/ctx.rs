@@ -3,6 +3,7 @@
 //! headers once known), and what was read from the incoming request before its body.
 
 use lumen_shared::store::limits::RateStatus;
+use lumen_shared::wire::openai::check_json_content_type;
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_request_body, request_header};
 use lumen_spin::util::{
@@ -31,6 +32,9 @@ pub struct Ctx {
     pub provider: String,
     /// Upstream time to headers, as reported by the provider.
     pub upstream_ms: f64,
+    /// Time the provider waited before the answer beyond that (failed attempts, retry backoff,
+    /// a cold start), as reported by the provider.
+    pub waited_ms: f64,
     /// Rate-limit headers, once the key was counted.
     pub rate: Vec<(String, String)>,
     /// `x-lumen-route`, once planned.
@@ -53,6 +57,7 @@ impl Ctx {
             model: NONE.into(),
             provider: NONE.into(),
             upstream_ms: 0.0,
+            waited_ms: 0.0,
             rate: Vec::new(),
             route: None,
         }
@@ -89,7 +94,8 @@ impl Ctx {
     }
 
     /// The headers every response carries, computed now (the overhead excludes the upstream's
-    /// time to headers).
+    /// time to headers and what the provider waited for: failed attempts, retry backoff, cold
+    /// starts).
     pub fn headers(&self) -> Vec<(String, String)> {
         let mut h = vec![
             ("x-request-id".to_string(), self.request_id.clone()),
@@ -97,7 +103,7 @@ impl Ctx {
             ("x-lumen-provider".to_string(), self.provider.clone()),
             (
                 "x-lumen-overhead-ms".to_string(),
-                format_ms(elapsed_ms(self.started) - self.upstream_ms),
+                format_ms((elapsed_ms(self.started) - self.upstream_ms - self.waited_ms).max(0.0)),
             ),
         ];
         h.extend(self.rate.iter().cloned());
@@ -131,6 +137,8 @@ pub struct ReqInfo {
     pub authorization: Option<String>,
     /// `Content-Length` header.
     pub content_length: Option<String>,
+    /// `Content-Type` header.
+    pub content_type: Option<String>,
 }
 
 impl ReqInfo {
@@ -147,6 +155,7 @@ impl ReqInfo {
                 request_header(req, "x-api-key").map(|k| format!("Bearer {}", k.trim()))
             }),
             content_length: request_header(req, "content-length"),
+            content_type: request_header(req, "content-type"),
         }
     }
 }
@@ -160,9 +169,11 @@ pub fn max_request_bytes() -> Result<usize, ApiError> {
     )
 }
 
-/// Reads the body: refused from `content-length` before reading when over the limit, and
-/// refused while reading when more arrives than the limit.
+/// Reads a JSON body (every body Lumen reads is JSON): refused from its headers before a byte
+/// is read when its `content-type` is not JSON (415) or its `content-length` is over the limit
+/// (413), and while reading when more arrives than the limit. Callers authenticate first.
 pub async fn read_body(req: IncomingRequest, info: &ReqInfo) -> Result<Vec<u8>, ApiError> {
+    check_json_content_type(info.content_type.as_deref())?;
     let limit = max_request_bytes()?;
     if content_length_exceeds(info.content_length.as_deref(), limit) {
         return Err(ApiError::payload_too_large(limit));

@@ -1,15 +1,13 @@
 //! Routing explainability: `lumen.route` in non-stream answers, and `POST /v1/route` (the plan
 //! for one request or a batch, without calling any model).
 
-use crate::account::authenticate;
-use crate::ctx::{read_body, ReqInfo};
+use crate::chat::{gate, refund};
+use crate::ctx::{read_body, Ctx, ReqInfo};
 use crate::deps;
 use lumen_shared::contracts::PlanRequest;
 use lumen_shared::domain::route::RouteExplain;
-use lumen_shared::store::limits::check_rpm;
 use lumen_shared::wire::openai::{parse_chat_request, parse_json_object};
 use lumen_shared::ApiError;
-use lumen_spin::util::now_ms;
 use lumen_spin::{Reply, SpinKv};
 use serde_json::{json, Value};
 use spin_sdk::http::IncomingRequest;
@@ -30,12 +28,13 @@ pub fn with_route(body: Vec<u8>, route: Option<&RouteExplain>) -> Vec<u8> {
 }
 
 /// `POST /v1/route`: a chat completion body → its plan; `{"requests": [...], "explain": bool}` →
-/// `{"object":"list","data":[plan or error, …]}`. Counts as one request against the key's limit.
-pub async fn route(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiError> {
-    let body = read_body(req, info).await?;
+/// `{"object":"list","data":[plan or error, …]}`. Counts as one request against the key's limit,
+/// checked with the key from the headers before the body is read.
+pub async fn route(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiError> {
     let kv = SpinKv::open_or_503()?;
-    let key = authenticate(&kv, info)?;
-    check_rpm(&kv, &key.id, key.rpm_limit, now_ms())?;
+    let caller = gate(ctx, &kv, info)?;
+    let key = &caller.key;
+    let body = read_body(req, info).await?;
     let obj = parse_json_object(&body)?;
     if let Some(reqs) = obj.get("requests") {
         if !reqs.is_array() {
@@ -58,8 +57,15 @@ pub async fn route(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiErr
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
         request: Some(chat.body),
     };
-    let plan = deps::plan(&ask)?;
-    Ok(Reply::json(200, &plan))
+    match deps::plan(&ask) {
+        Ok(plan) => Ok(Reply::json(200, &plan)),
+        Err(e) => {
+            if e.status == 403 {
+                refund(ctx, &kv, &caller);
+            }
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

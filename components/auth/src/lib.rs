@@ -23,15 +23,16 @@ use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
 
 async fn route(req: IncomingRequest, out: ResponseOutparam) {
-    let ctx = Ctx::new();
+    let mut ctx = Ctx::new();
     let info = ReqInfo::read(&req);
     let reply = match match_route(&info.method, &info.path) {
         Ok(Route::Chat) => return chat::handle(ctx, info, req, out).await,
         Ok(Route::Messages) => return chat::handle_messages(ctx, info, req, out).await,
         Ok(Route::Embeddings) => return chat::handle_embeddings(ctx, info, req, out).await,
         Ok(Route::Models) => account::models(&info).await,
+        Ok(Route::Model(id)) => account::model(&info, &id).await,
         Ok(Route::Usage) => account::usage(&info).await,
-        Ok(Route::Plan) => explain::route(&info, req).await,
+        Ok(Route::Plan) => explain::route(&mut ctx, &info, req).await,
         Ok(Route::CreateKey) => admin::create(&info, req).await,
         Ok(Route::ListKeys) => admin::list(&info),
         Ok(Route::DeleteKey(id)) => admin::delete(&info, &id),

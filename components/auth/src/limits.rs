@@ -6,7 +6,7 @@
 
 use lumen_shared::domain::plans::{self, Plan, Plans};
 use lumen_shared::domain::pricing::NANOS_PER_USD;
-use lumen_shared::store::limits::{self, Kind, Taken};
+use lumen_shared::store::limits::{self, Kind, Refused, Taken};
 use lumen_shared::store::{self as kvs, ApiKeyRecord, TenantKey, TenantRecord};
 use lumen_shared::ApiError;
 use lumen_spin::kv::unavailable;
@@ -52,6 +52,19 @@ pub fn tenant_budget(
     })
 }
 
+/// Gives back what was taken (a later refusal); a failure is logged, never dropped silently:
+/// the window then over-counts until it ends, which can refuse, never over-admit.
+fn give_back_all<'a>(kv: &SpinKv, taken: impl IntoIterator<Item = &'a Taken>) {
+    for t in taken {
+        if let Err(e) = limits::give_back(kv, t) {
+            eprintln!(
+                "lumen: could not give back {} of the {:?} window of {}: {}",
+                t.amount, t.kind, t.id, e.message
+            );
+        }
+    }
+}
+
 /// Takes every windowed limit of the plan; on a refusal, gives back what was already taken.
 pub fn take_windows(
     kv: &SpinKv,
@@ -59,7 +72,7 @@ pub fn take_windows(
     plan: Option<&Plan>,
     tokens: u64,
     now_ms: u64,
-) -> Result<Vec<Taken>, ApiError> {
+) -> Result<Vec<Taken>, Box<Refused>> {
     let Some(p) = plan else {
         return Ok(Vec::new());
     };
@@ -80,9 +93,7 @@ pub fn take_windows(
         match limits::take(kv, kind, id, limit, amount, now_ms) {
             Ok(t) => taken.push(t),
             Err(e) => {
-                for t in &taken {
-                    let _ = limits::adjust(kv, t, -(t.amount as i64));
-                }
+                give_back_all(kv, &taken);
                 return Err(e);
             }
         }
@@ -100,7 +111,7 @@ pub fn take_model_windows(
     tokens: u64,
     now_ms: u64,
     earlier: &[Taken],
-) -> Result<Vec<Taken>, ApiError> {
+) -> Result<Vec<Taken>, Box<Refused>> {
     let Some(m) = plan.and_then(|p| p.models.get(model)) else {
         return Ok(Vec::new());
     };
@@ -115,9 +126,7 @@ pub fn take_model_windows(
         match limits::take(kv, kind, &id, limit, amount, now_ms) {
             Ok(t) => taken.push(t),
             Err(e) => {
-                for t in taken.iter().chain(earlier) {
-                    let _ = limits::adjust(kv, t, -(t.amount as i64));
-                }
+                give_back_all(kv, taken.iter().chain(earlier));
                 return Err(e);
             }
         }
@@ -125,13 +134,21 @@ pub fn take_model_windows(
     Ok(taken)
 }
 
-/// Reconciles token reservations with the tokens actually used.
+/// Reconciles token reservations with the tokens actually used (failures logged).
 pub fn reconcile(taken: &[Taken], actual_tokens: u64) {
-    let Ok(kv) = SpinKv::open() else { return };
-    for t in taken
-        .iter()
-        .filter(|t| matches!(t.kind, Kind::KeyTpm | Kind::KeyTpd | Kind::ModelTpm))
-    {
-        let _ = limits::adjust(&kv, t, actual_tokens as i64 - t.amount as i64);
+    let kv = match SpinKv::open() {
+        Ok(kv) => kv,
+        Err(e) => {
+            eprintln!("lumen: could not reconcile token limits: {e}");
+            return;
+        }
+    };
+    for t in taken.iter().filter(|t| t.kind.counts_tokens()) {
+        if let Err(e) = limits::reconcile(&kv, t, actual_tokens) {
+            eprintln!(
+                "lumen: could not reconcile the {:?} window of {}: {}",
+                t.kind, t.id, e.message
+            );
+        }
     }
 }

@@ -131,6 +131,15 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             if let Some(p) = resp.header(headers::PROVIDER) {
                 ctx.provider = p;
             }
+            // `x-lumen-route` and `lumen.route` name the model that served.
+            let route = plan.route.clone().map(|r| r.served_by(&ctx.model));
+            if let Some(r) = &route {
+                ctx.route = Some(r.header());
+            }
+            ctx.waited_ms = resp
+                .header(headers::WAITED_MS)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
             if let Some(why) = resp.header(headers::CASCADE) {
                 let r = ctx.route.take().unwrap_or_default();
                 ctx.route = Some(format!("{r}; escalated={why}"));
@@ -148,9 +157,15 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
                 let seen = (key.id.as_str(), chat.stream, &plan);
                 stream(&ctx, resp, out, prompt_estimate, &mut budget, seen, shape).await;
             } else {
-                let route = plan.route.as_ref();
-                let (reply, report) =
-                    whole(&ctx, resp, prompt_estimate, &content_type, shape, route).await;
+                let (reply, report) = whole(
+                    &ctx,
+                    resp,
+                    prompt_estimate,
+                    &content_type,
+                    shape,
+                    route.as_ref(),
+                )
+                .await;
                 settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
                 respond(out, ctx.stamp(reply)).await;
             }
@@ -283,7 +298,12 @@ fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
             budget.held_output.0 += ledger::DEFAULT_HOLD_OUTPUT_TOKENS;
             true
         }
-        _ => false,
+        Ok(false) => false,
+        Err(e) => {
+            // Ended as if the budget were spent (never an overspend), and said so in the log.
+            eprintln!("lumen: could not extend the hold of {}: {e}", hold.tenant);
+            false
+        }
     }
 }
 

@@ -15,6 +15,8 @@ pub enum Route {
     Embeddings,
     /// `GET /v1/models`.
     Models,
+    /// `GET /v1/models/{id}`: one model (id or alias), as `/v1/models` lists it.
+    Model(String),
     /// `GET /v1/usage`.
     Usage,
     /// `POST /v1/route`.
@@ -55,8 +57,27 @@ pub enum Route {
     DeleteProviderKey(String, String),
 }
 
-fn segment(s: &str) -> Option<String> {
-    (!s.is_empty() && !s.contains('/')).then(|| percent_decode(s))
+/// One raw path segment (non-empty, no `/`).
+fn segment(s: &str) -> Option<&str> {
+    (!s.is_empty() && !s.contains('/')).then_some(s)
+}
+
+/// A path segment's value, percent-decoded. One that decodes to what could not be a segment of
+/// its own — a `/` or `\` (`a%2Fb` would name `a/b`), a control character, `.` or `..` — is a
+/// 400 naming `what`, never an id with a slash in it.
+fn decoded(raw: &str, what: &str) -> Result<String, ApiError> {
+    let v = percent_decode(raw);
+    let bad = v.contains(['/', '\\']) || v.chars().any(char::is_control) || v == "." || v == "..";
+    if bad {
+        return Err(ApiError::invalid_request(
+            format!(
+                "invalid {what} in the path: {raw:?} decodes to {v:?}; a {what} may not contain '/', '\\', control characters, or be '.' or '..'"
+            ),
+            Some(what),
+            "invalid_path_segment",
+        ));
+    }
+    Ok(v)
 }
 
 /// Resolves a method and path.
@@ -73,6 +94,19 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/v1/messages" => only("POST", Route::Messages),
         "/v1/embeddings" => only("POST", Route::Embeddings),
         "/v1/models" => only("GET", Route::Models),
+        _ if path.starts_with("/v1/models/") => {
+            // Model ids may hold a '/' themselves (`lumen/auto`, `meta-llama/…`): the rest of
+            // the path is the id.
+            let id = percent_decode(&path["/v1/models/".len()..]);
+            if id.is_empty() {
+                return Err(ApiError::not_found(
+                    format!("unknown route {method} {path}"),
+                    None,
+                    "unknown_route",
+                ));
+            }
+            only("GET", Route::Model(id))
+        }
         "/v1/usage" => only("GET", Route::Usage),
         "/v1/usage/records" => only("GET", Route::UsageRecords),
         "/admin/usage" => only("GET", Route::AdminUsage),
@@ -89,22 +123,25 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         _ => {
             if let Some(rest) = path.strip_prefix("/admin/keys/") {
                 if let Some((id, provider)) = byok_path(rest) {
+                    let id = decoded(id, "key id")?;
                     return match (provider, method) {
                         (None, _) => only("GET", Route::ListProviderKeys(id)),
-                        (Some(p), "PUT") => Ok(Route::PutProviderKey(id, p)),
-                        (Some(p), "DELETE") => Ok(Route::DeleteProviderKey(id, p)),
+                        (Some(p), "PUT") => Ok(Route::PutProviderKey(id, decoded(p, "provider")?)),
+                        (Some(p), "DELETE") => {
+                            Ok(Route::DeleteProviderKey(id, decoded(p, "provider")?))
+                        }
                         (Some(_), _) => {
                             Err(ApiError::method_not_allowed(method, path, "PUT or DELETE"))
                         }
                     };
                 }
                 if let Some(id) = rest.strip_suffix("/rotate").and_then(segment) {
-                    return only("POST", Route::RotateKey(id));
+                    return only("POST", Route::RotateKey(decoded(id, "key id")?));
                 }
                 if let Some(id) = segment(rest) {
                     return match method {
-                        "DELETE" => Ok(Route::DeleteKey(id)),
-                        "PATCH" => Ok(Route::UpdateKey(id)),
+                        "DELETE" => Ok(Route::DeleteKey(decoded(id, "key id")?)),
+                        "PATCH" => Ok(Route::UpdateKey(decoded(id, "key id")?)),
                         _ => Err(ApiError::method_not_allowed(
                             method,
                             path,
@@ -115,12 +152,12 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
             }
             if let Some(rest) = path.strip_prefix("/admin/tenants/") {
                 if let Some(t) = rest.strip_suffix("/credits").and_then(segment) {
-                    return only("POST", Route::GrantCredits(t));
+                    return only("POST", Route::GrantCredits(decoded(t, "tenant")?));
                 }
                 if let Some(t) = segment(rest) {
                     return match method {
-                        "GET" => Ok(Route::GetTenant(t)),
-                        "PUT" => Ok(Route::PutTenant(t)),
+                        "GET" => Ok(Route::GetTenant(decoded(t, "tenant")?)),
+                        "PUT" => Ok(Route::PutTenant(decoded(t, "tenant")?)),
                         _ => Err(ApiError::method_not_allowed(method, path, "GET or PUT")),
                     };
                 }
@@ -134,16 +171,16 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
 }
 
-/// `{id}/provider-keys` or `{id}/provider-keys/{provider}` → (id, provider).
-fn byok_path(rest: &str) -> Option<(String, Option<String>)> {
+/// `{id}/provider-keys` or `{id}/provider-keys/{provider}` → (id, provider), still encoded.
+fn byok_path(rest: &str) -> Option<(&str, Option<&str>)> {
     let mut parts = rest.split('/');
     let (id, lit) = (parts.next()?, parts.next()?);
     if id.is_empty() || lit != "provider-keys" {
         return None;
     }
     match (parts.next(), parts.next()) {
-        (None, None) => Some((percent_decode(id), None)),
-        (Some(p), None) if !p.is_empty() => Some((percent_decode(id), Some(percent_decode(p)))),
+        (None, None) => Some((id, None)),
+        (Some(p), None) if !p.is_empty() => Some((id, Some(p))),
         _ => None,
     }
 }
@@ -220,6 +257,47 @@ mod tests {
                 .status,
             405
         );
+    }
+
+    /// `%2F` in an admin path segment used to store ids with slashes (`a%2Fb%2Fc` → tenant
+    /// `a/b/c`): refused with a 400 naming the segment.
+    #[test]
+    fn encoded_slashes_in_admin_segments_are_refused() {
+        for (method, path, what) in [
+            ("PUT", "/admin/tenants/a%2Fb%2Fc", "tenant"),
+            ("GET", "/admin/tenants/a%2fb", "tenant"),
+            ("POST", "/admin/tenants/a%5Cb/credits", "tenant"),
+            ("GET", "/admin/tenants/%2E%2E", "tenant"),
+            ("DELETE", "/admin/keys/key%2F1", "key id"),
+            ("POST", "/admin/keys/key%2F1/rotate", "key id"),
+            ("PUT", "/admin/keys/k1/provider-keys/open%2Fai", "provider"),
+            ("GET", "/admin/keys/k%00/provider-keys", "key id"),
+        ] {
+            let e = match_route(method, path).unwrap_err();
+            assert_eq!(
+                (e.status, e.param.as_deref(), e.code.as_deref()),
+                (400, Some(what), Some("invalid_path_segment")),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(
+            match_route("PUT", "/admin/tenants/acme%20co"),
+            Ok(Route::PutTenant("acme co".into()))
+        );
+    }
+
+    #[test]
+    fn one_model_by_id_even_with_a_slash() {
+        assert_eq!(
+            match_route("GET", "/v1/models/gpt-4o-mini"),
+            Ok(Route::Model("gpt-4o-mini".into()))
+        );
+        assert_eq!(
+            match_route("GET", "/v1/models/lumen/auto"),
+            Ok(Route::Model("lumen/auto".into()))
+        );
+        assert_eq!(match_route("POST", "/v1/models/x").unwrap_err().status, 405);
+        assert_eq!(match_route("GET", "/v1/models/").unwrap_err().status, 404);
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! auth what was used (`lumen-usage` header, or the final internal `lumen-usage` event).
 
 use crate::cascade;
-use crate::failover::{
-    self, attempts_json, backoff_ms, fallbacks_header, is_context_length, Attempt, Policy,
-};
+use crate::failover::{self, attempts_json, backoff_ms, fallbacks_header, Attempt, Policy};
 use crate::timer::{after_ms, sleep_until, within};
-use crate::upstream::{answer_usage, send_error, status_error, wants_error_body};
+use crate::upstream::{
+    answer_usage, class_of, send_class, send_error, status_class, status_error, wants_error_body,
+};
 use crate::{queue, spin_llm};
 use futures::{SinkExt, StreamExt};
 use lumen_shared::contracts::{headers, CallKind, CallRequest, Candidate, Outcome, UsageReport};
@@ -15,8 +15,10 @@ use lumen_shared::domain::catalog::Dialect;
 use lumen_shared::domain::deadline::Deadlines;
 use lumen_shared::domain::health;
 use lumen_shared::domain::pricing::{cost_header, lumen_object};
+use lumen_shared::domain::retry::FailureClass;
 use lumen_shared::store::byok::{self, ByokRecord};
 use lumen_shared::store::health as health_store;
+use lumen_shared::store::ledger::max_output_tokens;
 use lumen_shared::store::{ByokKey, Target};
 use lumen_shared::wire::dialect::{self, anthropic, gemini, openai_compat};
 use lumen_shared::wire::openai::{estimate_prompt_tokens, Usage};
@@ -55,13 +57,24 @@ pub(crate) enum Success {
 pub(crate) struct Failure {
     pub(crate) error: ApiError,
     pub(crate) upstream_ms: f64,
+    /// What kind of failure, for the retry policy and health.
+    pub(crate) class: FailureClass,
 }
 
 impl Failure {
     pub(crate) fn new(error: ApiError) -> Failure {
         Failure {
+            class: class_of(&error),
             error,
             upstream_ms: 0.0,
+        }
+    }
+
+    fn classed(error: ApiError, class: FailureClass, upstream_ms: f64) -> Failure {
+        Failure {
+            error,
+            upstream_ms,
+            class,
         }
     }
 }
@@ -71,9 +84,9 @@ fn config_error(c: &Candidate, message: String) -> Failure {
         "provider \"{}\" is misconfigured: {message}",
         c.provider.name
     ));
-    // Another candidate may be configured correctly.
+    // Another candidate may be configured correctly; this one is not tried again.
     e.retryable = true;
-    Failure::new(e)
+    Failure::classed(e, FailureClass::Misconfigured, 0.0)
 }
 
 /// One try of one candidate with `body` (the client's, or with an assistant prefill), under the
@@ -113,6 +126,12 @@ pub(crate) async fn attempt(
         dialect::build(p, base, &key, body, &c.upstream_model, stream)
     }
     .map_err(Failure::new)?;
+    // Output a whole answer may produce (its wait grows with it); embeddings produce none.
+    let output_tokens = if embeddings {
+        0
+    } else {
+        max_output_tokens(body).0
+    };
     let body = serde_json::to_vec(&up.body).map_err(|e| {
         Failure::new(ApiError::internal(format!(
             "could not serialise the upstream request: {e}"
@@ -124,16 +143,29 @@ pub(crate) async fn attempt(
     }
 
     let sent = Instant::now();
-    let first_until = after_ms(d.first_token_ms).min(total_until);
+    // A stream's headers come before its first token; a whole answer's with its last, so its
+    // wait grows with the output it may produce.
+    let first_ms = if stream {
+        d.first_token_ms
+    } else {
+        d.whole_answer_ms(output_tokens)
+    };
+    let first_until = after_ms(first_ms).min(total_until);
     let resp = within(first_until, send_request(req))
         .await
-        .ok_or_else(|| Failure {
-            error: deadline_error(p, "first-token", d.first_token_ms),
-            upstream_ms: elapsed_ms(sent),
+        .ok_or_else(|| {
+            Failure::classed(
+                deadline_error(p, "first-token", first_ms),
+                FailureClass::FirstToken,
+                elapsed_ms(sent),
+            )
         })?
-        .map_err(|e| Failure {
-            error: send_error(p, &origin_of(base), &e),
-            upstream_ms: elapsed_ms(sent),
+        .map_err(|e| {
+            Failure::classed(
+                send_error(p, &origin_of(base), &e),
+                send_class(&e),
+                elapsed_ms(sent),
+            )
         })?;
     let upstream_ms = elapsed_ms(sent);
     let status = resp.status();
@@ -144,10 +176,9 @@ pub(crate) async fn attempt(
         } else {
             None
         };
-        return Err(Failure {
-            error: status_error(p, status, body.as_deref(), retry_after.as_deref()),
-            upstream_ms,
-        });
+        let error = status_error(p, status, body.as_deref(), retry_after.as_deref());
+        let class = status_class(status, &error);
+        return Err(Failure::classed(error, class, upstream_ms));
     }
     if p.dialect == Dialect::Queue {
         let body = read_response_body(&resp, MAX_ERROR_BYTES)
@@ -155,14 +186,15 @@ pub(crate) async fn attempt(
             .unwrap_or_default();
         let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
         let Some(id) = dialect::queue::job_id(&answer) else {
-            return Err(Failure {
-                error: ApiError::upstream(
+            return Err(Failure::classed(
+                ApiError::upstream(
                     502,
                     format!("provider \"{}\" accepted the job without an id", p.name),
                     true,
                 ),
+                FailureClass::Server,
                 upstream_ms,
-            });
+            ));
         };
         return Ok((
             Success::Queued(queue::Job {
@@ -177,19 +209,25 @@ pub(crate) async fn attempt(
     if stream {
         return Ok((Success::Stream(resp), upstream_ms));
     }
-    let lost = |why: String| Failure {
-        error: ApiError::upstream(
-            502,
-            format!("provider \"{}\" failed mid-answer: {why}", p.name),
-            true,
-        ),
-        upstream_ms,
+    let lost = |why: String| {
+        Failure::classed(
+            ApiError::upstream(
+                502,
+                format!("provider \"{}\" failed mid-answer: {why}", p.name),
+                true,
+            ),
+            FailureClass::Server,
+            upstream_ms,
+        )
     };
     let body = within(total_until, read_response_body(&resp, MAX_ANSWER_BYTES))
         .await
-        .ok_or_else(|| Failure {
-            error: deadline_error(p, "total", d.total_ms),
-            upstream_ms,
+        .ok_or_else(|| {
+            Failure::classed(
+                deadline_error(p, "total", d.total_ms),
+                FailureClass::Stall,
+                upstream_ms,
+            )
         })?
         .map_err(lost)?;
     drop(resp);
@@ -297,11 +335,14 @@ pub(crate) fn with_usage(mut reply: Reply, r: &UsageReport) -> Reply {
     reply
 }
 
-fn cascade_header(escalated: &[String]) -> Vec<(String, String)> {
-    if escalated.is_empty() {
-        return Vec::new();
+/// The internal headers of an answer besides who served it: the cascade's escalations and the
+/// time waited before it (failed and escalated tries, backoff).
+fn extra_headers(escalated: &[String], waited_ms: f64) -> Vec<(String, String)> {
+    let mut hs = vec![(headers::WAITED_MS.to_string(), format_ms(waited_ms))];
+    if !escalated.is_empty() {
+        hs.push((headers::CASCADE.to_string(), escalated.join("; ")));
     }
-    vec![(headers::CASCADE.to_string(), escalated.join("; "))]
+    hs
 }
 
 /// Streams a whole (already checked) answer to auth as SSE events, with the internal usage event.
@@ -402,6 +443,8 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
     let whole_body = (stream && call.cascade).then(|| cascade::whole_body(&call.body));
     // After a context-length error: only models with a larger window are tried.
     let mut min_window: Option<u64> = None;
+    // Time spent before the answer on failed tries, escalated ones and backoff (not overhead).
+    let mut waited_ms = 0.0;
     'candidates: for (i, c) in call.candidates.iter().enumerate() {
         if i > 0 && !policy.fallbacks {
             break;
@@ -417,7 +460,7 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                 }
                 Err(f) => {
                     let retry = f.error.retryable;
-                    attempts.push(Attempt::failed(c, &f.error, f.upstream_ms));
+                    attempts.push(Attempt::failed(c, &f.error, f.class, f.upstream_ms));
                     last = Some((c, f));
                     if retry {
                         continue;
@@ -428,7 +471,9 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
         }
         let d = policy.deadlines(c);
         let retries = policy.retries(c);
-        for n in 0..=retries {
+        // Tries of this candidate so far; how many more depends on the failure's class.
+        let mut n = 0;
+        loop {
             let start = Instant::now();
             let checked = call.cascade && i + 1 < call.candidates.len();
             let (body, this_stream) = match &whole_body {
@@ -446,13 +491,14 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                 )) => {
                     if checked {
                         if let Err(why) = cascade::check(&answer, &call.body) {
-                            attempts.push(Attempt::new(c, "escalated", elapsed_ms(start)));
+                            attempts.push(Attempt::escalated(c, elapsed_ms(start)));
+                            waited_ms += elapsed_ms(start);
                             escalated.push(format!("{}: {why}", c.model));
                             continue 'candidates;
                         }
                     }
                     attempts.push(Attempt::new(c, "ok", elapsed_ms(start)));
-                    let cascade_hs = cascade_header(&escalated);
+                    let cascade_hs = extra_headers(&escalated, waited_ms);
                     if stream {
                         // A checked whole answer, released as the stream the client asked for.
                         let bytes = serde_json::to_vec(&answer).unwrap_or_default();
@@ -476,7 +522,7 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                     return attempts;
                 }
                 Ok((Success::Stream(resp), ms)) => {
-                    let cascade_hs = cascade_header(&escalated);
+                    let cascade_hs = extra_headers(&escalated, waited_ms);
                     if call.body.get("n").and_then(Value::as_u64).unwrap_or(1) > 1 {
                         // Several choices: relayed as they come (the stitcher follows one).
                         let (inc, est) = (call.include_usage, prompt_estimate);
@@ -498,24 +544,37 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                     return attempts;
                 }
                 Ok((Success::Queued(job), ms)) => {
-                    queue::serve(out, job, c, &call, stream, prompt_estimate, ms).await;
+                    let served = queue::Served {
+                        upstream_ms: ms,
+                        waited_ms,
+                        attempts: &attempts,
+                    };
+                    queue::serve(out, job, c, &call, stream, prompt_estimate, served).await;
                     return attempts;
                 }
                 Err(f) => {
-                    attempts.push(Attempt::failed(c, &f.error, elapsed_ms(start)));
-                    let retry = f.error.retryable;
-                    let context = is_context_length(&f.error);
+                    attempts.push(Attempt::failed(c, &f.error, f.class, elapsed_ms(start)));
+                    waited_ms += elapsed_ms(start);
+                    let class = f.class;
                     let wait = backoff_ms(n, f.error.retry_after, jitter());
                     last = Some((c, f));
-                    if context {
-                        min_window = Some(c.context_window);
-                        continue 'candidates;
+                    match class {
+                        // Only a larger window can take this prompt.
+                        FailureClass::ContextLength => {
+                            min_window = Some(c.context_window);
+                            continue 'candidates;
+                        }
+                        // Would fail anywhere: answered at once.
+                        FailureClass::Request => break 'candidates,
+                        _ => {}
                     }
-                    if !retry {
-                        break 'candidates;
-                    }
+                    // Misconfigured and unsupported routes have no retries: the next candidate.
                     match wait {
-                        Some(ms) if n < retries => sleep_until(after_ms(ms)).await,
+                        Some(ms) if n < retries.of(class) => {
+                            sleep_until(after_ms(ms)).await;
+                            waited_ms += ms as f64;
+                            n += 1;
+                        }
                         _ => continue 'candidates,
                     }
                 }
@@ -526,6 +585,7 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
         Some((c, f)) => {
             let mut reply = Reply::error(&f.error);
             reply.headers.extend(served_headers(c, f.upstream_ms));
+            reply.set_header(headers::WAITED_MS, format_ms(waited_ms - f.upstream_ms));
             if let Some(h) = fallbacks_header(&attempts) {
                 reply.set_header(headers::FALLBACKS, h);
             }

@@ -16,6 +16,7 @@ use lumen_shared::domain::catalog::Dialect;
 use lumen_shared::domain::deadline::{Deadlines, Overrides};
 use lumen_shared::domain::health::{Failure as HealthFailure, Observation, Snapshot};
 use lumen_shared::domain::pricing::{cost_nanos, lumen_object};
+use lumen_shared::domain::retry::{FailureClass, Retries, RetryOverrides};
 use lumen_shared::domain::stitch::{Resume, Stitcher};
 use lumen_shared::wire::openai::Usage;
 use lumen_shared::wire::sse::{self, Parser};
@@ -23,14 +24,11 @@ use lumen_shared::ApiError;
 use lumen_spin::pipe::Out;
 use lumen_spin::relay::{is_content_chunk, KEEP_ALIVE};
 use lumen_spin::util::elapsed_ms;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use spin_sdk::http::IncomingResponse;
 use std::time::Instant;
 
-/// Most tries of one candidate before moving on (the request's `lumen.retries` + 1).
-pub const MAX_RETRIES: u32 = 5;
-/// Default retries of one candidate on a retryable failure before the first byte.
-pub const DEFAULT_RETRIES: u32 = 1;
 /// A `Retry-After` longer than this is not waited for: the next candidate is tried instead.
 pub const MAX_RETRY_AFTER_MS: u64 = 2_000;
 /// First backoff before a retry; doubled per retry, with jitter.
@@ -42,9 +40,9 @@ pub const BACKOFF_MS: u64 = 100;
 pub struct Policy {
     /// False: only the first candidate is tried.
     pub fallbacks: bool,
-    /// Retries of one candidate before the next (`None`: the model's catalog `retries`, else
-    /// [`DEFAULT_RETRIES`]).
-    pub retries: Option<u32>,
+    /// Retries of one candidate before the next, per failure class (`None`: the model's
+    /// catalog `retries`, else [`Retries::default`]).
+    pub retries: Option<RetryOverrides>,
     /// Request-level deadline overrides.
     pub deadlines: Overrides,
 }
@@ -73,12 +71,16 @@ impl Policy {
                 .ok_or_else(|| bad("fallbacks", "must be true or false"))?;
         }
         if let Some(v) = l.get("retries") {
-            p.retries = Some(
-                v.as_u64()
-                    .filter(|n| *n <= u64::from(MAX_RETRIES))
-                    .ok_or_else(|| bad("retries", "must be an integer from 0 to 5"))?
-                    as u32,
-            );
+            let r = RetryOverrides::deserialize(v)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.check().map(|()| r))
+                .map_err(|e| {
+                    bad(
+                        "retries",
+                        &format!("must be an integer from 0 to 5, or an object of them per failure class (5xx, 429, connect, first_token, stall): {e}"),
+                    )
+                })?;
+            p.retries = Some(r);
         }
         if let Some(v) = l.get("deadlines") {
             p.deadlines = serde_json::from_value(v.clone())
@@ -90,12 +92,10 @@ impl Policy {
         Ok(p)
     }
 
-    /// Retries of candidate `c`: the request's, else the model's, else the default.
-    pub fn retries(&self, c: &Candidate) -> u32 {
-        self.retries
-            .or(c.retries)
-            .unwrap_or(DEFAULT_RETRIES)
-            .min(MAX_RETRIES)
+    /// Retries of candidate `c` per failure class: the defaults, the model's catalog
+    /// `retries`, then the request's.
+    pub fn retries(&self, c: &Candidate) -> Retries {
+        Retries::default().layered(c.retries.iter().chain(self.retries.iter()))
     }
 
     /// The deadlines for one candidate: defaults, the cold-start variant for scale-to-zero
@@ -161,18 +161,28 @@ impl Attempt {
         }
     }
 
-    /// A failed try of `c`: retryable errors are the provider's fault, the rest the request's.
-    pub fn failed(c: &Candidate, e: &ApiError, latency_ms: f64) -> Attempt {
+    /// A failed try of `c`: its class says whether it was the provider's fault (an upstream or
+    /// route failure) or not (the request's own, or a parameter this dialect cannot honour).
+    pub fn failed(c: &Candidate, e: &ApiError, class: FailureClass, latency_ms: f64) -> Attempt {
         Attempt {
-            provider_fault: e.retryable,
+            provider_fault: class.is_provider_fault(),
             retry_after_s: e.retry_after,
             ..Attempt::new(c, outcome_of(e), latency_ms)
         }
     }
 
+    /// A try of `c` whose answer the cascade checked and passed over: the provider answered,
+    /// so it counts as a success of it, never a failure.
+    pub fn escalated(c: &Candidate, latency_ms: f64) -> Attempt {
+        Attempt {
+            provider_fault: false,
+            ..Attempt::new(c, "escalated", latency_ms)
+        }
+    }
+
     /// What this try says of its provider's health, if anything.
     pub fn observation(&self) -> Option<Observation> {
-        if self.outcome == "ok" {
+        if self.outcome == "ok" || self.outcome == "escalated" {
             return Some(Observation::Success {
                 ttft_ms: self.latency_ms,
                 tokens: 1,
@@ -223,11 +233,6 @@ pub fn outcome_of(e: &ApiError) -> String {
         _ if e.retry_after.is_some() || e.status == 429 => "rate_limited".into(),
         _ => format!("error_{}", e.status),
     }
-}
-
-/// True for an upstream's context-length error (retried on a model with a larger window).
-pub fn is_context_length(e: &ApiError) -> bool {
-    e.code.as_deref() == Some("context_length_exceeded")
 }
 
 /// The `lumen` object for every leg: the summed cost, each leg at its own price.
@@ -425,19 +430,20 @@ struct Next {
     how: Resume,
 }
 
-/// Finds the next candidate after `i` that answers with a stream, prefilling where it can.
+/// Finds the next candidate from `from` on that answers with a stream, prefilling where it can
+/// (`from` is the failed leg's own candidate when its class still has a retry there).
 async fn next_leg(
     call: &CallRequest,
     policy: &Policy,
-    i: usize,
+    from: usize,
     st: &Stitcher,
     prompt_estimate: u64,
     attempts: &mut Vec<Attempt>,
 ) -> Option<Next> {
-    if !policy.fallbacks {
+    if !policy.fallbacks && from > 0 {
         return None;
     }
-    for (j, c) in call.candidates.iter().enumerate().skip(i + 1) {
+    for (j, c) in call.candidates.iter().enumerate().skip(from) {
         if c.provider.dialect == Dialect::SpinLlm || c.provider.dialect == Dialect::Queue {
             continue;
         }
@@ -462,7 +468,7 @@ async fn next_leg(
                     break;
                 }
                 Err(f) => {
-                    attempts.push(Attempt::failed(c, &f.error, elapsed_ms(start)));
+                    attempts.push(Attempt::failed(c, &f.error, f.class, elapsed_ms(start)));
                     if how == Resume::Prefill && f.error.status == 400 {
                         // The fallback rejects the prefill: regenerate there instead.
                         how = Resume::Regenerate;
@@ -506,13 +512,23 @@ pub(crate) async fn serve_stream(
     let mut legs: Vec<Leg> = Vec::new();
     let mut held = None;
     let mut ok = false;
+    // A leg's deadlines count from its request, not from its headers.
+    let upstream_ns = (upstream_ms.max(0.0) * 1e6) as u64;
     let mut started = Instant::now();
-    let mut started_ns = now_ns();
+    let mut started_ns = now_ns().saturating_sub(upstream_ns);
+    // Same-candidate retries taken after timeouts (first token, stall), per leg's candidate.
+    let mut retried = 0u32;
     loop {
         let c = &call.candidates[i];
         let d = policy.deadlines(c);
         let mut leg = LegState::default();
         let end = run_leg(&mut sink, resp, c, &d, started_ns, &mut st, &mut leg).await;
+        // A leg whose finish chunk arrived is complete: what it lacks after that (`[DONE]`,
+        // its usage chunk) is not bought again from a fallback.
+        let end = match end {
+            LegEnd::Failed(_) if leg.held.is_some() => LegEnd::Done,
+            end => end,
+        };
         let (usage, estimated) = match leg.usage {
             Some(u) => (u, false),
             None => (
@@ -556,11 +572,28 @@ pub(crate) async fn serve_stream(
                 }
                 break;
             }
-            LegEnd::Failed(_) => {
+            LegEnd::Failed(why) => {
+                // Timeouts are retried on the same candidate only as far as the policy says
+                // (none by default); every other failure moves on.
+                let class = match (why, leg.content_chunks) {
+                    ("deadline", 0) => Some(FailureClass::FirstToken),
+                    ("deadline", _) => Some(FailureClass::Stall),
+                    _ => None,
+                };
+                let again = class.is_some_and(|k| retried < policy.retries(c).of(k));
+                let from = if again {
+                    retried += 1;
+                    i
+                } else {
+                    i + 1
+                };
                 started = Instant::now();
                 started_ns = now_ns();
-                match next_leg(call, policy, i, &st, prompt_estimate, &mut attempts).await {
+                match next_leg(call, policy, from, &st, prompt_estimate, &mut attempts).await {
                     Some(n) => {
+                        if n.index != i {
+                            retried = 0;
+                        }
                         st.begin_leg(n.how);
                         i = n.index;
                         resp = n.resp;
@@ -633,11 +666,13 @@ mod tests {
         .unwrap();
         let p = Policy::from_body(&body).unwrap();
         assert!(!p.fallbacks);
-        assert_eq!(p.retries, Some(0));
+        assert_eq!(p.retries, Some(RetryOverrides::All(0)));
         assert_eq!(p.deadlines.stall_ms, Some(500));
         for bad in [
             json!({"lumen": {"fallbacks": "no"}}),
             json!({"lumen": {"retries": 9}}),
+            json!({"lumen": {"retries": {"stall": 6}}}),
+            json!({"lumen": {"retries": {"timeouts": 1}}}),
             json!({"lumen": {"deadlines": {"stall_ms": 0}}}),
             json!({"lumen": {"deadlines": {"typo_ms": 5}}}),
         ] {
@@ -648,6 +683,12 @@ mod tests {
         }
         let p = Policy::from_body(&Map::new()).unwrap();
         assert!(p.fallbacks && p.retries.is_none());
+        let body: Map<String, Value> =
+            serde_json::from_value(json!({"lumen": {"retries": {"5xx": 2, "first_token": 1}}}))
+                .unwrap();
+        let r = Policy::from_body(&body).unwrap().retries.unwrap();
+        let r = Retries::default().with(&r);
+        assert_eq!((r.server, r.connect, r.first_token, r.stall), (2, 1, 1, 0));
     }
 
     #[test]
@@ -668,6 +709,7 @@ mod tests {
             latency_ms: 1.0,
             provider_fault: o != "ok",
             retry_after_s: None,
+            health: None,
         };
         assert_eq!(fallbacks_header(&[a("openai", "ok")]), None);
         assert_eq!(

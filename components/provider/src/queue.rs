@@ -7,6 +7,7 @@
 //! final chunk of a stream, whose headers carry the last recorded wait).
 
 use crate::call::{report, served_headers, with_usage};
+use crate::failover::{attempts_json, fallbacks_header, outcome_of, Attempt};
 use crate::upstream::answer_usage;
 use futures::SinkExt;
 use lumen_shared::contracts::{headers, CallRequest, Candidate, Outcome, UsageReport};
@@ -19,7 +20,7 @@ use lumen_shared::ApiError;
 use lumen_spin::http::{read_response_body, send_request};
 use lumen_spin::pipe::Out;
 use lumen_spin::relay::{CostTag, UpstreamRelay, KEEP_ALIVE};
-use lumen_spin::util::{elapsed_ms, now_ms};
+use lumen_spin::util::{elapsed_ms, format_ms, now_ms};
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
 use spin_sdk::http::{Method, Request};
@@ -138,6 +139,37 @@ fn remember(c: &Candidate, cold_ms: Option<u64>) {
     }
 }
 
+/// How a job came to be served: the submission's time to headers, what was waited before it
+/// (failed tries, backoff) and the tries before it, for `x-lumen-fallbacks` and
+/// `lumen.attempts` (a queue answer after failed attempts carries them like any other).
+pub struct Served<'a> {
+    /// The submission's time to headers.
+    pub upstream_ms: f64,
+    /// Time waited before the submission.
+    pub waited_ms: f64,
+    /// The tries before this one.
+    pub attempts: &'a [Attempt],
+}
+
+impl Served<'_> {
+    /// The tries with this one's outcome last.
+    fn with(&self, c: &Candidate, outcome: &str, latency_ms: f64) -> Vec<Attempt> {
+        let mut all = self.attempts.to_vec();
+        all.push(Attempt::new(c, outcome, latency_ms));
+        all
+    }
+
+    /// The internal headers that say so: who served, how long it waited, the tries.
+    fn headers(&self, c: &Candidate, upstream_ms: f64, all: &[Attempt]) -> Vec<(String, String)> {
+        let mut hs = served_headers(c, upstream_ms);
+        hs.push((headers::WAITED_MS.to_string(), format_ms(self.waited_ms)));
+        if let Some(f) = fallbacks_header(all) {
+            hs.push((headers::FALLBACKS.to_string(), f));
+        }
+        hs
+    }
+}
+
 /// Serves a submitted job: whole, or as a stream with keep-alives while it waits.
 pub async fn serve(
     out: Out,
@@ -146,34 +178,30 @@ pub async fn serve(
     call: &CallRequest,
     stream: bool,
     prompt_estimate: u64,
-    upstream_ms: f64,
+    served: Served<'_>,
 ) {
     if stream {
-        return serve_stream(
-            out,
-            job,
-            c,
-            call.include_usage,
-            prompt_estimate,
-            upstream_ms,
-        )
-        .await;
+        return serve_stream(out, job, c, call.include_usage, prompt_estimate, served).await;
     }
     let waited = wait::<futures::sink::Drain<Vec<u8>>>(&job, c, None).await;
+    // A whole answer's wait in the queue is the upstream's time, not the gateway's.
+    let upstream_ms = served.upstream_ms + elapsed_ms(job.submitted);
     let reply = match waited {
         Some(Waited::Done {
             mut output,
             cold_ms,
         }) => {
             remember(c, cold_ms);
+            let all = served.with(c, "ok", upstream_ms);
             let (usage, estimated) = answer_usage(&output, prompt_estimate);
             if let Some(obj) = output.as_object_mut() {
                 let mut lumen = lumen_object(&usage, &c.price, &c.model, &c.provider.name);
                 lumen["cold_start_ms"] = cold_ms.unwrap_or(0).into();
+                lumen["attempts"] = attempts_json(&all);
                 obj.insert("lumen".into(), lumen);
             }
             let mut reply = Reply::json(200, &output);
-            reply.headers.extend(served_headers(c, upstream_ms));
+            reply.headers.extend(served.headers(c, upstream_ms, &all));
             reply.set_header(headers::COST, cost_header(&usage, &c.price));
             reply.set_header(headers::COLD_START, cold_ms.unwrap_or(0).to_string());
             with_usage(
@@ -186,8 +214,9 @@ pub async fn serve(
                 Some(Waited::Failed(e)) => e,
                 _ => ApiError::internal("the job wait ended without an answer"),
             };
+            let all = served.with(c, &outcome_of(&e), upstream_ms);
             let mut reply = Reply::error(&e);
-            reply.headers.extend(served_headers(c, upstream_ms));
+            reply.headers.extend(served.headers(c, upstream_ms, &all));
             with_usage(
                 reply,
                 &report(
@@ -276,13 +305,15 @@ async fn serve_stream(
     c: &Candidate,
     include_usage: bool,
     prompt_estimate: u64,
-    upstream_ms: f64,
+    served: Served<'_>,
 ) {
+    let upstream_ms = served.upstream_ms;
+    let all = served.with(c, "ok", upstream_ms);
     let mut hs = vec![
         ("content-type".to_string(), "text/event-stream".to_string()),
         ("cache-control".to_string(), "no-cache".to_string()),
     ];
-    hs.extend(served_headers(c, upstream_ms));
+    hs.extend(served.headers(c, upstream_ms, &all));
     // The wait is not known yet: the header carries the last recorded cold start.
     if let Some(s) = SpinKv::open()
         .ok()
@@ -298,6 +329,7 @@ async fn serve_stream(
         provider: c.provider.name.clone(),
         cold_start_ms: None,
     });
+    relay.set_attempts(attempts_json(&all));
     match waited {
         None => return,
         Some(Waited::Failed(e)) => {

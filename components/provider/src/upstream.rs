@@ -3,6 +3,7 @@
 //! client is told, never an upstream body or key for credential errors).
 
 use lumen_shared::contracts::ProviderTarget;
+use lumen_shared::domain::retry::FailureClass;
 use lumen_shared::wire::openai::Usage;
 use lumen_shared::ApiError;
 use lumen_spin::util::parse_retry_after;
@@ -146,6 +147,40 @@ pub fn send_error(p: &ProviderTarget, origin: &str, e: &SendError) -> ApiError {
     )
 }
 
+/// The failure class of a refused or failed send: a host the manifest does not allow, or a URL
+/// that is not one, is misconfiguration (no retry on this route); anything else a connection
+/// failure.
+pub fn send_class(e: &SendError) -> FailureClass {
+    if is_denied(e) || matches!(e, SendError::RequestConversion(_)) {
+        FailureClass::Misconfigured
+    } else {
+        FailureClass::Connect
+    }
+}
+
+/// The failure class of a non-2xx upstream answer classified by [`status_error`].
+pub fn status_class(status: u16, e: &ApiError) -> FailureClass {
+    match status {
+        401 | 403 => FailureClass::Misconfigured,
+        408 | 500..=599 => FailureClass::Server,
+        429 => FailureClass::RateLimited,
+        _ => class_of(e),
+    }
+}
+
+/// The failure class of an error made without one at hand: Lumen's own translation refusals
+/// (`unsupported_parameter`), context-length errors, 429s; otherwise a retryable error is the
+/// server's and the rest the request's.
+pub fn class_of(e: &ApiError) -> FailureClass {
+    match e.code.as_deref() {
+        Some("unsupported_parameter") if e.retryable => FailureClass::Unsupported,
+        Some("context_length_exceeded") => FailureClass::ContextLength,
+        _ if e.status == 429 => FailureClass::RateLimited,
+        _ if e.retryable => FailureClass::Server,
+        _ => FailureClass::Request,
+    }
+}
+
 /// A rough completion size when a non-streamed answer carries no `usage` (4 characters a token).
 pub fn estimate_completion_tokens(answer: &Value) -> u64 {
     let chars: usize = answer
@@ -234,6 +269,44 @@ mod tests {
                 && !wants_error_body(429)
                 && !wants_error_body(500)
         );
+    }
+
+    #[test]
+    fn failures_are_classed_for_retries() {
+        let p = openai();
+        let class = |status: u16, body: &[u8]| {
+            status_class(status, &status_error(&p, status, Some(body), None))
+        };
+        assert_eq!(class(503, b""), FailureClass::Server);
+        assert_eq!(class(408, b""), FailureClass::Server);
+        assert_eq!(class(429, b""), FailureClass::RateLimited);
+        assert_eq!(class(401, b""), FailureClass::Misconfigured);
+        assert_eq!(
+            class(
+                400,
+                br#"{"error":{"message":"m","code":"unsupported_parameter"}}"#
+            ),
+            FailureClass::Request
+        );
+        assert_eq!(
+            class(
+                400,
+                br#"{"error":{"message":"m","code":"context_length_exceeded"}}"#
+            ),
+            FailureClass::ContextLength
+        );
+        assert_eq!(class(400, b""), FailureClass::Request);
+        assert_eq!(
+            send_class(&SendError::Http(ErrorCode::HttpRequestDenied)),
+            FailureClass::Misconfigured
+        );
+        assert_eq!(
+            send_class(&SendError::Http(ErrorCode::ConnectionRefused)),
+            FailureClass::Connect
+        );
+        let mut e = ApiError::invalid_request("m", Some("logprobs"), "unsupported_parameter");
+        e.retryable = true;
+        assert_eq!(class_of(&e), FailureClass::Unsupported);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use lumen_shared::contracts::{Plan, PlanRequest};
 use lumen_shared::domain::catalog::Catalog;
 use lumen_shared::domain::fallback;
 use lumen_shared::domain::health::{Availability, Policy};
-use lumen_shared::domain::route::{decide, Inputs};
+use lumen_shared::domain::route::{decide, keep_providers, Inputs, Prefs};
 use lumen_shared::domain::scorer::Weights;
 use lumen_shared::store::{health, Target};
 use lumen_shared::ApiError;
@@ -140,6 +140,14 @@ fn plan(body: &[u8]) -> Result<Plan, ApiError> {
         == Some(false);
     if !no_fallbacks {
         fallback::merge(cat, &mut plan, &ask.models, &ask.allowed_models)?;
+    }
+    // `provider.only` / `ignore` hold for the fallback models' candidates too (the decision
+    // already applied them to the first).
+    if let Some(body) = ask.request.as_ref() {
+        let prefs = Prefs::from_body(body)?;
+        let mut rest = plan.candidates.split_off(1.min(plan.candidates.len()));
+        keep_providers(&mut rest, &prefs.provider);
+        plan.candidates.extend(rest);
     }
     order_by_health(&mut plan);
     Ok(plan)

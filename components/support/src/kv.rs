@@ -32,7 +32,9 @@ impl SpinKv {
 
 /// A 503 for a key-value failure (the message names the store, never a key's value).
 pub fn unavailable(e: &KvError) -> ApiError {
-    let mut err = ApiError::internal(format!("the key-value store is unavailable ({})", e.0));
+    // The detail names internal keys: logged, never sent to the client.
+    eprintln!("lumen: {e}");
+    let mut err = ApiError::internal("the key-value store is unavailable; retry shortly");
     err.status = 503;
     err.retryable = true;
     err

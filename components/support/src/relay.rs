@@ -126,6 +126,7 @@ pub struct UpstreamRelay {
     content_chunks: u64,
     cost: Option<CostTag>,
     held: Option<String>,
+    attempts: Option<Value>,
 }
 
 impl UpstreamRelay {
@@ -148,6 +149,12 @@ impl UpstreamRelay {
         if let Some(tag) = self.cost.as_mut() {
             tag.cold_start_ms = Some(ms);
         }
+    }
+
+    /// Adds `attempts` (the tries before and of this answer) to the `lumen` object of the final
+    /// chunk.
+    pub fn set_attempts(&mut self, attempts: Value) {
+        self.attempts = Some(attempts);
     }
 
     /// The bytes to forward for one upstream event, if any.
@@ -207,6 +214,9 @@ impl UpstreamRelay {
         let mut lumen = lumen_object(&usage, &tag.price, &tag.model, &tag.provider);
         if let Some(ms) = tag.cold_start_ms {
             lumen["cold_start_ms"] = ms.into();
+        }
+        if let Some(a) = &self.attempts {
+            lumen["attempts"] = a.clone();
         }
         chunk.insert("lumen".into(), lumen);
         sse::data_event(&Value::Object(chunk).to_string())

@@ -150,9 +150,11 @@ pub struct ModelConfig {
     /// Other catalog models to fall back to, in order, after every provider of this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
-    /// Retries of one provider before the next, before the first byte (default 1, at most 5).
+    /// Retries of one provider before the next, before the first byte: a number (5xx, 429 and
+    /// connect failures; default 1, at most 5) or a table per failure class
+    /// ([`crate::domain::retry`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<u32>,
+    pub retries: Option<crate::domain::retry::RetryOverrides>,
     /// Deadlines for this model (`connect_ms`, `first_token_ms`, `stall_ms`, `total_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadlines: Option<crate::domain::deadline::Overrides>,
@@ -320,8 +322,9 @@ impl Catalog {
                     ));
                 }
             }
-            if m.retries.is_some_and(|r| r > 5) {
-                return Err(format!("retries of model \"{id}\" must be 0 to 5"));
+            if let Some(r) = &m.retries {
+                r.check()
+                    .map_err(|e| format!("retries of model \"{id}\": {e}"))?;
             }
             if let Some(d) = &m.deadlines {
                 d.check()

@@ -1,8 +1,10 @@
 //! Deadlines of one upstream call: connect, time to first token, stall between tokens, total.
 //!
-//! On by default ([`Deadlines::default`]); the catalog (per model), the key and the request may
-//! each override any of them with [`Overrides`], applied in that order, so the most specific one
-//! wins. A breach counts as a failure of the provider.
+//! On by default ([`Deadlines::default`]: 10 s to the first token, 300 s for cold-start
+//! backends); the catalog (per model), the key and the request may each override any of them
+//! with [`Overrides`], applied in that order, so the most specific one wins. A breach counts as
+//! a failure of the provider. A stream's first token is its first content chunk; a whole answer
+//! shows none before its last, so its wait is [`Deadlines::whole_answer_ms`].
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -24,12 +26,21 @@ impl Default for Deadlines {
     fn default() -> Deadlines {
         Deadlines {
             connect_ms: 10_000,
-            first_token_ms: 60_000,
+            first_token_ms: DEFAULT_FIRST_TOKEN_MS,
             stall_ms: 30_000,
             total_ms: 600_000,
         }
     }
 }
+
+/// Default time to first token for a backend that is not cold-start: a route that has not
+/// started answering by then moves to the next candidate (catalog and request may change it).
+pub const DEFAULT_FIRST_TOKEN_MS: u64 = 10_000;
+
+/// What a whole (non-stream) answer may take per output token on top of the first-token
+/// deadline: its headers arrive with its last token, so the wait for them grows with the output
+/// it may produce (50 ms a token is 20 tokens a second, slower than any served model).
+pub const WHOLE_ANSWER_MS_PER_TOKEN: u64 = 50;
 
 /// Deadlines for a backend that may be cold (scaled to zero): the first token may take minutes.
 pub const COLD_START_FIRST_TOKEN_MS: u64 = 300_000;
@@ -80,6 +91,14 @@ impl Deadlines {
             total_ms: self.total_ms.max(COLD_START_FIRST_TOKEN_MS),
             ..self
         }
+    }
+
+    /// The wait for a whole answer of at most `output_tokens`: the first-token deadline plus
+    /// [`WHOLE_ANSWER_MS_PER_TOKEN`] per token, within the total deadline.
+    pub fn whole_answer_ms(&self, output_tokens: u64) -> u64 {
+        self.first_token_ms
+            .saturating_add(output_tokens.saturating_mul(WHOLE_ANSWER_MS_PER_TOKEN))
+            .min(self.total_ms)
     }
 
     /// These deadlines with `o`'s values where it has them.
@@ -134,6 +153,15 @@ mod tests {
         let d = Deadlines::default().cold_start();
         assert_eq!(d.first_token_ms, COLD_START_FIRST_TOKEN_MS);
         assert_eq!(d.stall_ms, Deadlines::default().stall_ms);
+    }
+
+    #[test]
+    fn a_whole_answer_waits_for_its_output_within_the_total() {
+        let d = Deadlines::default();
+        assert_eq!(d.first_token_ms, 10_000);
+        assert_eq!(d.whole_answer_ms(0), 10_000);
+        assert_eq!(d.whole_answer_ms(200), 20_000);
+        assert_eq!(d.whole_answer_ms(u64::MAX), d.total_ms);
     }
 
     #[test]

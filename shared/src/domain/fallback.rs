@@ -191,7 +191,10 @@ price = { input = 1.0, output = 1.0, source = "s", as_of = "d" }
     fn catalog_fallbacks_and_request_models_extend_the_plan() {
         let cat = Catalog::from_toml(CATALOG, "t").unwrap();
         let mut p = cat.plan("small", &[]).unwrap();
-        assert_eq!(p.candidates[0].retries, Some(2));
+        assert_eq!(
+            p.candidates[0].retries,
+            Some(crate::domain::retry::RetryOverrides::All(2))
+        );
         assert_eq!(p.candidates[0].deadlines.unwrap().stall_ms, Some(500));
         merge(&cat, &mut p, &[], &[]).unwrap();
         assert_eq!(pairs(&p), ["a/small", "b/big", "a/big", "a/other"]);

@@ -8,6 +8,7 @@ pub mod fallback;
 pub mod health;
 pub mod plans;
 pub mod pricing;
+pub mod retry;
 pub mod route;
 pub mod scorer;
 pub mod stitch;

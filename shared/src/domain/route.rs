@@ -15,7 +15,7 @@
 //! below 40 %; floor 0 always takes the cheapest, floor 1 always the strongest. The route's
 //! `score` is `P(the cheapest eligible candidate falls short)`, in [0, 1].
 
-use crate::contracts::Plan;
+use crate::contracts::{Candidate, Plan};
 use crate::domain::catalog::{Catalog, ModelConfig};
 use crate::domain::scorer::Weights;
 use crate::error::ApiError;
@@ -232,6 +232,36 @@ impl Prefs {
     }
 }
 
+/// The providers of some candidates, in order, each once.
+fn provider_names(cs: &[Candidate]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in cs {
+        if !out.contains(&c.provider.name) {
+            out.push(c.provider.name.clone());
+        }
+    }
+    out
+}
+
+/// Keeps the candidates `provider.only` / `provider.ignore` allow (every candidate of a plan,
+/// the fallback models' included).
+pub fn keep_providers(candidates: &mut Vec<Candidate>, pp: &ProviderPrefs) {
+    candidates.retain(|c| {
+        (pp.only.is_empty() || pp.only.contains(&c.provider.name))
+            && !pp.ignore.contains(&c.provider.name)
+    });
+}
+
+/// The routing fields of a body alone (`None` when it has none): what the router needs to plan a
+/// named model, without copying the whole body to it.
+pub fn routing_fields(body: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let out: Map<String, Value> = ROUTING_FIELDS
+        .iter()
+        .filter_map(|f| body.get(*f).map(|v| (f.to_string(), v.clone())))
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
 /// Removes the routing fields from a body before it goes upstream.
 pub fn strip_routing_fields(body: &mut Map<String, Value>) {
     for f in ROUTING_FIELDS {
@@ -392,12 +422,25 @@ pub struct RouteExplain {
     /// Whether the cascade is on.
     #[serde(default)]
     pub cascade: bool,
+    /// The model that served, when it is not the winner (a fallback or a cascade escalation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<String>,
 }
 
 impl RouteExplain {
-    /// The one-line `x-lumen-route` header.
+    /// This explanation for an answer `model` served: `served` is set when it is not the winner.
+    pub fn served_by(mut self, model: &str) -> RouteExplain {
+        self.served = (model != self.model && !model.is_empty()).then(|| model.to_string());
+        self
+    }
+
+    /// The one-line `x-lumen-route` header: `model=` is the model that served; `planned=`
+    /// follows when the plan's winner did not.
     pub fn header(&self) -> String {
-        let mut h = format!("model={}", self.model);
+        let mut h = match &self.served {
+            Some(s) => format!("model={s}; planned={}", self.model),
+            None => format!("model={}", self.model),
+        };
         if let Some(t) = &self.tier {
             h.push_str(&format!("; tier={t}"));
         }
@@ -612,16 +655,49 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         let mut plan = cat.plan(&spec.name, inp.allowed)?;
         plan.requested = inp.model.to_string();
         if let Some(p) = &spec.provider {
-            if plan.candidates[0].provider.name != *p {
+            // `provider:model` pins the model's offer on that provider, wherever it is listed.
+            let offered = provider_names(&plan.candidates);
+            plan.candidates.retain(|c| c.provider.name == *p);
+            if plan.candidates.is_empty() {
                 return Err(ApiError::not_found(
                     format!(
-                        "the model \"{}\" is not offered by provider \"{p}\" (it is served by \"{}\")",
-                        spec.name, plan.candidates[0].provider.name
+                        "the model \"{}\" is not offered by provider \"{p}\"; it is offered by {}",
+                        spec.name,
+                        offered.join(", ")
                     ),
                     Some("model"),
                     "model_not_found",
                 ));
             }
+            plan.reason = format!("{} (pinned to provider {p})", plan.reason);
+        }
+        let offered = provider_names(&plan.candidates);
+        keep_providers(&mut plan.candidates, &prefs.provider);
+        if plan.candidates.is_empty() {
+            return Err(ApiError::invalid_request(
+                format!(
+                    "no provider of model \"{}\" is allowed by 'provider' (offered by {})",
+                    spec.name,
+                    offered.join(", ")
+                ),
+                Some("provider"),
+                "no_eligible_model",
+            ));
+        }
+        let rank = |p: &str| {
+            prefs
+                .provider
+                .order
+                .iter()
+                .position(|x| x == p)
+                .unwrap_or(usize::MAX)
+        };
+        plan.candidates.sort_by_key(|c| rank(&c.provider.name));
+        if !prefs.provider.allow_fallbacks {
+            plan.candidates.truncate(1);
+        }
+        if plan.candidates[0].provider.name != offered[0] {
+            plan.reason = format!("{} → {}", plan.reason, plan.candidates[0].provider.name);
         }
         plan.defaults = spec.params;
         plan.cascade = false;
@@ -847,6 +923,7 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         reason,
         candidates: considered,
         cascade: prefs.cascade,
+        served: None,
     });
     Ok(plan)
 }
@@ -896,6 +973,7 @@ provider = "a"
 upstream_id = "u"
 context_window = 100000
 price = { input = 0.0, output = 0.0, source = "s", as_of = "2026-01-01" }
+offers = [{ provider = "b", upstream_id = "u-on-b", price = { input = 0.1, output = 0.1, source = "s", as_of = "2026-01-01" } }]
 
 [tiers.auto]
 quality_floor = 0.6
@@ -1065,6 +1143,54 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
         }
     }
 
+    /// A pin to a provider's non-primary offer serves from that offer (it was a 404), and
+    /// `provider.only` / `ignore` / `order` / `allow_fallbacks` hold for named models too.
+    #[test]
+    fn named_models_honour_pins_to_offers_and_provider_preferences() {
+        let providers = |p: &Plan| -> Vec<String> {
+            p.candidates
+                .iter()
+                .map(|c| format!("{}:{}", c.provider.name, c.upstream_model))
+                .collect()
+        };
+        let p = run("unrated", msg(json!({})), &[]).unwrap();
+        assert_eq!(providers(&p), ["a:u", "b:u-on-b"]);
+        let p = run("b:unrated", msg(json!({})), &[]).unwrap();
+        assert_eq!(providers(&p), ["b:u-on-b"]);
+        assert!(p.reason.contains("pinned to provider b"), "{}", p.reason);
+        let e = run("b:small", msg(json!({})), &[]).unwrap_err();
+        assert_eq!((e.status, e.param.as_deref()), (404, Some("model")));
+        assert!(e.message.contains("offered by a"), "{}", e.message);
+
+        let with = |prov: Value| run("unrated", msg(json!({ "provider": prov })), &[]);
+        assert_eq!(
+            providers(&with(json!({"only": ["b"]})).unwrap()),
+            ["b:u-on-b"]
+        );
+        assert_eq!(
+            providers(&with(json!({"ignore": ["a"]})).unwrap()),
+            ["b:u-on-b"]
+        );
+        assert_eq!(
+            providers(&with(json!({"order": ["b"]})).unwrap()),
+            ["b:u-on-b", "a:u"]
+        );
+        assert_eq!(
+            providers(&with(json!({"order": ["b"], "allow_fallbacks": false})).unwrap()),
+            ["b:u-on-b"]
+        );
+        let e = with(json!({"only": ["c"]})).unwrap_err();
+        assert_eq!(
+            (e.status, e.param.as_deref(), e.code.as_deref()),
+            (400, Some("provider"), Some("no_eligible_model"))
+        );
+        // The router gets only the routing fields of a named model's body.
+        let body = msg(json!({"provider": {"only": ["b"]}, "seed": 1}));
+        let f = routing_fields(body.as_object().unwrap()).unwrap();
+        assert_eq!(Value::Object(f), json!({"provider": {"only": ["b"]}}));
+        assert!(routing_fields(msg(json!({})).as_object().unwrap()).is_none());
+    }
+
     #[test]
     fn prefs_name_the_field_and_are_stripped() {
         let bad = |v: Value| {
@@ -1202,5 +1328,9 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
             h.starts_with("model=m; tier=lumen/auto; score=0.500; floor=0.6"),
             "{h}"
         );
+        // An answer served by a fallback names it first, the plan's winner after.
+        let s = r.clone().served_by("fb").header();
+        assert!(s.starts_with("model=fb; planned=m; tier=lumen/auto"), "{s}");
+        assert_eq!(r.clone().served_by("m").served, None);
     }
 }

@@ -88,8 +88,15 @@ pub fn max_cost_nanos<'a>(
         .unwrap_or(0)
 }
 
+/// The most one hold may take: a million dollars. Every real hold is far below it (output is
+/// capped at [`crate::wire::openai::MAX_OUTPUT_TOKENS`]); it keeps ledger counters from ever
+/// overflowing whatever a catalog price is.
+pub const MAX_HOLD_NANOS: i64 = 1_000_000 * 1_000_000_000;
+
 fn store_err(e: KvError) -> ApiError {
-    let mut err = ApiError::internal(format!("the budget ledger is unavailable ({})", e.0));
+    // The detail names ledger keys: logged here, never sent to the client.
+    eprintln!("lumen: budget ledger: {e}");
+    let mut err = ApiError::internal("the budget ledger is unavailable; retry shortly");
     err.status = 503;
     err.retryable = true;
     err
@@ -164,7 +171,11 @@ pub fn hold(
         return Ok(None);
     }
     let m = month_of(now_ms);
-    let nanos = nanos.max(0);
+    let nanos = nanos.clamp(0, MAX_HOLD_NANOS);
+    // A hold above the cap itself can never fit: refused without touching the ledger.
+    if rec.monthly_budget_nanos.is_some_and(|cap| nanos > cap) {
+        return Err(refuse("monthly budget"));
+    }
     take(store, tenant_id, &m, rec, nanos)
         .map_err(store_err)?
         .map_err(refuse)?;
@@ -184,7 +195,7 @@ pub fn extend(
     rec: &TenantRecord,
     extra: i64,
 ) -> Result<bool, KvError> {
-    let extra = extra.max(0);
+    let extra = extra.clamp(0, MAX_HOLD_NANOS);
     let rec = TenantRecord {
         prepaid: h.prepaid,
         ..rec.clone()
@@ -192,13 +203,14 @@ pub fn extend(
     if take(store, &h.tenant, &h.month, &rec, extra)?.is_err() {
         return Ok(false);
     }
-    h.nanos += extra;
+    h.nanos = h.nanos.saturating_add(extra);
     Ok(true)
 }
 
 /// Settles a hold to the actual cost: committed moves by `actual - held` and the settled spend
 /// grows by `actual` (two increments; three for a prepaid tenant). Called once per request.
 pub fn settle(store: &dyn Kv, h: &Hold, actual: i64) -> Result<(), KvError> {
+    let actual = actual.clamp(0, MAX_HOLD_NANOS);
     let delta = actual - h.nanos;
     add(store, &h.tenant, &h.month, LedgerField::Committed, delta)?;
     add(store, &h.tenant, &h.month, LedgerField::Settled, actual)?;
@@ -348,6 +360,45 @@ mod tests {
         };
         assert_eq!(hold(&kv, "p", &capped, T0, 100).unwrap_err().status, 402);
         assert!(hold(&kv, "p", &capped, T0, 30).unwrap().is_some());
+    }
+
+    /// D3: a hold of any size is a 402 (or fits), never a store error: the largest are refused
+    /// before the ledger is touched, so committed stays exact.
+    #[test]
+    fn huge_holds_are_refused_not_overflowed() {
+        let kv = MemKv::default();
+        let rec = capped(1_000_000);
+        for nanos in [1i64 << 31, 1 << 53, i64::MAX - 1, i64::MAX] {
+            let e = hold(&kv, "t", &rec, T0, nanos).unwrap_err();
+            assert_eq!(
+                (e.status, e.code.as_deref()),
+                (402, Some("insufficient_quota"))
+            );
+        }
+        let pre = TenantRecord {
+            monthly_budget_nanos: None,
+            prepaid: true,
+        };
+        grant(&kv, "t", 500).unwrap();
+        assert_eq!(hold(&kv, "t", &pre, T0, i64::MAX).unwrap_err().status, 402);
+        let v = view(&kv, "t", T0).unwrap();
+        assert_eq!(
+            (v.committed_usd, v.credits_committed_usd),
+            (0.0, 0.0),
+            "{v:?}"
+        );
+        // The dearest hold a priced request can ask for is far inside i64.
+        let p = Price {
+            input: 1e6,
+            output: 1e6,
+            cached_input: None,
+            cache_write: None,
+            reasoning: None,
+            source: "s".into(),
+            as_of: "d".into(),
+        };
+        let n = max_cost_nanos(4 << 20, crate::wire::openai::MAX_OUTPUT_TOKENS, [&p]);
+        assert!(n > 0 && n < i64::MAX, "{n}");
     }
 
     /// Concurrent holds against one cap: the committed total never passes it.

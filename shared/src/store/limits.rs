@@ -20,6 +20,8 @@ pub struct RateStatus {
     pub remaining: u32,
     /// Seconds until the window resets.
     pub reset_secs: u64,
+    /// Unix seconds at the window's start (to give the request back, [`refund_rpm`]).
+    pub window: u64,
 }
 
 /// Admits or refuses one request of `key_id` at `now_ms`.
@@ -52,9 +54,21 @@ pub fn check_rpm(
     }
     Ok(RateStatus {
         limit,
-        remaining: (i64::from(limit) - count).max(0) as u32,
+        remaining: (i64::from(limit) - count).clamp(0, i64::from(u32::MAX)) as u32,
         reset_secs,
+        window,
     })
+}
+
+/// Gives back one request [`check_rpm`] admitted in `window` (a request refused afterwards for a
+/// reason that should not cost the key a request: a model it may not use).
+pub fn refund_rpm(store: &dyn Kv, key_id: &str, window: u64) -> Result<(), ApiError> {
+    let w = RateWindow {
+        kind: "rpm",
+        id: key_id,
+        window,
+    };
+    kv::incr(store, &w, -1).map(|_| ()).map_err(rl_err)
 }
 
 /// A limit on a fixed window other than the per-key RPM: requests per day, tokens per minute or
@@ -91,6 +105,10 @@ impl Kind {
             Kind::KeyRpd | Kind::KeyTpd => 86_400,
             Kind::KeyTpm | Kind::TenantRpm | Kind::ModelRpm | Kind::ModelTpm => WINDOW_SECS,
         }
+    }
+    /// Whether the limit counts tokens (reserved at admission, reconciled after).
+    pub fn counts_tokens(self) -> bool {
+        matches!(self, Kind::KeyTpm | Kind::KeyTpd | Kind::ModelTpm)
     }
     fn what(self) -> &'static str {
         match self {
@@ -143,9 +161,33 @@ fn rl_err(e: kv::KvError) -> ApiError {
     ApiError::internal(format!("could not reach the rate-limit store ({})", e.0))
 }
 
+/// Token counts are clamped here before they reach a window counter: far above anything a
+/// request can reserve ([`crate::wire::openai::MAX_OUTPUT_TOKENS`] plus a body's worth of
+/// prompt), so a counter never overflows whatever an upstream reports.
+pub const MAX_AMOUNT: u64 = 1 << 40;
+
+/// A refusal by one windowed limit: the 429 (or the store's error), and for a 429 the window's
+/// state, so a refused request still gets its `x-ratelimit-*` headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// The error to answer with.
+    pub error: ApiError,
+    /// Which limit refused.
+    pub kind: Kind,
+    /// The window's state (a 429 only).
+    pub status: Option<RateStatus64>,
+}
+
+impl From<Box<Refused>> for ApiError {
+    fn from(r: Box<Refused>) -> ApiError {
+        r.error
+    }
+}
+
 /// Takes `amount` from `id`'s window of `kind` by one atomic increment; over the limit, the
 /// amount is given back at once and the request is refused with 429 (so refused requests do
-/// not use up the window).
+/// not use up the window). An amount larger than the limit itself can never fit: it is refused
+/// without touching the store.
 pub fn take(
     store: &dyn Kv,
     kind: Kind,
@@ -153,22 +195,47 @@ pub fn take(
     limit: u64,
     amount: u64,
     now_ms: u64,
-) -> Result<Taken, ApiError> {
+) -> Result<Taken, Box<Refused>> {
     let now = now_ms / 1000;
     let len = kind.window_secs();
     let window = now - now % len;
     let reset_secs = (window + len - now).max(1);
     let w = window_key(kind, id, window);
-    let count = kv::incr(store, &w, amount as i64).map_err(rl_err)?;
-    if count > limit as i64 {
-        kv::incr(store, &w, -(amount as i64)).map_err(rl_err)?;
-        return Err(ApiError::rate_limited(
+    let store_err = |e| {
+        Box::new(Refused {
+            error: rl_err(e),
+            kind,
+            status: None,
+        })
+    };
+    let cap = i64::try_from(limit).unwrap_or(i64::MAX);
+    let refuse = |count: i64| {
+        Box::new(Refused {
+        error: ApiError::rate_limited(
             format!(
                 "rate limit reached: {limit} {}; this request needs {amount}; retry in {reset_secs} s",
                 kind.what()
             ),
             reset_secs,
-        ));
+        ),
+        kind,
+        status: Some(RateStatus64 {
+            limit,
+            remaining: cap.saturating_sub(count).max(0) as u64,
+            reset_secs,
+        }),
+    })
+    };
+    if amount > limit || amount > MAX_AMOUNT {
+        let count = kv::read_counter(store, &w).map_err(store_err)?;
+        return Err(refuse(count));
+    }
+    // amount ≤ MAX_AMOUNT < i64::MAX.
+    let delta = amount as i64;
+    let count = kv::incr(store, &w, delta).map_err(store_err)?;
+    if count > cap {
+        kv::incr(store, &w, -delta).map_err(store_err)?;
+        return Err(refuse(count - delta));
     }
     Ok(Taken {
         kind,
@@ -177,7 +244,7 @@ pub fn take(
         amount,
         status: RateStatus64 {
             limit,
-            remaining: (limit as i64 - count).max(0) as u64,
+            remaining: cap.saturating_sub(count).max(0) as u64,
             reset_secs,
         },
     })
@@ -190,10 +257,25 @@ pub fn adjust(store: &dyn Kv, t: &Taken, delta: i64) -> Result<(), ApiError> {
     kv::incr(store, &w, delta).map(|_| ()).map_err(rl_err)
 }
 
+/// Gives back everything a taken window holds (a request refused after it was taken).
+pub fn give_back(store: &dyn Kv, t: &Taken) -> Result<(), ApiError> {
+    adjust(store, t, -(t.amount.min(MAX_AMOUNT) as i64))
+}
+
+/// Reconciles a token reservation with the tokens actually used (clamped to [`MAX_AMOUNT`]):
+/// one increment by their difference, exact in integers.
+pub fn reconcile(store: &dyn Kv, t: &Taken, actual_tokens: u64) -> Result<(), ApiError> {
+    let delta = actual_tokens.min(MAX_AMOUNT) as i64 - t.amount.min(MAX_AMOUNT) as i64;
+    if delta == 0 {
+        return Ok(());
+    }
+    adjust(store, t, delta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemKv;
+    use crate::store::{decode_counter, MemKv};
 
     #[test]
     fn admits_limit_then_refuses_until_next_window() {
@@ -222,8 +304,13 @@ mod tests {
         let a = take(&kv, Kind::KeyTpm, "k", 100, 60, t0).unwrap();
         assert_eq!(a.status.remaining, 40);
         let e = take(&kv, Kind::KeyTpm, "k", 100, 60, t0).unwrap_err();
-        assert_eq!(e.status, 429);
-        assert!(e.message.contains("tokens per minute"), "{}", e.message);
+        assert_eq!(e.error.status, 429);
+        assert_eq!(e.status.unwrap().remaining, 40);
+        assert!(
+            e.error.message.contains("tokens per minute"),
+            "{}",
+            e.error.message
+        );
         // The refused reservation was given back; reconcile the first to its actual 20.
         adjust(&kv, &a, 20 - 60).unwrap();
         assert_eq!(
@@ -239,6 +326,52 @@ mod tests {
         assert_eq!(d.window % 86_400, 0);
         take(&kv, Kind::KeyRpd, "k", 2, 1, t0).unwrap();
         assert!(take(&kv, Kind::KeyRpd, "k", 2, 1, t0 + 3_600_000).is_err());
+    }
+
+    /// D2: reservations of any size keep the window exact: one larger than the limit is refused
+    /// without touching the counter, and reconciling with any reported usage cannot overflow.
+    #[test]
+    fn huge_reservations_never_wrap_the_window() {
+        let kv = MemKv::default();
+        let t0 = 1_800_000_000_000;
+        let a = take(&kv, Kind::KeyTpm, "k", 1000, 100, t0).unwrap();
+        for huge in [1u64 << 31, 1 << 53, (1 << 63) - 1, 1 << 63, u64::MAX] {
+            let r = take(&kv, Kind::KeyTpm, "k", 1000, huge, t0).unwrap_err();
+            assert_eq!(r.error.status, 429, "{huge}");
+            assert_eq!(r.status.unwrap().remaining, 900, "{huge}");
+            // A limit beyond i64 does not wrap either.
+            let t = take(&kv, Kind::KeyTpd, "k", u64::MAX, huge, t0);
+            if let Ok(t) = t {
+                give_back(&kv, &t).unwrap();
+            }
+        }
+        reconcile(&kv, &a, 40).unwrap();
+        assert_eq!(
+            take(&kv, Kind::KeyTpm, "k", 1000, 10, t0)
+                .unwrap()
+                .status
+                .remaining,
+            950,
+            "exact after the refusals"
+        );
+        let day = kv::Counter::key(&window_key(
+            Kind::KeyTpd,
+            "k",
+            t0 / 1000 - (t0 / 1000) % 86_400,
+        ));
+        assert_eq!(decode_counter(kv.get(&day).unwrap().as_deref()), 0);
+        // An upstream reporting u64::MAX tokens moves the window by at most MAX_AMOUNT.
+        reconcile(&kv, &a, u64::MAX).unwrap();
+    }
+
+    #[test]
+    fn a_refunded_request_frees_its_slot() {
+        let kv = MemKv::default();
+        let t0 = 1_800_000_000_000;
+        let s = check_rpm(&kv, "k", 1, t0).unwrap();
+        refund_rpm(&kv, "k", s.window).unwrap();
+        assert!(check_rpm(&kv, "k", 1, t0 + 1000).is_ok());
+        assert!(check_rpm(&kv, "k", 1, t0 + 2000).is_err());
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Usage {
         serde_json::json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
             "prompt_tokens_details": {
                 "cached_tokens": self.cached_tokens,
                 "cache_write_tokens": self.cache_write_tokens,
@@ -142,6 +142,33 @@ pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// Checks the `content-type` of a JSON request body: `application/json` in any case and with any
+/// parameters (`; charset=utf-8`), or a structured `application/*+json` type. A request without
+/// the header is read as JSON (HTTP lets a sender leave it out, and tools that do mean JSON
+/// here); any other type — `curl -d` sends `application/x-www-form-urlencoded` — is a 415 naming
+/// the header, with the fix.
+pub fn check_json_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
+    let Some(ct) = content_type else {
+        return Ok(());
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"));
+    if json || essence.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::unsupported_media_type(format!(
+        "the request body must be JSON, but its content-type is {ct:?}; send 'content-type: application/json' (curl: -H 'content-type: application/json')"
+    )))
+}
+
 fn check_number(
     body: &Map<String, Value>,
     param: &str,
@@ -162,6 +189,39 @@ fn check_number(
             }
         }
         Some(v) => Err(wrong_type(param, "a number", v)),
+    }
+}
+
+/// The most output tokens a request may ask for (`max_tokens`, `max_completion_tokens`): 2^31 − 1,
+/// far above any model's output limit, and small enough that token reservations and budget holds
+/// (tokens × price) stay exact integers. Larger values are a 400 naming the field.
+pub const MAX_OUTPUT_TOKENS: u64 = (1 << 31) - 1;
+
+/// An output-token cap: an integer from 1 to [`MAX_OUTPUT_TOKENS`].
+fn check_output_tokens(body: &Map<String, Value>, param: &str) -> Result<(), ApiError> {
+    match body.get(param) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|x| (1..=MAX_OUTPUT_TOKENS).contains(&x)) => {
+            Ok(())
+        }
+        Some(v @ Value::Number(n))
+            if n.as_u64().is_some_and(|x| x > MAX_OUTPUT_TOKENS)
+                || n
+                    .as_f64()
+                    .is_some_and(|x| x.fract() == 0.0 && x > MAX_OUTPUT_TOKENS as f64) =>
+        {
+            Err(invalid_value(
+                param,
+                format!(
+                    "'{param}' must be at most {MAX_OUTPUT_TOKENS}, but got {v}; ask for what the model can produce (or leave it out)"
+                ),
+            ))
+        }
+        Some(v @ Value::Number(_)) => Err(invalid_value(
+            param,
+            format!("'{param}' must be an integer of at least 1, but got {v}"),
+        )),
+        Some(v) => Err(wrong_type(param, "an integer", v)),
     }
 }
 
@@ -202,6 +262,23 @@ fn check_message(i: usize, msg: &Value) -> Result<(), ApiError> {
                 ROLES.join(", ")
             ),
         ));
+    }
+    if role == "tool" {
+        let id_param = format!("{at}.tool_call_id");
+        match obj.get("tool_call_id") {
+            Some(Value::String(s)) if !s.trim().is_empty() => {}
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid_request(
+                    format!("missing required parameter: '{id_param}'; a tool message answers the assistant's tool call with that call's id"),
+                    Some(&id_param),
+                    "missing_required_parameter",
+                ))
+            }
+            Some(Value::String(_)) => {
+                return Err(invalid_value(&id_param, format!("'{id_param}' must not be empty")))
+            }
+            Some(v) => return Err(wrong_type(&id_param, "a string", v)),
+        }
     }
     let content_param = format!("{at}.content");
     match obj.get("content") {
@@ -284,8 +361,8 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     check_number(&body, "top_p", 0.0, 1.0)?;
     check_number(&body, "frequency_penalty", -2.0, 2.0)?;
     check_number(&body, "presence_penalty", -2.0, 2.0)?;
-    check_positive_int(&body, "max_tokens")?;
-    check_positive_int(&body, "max_completion_tokens")?;
+    check_output_tokens(&body, "max_tokens")?;
+    check_output_tokens(&body, "max_completion_tokens")?;
     check_positive_int(&body, "n")?;
     // Routing fields (provider, brand_pref, max_price, ...) are checked here, used by the router
     // and removed before the body goes upstream.
@@ -414,6 +491,100 @@ mod tests {
             assert_eq!(e.status, 400, "{body}");
             assert_eq!(e.param.as_deref().unwrap_or(""), *param, "{body}");
             assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+
+    /// D2/D3: output-token caps beyond 2^31 − 1 (and every boundary up to 2^64 − 1 and past
+    /// it) are a 400 naming the field, so no reservation or hold ever sees them.
+    #[test]
+    fn output_token_caps_are_bounded() {
+        let body = |field: &str, n: &str| {
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"{field}":{n}}}"#)
+        };
+        for field in ["max_tokens", "max_completion_tokens"] {
+            for ok in ["1", "4096", "2147483647"] {
+                assert!(
+                    parse_chat_request(body(field, ok).as_bytes()).is_ok(),
+                    "{field}={ok}"
+                );
+            }
+            for big in [
+                "2147483648",
+                "9007199254740992",
+                "9223372036854775807",
+                "9223372036854775808",
+                "18446744073709551615",
+                "18446744073709551616",
+                "1e300",
+            ] {
+                let e = err(&body(field, big));
+                assert_eq!((e.status, e.param.as_deref()), (400, Some(field)), "{big}");
+                assert!(
+                    e.message.contains("at most 2147483647"),
+                    "{big}: {}",
+                    e.message
+                );
+            }
+            for bad in ["0", "-1", "1.5", "0.5"] {
+                let e = err(&body(field, bad));
+                assert_eq!(e.param.as_deref(), Some(field), "{bad}");
+            }
+            assert_eq!(
+                err(&body(field, "\"9\"")).code.as_deref(),
+                Some("invalid_type")
+            );
+        }
+    }
+
+    #[test]
+    fn a_tool_message_needs_its_call_id() {
+        let with = |m: &str| {
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}},{m}]}}"#)
+        };
+        parse_chat_request(
+            with(r#"{"role":"tool","tool_call_id":"c1","content":"ok"}"#).as_bytes(),
+        )
+        .unwrap();
+        for (m, code) in [
+            (
+                r#"{"role":"tool","content":"ok"}"#,
+                "missing_required_parameter",
+            ),
+            (
+                r#"{"role":"tool","tool_call_id":"","content":"ok"}"#,
+                "invalid_value",
+            ),
+            (
+                r#"{"role":"tool","tool_call_id":7,"content":"ok"}"#,
+                "invalid_type",
+            ),
+        ] {
+            let e = err(&with(m));
+            assert_eq!(e.param.as_deref(), Some("messages[1].tool_call_id"), "{m}");
+            assert_eq!(e.code.as_deref(), Some(code), "{m}");
+        }
+    }
+
+    #[test]
+    fn json_bodies_need_a_json_content_type_or_none() {
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some("application/vnd.api+json"),
+            Some(""),
+        ] {
+            assert!(check_json_content_type(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "multipart/form-data; boundary=x",
+        ] {
+            let e = check_json_content_type(Some(bad)).unwrap_err();
+            assert_eq!(e.status, 415, "{bad}");
+            assert_eq!(e.param.as_deref(), Some("content-type"));
+            assert!(e.message.contains("application/json"), "{}", e.message);
         }
     }
 

@@ -127,7 +127,16 @@ fn to_openai(body: &Map<String, Value>) -> Result<Map<String, Value>, Untranslat
                                 None | Some(Value::Null) => String::new(),
                                 Some(c) => text_of(c, &format!("{bat}.content"))?,
                             };
-                            msgs.push(json!({"role": "tool", "tool_call_id": b.get("tool_use_id").cloned().unwrap_or_default(), "content": text}));
+                            let id = match b.get("tool_use_id") {
+                                Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+                                _ => {
+                                    return Err(Untranslatable::value(
+                                        format!("{bat}.tool_use_id"),
+                                        "is required (the id of the tool_use block this result answers)",
+                                    ))
+                                }
+                            };
+                            msgs.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
                         }
                         _ => return Err(Untranslatable::unsupported(format!("{bat}.type"))),
                     }
@@ -200,7 +209,17 @@ fn to_openai(body: &Map<String, Value>) -> Result<Map<String, Value>, Untranslat
         out.insert("stream".into(), true.into());
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+    let tools = match body.get("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(t)) => Some(t),
+        Some(_) => {
+            return Err(Untranslatable::value(
+                "tools",
+                "must be an array of tool definitions ([{\"name\", \"input_schema\", …}])",
+            ))
+        }
+    };
+    if let Some(tools) = tools {
         let tools: Result<Vec<Value>, _> = tools
             .iter()
             .enumerate()
@@ -499,6 +518,20 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!((e.status, e.param.as_deref()), (400, Some("top_k")));
+        // `tools` as an object was dropped silently; a tool_result without its id went
+        // upstream as "": both are 400s naming the field.
+        let e = request(&body(json!({"model": "m", "max_tokens": 5,
+            "tools": {"name": "look", "input_schema": {"type": "object"}},
+            "messages": [{"role": "user", "content": "hi"}]})))
+        .unwrap_err();
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("tools")));
+        let e = request(&body(json!({"model": "m", "max_tokens": 5, "messages": [
+            {"role": "user", "content": [{"type": "tool_result", "content": "cat"}]}]})))
+        .unwrap_err();
+        assert_eq!(
+            (e.status, e.param.as_deref()),
+            (400, Some("messages[0].content[0].tool_use_id"))
+        );
         let e = request(&body(json!({"model": "m", "messages": []}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
     }
