@@ -66,6 +66,7 @@ pub async fn admit_chat(
         }
     }
     let key_plan = limits::key_plan(&key)?;
+    let reference = crate::explain::reference_ask(&chat.body, &key, key_plan.as_ref())?;
     let held_output = ledger::max_output_tokens(&chat.body);
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let taken = limits::take_windows(
@@ -91,6 +92,7 @@ pub async fn admit_chat(
         allowed_models,
         request: None,
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
+        reference,
     };
     // Only virtual models are planned from the body; a pinned model's body stays here.
     let (ask, mut chat) = if route::needs_body(&chat.model) {

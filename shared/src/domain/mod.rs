@@ -9,5 +9,6 @@ pub mod health;
 pub mod plans;
 pub mod pricing;
 pub mod route;
+pub mod saved;
 pub mod scorer;
 pub mod stitch;
