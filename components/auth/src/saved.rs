@@ -138,7 +138,10 @@ pub fn route_record(
     let kept = plan.cascade && ok && index.is_some_and(|i| i + 1 < plan.candidates.len());
     Some(RouteRecord {
         tier,
-        score: r.and_then(|r| r.score),
+        // f32 on the plan: widened and rounded, so it reads 0.192, not 0.19200000166893005.
+        score: r
+            .and_then(|r| r.score)
+            .map(|s| (f64::from(s) * 1000.0).round() / 1000.0),
         floor: r.and_then(|r| r.quality_floor),
         cascade: plan.cascade,
         escalated_from: cascade_header

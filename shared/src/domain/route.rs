@@ -985,6 +985,37 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
     }
 
     #[test]
+    fn the_reference_for_saved_is_the_strongest_eligible_or_what_was_asked_for() {
+        use crate::domain::saved::ReferenceFrom;
+        let reference = |p: &Plan| {
+            let r = p.reference.as_ref().unwrap();
+            (r.model.clone(), r.from, r.price.input)
+        };
+        // Tiers: the strongest eligible candidate, even when a cheaper one serves.
+        let p = run("lumen/fast", msg(json!({})), &[]).unwrap();
+        assert_eq!(order(&p)[0], "small");
+        assert_eq!(reference(&p), ("big".into(), ReferenceFrom::Tier, 5.0));
+        // ... among the eligible only (big is there, but this key may not use it).
+        let allowed = ["auto".into(), "small".into(), "mid".into()];
+        let p = run("auto", msg(json!({})), &allowed).unwrap();
+        assert_eq!(reference(&p), ("mid".into(), ReferenceFrom::Tier, 1.0));
+        // Pinned models (and aliases, rules) are their own reference; splits their pick.
+        let p = run("big-7", msg(json!({})), &[]).unwrap();
+        assert_eq!(reference(&p), ("big".into(), ReferenceFrom::Pinned, 5.0));
+        let p = run("lumen/ab", msg(json!({})), &[]).unwrap();
+        assert_eq!(reference(&p).1, ReferenceFrom::Split);
+        assert_eq!(reference(&p).0, order(&p)[0]);
+        // The request's own reference is the router component's to resolve, not decide's.
+        let p = run(
+            "auto",
+            msg(json!({"lumen": {"reference_model": "small"}})),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(reference(&p).1, ReferenceFrom::Tier);
+    }
+
+    #[test]
     fn cheapest_model_that_clears_the_floor_then_fallbacks() {
         // Predicted quality = 1 − P(falls short of big): small 0.25 < 0.6 ≤ mid 0.62, big 1.
         let p = run("auto", msg(json!({})), &[]).unwrap();

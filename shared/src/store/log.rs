@@ -141,9 +141,10 @@ pub struct RouteRecord {
     /// Tier (`lumen/auto`, …); empty for pinned models and splits.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tier: String,
-    /// The route's score at routing time: P(the cheapest eligible candidate falls short), 0..1.
+    /// The route's score at routing time: P(the cheapest eligible candidate falls short), 0..1,
+    /// to three decimals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub score: Option<f32>,
+    pub score: Option<f64>,
     /// The quality floor applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor: Option<f64>,
