@@ -7,6 +7,7 @@ use crate::kv::KvBackend;
 use crate::manifest::{Component as ComponentDef, Manifest, Route};
 use crate::outbound::{chaining_target, AllowedHost};
 use crate::outbound_http::OutboundHttp;
+use crate::reply;
 use crate::spin::{bindings::SpinImports, KvOps, SpinState, SpinView};
 use crate::variables::AppVariables;
 use bytes::Bytes;
@@ -15,9 +16,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, ResourceTable};
-use wasmtime::{bail, format_err, Engine, Result, Store};
+use wasmtime::{format_err, Engine, Result, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -26,8 +28,11 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
+/// A response body as the host hands it to hyper.
+pub type HostBody = HyperOutgoingBody;
+
 /// A response as the host hands it to hyper.
-pub type HostResponse = http::Response<HyperOutgoingBody>;
+pub type HostResponse = http::Response<HostBody>;
 
 /// One component, ready to instantiate.
 pub struct ComponentRuntime {
@@ -106,6 +111,7 @@ impl RouteEntry {
 /// The whole application.
 pub struct App {
     engine: Engine,
+    max_instances: u32,
     outbound: OutboundHttp,
     components: HashMap<String, Arc<ComponentRuntime>>,
     routes: Vec<RouteEntry>,
@@ -123,6 +129,8 @@ pub struct AppConfig<'a> {
     pub stores: &'a HashMap<String, Arc<dyn KvBackend>>,
     /// Where compiled components are cached.
     pub cache_dir: &'a Path,
+    /// Component instances alive at once (the pooling allocator's size).
+    pub max_instances: u32,
     /// Where to append one JSON line per request with its key-value round trips.
     pub kv_log: Option<&'a Path>,
 }
@@ -130,7 +138,7 @@ pub struct AppConfig<'a> {
 impl App {
     /// Compiles (or loads from cache) and pre-links every component.
     pub fn load(cfg: AppConfig<'_>) -> Result<Arc<App>> {
-        let engine = engine::shared_engine()?;
+        let engine = engine::engine_for(cfg.max_instances)?;
         let mut linker: Linker<Ctx> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -199,6 +207,7 @@ impl App {
         };
         Ok(Arc::new(App {
             engine,
+            max_instances: cfg.max_instances,
             outbound: OutboundHttp::new(),
             components,
             routes,
@@ -286,7 +295,24 @@ impl App {
             .await
         {
             Ok(resp) => resp,
-            Err(e) => {
+            Err(InvokeError::PoolExhausted(id)) => {
+                static LOG: AtomicU64 = AtomicU64::new(0);
+                let max = self.max_instances;
+                reply::log_throttled(&LOG, || {
+                    format!("lumen-host: {path}: no free instance for component {id:?}: all {max} instances are in use (max_instances); answered 503")
+                });
+                let mut resp = error_response(
+                    503,
+                    "server_busy",
+                    "the gateway is at its limit of concurrent requests; retry shortly",
+                );
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                resp
+            }
+            Err(InvokeError::Failed(e)) => {
                 eprintln!("lumen-host: {path}: {e:?}");
                 error_response(
                     500,
@@ -305,7 +331,7 @@ impl App {
         req: http::Request<B>,
         scheme: Scheme,
         (method, path): (String, String),
-    ) -> Result<HostResponse>
+    ) -> Result<HostResponse, InvokeError>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -317,12 +343,16 @@ impl App {
         let pre = comp.pre.clone();
         let id = comp.id.clone();
         let task = tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
+            let proxy = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(InvokeError::instantiation)?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await?;
-            Ok::<KvOps, wasmtime::Error>(store.data().spin.ops)
+                .await
+                .map_err(InvokeError::Failed)?;
+            Ok::<KvOps, InvokeError>(store.data().spin.ops)
         });
         match rx.await {
             Ok(Ok(resp)) => {
@@ -337,7 +367,7 @@ impl App {
                 tokio::spawn(async move {
                     match task.await {
                         Ok(Err(e)) => {
-                            eprintln!("lumen-host: component {id:?} failed after responding: {e:?}")
+                            eprintln!("lumen-host: component {id:?} failed after responding: {e}")
                         }
                         Ok(Ok(ops)) => app.log_kv(&method, &path, status, &request_id, ops),
                         Err(_) => {}
@@ -345,14 +375,22 @@ impl App {
                 });
                 Ok(resp)
             }
-            Ok(Err(code)) => bail!("component {:?} answered with error {code:?}", comp.id),
+            Ok(Err(code)) => {
+                Err(format_err!("component {:?} answered with error {code:?}", comp.id).into())
+            }
             Err(_) => match task.await {
-                Ok(Ok(_)) => bail!(
+                Ok(Ok(_)) => Err(format_err!(
                     "component {:?} returned without setting a response",
                     comp.id
-                ),
-                Ok(Err(e)) => Err(e.context(format!("component {:?} trapped", comp.id))),
-                Err(e) => bail!("component {:?} task failed: {e}", comp.id),
+                )
+                .into()),
+                Ok(Err(InvokeError::PoolExhausted(_))) => {
+                    Err(InvokeError::PoolExhausted(comp.id.clone()))
+                }
+                Ok(Err(InvokeError::Failed(e))) => {
+                    Err(e.context(format!("component {:?} trapped", comp.id)).into())
+                }
+                Err(e) => Err(format_err!("component {:?} task failed: {e}", comp.id).into()),
             },
         }
     }
@@ -410,10 +448,48 @@ impl App {
     }
 }
 
-/// An OpenAI-shaped error produced by the host itself.
+/// Why a component could not answer.
+#[derive(Debug)]
+pub enum InvokeError {
+    /// Every instance of the pooling allocator is in use (the component's id).
+    PoolExhausted(String),
+    /// Anything else: a trap, a failed instantiation, no response set.
+    Failed(wasmtime::Error),
+}
+
+impl InvokeError {
+    fn instantiation(e: wasmtime::Error) -> Self {
+        if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+            InvokeError::PoolExhausted(String::new())
+        } else {
+            InvokeError::Failed(e)
+        }
+    }
+}
+
+impl From<wasmtime::Error> for InvokeError {
+    fn from(e: wasmtime::Error) -> Self {
+        InvokeError::Failed(e)
+    }
+}
+
+impl std::fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvokeError::PoolExhausted(id) => {
+                write!(
+                    f,
+                    "no free instance for component {id:?} (instance pool exhausted)"
+                )
+            }
+            InvokeError::Failed(e) => write!(f, "{e:?}"),
+        }
+    }
+}
+
+/// An OpenAI-shaped error produced by the host itself, with a fresh `x-request-id`.
 pub fn error_response(status: u16, code: &str, message: &str) -> HostResponse {
-    let body = serde_json::json!({"error": {"message": message, "type": if status >= 500 { "server_error" } else { "invalid_request_error" }, "param": null, "code": code}});
-    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let bytes = Bytes::from(reply::error_body(status, code, message));
     let len = bytes.len();
     let mut resp = http::Response::new(
         Full::new(bytes)
@@ -428,6 +504,9 @@ pub fn error_response(status: u16, code: &str, message: &str) -> HostResponse {
         http::HeaderValue::from_static("application/json"),
     );
     h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    if let Ok(id) = http::HeaderValue::from_str(&reply::request_id()) {
+        h.insert("x-request-id", id);
+    }
     resp
 }
 
@@ -520,6 +599,7 @@ impl WasiHttpHooks for Hooks {
                     return Err(wasmtime_wasi_http::Error::DestinationNotFound);
                 };
                 let id = target.id.clone();
+                let max = app.max_instances;
                 let what = (
                     request.method().to_string(),
                     request.uri().path().to_string(),
@@ -529,8 +609,15 @@ impl WasiHttpHooks for Hooks {
                         resp,
                         Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
                     )),
+                    Err(InvokeError::PoolExhausted(_)) => {
+                        static LOG: AtomicU64 = AtomicU64::new(0);
+                        reply::log_throttled(&LOG, || {
+                            format!("lumen-host: service chaining to {id:?}: no free instance (all {max} in use, max_instances)")
+                        });
+                        Err(wasmtime_wasi_http::Error::ConnectionLimitReached)
+                    }
                     Err(e) => {
-                        eprintln!("lumen-host: service chaining to {id:?} failed: {e:?}");
+                        eprintln!("lumen-host: service chaining to {id:?} failed: {e}");
                         Err(wasmtime_wasi_http::Error::InternalError(Some(format!(
                             "component {id:?} failed"
                         ))))

@@ -3,24 +3,29 @@
 //! imports Spin provides, so tests and single-machine deployments need no `spin` CLI.
 
 pub mod app;
+pub mod body;
+pub mod conn_io;
 pub mod engine;
 pub mod kv;
+pub mod limits;
 pub mod manifest;
 pub mod outbound;
 pub mod outbound_http;
+pub mod reply;
 pub mod runtime_config;
+pub mod server;
 pub mod spin;
+pub mod sys;
 pub mod variables;
 
 use app::{App, AppConfig};
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use kv::{KvBackend, MemoryKv, RedisKv, SqliteKv};
+pub use limits::Limits;
 use runtime_config::KvStoreConfig;
+use server::Activity;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{format_err, Result};
@@ -42,6 +47,8 @@ pub struct HostOptions {
     pub variables: HashMap<String, String>,
     /// Compiled-component cache (default `<state dir>/cache`).
     pub cache_dir: Option<PathBuf>,
+    /// Timeouts and caps of the listener (see [`Limits`] for the defaults).
+    pub limits: Limits,
     /// Append one JSON line per request with its key-value round trips here
     /// (`LUMEN_HOST_KV_LOG`): how the KV-operation ceilings are tested and reported.
     pub kv_log: Option<PathBuf>,
@@ -58,6 +65,7 @@ impl HostOptions {
             memory_kv: false,
             variables: HashMap::new(),
             cache_dir: None,
+            limits: Limits::default(),
             kv_log: None,
         }
     }
@@ -67,6 +75,7 @@ impl HostOptions {
 pub struct RunningHost {
     addr: SocketAddr,
     app: Arc<App>,
+    admission: limits::Admission,
     stores: HashMap<String, Arc<dyn KvBackend>>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -100,6 +109,11 @@ impl RunningHost {
             lines.push(format!("{id}: private (http://{id}.spin.internal)"));
         }
         lines
+    }
+
+    /// Client connections open now (refused ones excluded).
+    pub fn open_connections(&self) -> usize {
+        self.admission.connections()
     }
 
     /// Stops accepting, waits up to 5 s for requests in flight, then returns.
@@ -160,72 +174,31 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         variables: &vars,
         stores: &stores,
         cache_dir: &cache_dir,
+        max_instances: opts.limits.max_instances,
         kv_log: opts.kv_log.as_deref(),
     })?;
 
     let listener =
         bind(opts.listen).map_err(|e| format_err!("cannot listen on {}: {e}", opts.listen))?;
     let addr = listener.local_addr().map_err(|e| format_err!("{e}"))?;
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let served = app.clone();
-    let task = tokio::spawn(async move {
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        loop {
-            let (sock, client) = tokio::select! {
-                _ = stopped.changed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        eprintln!("lumen-host: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = sock.set_nodelay(true);
-            let app = served.clone();
-            let in_flight = in_flight.clone();
-            let mut stop = stopped.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let app = app.clone();
-                        let in_flight = in_flight.clone();
-                        async move {
-                            in_flight.fetch_add(1, Ordering::SeqCst);
-                            let resp = app.handle_public(req, client, addr).await;
-                            in_flight.fetch_sub(1, Ordering::SeqCst);
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    },
-                );
-                let conn = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(sock), service);
-                tokio::pin!(conn);
-                // On shutdown, finish the request in progress and close the connection.
-                let served = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = stop.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = served {
-                    if !e.is_incomplete_message() {
-                        eprintln!("lumen-host: connection from {client}: {e}");
-                    }
-                }
-            });
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admission = limits::Admission::new(opts.limits.clone());
+    let activity = Arc::new(Activity::default());
+    server::spawn_memory_trimmer(activity.clone(), stopped.clone());
+    let task = tokio::spawn({
+        let (app, admission) = (app.clone(), admission.clone());
+        async move {
+            server::serve(listener, app, admission, activity.clone(), stopped).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while activity.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     });
     Ok(RunningHost {
         addr,
         app,
+        admission,
         stores,
         stop,
         task,

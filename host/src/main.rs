@@ -1,8 +1,10 @@
 //! `lumen-host up`: run the Spin app of a `spin.toml` on wasmtime, like `spin up`.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use lumen_host::limits::parse_duration;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -34,10 +36,83 @@ enum Command {
         /// Directory for compiled components (default: <state dir>/cache).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
 }
 
+/// Timeouts and caps of the listener; each flag also reads the environment variable named.
+/// Defaults are `lumen_host::Limits::default()` (README, "Security").
+#[derive(Args)]
+#[command(next_help_heading = "Timeouts and caps")]
+struct LimitArgs {
+    /// Open client connections in all (more get 503)
+    #[arg(long, env = "LUMEN_MAX_CONNECTIONS", default_value_t = Self::d().max_connections)]
+    max_connections: usize,
+    /// Open connections per client IP, IPv6 per /64 (more get 429)
+    #[arg(long, env = "LUMEN_MAX_CONNECTIONS_PER_IP", default_value_t = Self::d().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Requests in flight whose credential has not been accepted yet, in all (503)
+    #[arg(long, env = "LUMEN_MAX_UNAUTHENTICATED_REQUESTS", default_value_t = Self::d().max_unauthenticated_requests)]
+    max_unauthenticated_requests: usize,
+    /// The same per client IP (429)
+    #[arg(long, env = "LUMEN_MAX_UNAUTHENTICATED_REQUESTS_PER_IP", default_value_t = Self::d().max_unauthenticated_requests_per_ip)]
+    max_unauthenticated_requests_per_ip: usize,
+    /// Requests in flight per credential (Authorization / x-api-key value) (429)
+    #[arg(long, env = "LUMEN_MAX_REQUESTS_PER_CREDENTIAL", default_value_t = Self::d().max_requests_per_credential)]
+    max_requests_per_credential: usize,
+    /// Time for a request head to arrive (408)
+    #[arg(long, env = "LUMEN_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    header_timeout: Duration,
+    /// Keep-alive connections with no request are closed after this
+    #[arg(long, env = "LUMEN_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    idle_timeout: Duration,
+    /// Grace for a request body before --body-min-rate applies (408)
+    #[arg(long, env = "LUMEN_BODY_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    body_timeout: Duration,
+    /// Minimum average request body rate after the grace, bytes per second
+    #[arg(long, env = "LUMEN_BODY_MIN_RATE", default_value_t = Self::d().body_min_rate)]
+    body_min_rate: u64,
+    /// A response write without progress for this long closes the connection
+    #[arg(long, env = "LUMEN_WRITE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    write_timeout: Duration,
+    /// Bytes of an unread request body discarded after the answer so the client can read it
+    #[arg(long, env = "LUMEN_DRAIN_MAX_BYTES", default_value_t = Self::d().drain_max_bytes)]
+    drain_max_bytes: u64,
+    /// Longest such drain
+    #[arg(long, env = "LUMEN_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    drain_timeout: Duration,
+    /// Component instances alive at once (the instance pool; a request finding none gets 503)
+    #[arg(long, env = "LUMEN_MAX_INSTANCES", default_value_t = Self::d().max_instances)]
+    max_instances: u32,
+}
+
+impl LimitArgs {
+    fn d() -> lumen_host::Limits {
+        lumen_host::Limits::default()
+    }
+
+    fn limits(self) -> lumen_host::Limits {
+        lumen_host::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_unauthenticated_requests: self.max_unauthenticated_requests,
+            max_unauthenticated_requests_per_ip: self.max_unauthenticated_requests_per_ip,
+            max_requests_per_credential: self.max_requests_per_credential,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
+            body_min_rate: self.body_min_rate,
+            write_timeout: self.write_timeout,
+            drain_max_bytes: self.drain_max_bytes,
+            drain_timeout: self.drain_timeout,
+            max_instances: self.max_instances,
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    lumen_host::sys::tune_allocator();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,12 +140,21 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
         runtime_config_file,
         state_dir,
         cache_dir,
+        limits,
     } = cli.command;
+    let fds = lumen_host::sys::raise_fd_limit();
+    if let Some(fds) = fds.filter(|&n| n < limits.max_connections as u64 + 256) {
+        eprintln!(
+            "lumen-host: warning: the open-file limit is {fds}, below --max-connections ({}) plus room for upstream connections and files; raise it (ulimit -n) or lower --max-connections",
+            limits.max_connections
+        );
+    }
     let mut opts = lumen_host::HostOptions::new(manifest);
     opts.listen = listen;
     opts.runtime_config = runtime_config_file;
     opts.state_dir = state_dir;
     opts.cache_dir = cache_dir;
+    opts.limits = limits.limits();
     opts.variables = lumen_host::variables::from_env(std::env::vars());
     opts.kv_log = std::env::var_os("LUMEN_HOST_KV_LOG").map(std::path::PathBuf::from);
     let host = lumen_host::start(opts).await?;
@@ -92,4 +176,29 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
     eprintln!("lumen-host: shutting down");
     host.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_defaults_are_the_libraries() {
+        let cli = Cli::try_parse_from(["lumen-host", "up"]).expect("parses");
+        let Command::Up { limits, .. } = cli.command;
+        assert_eq!(limits.limits(), lumen_host::Limits::default());
+        let cli = Cli::try_parse_from([
+            "lumen-host",
+            "up",
+            "--header-timeout",
+            "500ms",
+            "--max-connections-per-ip",
+            "7",
+        ])
+        .expect("parses");
+        let Command::Up { limits, .. } = cli.command;
+        let limits = limits.limits();
+        assert_eq!(limits.header_timeout, Duration::from_millis(500));
+        assert_eq!(limits.max_connections_per_ip, 7);
+    }
 }

@@ -25,13 +25,23 @@ const CATALOG_NAME: &str = "config/catalog.toml";
 /// Where spin.toml mounts the scorer's weights.
 const WEIGHTS_PATH: &str = "/config/router-weights.bin";
 
-/// The catalog, read and checked once per instance.
+/// The catalog this router was built with (see build.rs): its source and the checked result.
+const BAKED_TOML: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.toml"));
+const BAKED_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.json"));
+
+/// The catalog, once per instance: the mounted file, decoded from the baked, checked form when
+/// it is the file the router was built with, parsed and checked otherwise.
 fn catalog() -> Result<&'static Catalog, ApiError> {
     static CATALOG: OnceLock<Result<Catalog, String>> = OnceLock::new();
     CATALOG
         .get_or_init(|| {
             let text = std::fs::read_to_string(CATALOG_PATH)
                 .map_err(|e| format!("could not read {CATALOG_NAME}: {e}"))?;
+            if text == BAKED_TOML {
+                if let Ok(c) = serde_json::from_str(BAKED_JSON) {
+                    return Ok(c);
+                }
+            }
             Catalog::from_toml(&text, CATALOG_NAME)
         })
         .as_ref()
