@@ -5,9 +5,10 @@
 # Deterministic: `scripts/train-router.sh --check` retrains and fails if the result differs from
 # the committed files.
 #
-#   scripts/train-router.sh --feedback labels.jsonl [--feedback-weight 0.5]
-# mixes exported feedback labels (format in tests/src/train/feedback.rs and bench/ROUTER.md) into
-# training and appends a before/after table on the held-out groups to the report.
+#   scripts/train-router.sh --feedback labels.jsonl [--prompts prompts.jsonl] [--feedback-weight 0.5]
+# mixes exported feedback labels (format in tests/src/train/feedback.rs and bench/ROUTER.md; the
+# gateway's GET /admin/feedback writes them without prompts, which --prompts joins by request_id)
+# into training and appends a before/after table on the held-out groups to the report.
 # Other args go to lumen-train (--data PATH, --gsm8k PATH, --out, --report; see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -68,6 +68,10 @@ pub struct PlanRequest {
     /// catalog's `fallbacks` for this request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// The reference model for `lumen.saved` the request, key or plan asks for (auth resolves
+    /// which applies); none = the plan's default ([`crate::domain::saved`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::domain::saved::ReferenceAsk>,
 }
 
 /// Where and how to call a provider.
@@ -150,6 +154,9 @@ pub struct Plan {
     /// Why this plan, for `x-lumen-route` and `lumen.route`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<crate::domain::route::RouteExplain>,
+    /// The model `lumen.saved` is priced against ([`crate::domain::saved`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::domain::saved::Reference>,
 }
 
 /// Which upstream endpoint a call is for.
@@ -264,6 +271,13 @@ pub struct SettleRequest {
     /// The budget hold taken at admission, settled to the actual cost with this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<crate::store::ledger::Hold>,
+    /// The plan's reference model: the meter records what the request saved against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::domain::saved::Reference>,
+    /// The route that was taken (tier, score at routing time, cascade outcome), recorded in the
+    /// log entry for feedback to join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<crate::store::log::RouteRecord>,
 }
 
 /// One row of `GET /v1/usage`.
@@ -290,6 +304,10 @@ pub struct UsageRow {
     pub cached_tokens: u64,
     /// Cost in US dollars.
     pub cost_usd: f64,
+    /// Saved against each request's reference model, US dollars (negative when the models that
+    /// served cost more than their references).
+    #[serde(default)]
+    pub saved_usd: f64,
 }
 
 /// `GET /v1/usage`.

@@ -103,6 +103,15 @@ impl ApiError {
         e
     }
 
+    /// 409: the request conflicts with what is already recorded (e.g. a second feedback on one
+    /// request); `param` names the field.
+    pub fn conflict(message: impl Into<String>, param: Option<&str>, code: &str) -> Self {
+        let mut e = Self::new(409, "invalid_request_error", Blame::Client, message);
+        e.param = param.map(str::to_string);
+        e.code = Some(code.to_string());
+        e
+    }
+
     /// 405: the route exists but not with this method.
     pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
         let mut e = Self::new(

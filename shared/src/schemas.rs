@@ -23,6 +23,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("kv.log-block.v2.json", s::<crate::store::log::Block>()),
         ("kv.log-super.v2.json", s::<crate::store::log::Super>()),
         ("kv.health.v2.json", s::<crate::domain::health::Record>()),
+        (
+            "kv.feedback.v1.json",
+            s::<crate::store::feedback::FeedbackRecord>(),
+        ),
         ("contract.plan-request.json", s::<PlanRequest>()),
         ("contract.plan.json", s::<Plan>()),
         ("contract.settle-request.json", s::<SettleRequest>()),

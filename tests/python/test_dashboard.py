@@ -392,9 +392,10 @@ def test_dashboard_in_chromium(dash_gateway: Server, dash_admin: httpx.Client, d
         shutil.rmtree(profile, ignore_errors=True)
 
 
-# Rewrites the admin API's answers in the page (before any page script runs) to carry fields the
-# API does not have yet: `saved_usd` on usage rows; `route`, `fallbacks`, `saved_usd` and an
-# unknown `region` on records.
+# Rewrites the admin API's answers in the page (before any page script runs) so optional fields
+# have values the test can check: `saved_usd` on usage rows and `route` on records (the API
+# reports both itself, from the routes the mock made: these fixed values replace them), and
+# `fallbacks`, `saved_usd` and an unknown `region` on records (fields the API does not have yet).
 FUTURE_FIELDS_JS = """
 const realFetch = window.fetch.bind(window);
 window.fetch = async (input, init) => {

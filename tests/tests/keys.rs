@@ -251,7 +251,7 @@ async fn a_key_reads_only_its_own_usage() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "day,model,key_id,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd"
+        "day,model,key_id,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd,saved_usd"
     );
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[1].contains(",,,2,0,"), "{text}");

@@ -305,7 +305,8 @@ async fn usage_records_audit_and_route() {
             "PROMPT",
             "COMPLETION",
             "CACHED",
-            "COST"
+            "COST",
+            "SAVED"
         ]
     );
     let model_row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();

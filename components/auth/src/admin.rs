@@ -85,9 +85,12 @@ pub async fn create(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiEr
             ask.allowed_models = plan.allowed_models.clone();
         }
     }
-    if !ask.allowed_models.is_empty() {
+    if !ask.allowed_models.is_empty() || ask.reference_model.is_some() {
         let models = deps::models()?;
         apikeys::check_allowed_models(&ask.allowed_models, &models)?;
+        if let Some(m) = &ask.reference_model {
+            apikeys::check_reference_model(m, &models)?;
+        }
     }
     let kv = SpinKv::open_or_503()?;
     let mut secret = [0u8; 32];

@@ -112,6 +112,7 @@ pub async fn admit_chat(
     chat: ChatRequest,
 ) -> Result<Admitted, ApiError> {
     let key_plan = limits::key_plan(&caller.key)?;
+    let reference = crate::explain::reference_ask(&chat.body, &caller.key, key_plan.as_ref())?;
     let held_output = ledger::max_output_tokens(&chat.body);
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     // Both are bounded (the body's size, MAX_OUTPUT_TOKENS): the sum cannot wrap.
@@ -130,6 +131,7 @@ pub async fn admit_chat(
         allowed_models,
         request: None,
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
+        reference,
     };
     // Only virtual models are planned from the body; a pinned model's body stays here and the
     // router gets its routing fields alone (provider preferences).

@@ -7,7 +7,7 @@ use lumen_shared::wire::openai::check_json_content_type;
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_request_body, request_header};
 use lumen_spin::util::{
-    content_length_exceeds, elapsed_ms, format_ms, now_ms, parse_byte_limit, request_id,
+    content_length_exceeds, elapsed_ms, format_ms, now_ms, parse_byte_limit, request_id_at,
     split_path, DEFAULT_MAX_REQUEST_BYTES,
 };
 use lumen_spin::Reply;
@@ -20,7 +20,7 @@ pub const NONE: &str = "none";
 
 /// What a response needs to know about its request.
 pub struct Ctx {
-    /// `req_` + 24 hex characters.
+    /// `req_` + 24 hex characters: the arrival in ms, then random ([`lumen_shared::wire::request_id`]).
     pub request_id: String,
     /// Arrival.
     pub started: Instant,
@@ -50,10 +50,11 @@ impl Default for Ctx {
 impl Ctx {
     /// A context for a request arriving now.
     pub fn new() -> Ctx {
+        let started_ms = now_ms();
         Ctx {
-            request_id: request_id(),
+            request_id: request_id_at(started_ms),
             started: Instant::now(),
-            started_ms: now_ms(),
+            started_ms,
             model: NONE.into(),
             provider: NONE.into(),
             upstream_ms: 0.0,

@@ -1,31 +1,15 @@
-//! Routing explainability: `lumen.route` in non-stream answers, and `POST /v1/route` (the plan
-//! for one request or a batch, without calling any model).
+//! Routing explainability: `POST /v1/route`, the plan for one request or a batch, without
+//! calling any model (`lumen.route` on answers is added in `saved.rs`).
 
 use crate::chat::{gate, refund};
 use crate::ctx::{read_body, Ctx, ReqInfo};
 use crate::deps;
 use lumen_shared::contracts::PlanRequest;
-use lumen_shared::domain::route::RouteExplain;
 use lumen_shared::wire::openai::{parse_chat_request, parse_json_object};
 use lumen_shared::ApiError;
 use lumen_spin::{Reply, SpinKv};
 use serde_json::{json, Value};
 use spin_sdk::http::IncomingRequest;
-
-/// Adds `lumen.route` to a JSON answer (kept as is when it is not a JSON object).
-pub fn with_route(body: Vec<u8>, route: Option<&RouteExplain>) -> Vec<u8> {
-    let Some(route) = route else { return body };
-    let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(&body) else {
-        return body;
-    };
-    let lumen = answer
-        .entry("lumen")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if let Some(obj) = lumen.as_object_mut() {
-        obj.insert("route".into(), json!(route));
-    }
-    serde_json::to_vec(&answer).unwrap_or(body)
-}
 
 /// `POST /v1/route`: a chat completion body → its plan; `{"requests": [...], "explain": bool}` →
 /// `{"object":"list","data":[plan or error, …]}`. Counts as one request against the key's limit,
@@ -51,10 +35,12 @@ pub async fn route(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Resul
         return Ok(Reply::json(200, &list));
     }
     let chat = parse_chat_request(&body)?;
+    let key_plan = crate::limits::key_plan(&key)?;
     let ask = PlanRequest {
         model: chat.model.clone(),
         allowed_models: key.allowed_models.clone(),
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
+        reference: reference_ask(&chat.body, &key, key_plan.as_ref())?,
         request: Some(chat.body),
     };
     match deps::plan(&ask) {
@@ -68,22 +54,16 @@ pub async fn route(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Resul
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_goes_into_lumen_object() {
-        let r = RouteExplain {
-            model: "m".into(),
-            reason: "why".into(),
-            ..RouteExplain::default()
-        };
-        let out = with_route(br#"{"id":"x","lumen":{"cost":1}}"#.to_vec(), Some(&r));
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["lumen"]["cost"], 1);
-        assert_eq!(v["lumen"]["route"]["model"], "m");
-        assert_eq!(with_route(b"[1]".to_vec(), Some(&r)), b"[1]".to_vec());
-        assert_eq!(with_route(b"{}".to_vec(), None), b"{}".to_vec());
-    }
+/// The reference model for `lumen.saved` a request asks for: its own `lumen.reference_model`,
+/// else the key's, else the key's plan's ([`lumen_shared::domain::saved`]).
+pub fn reference_ask(
+    body: &serde_json::Map<String, Value>,
+    key: &lumen_shared::store::ApiKeyRecord,
+    plan: Option<&lumen_shared::domain::plans::Plan>,
+) -> Result<Option<lumen_shared::domain::saved::ReferenceAsk>, ApiError> {
+    lumen_shared::domain::saved::ask(
+        body,
+        key.reference_model.as_deref(),
+        plan.and_then(|p| p.reference_model.as_deref()),
+    )
 }

@@ -10,10 +10,12 @@ mod chat;
 mod ctx;
 mod deps;
 mod explain;
+mod feedback;
 mod health;
 mod limits;
 mod relay;
 mod routes;
+mod saved;
 
 use ctx::{Ctx, ReqInfo};
 use lumen_spin::http::respond;
@@ -33,6 +35,8 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::Model(id)) => account::model(&info, &id).await,
         Ok(Route::Usage) => account::usage(&info).await,
         Ok(Route::Plan) => explain::route(&mut ctx, &info, req).await,
+        Ok(Route::Feedback) => feedback::give(&info, req).await,
+        Ok(Route::AdminFeedback) => feedback::export(&info),
         Ok(Route::CreateKey) => admin::create(&info, req).await,
         Ok(Route::ListKeys) => admin::list(&info),
         Ok(Route::DeleteKey(id)) => admin::delete(&info, &id),

@@ -13,11 +13,12 @@ use crate::chat::Admitted;
 use crate::ctx::Ctx;
 use crate::deps::{self, ProviderAnswer};
 use crate::limits;
+use crate::saved;
 use futures::SinkExt;
 use lumen_shared::contracts::{
     headers, CallKind, CallRequest, Outcome, Plan, SettleRequest, UsageReport,
 };
-use lumen_shared::domain::route::RouteExplain;
+use lumen_shared::domain::saved::Saved;
 use lumen_shared::store::ledger::{self, Hold};
 use lumen_shared::store::limits::Taken;
 use lumen_shared::store::{log, TenantRecord};
@@ -56,6 +57,10 @@ struct Budget {
     taken: Vec<Taken>,
     /// The request's place in the log, once settled.
     seq: Option<u64>,
+    /// What it saved against its reference model, once settled.
+    saved: Option<Saved>,
+    /// The provider's `lumen-cascade` header: the candidates the cascade escalated from.
+    escalated: Option<String>,
 }
 
 /// The wire shape the client speaks.
@@ -100,6 +105,8 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
         held_output,
         taken,
         seq: None,
+        saved: None,
+        escalated: None,
     };
     let prompt_estimate = estimate_prompt_tokens(&chat.body);
     let call = CallRequest {
@@ -143,6 +150,7 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             if let Some(why) = resp.header(headers::CASCADE) {
                 let r = ctx.route.take().unwrap_or_default();
                 ctx.route = Some(format!("{r}; escalated={why}"));
+                budget.escalated = Some(why);
             }
             ctx.upstream_ms = resp
                 .header(headers::UPSTREAM_MS)
@@ -157,16 +165,10 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
                 let seen = (key.id.as_str(), chat.stream, &plan);
                 stream(&ctx, resp, out, prompt_estimate, &mut budget, seen, shape).await;
             } else {
-                let (reply, report) = whole(
-                    &ctx,
-                    resp,
-                    prompt_estimate,
-                    &content_type,
-                    shape,
-                    route.as_ref(),
-                )
-                .await;
+                let (reply, report) =
+                    whole(&ctx, resp, prompt_estimate, &content_type, shape).await;
                 settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
+                let reply = saved::finish_whole(reply, route.as_ref(), budget.saved.as_ref());
                 respond(out, ctx.stamp(reply)).await;
             }
         }
@@ -187,7 +189,6 @@ async fn whole(
     prompt_estimate: u64,
     content_type: &str,
     shape: Shape,
-    route: Option<&RouteExplain>,
 ) -> (Reply, UsageReport) {
     let status = resp.status();
     let retry_after = resp.header("retry-after");
@@ -202,11 +203,6 @@ async fn whole(
     let ok = (200..300).contains(&status);
     let (reply, report) = match body {
         Ok(body) => {
-            let body = if ok {
-                crate::explain::with_route(body, route)
-            } else {
-                body
-            };
             let content_type = if content_type.is_empty() {
                 "application/json"
             } else {
@@ -341,9 +337,11 @@ async fn stream(
     let mut cut_by_budget = false;
     let done_event = sse::data_event("[DONE]");
     let mut held_done: Option<Vec<u8>> = None;
+    // The final chunk waits for the settlement's `saved`.
+    let mut fin = saved::FinalChunk::default();
     {
         'read: while let Some(chunk) = resp.next_piece() {
-            for ev in parser.push(&chunk) {
+            for ev in parser.push(&chunk).into_iter().flat_map(|ev| fin.pass(ev)) {
                 if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
                     if bytes == done_event {
                         held_done = Some(bytes);
@@ -413,6 +411,7 @@ async fn stream(
         (relay.report(false, fallback, prompt_estimate), Some(last))
     };
     settle(ctx, key_id, is_stream, report, plan, budget).await;
+    let last = last.map(|l| [fin.release(budget.saved.as_ref()), l].concat());
     // The last bytes are OpenAI events: Anthropic clients get them converted.
     let last = match (last, convert.as_mut()) {
         (Some(last), Some(c)) => Some(
@@ -443,6 +442,12 @@ async fn settle(
     budget: &mut Budget,
 ) {
     let used = report.usage.prompt_tokens + report.usage.completion_tokens;
+    let route = saved::route_record(
+        plan,
+        (&report.model, &report.provider),
+        report.outcome == Outcome::Ok,
+        budget.escalated.as_deref(),
+    );
     limits::reconcile(&budget.taken, used);
     let hold = budget.hold.take();
     // The price of the provider that served (the same model can be offered at several prices).
@@ -462,12 +467,17 @@ async fn settle(
         report,
         price,
         hold,
+        reference: plan.reference.clone(),
+        route,
     };
     let mut last = None;
     for _ in 0..2 {
         match deps::settle(&req) {
             Ok(done) => {
                 budget.seq = done.get("seq").and_then(Value::as_u64);
+                budget.saved = done
+                    .get("saved")
+                    .and_then(|s| serde_json::from_value(s.clone()).ok());
                 return;
             }
             Err(e) => last = Some(e),

@@ -21,6 +21,10 @@ pub enum Route {
     Usage,
     /// `POST /v1/route`.
     Plan,
+    /// `POST /v1/feedback`: feedback on one of the key's answers.
+    Feedback,
+    /// `GET /admin/feedback`: feedback and cascade labels as JSONL for retraining.
+    AdminFeedback,
     /// `POST /admin/keys`.
     CreateKey,
     /// `GET /admin/keys`.
@@ -114,6 +118,8 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/admin/audit/head" => only("GET", Route::AuditHead),
         "/admin/audit/verify" => only("GET", Route::AuditVerify),
         "/v1/route" => only("POST", Route::Plan),
+        "/v1/feedback" => only("POST", Route::Feedback),
+        "/admin/feedback" => only("GET", Route::AdminFeedback),
         "/admin/health" => only("GET", Route::AdminHealth),
         "/admin/keys" => match method {
             "GET" => Ok(Route::ListKeys),
@@ -221,6 +227,12 @@ mod tests {
         );
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
         assert_eq!(match_route("POST", "/v1/route"), Ok(Route::Plan));
+        assert_eq!(match_route("POST", "/v1/feedback"), Ok(Route::Feedback));
+        assert_eq!(match_route("GET", "/v1/feedback").unwrap_err().status, 405);
+        assert_eq!(
+            match_route("GET", "/admin/feedback"),
+            Ok(Route::AdminFeedback)
+        );
         assert_eq!(match_route("GET", "/admin/keys"), Ok(Route::ListKeys));
         assert_eq!(match_route("POST", "/admin/keys"), Ok(Route::CreateKey));
         assert_eq!(

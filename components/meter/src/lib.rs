@@ -18,9 +18,12 @@ fn settle(body: &[u8]) -> Result<Value, ApiError> {
     let kv = SpinKv::open_or_503()?;
     let done = usage::settle(&kv, &settle, now_ms()).map_err(|e| unavailable(&e))?;
     let e = done.entry;
-    Ok(
-        serde_json::json!({"recorded": true, "cost_usd": e.cost_nanos as f64 / NANOS_PER_USD, "seq": e.seq}),
-    )
+    Ok(serde_json::json!({
+        "recorded": true,
+        "cost_usd": e.cost_nanos as f64 / NANOS_PER_USD,
+        "seq": e.seq,
+        "saved": done.saved,
+    }))
 }
 
 fn seal() -> Result<Value, ApiError> {

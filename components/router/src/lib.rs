@@ -9,6 +9,7 @@ use lumen_shared::domain::catalog::Catalog;
 use lumen_shared::domain::fallback;
 use lumen_shared::domain::health::{Availability, Policy};
 use lumen_shared::domain::route::{decide, keep_providers, Inputs, Prefs};
+use lumen_shared::domain::saved;
 use lumen_shared::domain::scorer::Weights;
 use lumen_shared::store::{health, Target};
 use lumen_shared::ApiError;
@@ -129,6 +130,7 @@ fn plan(body: &[u8]) -> Result<Plan, ApiError> {
         &ask.allowed_models,
         ask.request.as_ref(),
     )?;
+    plan.reference = saved::resolve(cat, ask.reference.as_ref(), plan.reference.take())?;
     // Fallbacks (the request's `models`, else the catalog's) after the decision, unless the
     // request said `provider.allow_fallbacks: false`; then health.
     let no_fallbacks = ask
@@ -190,7 +192,11 @@ fn route_batch(body: &[u8]) -> Result<Value, ApiError> {
                     } else {
                         None
                     };
-                    plan_one(cat, kv, model, &batch.allowed_models, Some(o))
+                    saved::ask(o, None, None).and_then(|asked| {
+                        let mut p = plan_one(cat, kv, model, &batch.allowed_models, Some(o))?;
+                        p.reference = saved::resolve(cat, asked.as_ref(), p.reference.take())?;
+                        Ok(p)
+                    })
                 }
             },
         };

@@ -65,9 +65,22 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// A request id: `req_` + 24 random hex characters.
+/// A request id for a request arriving at `now_ms`: `req_` + 24 hex characters, the arrival then
+/// 6 random bytes ([`lumen_shared::wire::request_id`]).
+pub fn request_id_at(now_ms: u64) -> String {
+    let mut random = [0u8; 6];
+    if fill_random(&mut random).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        random[..4].copy_from_slice(&nanos.to_le_bytes());
+    }
+    lumen_shared::wire::request_id::new(now_ms, random)
+}
+
+/// A request id for a request arriving now.
 pub fn request_id() -> String {
-    format!("req_{}", random_hex(12))
+    request_id_at(now_ms())
 }
 
 /// Picks the handler for `method` and `path` from a fixed table of `(path, method, handler)`:

@@ -140,6 +140,9 @@ enum Keys {
         /// Expiry, unix seconds.
         #[arg(long, value_name = "UNIX_SECONDS")]
         expires_at: Option<i64>,
+        /// The model `lumen.saved` is priced against [default: the plan's, else the route's].
+        #[arg(long, value_name = "MODEL")]
+        reference_model: Option<String>,
     },
     /// List keys (never their secrets).
     List,
@@ -242,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tenant,
                     plan,
                     expires_at,
+                    reference_model,
                 } => {
                     cmd::keys_create(
                         &c,
@@ -253,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             tenant,
                             plan,
                             expires_at,
+                            reference_model,
                         },
                     )
                     .await

@@ -40,6 +40,8 @@ pub struct NewKey {
     pub plan: Option<String>,
     /// Expiry, unix seconds.
     pub expires_at: Option<i64>,
+    /// Reference model for `lumen.saved`.
+    pub reference_model: Option<String>,
 }
 
 fn key_block(v: &Value) -> String {
@@ -72,7 +74,11 @@ pub async fn keys_create(c: &Client, out: Out, k: NewKey) -> Result<()> {
     if !k.models.is_empty() {
         body.insert("allowed_models".into(), json!(k.models));
     }
-    for (field, v) in [("tenant", k.tenant), ("plan", k.plan)] {
+    for (field, v) in [
+        ("tenant", k.tenant),
+        ("plan", k.plan),
+        ("reference_model", k.reference_model),
+    ] {
         if let Some(v) = v {
             body.insert(field.into(), json!(v));
         }
@@ -289,6 +295,7 @@ pub async fn usage(c: &Client, out: Out, f: &UsageFilter) -> Result<()> {
         ("COMPLETION", Align::Right),
         ("CACHED", Align::Right),
         ("COST", Align::Right),
+        ("SAVED", Align::Right),
     ]);
     let mut t = Table::new(&headers);
     let numbers = |r: &Value| {
@@ -299,6 +306,7 @@ pub async fn usage(c: &Client, out: Out, f: &UsageFilter) -> Result<()> {
             text(&r["completion_tokens"]),
             text(&r["cached_tokens"]),
             usd(&r["cost_usd"]),
+            usd(&r["saved_usd"]),
         ]
     };
     for r in &rows {

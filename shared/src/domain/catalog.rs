@@ -504,6 +504,7 @@ impl Catalog {
             defaults: serde_json::Map::new(),
             cascade: false,
             route: None,
+            reference: None,
         })
     }
 

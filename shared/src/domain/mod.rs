@@ -10,5 +10,6 @@ pub mod plans;
 pub mod pricing;
 pub mod retry;
 pub mod route;
+pub mod saved;
 pub mod scorer;
 pub mod stitch;

@@ -36,6 +36,10 @@ pub struct Plan {
     /// Per-key limits on one model (by catalog id), on top of the key's own.
     #[serde(default)]
     pub models: BTreeMap<String, ModelLimits>,
+    /// Reference model for `lumen.saved` of the plan's keys (a key's own wins); none = the
+    /// route's own ([`crate::domain::saved`]).
+    #[serde(default)]
+    pub reference_model: Option<String>,
 }
 
 /// Limits of a key on one model.

@@ -17,6 +17,7 @@
 
 use crate::contracts::{Candidate, Plan};
 use crate::domain::catalog::{Catalog, ModelConfig};
+use crate::domain::saved::{Reference, ReferenceFrom};
 use crate::domain::scorer::Weights;
 use crate::error::ApiError;
 use crate::wire::openai::estimate_prompt_tokens;
@@ -35,7 +36,7 @@ pub const ROUTING_FIELDS: &[&str] = &[
 
 /// Keys of the request's `lumen` object the router reads; the others (`fallbacks`, `retries`,
 /// `deadlines`) are the provider's and travel on to it.
-pub const LUMEN_ROUTING_KEYS: &[&str] = &["cascade", "session"];
+pub const LUMEN_ROUTING_KEYS: &[&str] = &["cascade", "session", "reference_model"];
 
 /// Model-string parameters that may not be set as defaults.
 const FORBIDDEN_PARAMS: &[&str] = &["model", "messages", "stream", "stream_options"];
@@ -215,12 +216,14 @@ impl Prefs {
                                 bad("lumen.session", "'lumen.session' must be a string".into())
                             })?)
                         }
+                        // Auth reads and checks it (pinned models never reach here).
+                        "reference_model" => {}
                         // The provider's options, validated there.
                         "fallbacks" | "retries" | "deadlines" => {}
                         _ => {
                             return Err(bad(
                                 &format!("lumen.{k}"),
-                                format!("unknown field 'lumen.{k}'; known: cascade, session, fallbacks, retries, deadlines"),
+                                format!("unknown field 'lumen.{k}'; known: cascade, session, reference_model, fallbacks, retries, deadlines"),
                             ))
                         }
                     }
@@ -576,6 +579,12 @@ fn split_plan(
         "split {name}: {winner} (weight {} of {total}), chosen by {by}",
         sp.targets[pick].weight
     );
+    // The split picked for an experiment, not to save: its pick is the reference.
+    let reference = candidates.first().map(|c| Reference {
+        model: c.model.clone(),
+        price: c.price.clone(),
+        from: ReferenceFrom::Split,
+    });
     Ok(Plan {
         requested: inp.model.to_string(),
         reason: reason.clone(),
@@ -588,6 +597,7 @@ fn split_plan(
             cascade: prefs.cascade,
             ..RouteExplain::default()
         }),
+        reference,
     })
 }
 
@@ -706,6 +716,13 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
             reason: plan.reason.clone(),
             ..RouteExplain::default()
         });
+        // Routing chose nothing: the model asked for (at the asked provider's price) is the
+        // reference, so a saving shows only when a fallback served something cheaper.
+        plan.reference = Some(Reference {
+            model: plan.candidates[0].model.clone(),
+            price: plan.candidates[0].price.clone(),
+            from: ReferenceFrom::Pinned,
+        });
         return Ok(plan);
     };
     let tier_id = format!("{TIER_PREFIX}{tier}");
@@ -800,6 +817,16 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         t if t.is_finite() => t,
         _ => strongest(false),
     };
+    // The reference for `lumen.saved`: the strongest eligible candidate (the dearest on a tie).
+    let reference = looked
+        .iter()
+        .filter(|l| l.3.is_none() && l.2 == top)
+        .max_by(|a, b| blended(a.1).total_cmp(&blended(b.1)).then(b.0.cmp(a.0)))
+        .map(|l| Reference {
+            model: l.0.clone(),
+            price: l.1.price.clone(),
+            from: ReferenceFrom::Tier,
+        });
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     let score = looked
         .iter()
@@ -913,6 +940,7 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         defaults: spec.params,
         cascade: prefs.cascade,
         route: None,
+        reference,
     };
     plan.route = Some(RouteExplain {
         tier: Some(format!("{TIER_PREFIX}{tier}")),
@@ -1032,6 +1060,37 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
             b[k] = v.clone();
         }
         b
+    }
+
+    #[test]
+    fn the_reference_for_saved_is_the_strongest_eligible_or_what_was_asked_for() {
+        use crate::domain::saved::ReferenceFrom;
+        let reference = |p: &Plan| {
+            let r = p.reference.as_ref().unwrap();
+            (r.model.clone(), r.from, r.price.input)
+        };
+        // Tiers: the strongest eligible candidate, even when a cheaper one serves.
+        let p = run("lumen/fast", msg(json!({})), &[]).unwrap();
+        assert_eq!(order(&p)[0], "small");
+        assert_eq!(reference(&p), ("big".into(), ReferenceFrom::Tier, 5.0));
+        // ... among the eligible only (big is there, but this key may not use it).
+        let allowed = ["auto".into(), "small".into(), "mid".into()];
+        let p = run("auto", msg(json!({})), &allowed).unwrap();
+        assert_eq!(reference(&p), ("mid".into(), ReferenceFrom::Tier, 1.0));
+        // Pinned models (and aliases, rules) are their own reference; splits their pick.
+        let p = run("big-7", msg(json!({})), &[]).unwrap();
+        assert_eq!(reference(&p), ("big".into(), ReferenceFrom::Pinned, 5.0));
+        let p = run("lumen/ab", msg(json!({})), &[]).unwrap();
+        assert_eq!(reference(&p).1, ReferenceFrom::Split);
+        assert_eq!(reference(&p).0, order(&p)[0]);
+        // The request's own reference is the router component's to resolve, not decide's.
+        let p = run(
+            "auto",
+            msg(json!({"lumen": {"reference_model": "small"}})),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(reference(&p).1, ReferenceFrom::Tier);
     }
 
     #[test]

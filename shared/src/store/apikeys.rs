@@ -98,6 +98,10 @@ pub struct CreateKey {
     /// Plan from `config/plans.toml`.
     #[serde(default)]
     pub plan: Option<String>,
+    /// Reference model for `lumen.saved` (a catalog id or alias; default: the plan's, else the
+    /// route's own, see [`crate::domain::saved`]).
+    #[serde(default)]
+    pub reference_model: Option<String>,
 }
 
 /// Parses a `POST /admin/keys` body, naming what is wrong.
@@ -107,7 +111,7 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
         let path = e.path().to_string();
         let param = (path != ".").then_some(path.as_str());
         ApiError::invalid_request(
-            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds, \"plan\": string}}", e.inner()),
+            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds, \"plan\": string, \"reference_model\": string}}", e.inner()),
             param,
             "invalid_value",
         )
@@ -140,6 +144,16 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
         ));
     }
     Ok(req)
+}
+
+/// Checks a new key's `reference_model` against the catalog's model names, like
+/// [`check_allowed_models`] (400 naming `reference_model`).
+pub fn check_reference_model(model: &str, models_list: &serde_json::Value) -> Result<(), ApiError> {
+    check_allowed_models(&[model.to_string()], models_list).map_err(|mut e| {
+        e.message = e.message.replace("in allowed_models", "in reference_model");
+        e.param = Some("reference_model".into());
+        e
+    })
 }
 
 /// Checks a new key's `allowed_models` against the model names the catalog knows (ids and
@@ -208,6 +222,7 @@ pub fn create(
         plan: req.plan.unwrap_or_default(),
         byok: Vec::new(),
         previous_hash: None,
+        reference_model: req.reference_model,
     };
     kv::store(store, &KeyByHash(&rec.hash), &rec).map_err(kv_failure)?;
     kv::store(store, &KeyById(&rec.id), &rec.hash).map_err(kv_failure)?;
@@ -352,6 +367,7 @@ pub fn public_view(rec: &ApiKeyRecord) -> serde_json::Value {
         "created": rec.created,
         "expires_at": rec.expires_at,
         "rotated": rec.rotated,
+        "reference_model": rec.reference_model,
         // Lumen stores no prompt or response content for any key.
         "zero_retention": true,
     })

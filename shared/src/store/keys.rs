@@ -18,6 +18,8 @@
 //! | `v2/health/probe/{p}/{m}/{since}/{period}` | counter | router | one per half-open probe |
 //! | `v1/byok/{key}/{provider}`, `v1/byok-index/{key}` | value | admin | read only for keys with one |
 //! | `v1/coldstart/{provider}` | value | provider | queue backends only |
+//! | `v1/feedback/claim/{key}/{request_id}` | counter | auth (`POST /v1/feedback`) | – (the first to reach 1 owns the request's feedback) |
+//! | `v1/feedback/seq`, `v1/feedback/item/{n}` → [`crate::store::feedback::FeedbackRecord`] | counter, value | auth (`POST /v1/feedback`) | – |
 
 use super::{Counter, Family};
 use schemars::JsonSchema;
@@ -59,6 +61,10 @@ pub struct ApiKeyRecord {
     /// of the key (a rotation that died half way leaves no second valid secret for long).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_hash: Option<String>,
+    /// Reference model for `lumen.saved` (catalog id or alias); none = the plan's, else the
+    /// route's own ([`crate::domain::saved`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
 }
 
 impl ApiKeyRecord {
@@ -345,6 +351,37 @@ impl Family for ColdStartKey<'_> {
     }
 }
 
+/// `v1/feedback/claim/{key_id}/{request_id}` — incremented by every feedback on that request by
+/// that key: the one that takes it to 1 is the request's feedback, later ones are duplicates.
+pub struct FeedbackClaim<'a> {
+    /// API key id.
+    pub key_id: &'a str,
+    /// Request id (checked to be `req_` + hex before it is used in a key).
+    pub request_id: &'a str,
+}
+impl Counter for FeedbackClaim<'_> {
+    fn key(&self) -> String {
+        format!("v1/feedback/claim/{}/{}", self.key_id, self.request_id)
+    }
+}
+
+/// `v1/feedback/seq` — how many feedback records were ever taken (indexes [`FeedbackItem`]).
+pub struct FeedbackSeq;
+impl Counter for FeedbackSeq {
+    fn key(&self) -> String {
+        "v1/feedback/seq".into()
+    }
+}
+
+/// `v1/feedback/item/{n}` → [`crate::store::feedback::FeedbackRecord`], the n-th (1-based).
+pub struct FeedbackItem(pub u64);
+impl Family for FeedbackItem {
+    type Value = crate::store::feedback::FeedbackRecord;
+    fn key(&self) -> String {
+        format!("v1/feedback/item/{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +459,16 @@ mod tests {
                 "v1/byok/k/openai",
             ),
             (ColdStartKey("runpod").key(), "v1/coldstart/runpod"),
+            (
+                FeedbackClaim {
+                    key_id: "key_1",
+                    request_id: "req_ab",
+                }
+                .key(),
+                "v1/feedback/claim/key_1/req_ab",
+            ),
+            (FeedbackSeq.key(), "v1/feedback/seq"),
+            (FeedbackItem(4).key(), "v1/feedback/item/4"),
         ];
         for (got, want) in cases {
             assert_eq!(got, want);

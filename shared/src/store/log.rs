@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 /// Entries per block.
 pub const BLOCK: u64 = 64;
@@ -112,6 +113,58 @@ pub struct Entry {
     /// How a request ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// Saved against the reference model, nano-dollars (negative: the served model cost more).
+    /// Absent (0) on entries written before savings were recorded, so their hashes hold.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub saved_nanos: i64,
+    /// The model `saved_nanos` is priced against.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reference_model: String,
+    /// The route that was taken: tier, score at routing time, cascade outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteRecord>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The routing decision a request's entry keeps, so feedback and training labels can join it
+/// without another write on the request path. No content.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRecord {
+    /// Tier (`lumen/auto`, …); empty for pinned models and splits.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tier: String,
+    /// The route's score at routing time: P(the cheapest eligible candidate falls short), 0..1,
+    /// to three decimals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// The quality floor applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<f64>,
+    /// The quality-floor cascade was on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cascade: bool,
+    /// Models whose answers the cascade checked and rejected, in order (label `escalated`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalated_from: Vec<String>,
+    /// The served answer was checked by the cascade and kept (label `kept`); false when it was
+    /// not checked (cascade off, or the plan's last candidate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
+}
+
+impl RouteRecord {
+    /// Whether the cascade left a training label on this entry.
+    pub fn has_cascade_label(&self) -> bool {
+        self.kept || !self.escalated_from.is_empty()
+    }
 }
 
 impl Entry {
@@ -149,6 +202,12 @@ pub struct Row {
     pub cached_tokens: u64,
     /// Cost, nano-dollars.
     pub cost_nanos: i64,
+    /// Saved against the reference models, nano-dollars.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub saved_nanos: i64,
+    /// Requests that left a cascade label (how the feedback export finds them).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub cascades: u64,
     /// The entries (blocks only; how records are found without an index per key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seqs: Vec<u64>,
@@ -162,6 +221,8 @@ impl Row {
         self.completion_tokens += o.completion_tokens;
         self.cached_tokens += o.cached_tokens;
         self.cost_nanos += o.cost_nanos;
+        self.saved_nanos += o.saved_nanos;
+        self.cascades += o.cascades;
     }
 
     /// The row of one request entry.
@@ -177,6 +238,8 @@ impl Row {
             completion_tokens: e.completion_tokens,
             cached_tokens: e.cached_tokens,
             cost_nanos: e.cost_nanos,
+            saved_nanos: e.saved_nanos,
+            cascades: u64::from(e.route.as_ref().is_some_and(RouteRecord::has_cascade_label)),
             seqs: vec![e.seq],
         }
     }
@@ -597,29 +660,60 @@ pub fn rows(store: &dyn Kv, now_ms: u64) -> Result<Vec<Row>, KvError> {
     Ok(out)
 }
 
-/// The newest request entries that `want` accepts, newest first, at most `limit`; reads only
-/// the blocks whose rows name a matching key.
+/// The newest request entries of the keys `want` accepts, newest first, at most `limit`; reads
+/// only the blocks whose rows name a matching key.
 pub fn newest(
     store: &dyn Kv,
     now_ms: u64,
     want: &dyn Fn(&str) -> bool,
     limit: usize,
 ) -> Result<Vec<Entry>, KvError> {
-    let s = seal(store, now_ms, false)?;
     let mut out = Vec::new();
-    let tail = entries(store, s.blocks * BLOCK + 1..=s.head_seq)?;
-    for e in tail.iter().rev().flatten_entries() {
-        if e.kind == EntryKind::Request && want(&e.key_id) {
-            out.push(e.clone());
+    if limit == 0 {
+        return Ok(out);
+    }
+    walk_newest(store, now_ms, &|r| want(&r.key_id), &mut |e| {
+        out.push(e.clone());
+        if out.len() >= limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
+    })?;
+    Ok(out)
+}
+
+/// Walks request entries newest first, calling `visit` on each whose row `want` accepts until
+/// it breaks: the unsealed tail, then the sealed blocks, reading only the entries of accepted
+/// rows (a block's rows list their seqs) and skipping a whole super-block whose rows `want`
+/// rejects in one read. Seals first.
+pub fn walk_newest(
+    store: &dyn Kv,
+    now_ms: u64,
+    want: &dyn Fn(&Row) -> bool,
+    visit: &mut dyn FnMut(&Entry) -> ControlFlow<()>,
+) -> Result<(), KvError> {
+    let s = seal(store, now_ms, false)?;
+    let lo = s.blocks * BLOCK + 1;
+    let mut hi = s.head_seq;
+    while hi >= lo {
+        let from = hi.saturating_sub(BLOCK - 1).max(lo);
+        for (_, e) in entries(store, from..=hi)?.iter().rev() {
+            let Some(e) = e.as_ref().filter(|e| e.kind == EntryKind::Request) else {
+                continue;
+            };
+            if want(&Row::of(e)) && visit(e).is_break() {
+                return Ok(());
+            }
+        }
+        hi = from - 1;
     }
     let mut b = s.blocks;
-    while b > 0 && out.len() < limit {
-        // A whole super-block without the key is skipped in one read.
+    while b > 0 {
         let sup_start = (b - 1) / SUPER * SUPER;
         if b == sup_start + SUPER {
             let has = kv::load(store, &LogSuperKey(sup_start / SUPER))?
-                .is_none_or(|sup| sup.rows.iter().any(|r| want(&r.key_id)));
+                .is_none_or(|sup| sup.rows.iter().any(want));
             if !has {
                 b = sup_start;
                 continue;
@@ -630,16 +724,22 @@ pub fn newest(
             .into_iter()
             .flatten()
             .flat_map(|blk| blk.rows)
-            .filter(|r| want(&r.key_id))
+            .filter(|r| want(r))
             .flat_map(|r| r.seqs)
             .collect();
         seqs.sort_unstable_by(|a, b| b.cmp(a));
-        seqs.truncate(limit - out.len());
-        out.extend(entries(store, seqs)?.into_iter().filter_map(|(_, e)| e));
+        for chunk in seqs.chunks(BLOCK as usize) {
+            for (_, e) in entries(store, chunk.iter().copied())? {
+                if let Some(e) = e {
+                    if visit(&e).is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         b = sup_start;
     }
-    out.truncate(limit);
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 pub mod apikeys;
 pub mod byok;
 pub mod coldstart;
+pub mod feedback;
 pub mod health;
 pub mod keys;
 pub mod ledger;

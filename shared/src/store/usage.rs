@@ -4,6 +4,7 @@
 
 use crate::contracts::{Outcome, SettleRequest, UsageRow, UsageSummary};
 use crate::domain::pricing::{cost_nanos, NANOS_PER_USD};
+use crate::domain::saved::{saved_nanos, Saved};
 use crate::store::log::{self, Entry, EntryKind};
 use crate::store::{ledger, Kv, KvError};
 use schemars::JsonSchema;
@@ -43,6 +44,14 @@ pub struct UsageRecord {
     pub outcome: Outcome,
     /// Position in the log (and the audit chain).
     pub seq: u64,
+    /// Saved against the reference model, nano-dollars (negative: the served model cost more).
+    pub saved_nanos: i64,
+    /// The model `saved_nanos` is priced against (absent on records written before savings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model: Option<String>,
+    /// The route that was taken: tier, score at routing time, cascade outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<crate::store::log::RouteRecord>,
 }
 
 impl UsageRecord {
@@ -64,6 +73,9 @@ impl UsageRecord {
             stream: e.stream,
             outcome: e.outcome.unwrap_or(Outcome::Ok),
             seq: e.seq,
+            saved_nanos: e.saved_nanos,
+            reference_model: (!e.reference_model.is_empty()).then(|| e.reference_model.clone()),
+            route: e.route.clone(),
         }
     }
 }
@@ -73,6 +85,8 @@ impl UsageRecord {
 pub struct Settled {
     /// The entry, with its seq.
     pub entry: Entry,
+    /// What the request saved against its reference model (none without a reference).
+    pub saved: Option<Saved>,
 }
 
 /// The cost of what a request used: each leg at its own price when it failed over.
@@ -94,6 +108,11 @@ pub fn cost_of(req: &SettleRequest) -> i64 {
 pub fn settle(store: &dyn Kv, req: &SettleRequest, now_ms: u64) -> Result<Settled, KvError> {
     let cost = cost_of(req);
     let r = &req.report;
+    let saved = req.reference.as_ref().map(|rf| Saved {
+        nanos: saved_nanos(&r.usage, &r.legs, &rf.price, cost),
+        reference_model: rf.model.clone(),
+        from: rf.from,
+    });
     let mut entry = Entry {
         seq: 0,
         kind: EntryKind::Request,
@@ -118,12 +137,18 @@ pub fn settle(store: &dyn Kv, req: &SettleRequest, now_ms: u64) -> Result<Settle
         upstream_ms: r.upstream_ms,
         stream: req.stream,
         outcome: Some(r.outcome),
+        saved_nanos: saved.as_ref().map_or(0, |s| s.nanos),
+        reference_model: saved
+            .as_ref()
+            .map(|s| s.reference_model.clone())
+            .unwrap_or_default(),
+        route: req.route.clone(),
     };
     if let Some(h) = &req.hold {
         ledger::settle(store, h, cost)?;
     }
     entry.seq = log::append(store, entry.clone())?;
-    Ok(Settled { entry })
+    Ok(Settled { entry, saved })
 }
 
 /// How `GET /v1/usage` groups rows.
@@ -212,6 +237,7 @@ pub fn query(
     struct Acc {
         row: UsageRow,
         nanos: i64,
+        saved: i64,
     }
     let mut groups: std::collections::BTreeMap<Group, Acc> = std::collections::BTreeMap::new();
     let mut total = Acc::default();
@@ -238,10 +264,12 @@ pub fn query(
             acc.row.completion_tokens += row.completion_tokens;
             acc.row.cached_tokens += row.cached_tokens;
             acc.nanos += row.cost_nanos;
+            acc.saved += row.saved_nanos;
         }
     }
     let render = |a: Acc| UsageRow {
         cost_usd: a.nanos as f64 / NANOS_PER_USD,
+        saved_usd: a.saved as f64 / NANOS_PER_USD,
         ..a.row
     };
     Ok(UsageSummary {
@@ -251,7 +279,7 @@ pub fn query(
     })
 }
 
-/// CSV of a summary's rows: `day,model,key_id,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd`.
+/// CSV of a summary's rows: `day,model,key_id,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd,saved_usd`.
 pub fn to_csv(s: &UsageSummary) -> String {
     let field = |v: &Option<String>| {
         let v = v.clone().unwrap_or_default();
@@ -262,11 +290,11 @@ pub fn to_csv(s: &UsageSummary) -> String {
         }
     };
     let mut out = String::from(
-        "day,model,key_id,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd\n",
+        "day,model,key_id,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd,saved_usd\n",
     );
     for r in &s.data {
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{:.9}\n",
+            "{},{},{},{},{},{},{},{},{:.9},{:.9}\n",
             field(&r.day),
             field(&r.model),
             field(&r.key_id),
@@ -275,7 +303,8 @@ pub fn to_csv(s: &UsageSummary) -> String {
             r.prompt_tokens,
             r.completion_tokens,
             r.cached_tokens,
-            r.cost_usd
+            r.cost_usd,
+            r.saved_usd
         ));
     }
     out
@@ -336,6 +365,8 @@ mod tests {
                 as_of: "d".into(),
             }),
             hold: None,
+            reference: None,
+            route: None,
         }
     }
 
@@ -372,6 +403,65 @@ mod tests {
         assert_eq!(done.entry.cost_nanos, 90_000 + 330_000);
         // The single price of the request would have given 20 × 1 + 80 × 2 = 180 µ$.
         assert_ne!(done.entry.cost_nanos, 180_000);
+    }
+
+    #[test]
+    fn savings_are_recorded_with_the_route_and_summed() {
+        use crate::domain::saved::{Reference, ReferenceFrom};
+        let kv = MemKv::default();
+        let d1 = 1_795_000_000_000;
+        let reference = Reference {
+            model: "big".into(),
+            price: Price {
+                input: 10.0,
+                output: 20.0,
+                ..req("x", "m", d1, 0, 0, Outcome::Ok).price.unwrap()
+            },
+            from: ReferenceFrom::Tier,
+        };
+        let route = crate::store::log::RouteRecord {
+            tier: "lumen/auto".into(),
+            score: Some(0.25),
+            ..Default::default()
+        };
+        // 100 prompt + 10 completion: 120 µ$ at $1/$2, 1,200 µ$ at the reference's $10/$20.
+        let mut r1 = req("r1", "m1", d1, 100, 10, Outcome::Ok);
+        r1.reference = Some(reference.clone());
+        r1.route = Some(route.clone());
+        let before = kv.ops();
+        let done = settle(&kv, &r1, NOW).unwrap();
+        assert_eq!((kv.ops().0 - before.0, kv.ops().1 - before.1), (0, 2));
+        assert_eq!(done.entry.saved_nanos, 1_080_000);
+        assert_eq!(done.entry.reference_model, "big");
+        let saved = done.saved.unwrap();
+        assert_eq!((saved.nanos, saved.from), (1_080_000, ReferenceFrom::Tier));
+        // A model dearer than its reference saves a negative amount, summed as such.
+        let mut r2 = req("r2", "m1", d1, 100, 10, Outcome::Ok);
+        r2.reference = Some(Reference {
+            price: Price {
+                input: 0.5,
+                output: 1.0,
+                ..reference.price.clone()
+            },
+            ..reference
+        });
+        assert_eq!(settle(&kv, &r2, NOW).unwrap().entry.saved_nanos, -60_000);
+        // No reference (e.g. a request settled by an older auth): nothing saved.
+        settle(&kv, &req("r3", "m2", d1, 100, 10, Outcome::Ok), NOW).unwrap();
+        let keys = ["key_a".to_string()];
+        let s = query(&kv, &keys, &UsageQuery::default(), NOW).unwrap();
+        assert_eq!(s.total.saved_usd, 1_020_000.0 / NANOS_PER_USD);
+        assert_eq!(s.data[0].saved_usd, 0.00102);
+        assert!(to_csv(&s).contains(",0.001020000\n"), "{}", to_csv(&s));
+        let recs = records(&kv, "key_a", 10, NOW).unwrap();
+        assert_eq!(recs[0].saved_nanos, 1_080_000);
+        assert_eq!(recs[0].reference_model.as_deref(), Some("big"));
+        assert_eq!(recs[0].route.as_ref(), Some(&route));
+        assert_eq!(
+            (recs[2].saved_nanos, recs[2].reference_model.clone()),
+            (0, None)
+        );
+        assert!(log::verify(&kv, NOW).unwrap().ok);
     }
 
     #[test]
@@ -447,7 +537,10 @@ mod tests {
         assert_eq!(by_model.total.requests, 3);
         let csv = to_csv(&by_model);
         assert!(csv.starts_with("day,model,key_id,requests"), "{csv}");
-        assert!(csv.contains("\n,m1,,2,1,150,15,0,0.000180000\n"), "{csv}");
+        assert!(
+            csv.contains("\n,m1,,2,1,150,15,0,0.000180000,0.000000000\n"),
+            "{csv}"
+        );
         // Every settled request is on the audit chain.
         let v = log::verify(&kv, NOW).unwrap();
         assert!(v.ok && v.head.seq == 4, "{v:?}");

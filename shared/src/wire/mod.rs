@@ -3,4 +3,5 @@
 pub mod dialect;
 pub mod embeddings;
 pub mod openai;
+pub mod request_id;
 pub mod sse;

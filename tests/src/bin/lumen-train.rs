@@ -25,6 +25,10 @@ struct Args {
     /// Exported feedback labels (JSONL, see `lumen_tests::train::feedback`) mixed with the data.
     #[arg(long)]
     feedback: Option<PathBuf>,
+    /// Prompts for exported feedback lines (JSONL `{"request_id", "prompt" | "messages"}` from
+    /// your own logs: `GET /admin/feedback` carries no content), joined by request id.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
     /// Weight of the feedback term relative to the MMLU-Pro pairs' mean loss.
     #[arg(long, default_value_t = 0.5)]
     feedback_weight: f64,
@@ -376,7 +380,12 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("read {}", args.catalog.display()))?;
             let cat = Catalog::from_toml(&text, &args.catalog.display().to_string())
                 .map_err(anyhow::Error::msg)?;
-            Some(feedback::load(path, &cat)?)
+            let prompts = args
+                .prompts
+                .as_deref()
+                .map(feedback::load_prompts)
+                .transpose()?;
+            Some(feedback::load(path, &cat, prompts.as_ref())?)
         }
         None => None,
     };
@@ -404,10 +413,11 @@ fn main() -> anyhow::Result<()> {
         let base = train::fit_gap(&data, &pairs, &|_| true, &|_| true, &[], 0.0, &p);
         writeln!(
             r,
-            "\n## Feedback: before / after\n\n{} feedback lines for training, {} held out, {} skipped (about the strongest model). Weight {}.\n",
+            "\n## Feedback: before / after\n\n{} feedback lines for training, {} held out, {} skipped (about the strongest model), {} without a prompt (no --prompts line for their request id). Weight {}.\n",
             f.train.len(),
             f.held_out.len(),
             f.skipped,
+            f.unjoined,
             args.feedback_weight
         )?;
         writeln!(r, "| held out | {} APGR before | after |", EVAL_PAIRS[0].0)?;

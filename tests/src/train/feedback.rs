@@ -14,6 +14,12 @@
 //!   fell short;
 //! - `weight` (optional, > 0, default 1): how much the line counts.
 //!
+//! `GET /admin/feedback` exports lines in this format without the prompt, which Lumen never
+//! stores: each carries the `request_id` instead. `--prompts FILE` (JSONL lines
+//! `{"request_id", "prompt" | "messages"}`, from the operator's own logs) fills the prompt in by
+//! request id; exported lines whose request id it lacks are counted and left out. Other fields
+//! of an export line (`source`, `tier`, `route_score`, `feedback_label`, …) are ignored.
+//!
 //! A line becomes an example for the gap model: the answering model against the catalog's
 //! strongest model, target `P(falls short) = 1 − score`. Lines about the strongest model itself
 //! carry no gap and are skipped (counted in the report).
@@ -33,10 +39,38 @@ pub struct Feedback {
     pub held_out: Vec<Example>,
     /// Lines skipped (about the strongest model).
     pub skipped: usize,
+    /// Lines left out because `--prompts` had no prompt for their request id.
+    pub unjoined: usize,
 }
 
-/// Reads a feedback JSONL file against the catalog.
-pub fn load(path: &Path, catalog: &Catalog) -> anyhow::Result<Feedback> {
+/// Prompts by request id (`--prompts FILE`): each line `{"request_id", "prompt" | "messages"}`.
+pub fn load_prompts(path: &Path) -> anyhow::Result<std::collections::HashMap<String, Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut out = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), n + 1);
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{at}: not JSON"))?;
+        let id = v["request_id"]
+            .as_str()
+            .with_context(|| format!("{at}: \"request_id\" must be a string"))?;
+        if v.get("prompt").is_none() && v.get("messages").is_none() {
+            bail!("{at}: needs \"prompt\" or \"messages\"");
+        }
+        out.insert(id.to_string(), v);
+    }
+    Ok(out)
+}
+
+/// Reads a feedback JSONL file against the catalog; `prompts` (request id → a line with
+/// `prompt` or `messages`) fills in the prompt of lines that have none.
+pub fn load(
+    path: &Path,
+    catalog: &Catalog,
+    prompts: Option<&std::collections::HashMap<String, Value>>,
+) -> anyhow::Result<Feedback> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let top = catalog
         .models
@@ -50,13 +84,32 @@ pub fn load(path: &Path, catalog: &Catalog) -> anyhow::Result<Feedback> {
         train: Vec::new(),
         held_out: Vec::new(),
         skipped: 0,
+        unjoined: 0,
     };
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{}:{}", path.display(), n + 1);
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let mut v: Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        if v.get("prompt").is_none() && v.get("messages").is_none() {
+            if let Some(prompts) = prompts {
+                match v["request_id"].as_str().and_then(|id| prompts.get(id)) {
+                    Some(p) => {
+                        for k in ["prompt", "messages"] {
+                            if let Some(x) = p.get(k) {
+                                v[k] = x.clone();
+                            }
+                        }
+                    }
+                    None => {
+                        out.unjoined += 1;
+                        continue;
+                    }
+                }
+            }
+        }
         let (text, structure) = match (v.get("prompt"), v.get("messages")) {
             (Some(Value::String(p)), None) => (
                 p.clone(),
@@ -67,7 +120,7 @@ pub fn load(path: &Path, catalog: &Catalog) -> anyhow::Result<Feedback> {
             ),
             (None, Some(Value::Array(_))) => body_text(v.as_object().context("object")?),
             _ => bail!(
-                "{}: needs exactly one of \"prompt\" (a string) or \"messages\" (an array)",
+                "{}: needs exactly one of \"prompt\" (a string) or \"messages\" (an array); Lumen's export carries none (it stores no content): pass --prompts FILE to join them by request_id",
                 at()
             ),
         };
@@ -136,7 +189,7 @@ mod tests {
             fnv32(text)
         ));
         std::fs::write(&path, text).unwrap();
-        let r = load(&path, &cat);
+        let r = load(&path, &cat, None);
         let _ = std::fs::remove_file(&path);
         r
     }
@@ -161,6 +214,41 @@ mod tests {
             .any(|e| e.target == 1.0 && e.weight == 2.0 && e.theta_cheap == 1.2));
         assert!(all.iter().all(|e| e.theta_strong == 1.7));
         assert!(all.iter().filter(|e| e.target == 0.75).count() == 50);
+    }
+
+    #[test]
+    fn exported_lines_get_their_prompts_by_request_id() {
+        let cat =
+            Catalog::from_toml(include_str!("../../../config/catalog.toml"), "catalog").unwrap();
+        let dir = std::env::temp_dir().join(format!("lumen-fb-join-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let export = dir.join("export.jsonl");
+        std::fs::write(
+            &export,
+            concat!(
+                r#"{"source":"feedback","request_id":"req_a","model":"gpt-4o-mini","score":0.0,"tier":"lumen/auto","feedback_label":"wrong"}"#,
+                "\n",
+                r#"{"source":"cascade","request_id":"req_b","model":"meta-llama/llama-3.1-8b-instruct","label":"escalated"}"#,
+                "\n",
+                r#"{"source":"feedback","request_id":"req_c","model":"gpt-4o-mini","score":1.0}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let prompts = dir.join("prompts.jsonl");
+        std::fs::write(
+            &prompts,
+            "{\"request_id\":\"req_a\",\"prompt\":\"prove it\"}\n{\"request_id\":\"req_b\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}\n",
+        )
+        .unwrap();
+        let joined = load_prompts(&prompts).unwrap();
+        let f = load(&export, &cat, Some(&joined)).unwrap();
+        assert_eq!((f.train.len() + f.held_out.len(), f.unjoined), (2, 1));
+        assert!(f.train.iter().chain(&f.held_out).all(|e| e.target == 1.0));
+        // Without --prompts, an exported line is refused with the hint.
+        let e = format!("{:#}", load(&export, &cat, None).err().unwrap());
+        assert!(e.contains("--prompts"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
