@@ -64,6 +64,10 @@ pub struct PlanRequest {
     /// catalog's `fallbacks` for this request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// The shadow experiment of the key's plan, as (plan name, settings): the router resolves
+    /// its models and rolls its share with the catalog's own experiments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<(String, crate::domain::shadow::ShadowConfig)>,
 }
 
 /// Where and how to call a provider.
@@ -146,6 +150,12 @@ pub struct Plan {
     /// Why this plan, for `x-lumen-route` and `lumen.route`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<crate::domain::route::RouteExplain>,
+    /// The shadow experiment this request also feeds, when its share picked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::domain::shadow::ShadowPlan>,
+    /// Fusion: the panel run before the synthesizer (whose candidates are `candidates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<crate::domain::fusion::FusionPlan>,
 }
 
 /// Which upstream endpoint a call is for.
@@ -183,6 +193,9 @@ pub struct CallRequest {
     /// Quality-floor cascade: check each non-final answer and escalate when the check fails.
     #[serde(default)]
     pub cascade: bool,
+    /// Fusion: run this panel first, then `candidates` as the synthesizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<crate::domain::fusion::FusionPlan>,
 }
 
 /// How a request ended.
@@ -235,6 +248,10 @@ pub struct Leg {
     pub estimated: bool,
     /// The leg's prices.
     pub price: Price,
+    /// What the leg was for, when not the answer itself: `panel` (a fusion panel member) or
+    /// `synthesizer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// auth → meter: settle one request (auth settles each request once).
@@ -260,6 +277,34 @@ pub struct SettleRequest {
     /// The budget hold taken at admission, settled to the actual cost with this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<crate::store::ledger::Hold>,
+    /// What the response cache or a shadow experiment made of the request.
+    #[serde(default, skip_serializing_if = "Mark::is_empty")]
+    pub mark: Mark,
+}
+
+/// How a settled request used the response cache, or which shadow experiment it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Mark {
+    /// `hit` (served from the cache: cost 0) or `miss` (answered upstream and cached).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache: String,
+    /// On a hit: what the original answer cost, nano-dollars (what the hit saved).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_cost_nanos: i64,
+    /// A shadow call of this experiment (metered on its own, never billed to the tenant).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shadow: String,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+impl Mark {
+    /// Nothing marked.
+    pub fn is_empty(&self) -> bool {
+        self == &Mark::default()
+    }
 }
 
 /// One row of `GET /v1/usage`.
@@ -286,6 +331,20 @@ pub struct UsageRow {
     pub cached_tokens: u64,
     /// Cost in US dollars.
     pub cost_usd: f64,
+    /// Requests served from the response cache.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub cache_hits: u64,
+    /// What the cache hits saved (their original cost), US dollars.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub cache_saved_usd: f64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_f64(n: &f64) -> bool {
+    *n == 0.0
 }
 
 /// `GET /v1/usage`.

@@ -19,6 +19,9 @@ use lumen_spin::util::now_ms;
 use lumen_spin::{Reply, SpinKv};
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 
+/// The route that uses the response cache and shadow experiments.
+const CHAT_PATH: &str = "/v1/chat/completions";
+
 /// A request that was admitted and planned.
 pub struct Admitted {
     /// The caller's key.
@@ -48,8 +51,11 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
 pub async fn admit_chat(
     ctx: &mut Ctx,
     info: &ReqInfo,
-    chat: ChatRequest,
+    mut chat: ChatRequest,
 ) -> Result<Admitted, ApiError> {
+    // `lumen.cache` never goes further; only chat completions use the response cache.
+    let cache_ask = lumen_shared::domain::cache::take_request_option(&mut chat.body)?;
+    let chat_completion = info.path == CHAT_PATH;
     let kv = SpinKv::open_or_503()?;
     let key = authenticate(&kv, info)?;
     match check_rpm(&kv, &key.id, key.rpm_limit, now_ms()) {
@@ -91,6 +97,11 @@ pub async fn admit_chat(
         allowed_models,
         request: None,
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
+        shadow: key_plan
+            .as_ref()
+            .and_then(|p| p.shadow.clone())
+            .filter(|_| chat_completion)
+            .map(|s| (key.plan.clone(), s)),
     };
     // Only virtual models are planned from the body; a pinned model's body stays here.
     let (ask, mut chat) = if route::needs_body(&chat.model) {
@@ -137,14 +148,47 @@ pub async fn admit_chat(
         now_ms(),
         &taken,
     )?);
-    // The hold comes after planning: only the plan knows which prices can apply.
+    if chat_completion {
+        // A hit is served without a model, a budget hold or a shadow (`chat::handle`).
+        let hit = crate::cache::admit(
+            ctx,
+            &kv,
+            info,
+            &key,
+            key_plan.as_ref(),
+            &cache_ask,
+            &chat,
+            &plan,
+        );
+        if let Some(e) = hit {
+            ctx.after.borrow_mut().hit = Some(Box::new(e));
+            return Ok(Admitted {
+                key,
+                chat,
+                plan,
+                hold: None,
+                tenant: TenantRecord::default(),
+                held_output,
+                taken,
+            });
+        }
+        if let Some(s) = plan.shadow.clone() {
+            let zero_retention =
+                key.zero_retention || key_plan.as_ref().is_some_and(|p| p.zero_retention);
+            ctx.after.borrow_mut().shadow = Some(crate::shadow::Job {
+                retain: s.retain_answers && !zero_retention,
+                plan: s,
+                body: chat.body.clone(),
+                stream: chat.stream,
+                tokens: (prompt_estimate, held_output.0),
+            });
+        }
+    }
+    // The hold comes after planning: only the plan knows which prices can apply (for fusion,
+    // every panel member and the synthesizer).
     let tenant_id = key.tenant_id().to_string();
     let tenant = limits::tenant_budget(&kv, &tenant_id, key_plan.as_ref())?;
-    let nanos = ledger::max_cost_nanos(
-        prompt_estimate,
-        held_output.0,
-        plan.candidates.iter().map(|c| &c.price),
-    );
+    let nanos = lumen_shared::domain::fusion::max_cost_nanos(&plan, prompt_estimate, held_output.0);
     let hold = match ledger::hold(&kv, &tenant_id, &tenant, now_ms(), nanos) {
         Ok(h) => h,
         Err(e) => {
@@ -167,7 +211,13 @@ pub async fn admit_chat(
 /// requests go to the provider and are settled exactly once.
 pub async fn handle(mut ctx: Ctx, info: ReqInfo, req: IncomingRequest, out: ResponseOutparam) {
     match admit(&mut ctx, &info, req).await {
-        Ok(admitted) => relay::run(ctx, admitted, out).await,
+        Ok(admitted) => {
+            let hit = ctx.after.borrow_mut().hit.take();
+            match hit {
+                Some(e) => crate::cache::serve_hit(ctx, admitted, *e, out).await,
+                None => relay::run(ctx, admitted, out).await,
+            }
+        }
         Err(e) => respond(out, ctx.stamp(Reply::error(&e))).await,
     }
 }

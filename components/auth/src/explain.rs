@@ -57,6 +57,7 @@ pub async fn route(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiErr
         allowed_models: key.allowed_models.clone(),
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
         request: Some(chat.body),
+        shadow: None,
     };
     let plan = deps::plan(&ask)?;
     Ok(Reply::json(200, &plan))

@@ -115,6 +115,7 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
         include_usage: chat.include_usage,
         body: chat.body,
         cascade: plan.cascade,
+        fusion: plan.fusion.clone(),
     };
     let sent = deps::call(&call);
     drop(call);
@@ -151,6 +152,7 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
                 let route = plan.route.as_ref();
                 let (reply, report) =
                     whole(&ctx, resp, prompt_estimate, &content_type, shape, route).await;
+                let reply = crate::after::on_whole(&ctx, reply);
                 settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
                 respond(out, ctx.stamp(reply)).await;
             }
@@ -162,6 +164,8 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             eprintln!("lumen: could not seal the log: {}", e.message);
         }
     }
+    // Then the response cache fill and the shadow call, if the request has them.
+    crate::after::finish(&ctx);
 }
 
 /// Reads a whole answer (success or error) into the reply to relay, with its status, content
@@ -320,6 +324,7 @@ async fn stream(
     {
         'read: while let Some(chunk) = resp.next_piece() {
             for ev in parser.push(&chunk) {
+                ctx.tap(&ev);
                 if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
                     if bytes == done_event {
                         held_done = Some(bytes);
@@ -425,7 +430,9 @@ async fn settle(
         report,
         price,
         hold,
+        mark: ctx.mark(),
     };
+    ctx.settled(&req);
     let mut last = None;
     for _ in 0..2 {
         match deps::settle(&req) {

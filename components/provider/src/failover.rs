@@ -529,6 +529,7 @@ pub(crate) async fn serve_stream(
             provider: c.provider.name.clone(),
             usage,
             estimated,
+            role: None,
             price: c.price.clone(),
         });
         let outcome = match &end {

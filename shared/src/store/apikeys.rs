@@ -98,6 +98,13 @@ pub struct CreateKey {
     /// Plan from `config/plans.toml`.
     #[serde(default)]
     pub plan: Option<String>,
+    /// Nothing of the key's content is ever stored (no response cache writes).
+    #[serde(default)]
+    pub zero_retention: bool,
+    /// Response cache settings (`{"enabled", "ttl_s", "mode", "max_entry_bytes",
+    /// "max_tenant_bytes_per_day"}`).
+    #[serde(default)]
+    pub cache: Option<crate::domain::cache::CachePolicy>,
 }
 
 /// Parses a `POST /admin/keys` body, naming what is wrong.
@@ -107,7 +114,7 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
         let path = e.path().to_string();
         let param = (path != ".").then_some(path.as_str());
         ApiError::invalid_request(
-            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds, \"plan\": string}}", e.inner()),
+            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds, \"plan\": string, \"zero_retention\": bool, \"cache\": {{\"enabled\", \"ttl_s\", \"mode\", \"max_entry_bytes\", \"max_tenant_bytes_per_day\"}}}}", e.inner()),
             param,
             "invalid_value",
         )
@@ -131,6 +138,10 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
                 "invalid_value",
             ));
         }
+    }
+    if let Some(c) = &req.cache {
+        c.check("cache")
+            .map_err(|m| ApiError::invalid_request(m, Some("cache"), "invalid_value"))?;
     }
     if req.rpm_limit == Some(0) {
         return Err(ApiError::invalid_request(
@@ -208,6 +219,8 @@ pub fn create(
         plan: req.plan.unwrap_or_default(),
         byok: Vec::new(),
         previous_hash: None,
+        zero_retention: req.zero_retention,
+        cache: req.cache,
     };
     kv::store(store, &KeyByHash(&rec.hash), &rec).map_err(kv_failure)?;
     kv::store(store, &KeyById(&rec.id), &rec.hash).map_err(kv_failure)?;
@@ -341,7 +354,7 @@ fn no_such_key(id: &str) -> ApiError {
 
 /// The public view of a key (never the secret or its hash).
 pub fn public_view(rec: &ApiKeyRecord) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "id": rec.id,
         "object": "api_key",
         "name": rec.name,
@@ -352,9 +365,13 @@ pub fn public_view(rec: &ApiKeyRecord) -> serde_json::Value {
         "created": rec.created,
         "expires_at": rec.expires_at,
         "rotated": rec.rotated,
-        // Lumen stores no prompt or response content for any key.
-        "zero_retention": true,
-    })
+        // Content is stored only in the response cache, never for a zero-retention key.
+        "zero_retention": rec.zero_retention,
+    });
+    if let Some(c) = &rec.cache {
+        v["cache"] = serde_json::to_value(c).unwrap_or_default();
+    }
+    v
 }
 
 #[cfg(test)]

@@ -14,12 +14,14 @@
 
 pub mod apikeys;
 pub mod byok;
+pub mod cache;
 pub mod coldstart;
 pub mod health;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod log;
+pub mod shadow;
 pub mod usage;
 
 pub use keys::*;

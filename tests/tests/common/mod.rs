@@ -2,6 +2,7 @@
 //! the mock upstream, plus a small HTTP client that records when each body frame arrives.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod config;
 pub mod procs;
 
 use bytes::Bytes;
