@@ -316,7 +316,7 @@ Difference at p50: {} ms. `GET /admin/shadow/{}` after the run: {} samples; prim
             .split("\n\n")
             .filter_map(|e| e.strip_prefix("data: "))
             .filter(|d| d.contains("\"fusion\""))
-            .next_back()
+            .last()
             .and_then(|d| serde_json::from_str::<Value>(d).ok());
         if let Some(l) = last {
             let f = &l["lumen"]["fusion"];
