@@ -120,20 +120,26 @@ async fn a_repeated_deterministic_request_is_a_hit_whole_and_streamed() {
     assert_eq!(gw.mock.request_count(), 2);
 
     // Metered: every request appears in /v1/usage; hits cost nothing and say what they saved.
-    let usage = gw
-        .usage_until(&key, |v| v["total"]["requests"] == 5)
-        .await;
+    let usage = gw.usage_until(&key, |v| v["total"]["requests"] == 5).await;
     assert_eq!(usage["total"]["requests"], 5, "{usage}");
     assert_eq!(usage["total"]["cache_hits"], 3, "{usage}");
     assert!(usage["total"]["cache_saved_usd"].as_f64().unwrap() > cost);
-    let recs = gw.call("GET", "/v1/usage/records", Some(&key), None).await.json();
+    let recs = gw
+        .call("GET", "/v1/usage/records", Some(&key), None)
+        .await
+        .json();
     let recs = recs["data"].as_array().unwrap();
     let hits: Vec<&Value> = recs.iter().filter(|r| r["cache"] == "hit").collect();
     assert_eq!(hits.len(), 3);
-    assert!(hits.iter().all(|r| r["cost_nanos"] == 0 && r["cached_cost_nanos"].as_i64() > Some(0)));
+    assert!(hits
+        .iter()
+        .all(|r| r["cost_nanos"] == 0 && r["cached_cost_nanos"].as_i64() > Some(0)));
     assert_eq!(recs.iter().filter(|r| r["cache"] == "miss").count(), 2);
     // The chain still verifies with the new fields.
-    let v = gw.call("GET", "/admin/audit/verify", Some(ADMIN), None).await.json();
+    let v = gw
+        .call("GET", "/admin/audit/verify", Some(ADMIN), None)
+        .await
+        .json();
     assert_eq!(v["ok"], true, "{v}");
 }
 
@@ -143,9 +149,15 @@ async fn another_tenant_misses_and_only_deterministic_requests_are_cached() {
     let a = create(&gw, json!({"name": "a", "tenant": "t-a"})).await;
     let b = create(&gw, json!({"name": "b", "tenant": "t-b"})).await;
     let body = det("tenants [mock tokens=2]");
-    assert_eq!(gw.chat(&a, body.clone()).await.header("x-lumen-cache"), Some("miss"));
+    assert_eq!(
+        gw.chat(&a, body.clone()).await.header("x-lumen-cache"),
+        Some("miss")
+    );
     entries(&gw, 1).await;
-    assert_eq!(gw.chat(&a, body.clone()).await.header("x-lumen-cache"), Some("hit"));
+    assert_eq!(
+        gw.chat(&a, body.clone()).await.header("x-lumen-cache"),
+        Some("hit")
+    );
     let other = gw.chat(&b, body.clone()).await;
     assert_eq!(other.header("x-lumen-cache"), Some("miss"));
     assert_eq!(gw.mock.request_count(), 2);
@@ -159,7 +171,10 @@ async fn another_tenant_misses_and_only_deterministic_requests_are_cached() {
     assert!(r.json()["lumen"].get("cache").is_none());
     assert_eq!(entries(&gw, 3).await.len(), 2);
     hot["lumen"] = json!({"cache": true});
-    assert_eq!(gw.chat(&a, hot.clone()).await.header("x-lumen-cache"), Some("miss"));
+    assert_eq!(
+        gw.chat(&a, hot.clone()).await.header("x-lumen-cache"),
+        Some("miss")
+    );
     entries(&gw, 3).await;
     assert_eq!(gw.chat(&a, hot).await.header("x-lumen-cache"), Some("hit"));
     // A bad option is a 400 naming it.
@@ -195,12 +210,18 @@ async fn no_store_zero_retention_and_opt_outs_never_write() {
     }
     let mut opt_out = body.clone();
     opt_out["lumen"] = json!({"cache": false});
-    assert_eq!(gw.chat(&key, opt_out).await.header("x-lumen-cache"), Some("bypass"));
+    assert_eq!(
+        gw.chat(&key, opt_out).await.header("x-lumen-cache"),
+        Some("bypass")
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(gw.store_keys("v1/cache"), Vec::<String>::new());
     assert_eq!(gw.mock.request_count(), 8, "every request went upstream");
     // The views say so.
-    let keys = gw.call("GET", "/admin/keys", Some(ADMIN), None).await.json();
+    let keys = gw
+        .call("GET", "/admin/keys", Some(ADMIN), None)
+        .await
+        .json();
     let zr_view = keys["data"]
         .as_array()
         .unwrap()
@@ -229,26 +250,48 @@ async fn an_entry_expires_with_its_ttl() {
     let key = create(&gw, json!({"name": "ttl"})).await;
     let mut body = det("ttl [mock tokens=2]");
     body["lumen"] = json!({"cache": {"ttl_s": 1}});
-    assert_eq!(gw.chat(&key, body.clone()).await.header("x-lumen-cache"), Some("miss"));
+    assert_eq!(
+        gw.chat(&key, body.clone()).await.header("x-lumen-cache"),
+        Some("miss")
+    );
     entries(&gw, 1).await;
-    assert_eq!(gw.chat(&key, body.clone()).await.header("x-lumen-cache"), Some("hit"));
+    assert_eq!(
+        gw.chat(&key, body.clone()).await.header("x-lumen-cache"),
+        Some("hit")
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(gw.chat(&key, body.clone()).await.header("x-lumen-cache"), Some("miss"));
+    assert_eq!(
+        gw.chat(&key, body.clone()).await.header("x-lumen-cache"),
+        Some("miss")
+    );
     assert_eq!(gw.mock.request_count(), 2);
     // A key's own TTL applies to requests that name none.
     let short = create(&gw, json!({"name": "short", "cache": {"ttl_s": 1}})).await;
     let b2 = det("key ttl [mock tokens=2]");
-    assert_eq!(gw.chat(&short, b2.clone()).await.header("x-lumen-cache"), Some("miss"));
+    assert_eq!(
+        gw.chat(&short, b2.clone()).await.header("x-lumen-cache"),
+        Some("miss")
+    );
     entries(&gw, 2).await;
-    assert_eq!(gw.chat(&short, b2.clone()).await.header("x-lumen-cache"), Some("hit"));
+    assert_eq!(
+        gw.chat(&short, b2.clone()).await.header("x-lumen-cache"),
+        Some("hit")
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(gw.chat(&short, b2).await.header("x-lumen-cache"), Some("miss"));
+    assert_eq!(
+        gw.chat(&short, b2).await.header("x-lumen-cache"),
+        Some("miss")
+    );
     let e = gw
         .call(
             "POST",
             "/admin/keys",
             Some(ADMIN),
-            Some(json!({"name": "x", "cache": {"ttl_s": 0}}).to_string().into_bytes()),
+            Some(
+                json!({"name": "x", "cache": {"ttl_s": 0}})
+                    .to_string()
+                    .into_bytes(),
+            ),
         )
         .await
         .error(400);

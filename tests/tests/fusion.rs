@@ -56,36 +56,57 @@ async fn fusion_streams_the_synthesis_with_every_leg_reported_and_metered() {
     let f = &lumen["fusion"];
     let panel = f["panel"].as_array().unwrap();
     let models: Vec<&str> = panel.iter().map(|m| m["model"].as_str().unwrap()).collect();
-    assert_eq!(models, ["gpt-4o-mini", "claude-3-5-haiku", "gemini-2.0-flash"]);
-    assert!(panel.iter().all(|m| m["ok"] == true && m["cost"].as_f64() > Some(0.0)));
+    assert_eq!(
+        models,
+        ["gpt-4o-mini", "claude-3-5-haiku", "gemini-2.0-flash"]
+    );
+    assert!(panel
+        .iter()
+        .all(|m| m["ok"] == true && m["cost"].as_f64() > Some(0.0)));
     assert!(panel.iter().all(|m| m["latency_ms"].as_f64().is_some()));
     assert_eq!(f["synthesizer"]["model"], "gpt-4o");
     assert!(f["panel_ms"].as_f64().unwrap() <= t.elapsed().as_secs_f64() * 1000.0);
     // The mock gives every member the same words: they agree.
     assert_eq!(f["agreement"]["summary"], "all 3 answers are identical");
-    let legs_cost: f64 = panel.iter().map(|m| m["cost"].as_f64().unwrap()).sum::<f64>()
+    let legs_cost: f64 = panel
+        .iter()
+        .map(|m| m["cost"].as_f64().unwrap())
+        .sum::<f64>()
         + f["synthesizer"]["cost"].as_f64().unwrap();
-    assert!((lumen["cost"].as_f64().unwrap() - legs_cost).abs() < 1e-12, "{lumen}");
+    assert!(
+        (lumen["cost"].as_f64().unwrap() - legs_cost).abs() < 1e-12,
+        "{lumen}"
+    );
     assert!((f["cost"].as_f64().unwrap() - legs_cost).abs() < 1e-12);
     // Four upstream calls: three whole panel answers at once, then the streamed synthesis
     // with the panel's answers in its last message.
     let reqs = gw.mock.requests();
     assert_eq!(reqs.len(), 4, "{reqs:?}");
     let synth = reqs.iter().find(|r| {
-        r.body.as_ref().is_some_and(|b| b["model"] == "gpt-4o" && b["stream"] == true)
+        r.body
+            .as_ref()
+            .is_some_and(|b| b["model"] == "gpt-4o" && b["stream"] == true)
     });
-    let synth = synth.expect("a streamed synthesizer call").body.clone().unwrap();
+    let synth = synth
+        .expect("a streamed synthesizer call")
+        .body
+        .clone()
+        .unwrap();
     let msgs = synth["messages"].as_array().unwrap();
     assert_eq!(msgs[0]["role"], "system");
-    assert!(msgs.last().unwrap()["content"].as_str().unwrap().starts_with("Panel answers:"));
+    assert!(msgs.last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Panel answers:"));
 
     // Metered once, with every leg at its own price.
-    let recs = gw
-        .usage_until(&key, |u| u["total"]["requests"] == 1)
-        .await;
+    let recs = gw.usage_until(&key, |u| u["total"]["requests"] == 1).await;
     let total = recs["total"]["cost_usd"].as_f64().unwrap();
     assert!((total - legs_cost).abs() < 1e-9, "{recs} vs {legs_cost}");
-    let r = gw.call("GET", "/v1/usage/records", Some(&key), None).await.json();
+    let r = gw
+        .call("GET", "/v1/usage/records", Some(&key), None)
+        .await
+        .json();
     let legs = r["data"][0]["legs"].as_array().unwrap().clone();
     let roles: Vec<&str> = legs.iter().map(|l| l["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["synthesizer", "panel", "panel", "panel"], "{r}");
@@ -96,7 +117,10 @@ async fn a_failing_member_is_dropped_and_named_and_a_late_one_too() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(600, &[]).await;
     let r = gw
-        .chat(&key, fusion("drop one [mock tokens=4 status=500 only=anthropic]", false))
+        .chat(
+            &key,
+            fusion("drop one [mock tokens=4 status=500 only=anthropic]", false),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
@@ -106,7 +130,11 @@ async fn a_failing_member_is_dropped_and_named_and_a_late_one_too() {
     let dropped = f["dropped"][0].as_str().unwrap();
     assert!(dropped.starts_with("claude-3-5-haiku ("), "{dropped}");
     assert!(f["note"].as_str().unwrap().contains("claude-3-5-haiku"));
-    assert_eq!(f["agreement"]["pairs"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(
+        f["agreement"]["pairs"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
     assert!(v["choices"][0]["message"]["content"].as_str().is_some());
     // Whole answers carry the total in x-lumen-cost.
     let cost: f64 = r.header("x-lumen-cost").unwrap().parse().unwrap();
@@ -120,7 +148,10 @@ async fn a_failing_member_is_dropped_and_named_and_a_late_one_too() {
     assert_eq!(r.status, 200);
     assert!(t.elapsed().as_millis() < 2500, "{:?}", t.elapsed());
     let f = r.json()["lumen"]["fusion"].clone();
-    assert_eq!(f["panel"][1]["dropped"], "missed the panel deadline (400 ms)");
+    assert_eq!(
+        f["panel"][1]["dropped"],
+        "missed the panel deadline (400 ms)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +182,11 @@ async fn a_budget_too_small_for_the_whole_panel_is_402_before_any_leg() {
             "POST",
             "/admin/keys",
             Some(ADMIN),
-            Some(json!({"name": "b", "tenant": "small"}).to_string().into_bytes()),
+            Some(
+                json!({"name": "b", "tenant": "small"})
+                    .to_string()
+                    .into_bytes(),
+            ),
         )
         .await;
     let key = r.json()["key"].as_str().unwrap().to_string();
@@ -160,7 +195,11 @@ async fn a_budget_too_small_for_the_whole_panel_is_402_before_any_leg() {
             "PUT",
             "/admin/tenants/small",
             Some(ADMIN),
-            Some(json!({"monthly_budget_usd": 0.002}).to_string().into_bytes()),
+            Some(
+                json!({"monthly_budget_usd": 0.002})
+                    .to_string()
+                    .into_bytes(),
+            ),
         )
         .await;
     assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
@@ -186,10 +225,16 @@ async fn fusion_on_a_tier() {
     let v = r.json();
     let f = &v["lumen"]["fusion"];
     assert_eq!(f["panel"].as_array().unwrap().len(), 2, "{v}");
-    assert_eq!(f["synthesizer"]["model"], "gpt-4o", "the strongest eligible");
+    assert_eq!(
+        f["synthesizer"]["model"], "gpt-4o",
+        "the strongest eligible"
+    );
     assert_eq!(gw.mock.request_count(), 3);
     // A bad option names its field.
     let bad = json!({"model": "lumen/fusion", "lumen": {"fusion": {"size": 0}},
         "messages": [{"role": "user", "content": "x"}]});
-    assert_eq!(gw.chat(&key, bad).await.error(400)["param"], "lumen.fusion.size");
+    assert_eq!(
+        gw.chat(&key, bad).await.error(400)["param"],
+        "lumen.fusion.size"
+    );
 }

@@ -60,7 +60,10 @@ async fn a_slow_candidate_never_delays_the_client_and_the_pairs_are_reported() {
     let gw = Gateway::start_config(&cfg, |_| {}).await;
     let (key, key_id) = gw.create_key(6000, &[]).await;
     // The candidate (gpt-4o) answers after 2 s; the live model at once.
-    let body = chat_body("gpt-4o-mini", "shadow me [mock tokens=6 ttft_ms=2000 only=gpt-4o]");
+    let body = chat_body(
+        "gpt-4o-mini",
+        "shadow me [mock tokens=6 ttft_ms=2000 only=gpt-4o]",
+    );
     let mut client_ms = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
@@ -80,18 +83,33 @@ async fn a_slow_candidate_never_delays_the_client_and_the_pairs_are_reported() {
     assert_eq!(v["samples"], 50, "{v}");
     assert_eq!(v["primary"]["models"], json!(["gpt-4o-mini"]));
     assert_eq!(v["candidate"]["models"], json!(["gpt-4o"]));
-    assert_eq!((v["primary"]["ok"].as_u64(), v["candidate"]["ok"].as_u64()), (Some(50), Some(50)));
-    assert!(v["candidate"]["ttft_ms"]["p50"].as_f64().unwrap() >= 2000.0, "{v}");
-    assert!(v["primary"]["total_ms"]["p50"].as_f64().unwrap() < 500.0, "{v}");
+    assert_eq!(
+        (v["primary"]["ok"].as_u64(), v["candidate"]["ok"].as_u64()),
+        (Some(50), Some(50))
+    );
+    assert!(
+        v["candidate"]["ttft_ms"]["p50"].as_f64().unwrap() >= 2000.0,
+        "{v}"
+    );
+    assert!(
+        v["primary"]["total_ms"]["p50"].as_f64().unwrap() < 500.0,
+        "{v}"
+    );
     // The mock writes the same words for both models: every pair matches.
     assert_eq!(v["exact_match"]["rate"], 1.0);
     assert_eq!(v["matches"]["n"], 50);
     assert!(v["matches"]["low"].as_f64().unwrap() > 0.9);
     assert!(v["p50_delta_ms"].as_f64().unwrap() >= 1900.0);
     let ratio = v["cost_ratio"].as_f64().unwrap();
-    assert!((ratio - 10.0 / 0.6).abs() < 1.0, "gpt-4o is ~16.7× dearer per output token: {ratio}");
+    assert!(
+        (ratio - 10.0 / 0.6).abs() < 1.0,
+        "gpt-4o is ~16.7× dearer per output token: {ratio}"
+    );
     let verdict = v["verdict"].as_str().unwrap();
-    assert!(verdict.starts_with("gpt-4o matches 100 % (95 % CI"), "{verdict}");
+    assert!(
+        verdict.starts_with("gpt-4o matches 100 % (95 % CI"),
+        "{verdict}"
+    );
     assert!(verdict.contains("over 50 pairs"), "{verdict}");
     // No answers kept: the catalog's experiment does not ask for them.
     assert!(v.get("examples").is_none());
@@ -103,13 +121,23 @@ async fn a_slow_candidate_never_delays_the_client_and_the_pairs_are_reported() {
     let q = format!("/admin/usage?key_id=shadow:mini-vs-4o");
     let s = gw.call("GET", &q, Some(ADMIN), None).await.json();
     assert_eq!(s["total"]["requests"], 50, "{s}");
-    assert!(s["total"]["cost_usd"].as_f64().unwrap() > usage["total"]["cost_usd"].as_f64().unwrap());
+    assert!(
+        s["total"]["cost_usd"].as_f64().unwrap() > usage["total"]["cost_usd"].as_f64().unwrap()
+    );
     let recs = gw
-        .call("GET", "/admin/usage/records?key_id=shadow:mini-vs-4o&limit=1", Some(ADMIN), None)
+        .call(
+            "GET",
+            "/admin/usage/records?key_id=shadow:mini-vs-4o&limit=1",
+            Some(ADMIN),
+            None,
+        )
         .await
         .json();
     let rec = &recs["data"][0];
-    assert_eq!((rec["shadow"].as_str(), rec["model"].as_str()), (Some("mini-vs-4o"), Some("gpt-4o")));
+    assert_eq!(
+        (rec["shadow"].as_str(), rec["model"].as_str()),
+        (Some("mini-vs-4o"), Some("gpt-4o"))
+    );
     let _ = key_id;
 }
 
@@ -118,7 +146,10 @@ async fn a_failing_candidate_never_surfaces_and_the_cap_holds() {
     let cfg = Config::new(CATALOG, "");
     let gw = Gateway::start_config(&cfg, |_| {}).await;
     let (key, _) = gw.create_key(6000, &[]).await;
-    let body = chat_body("gpt-4o-mini", "fail the shadow [mock tokens=3 status=500 only=gpt-4o]");
+    let body = chat_body(
+        "gpt-4o-mini",
+        "fail the shadow [mock tokens=3 status=500 only=gpt-4o]",
+    );
     for _ in 0..3 {
         let r = gw.chat(&key, body.clone()).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -131,9 +162,22 @@ async fn a_failing_candidate_never_surfaces_and_the_cap_holds() {
     assert_eq!(s.status, 200);
     assert_eq!(s.data().last().unwrap(), "[DONE]");
     let v = report(&gw, "mini-vs-4o", 4).await;
-    assert_eq!((v["candidate"]["failed"].as_u64(), v["candidate"]["ok"].as_u64()), (Some(4), Some(0)), "{v}");
+    assert_eq!(
+        (
+            v["candidate"]["failed"].as_u64(),
+            v["candidate"]["ok"].as_u64()
+        ),
+        (Some(4), Some(0)),
+        "{v}"
+    );
     assert_eq!(v["matches"]["n"], 0);
-    assert!(v["verdict"].as_str().unwrap().contains("failed all 4 shadow calls"), "{v}");
+    assert!(
+        v["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("failed all 4 shadow calls"),
+        "{v}"
+    );
 
     // One call at a time: three concurrent requests, a 2 s candidate, one sample.
     let slow = chat_body(
@@ -158,7 +202,11 @@ async fn a_plan_names_its_own_experiment_and_keeps_answers_when_it_may() {
             "POST",
             "/admin/keys",
             Some(ADMIN),
-            Some(json!({"name": "p", "plan": "shadowed"}).to_string().into_bytes()),
+            Some(
+                json!({"name": "p", "plan": "shadowed"})
+                    .to_string()
+                    .into_bytes(),
+            ),
         )
         .await;
     assert_eq!(r.status, 201);
@@ -176,7 +224,14 @@ async fn a_plan_names_its_own_experiment_and_keeps_answers_when_it_may() {
     let ex = &v["examples"][0];
     assert_eq!(ex["answers"][0], ex["answers"][1], "{v}");
     // Unknown experiments are a 404; the admin token is required.
-    let r = gw.call("GET", "/admin/shadow/nope", Some(ADMIN), None).await;
+    let r = gw
+        .call("GET", "/admin/shadow/nope", Some(ADMIN), None)
+        .await;
     assert_eq!(r.error(404)["code"], "shadow_not_found");
-    assert_eq!(gw.call("GET", "/admin/shadow/plan-shadowed", Some(&key), None).await.status, 401);
+    assert_eq!(
+        gw.call("GET", "/admin/shadow/plan-shadowed", Some(&key), None)
+            .await
+            .status,
+        401
+    );
 }

@@ -139,7 +139,9 @@ pub async fn serve_hit(mut ctx: Ctx, a: Admitted, e: CacheEntry, out: ResponseOu
         ];
         hs.extend(ctx.headers());
         let mut sink = start_stream(out, 200, &hs);
-        let (last, body) = events.split_last().map_or((None, &[][..]), |(l, b)| (Some(l), b));
+        let (last, body) = events
+            .split_last()
+            .map_or((None, &[][..]), |(l, b)| (Some(l), b));
         let mut gone = false;
         for ev in body {
             if sink.send(ev.clone()).await.is_err() {

@@ -2,6 +2,7 @@
 //! (`x-request-id`, `x-lumen-model`, `x-lumen-provider`, `x-lumen-overhead-ms`, rate-limit
 //! headers once known), and what was read from the incoming request before its body.
 
+use crate::after::After;
 use lumen_shared::store::limits::RateStatus;
 use lumen_shared::ApiError;
 use lumen_spin::http::{read_request_body, request_header};
@@ -11,7 +12,6 @@ use lumen_spin::util::{
 };
 use lumen_spin::Reply;
 use spin_sdk::http::IncomingRequest;
-use crate::after::After;
 use spin_sdk::variables;
 use std::cell::RefCell;
 use std::time::Instant;

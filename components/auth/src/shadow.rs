@@ -292,7 +292,10 @@ pub fn run(ctx: &Ctx, job: Job, primary: Primary) {
     let admission = match store::admit(&kv, &job.plan, hold, started_ms) {
         Ok(Ok(a)) => a,
         Ok(Err(skipped)) => {
-            eprintln!("lumen: shadow {name} skipped for {}: {skipped:?}", ctx.request_id);
+            eprintln!(
+                "lumen: shadow {name} skipped for {}: {skipped:?}",
+                ctx.request_id
+            );
             return;
         }
         Err(e) => {
@@ -327,7 +330,10 @@ pub fn run(ctx: &Ctx, job: Job, primary: Primary) {
     if let Some(j) = &judged {
         all_legs.extend(legs(&job.plan.judge, j, "judge"));
     }
-    let cost: i64 = all_legs.iter().map(|l| cost_nanos(&l.usage, &l.price)).sum();
+    let cost: i64 = all_legs
+        .iter()
+        .map(|l| cost_nanos(&l.usage, &l.price))
+        .sum();
     if let Err(e) = store::release(&kv, &name, &admission, cost) {
         eprintln!("lumen: shadow {name}: {e}");
     }

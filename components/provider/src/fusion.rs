@@ -13,9 +13,7 @@ use crate::timer::{after_ms, within};
 use futures::channel::{mpsc, oneshot};
 use futures::future::LocalBoxFuture;
 use futures::{SinkExt, StreamExt};
-use lumen_shared::contracts::{
-    headers, CallRequest, Candidate, Leg, UsageReport, USAGE_EVENT,
-};
+use lumen_shared::contracts::{headers, CallRequest, Candidate, Leg, UsageReport, USAGE_EVENT};
 use lumen_shared::domain::catalog::Dialect;
 use lumen_shared::domain::compare::{self, Answer};
 use lumen_shared::domain::fusion::{self, FusionPlan, PanelMember, PanelOutcome};

@@ -134,20 +134,21 @@ pub fn take_request_option(body: &mut Map<String, Value>) -> Result<RequestCache
                 let param = format!("lumen.cache.{k}");
                 match k.as_str() {
                     "enabled" => {
-                        r.enabled = Some(
-                            v.as_bool()
-                                .ok_or_else(|| bad(&param, format!("'{param}' must be a boolean")))?,
-                        )
+                        r.enabled =
+                            Some(v.as_bool().ok_or_else(|| {
+                                bad(&param, format!("'{param}' must be a boolean"))
+                            })?)
                     }
                     "ttl_s" => {
-                        let t = v.as_u64().filter(|t| (1..=MAX_TTL_S).contains(t)).ok_or_else(
-                            || {
+                        let t = v
+                            .as_u64()
+                            .filter(|t| (1..=MAX_TTL_S).contains(t))
+                            .ok_or_else(|| {
                                 bad(
                                     &param,
                                     format!("'{param}' must be an integer from 1 to {MAX_TTL_S}"),
                                 )
-                            },
-                        )?;
+                            })?;
                         r.ttl_s = Some(t);
                     }
                     "mode" => {
@@ -255,7 +256,8 @@ pub struct Use {
 /// non-deterministic request in.
 pub fn decide(inp: &Inputs) -> Decision {
     let layers = [inp.key, inp.plan];
-    let first = |f: &dyn Fn(&CachePolicy) -> Option<u64>| layers.iter().flatten().find_map(|p| f(p));
+    let first =
+        |f: &dyn Fn(&CachePolicy) -> Option<u64>| layers.iter().flatten().find_map(|p| f(p));
     if inp.zero_retention {
         return Decision::Bypass("zero-retention key or plan");
     }
@@ -459,9 +461,9 @@ pub fn replay_stream(e: &CacheEntry, include_usage: bool, now_ms: u64) -> Option
     };
     let lumen = hit_lumen(e, now_ms);
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(events.len() + 2);
-    let last_finish = events.iter().rposition(|d| {
-        matches!(serde_json::from_str::<Value>(d), Ok(Value::Object(c)) if is_finish(&c))
-    });
+    let last_finish = events.iter().rposition(
+        |d| matches!(serde_json::from_str::<Value>(d), Ok(Value::Object(c)) if is_finish(&c)),
+    );
     let mut head: Option<Map<String, Value>> = None;
     for (i, d) in events.iter().enumerate() {
         if head.is_none() {
@@ -518,7 +520,9 @@ mod tests {
             body: Some(b),
         };
         let (det, hot, seeded) = (&det, &hot, &seeded);
-        assert!(matches!(decide(&inp(det)), Decision::Use(u) if u.lookup && u.ttl_s == DEFAULT_TTL_S));
+        assert!(
+            matches!(decide(&inp(det)), Decision::Use(u) if u.lookup && u.ttl_s == DEFAULT_TTL_S)
+        );
         assert!(matches!(decide(&inp(seeded)), Decision::Use(_)));
         assert!(matches!(decide(&inp(hot)), Decision::Bypass(_)));
         // The request may opt a non-deterministic request in, with its own TTL.
@@ -659,7 +663,10 @@ mod tests {
         assert_eq!(v["choices"], orig["choices"]);
         assert_eq!(v["usage"], orig["usage"]);
         assert_eq!(v["lumen"]["cost"], 0.0);
-        assert_eq!(v["lumen"]["cache"], json!({"status": "hit", "saved": 2.7e-6, "age_s": 30}));
+        assert_eq!(
+            v["lumen"]["cache"],
+            json!({"status": "hit", "saved": 2.7e-6, "age_s": 30})
+        );
     }
 
     #[test]

@@ -396,7 +396,9 @@ impl Catalog {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !ok {
-                return Err(format!("shadow name \"{name}\" may hold only letters, digits, '-' and '_'"));
+                return Err(format!(
+                    "shadow name \"{name}\" may hold only letters, digits, '-' and '_'"
+                ));
             }
             s.check(&format!("shadows.{name}"), self, true)?;
         }

@@ -366,7 +366,8 @@ mod tests {
 
     #[test]
     fn a_pair_is_compared_on_what_the_request_asked() {
-        let req = json!({"response_format": {"type": "json_object"}, "tools": [{"type": "function"}]});
+        let req =
+            json!({"response_format": {"type": "json_object"}, "tools": [{"type": "function"}]});
         let req = req.as_object().unwrap();
         let mut a = ans("{\"x\": 1}");
         let mut b = ans("```json\n{\"x\":1}\n```");

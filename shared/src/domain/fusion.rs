@@ -61,8 +61,7 @@ impl FusionConfig {
                 ));
             }
         }
-        if self.size.is_some_and(|n| !(1..=MAX_SIZE).contains(&n)) || self.panel.len() > MAX_SIZE
-        {
+        if self.size.is_some_and(|n| !(1..=MAX_SIZE).contains(&n)) || self.panel.len() > MAX_SIZE {
             return Err(format!("a fusion panel has 1 to {MAX_SIZE} members"));
         }
         if self.panel_deadline_ms == Some(0) {
@@ -196,7 +195,10 @@ fn eligible(cat: &Catalog, id: &str, m: &ModelConfig, allowed: &[&str], caps: &[
     let chat = m.capabilities.is_empty() || m.capabilities.iter().any(|c| c == "chat");
     direct
         && chat
-        && (allowed.is_empty() || allowed.iter().any(|a| *a == id || m.aliases.iter().any(|x| x == a)))
+        && (allowed.is_empty()
+            || allowed
+                .iter()
+                .any(|a| *a == id || m.aliases.iter().any(|x| x == a)))
         && caps.iter().all(|c| m.capabilities.iter().any(|x| x == c))
 }
 
@@ -210,7 +212,10 @@ fn strength_order<'a>(models: &mut [(&'a String, &'a ModelConfig)]) {
         b.1.quality
             .unwrap_or(f64::NEG_INFINITY)
             .total_cmp(&a.1.quality.unwrap_or(f64::NEG_INFINITY))
-            .then((b.1.price.input + b.1.price.output).total_cmp(&(a.1.price.input + a.1.price.output)))
+            .then(
+                (b.1.price.input + b.1.price.output)
+                    .total_cmp(&(a.1.price.input + a.1.price.output)),
+            )
             .then(a.0.cmp(b.0))
     });
 }
@@ -241,13 +246,15 @@ pub fn default_panel(cat: &Catalog, allowed: &[&str], caps: &[&str], size: usize
 }
 
 fn resolve(cat: &Catalog, name: &str, param: &str) -> Result<String, ApiError> {
-    cat.lookup(name).map(|(id, _)| id.to_string()).ok_or_else(|| {
-        ApiError::not_found(
-            format!("the model \"{name}\" does not exist"),
-            Some(param),
-            "model_not_found",
-        )
-    })
+    cat.lookup(name)
+        .map(|(id, _)| id.to_string())
+        .ok_or_else(|| {
+            ApiError::not_found(
+                format!("the model \"{name}\" does not exist"),
+                Some(param),
+                "model_not_found",
+            )
+        })
 }
 
 fn member(cat: &Catalog, id: &str) -> Result<PanelMember, ApiError> {
@@ -350,7 +357,12 @@ pub fn on_tier(cat: &Catalog, mut plan: Plan, ask: &FusionAsk) -> Result<Plan, A
         .filter(|c| c.excluded.is_none())
         .collect();
     let order: Vec<&str> = plan.candidates.iter().map(|c| c.model.as_str()).collect();
-    eligible.sort_by_key(|c| order.iter().position(|m| *m == c.model).unwrap_or(usize::MAX));
+    eligible.sort_by_key(|c| {
+        order
+            .iter()
+            .position(|m| *m == c.model)
+            .unwrap_or(usize::MAX)
+    });
     let synth = eligible
         .iter()
         .max_by(|a, b| {
@@ -422,8 +434,7 @@ pub fn max_cost_nanos(plan: &Plan, prompt_tokens: u64, output_tokens: u64) -> i6
         .iter()
         .map(|m| max_cost_nanos_of(prompt_tokens, output_tokens, &m.candidates))
         .sum();
-    let synth_prompt =
-        prompt_tokens + SYNTH_OVERHEAD_TOKENS + output_tokens * f.panel.len() as u64;
+    let synth_prompt = prompt_tokens + SYNTH_OVERHEAD_TOKENS + output_tokens * f.panel.len() as u64;
     panel + max_cost_nanos_of(synth_prompt, output_tokens, &plan.candidates)
 }
 
@@ -617,10 +628,16 @@ price = { input = 0.0, output = 0.0, source = "s", as_of = "2026-01-01" }
     #[test]
     fn the_default_panel_is_diverse_and_skips_queue_backends() {
         let c = cat();
-        assert_eq!(default_panel(&c, &[], &[], 3), ["a-big", "b-mid", "a-small"]);
+        assert_eq!(
+            default_panel(&c, &[], &[], 3),
+            ["a-big", "b-mid", "a-small"]
+        );
         assert_eq!(default_panel(&c, &[], &[], 2), ["a-big", "b-mid"]);
         assert_eq!(default_panel(&c, &[], &["tools"], 3), ["a-big"]);
-        assert_eq!(default_panel(&c, &["a-small", "b-mid"], &[], 3), ["a-small", "b-mid"]);
+        assert_eq!(
+            default_panel(&c, &["a-small", "b-mid"], &[], 3),
+            ["a-small", "b-mid"]
+        );
         let p = plan(&c, FUSION_MODEL, &[], &["stream"], &FusionAsk::default()).unwrap();
         let f = p.fusion.as_ref().unwrap();
         assert_eq!(f.synthesizer, "a-big");
@@ -664,7 +681,12 @@ price = { input = 0.0, output = 0.0, source = "s", as_of = "2026-01-01" }
             on: true,
             ..FusionAsk::default()
         };
-        assert_eq!(plan(&c, FUSION_MODEL, &["a-small"], &[], &ask).unwrap_err().status, 403);
+        assert_eq!(
+            plan(&c, FUSION_MODEL, &["a-small"], &[], &ask)
+                .unwrap_err()
+                .status,
+            403
+        );
     }
 
     #[test]
@@ -679,7 +701,10 @@ price = { input = 0.0, output = 0.0, source = "s", as_of = "2026-01-01" }
         let p = plan(&c, FUSION_MODEL, &[], &[], &ask).unwrap();
         // small: 1000×0.1 + 100×0.1 = 110 µ$; mid: 1000×1 + 100×2 = 1,200 µ$;
         // synth: (1000 + 200 + 2×100)×5 + 100×10 = 8,000 µ$ (per million tokens).
-        assert_eq!(max_cost_nanos(&p, 1000, 100), 110_000 + 1_200_000 + 8_000_000);
+        assert_eq!(
+            max_cost_nanos(&p, 1000, 100),
+            110_000 + 1_200_000 + 8_000_000
+        );
     }
 
     #[test]
@@ -711,13 +736,19 @@ price = { input = 0.0, output = 0.0, source = "s", as_of = "2026-01-01" }
         assert_eq!(msgs.len(), 3);
         assert_eq!(msgs[0]["role"], "system");
         let last = msgs[2]["content"].as_str().unwrap();
-        assert!(last.contains("[1] a-small:\n4") && last.contains("Dropped, no answer: b-mid"), "{last}");
+        assert!(
+            last.contains("[1] a-small:\n4") && last.contains("Dropped, no answer: b-mid"),
+            "{last}"
+        );
         assert_eq!(s["stream"], true);
         assert!(panel_body(body).get("stream").is_none());
         let r = report(&panel, 40.0, "a-big", 90, None, false);
         assert_eq!(r["cost"], 100e-9);
         assert_eq!(r["panel"][1]["ok"], false);
-        assert_eq!(r["dropped"], json!(["b-mid (provider \"b\" failed with HTTP 500)"]));
+        assert_eq!(
+            r["dropped"],
+            json!(["b-mid (provider \"b\" failed with HTTP 500)"])
+        );
         assert!(r["note"].as_str().unwrap().contains("b-mid"));
     }
 }

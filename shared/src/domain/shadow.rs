@@ -61,9 +61,9 @@ impl ShadowConfig {
             }
         }
         let model = |field: &str, name: &str| {
-            cat.lookup(name).map(|_| ()).ok_or_else(|| {
-                format!("{at}.{field} \"{name}\" is not a catalog model or alias")
-            })
+            cat.lookup(name)
+                .map(|_| ())
+                .ok_or_else(|| format!("{at}.{field} \"{name}\" is not a catalog model or alias"))
         };
         model("candidate", &self.candidate)?;
         if let Some(j) = &self.judge {
@@ -115,7 +115,13 @@ fn applies(cat: &Catalog, cfg: &ShadowConfig, requested: &str, winner: &str) -> 
     match &cfg.route {
         None => true,
         Some(r) if is_virtual(r) => {
-            let norm = |s: &str| if s == "auto" { "lumen/auto".to_string() } else { s.to_string() };
+            let norm = |s: &str| {
+                if s == "auto" {
+                    "lumen/auto".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
             norm(r) == norm(requested)
         }
         Some(r) => cat.lookup(r).is_some_and(|(id, _)| id == winner),
@@ -448,7 +454,8 @@ pub fn report(name: &str, recorded: u64, samples: &[Sample]) -> Report {
         exact_match,
         matches,
         overlap,
-        json_valid_primary: (jn > 0).then(|| wilson(json.iter().filter(|j| j.0).count() as u64, jn)),
+        json_valid_primary: (jn > 0)
+            .then(|| wilson(json.iter().filter(|j| j.0).count() as u64, jn)),
         json_valid_candidate: (jn > 0)
             .then(|| wilson(json.iter().filter(|j| j.1).count() as u64, jn)),
         tool_agreement: (!tools.is_empty()).then(|| {
@@ -522,7 +529,10 @@ mod tests {
     fn intervals() {
         let w = wilson(47, 50);
         assert!((w.rate - 0.94).abs() < 1e-9);
-        assert!(w.low > 0.83 && w.low < 0.85 && w.high > 0.97 && w.high < 0.99, "{w:?}");
+        assert!(
+            w.low > 0.83 && w.low < 0.85 && w.high > 0.97 && w.high < 0.99,
+            "{w:?}"
+        );
         assert_eq!(wilson(0, 0), Rate::default());
         let m = mean(&[1.0, 2.0, 3.0]);
         assert_eq!(m.mean, 2.0);
@@ -530,7 +540,10 @@ mod tests {
         let xs: Vec<f64> = (1..=100).map(f64::from).collect();
         let md = median(&xs);
         assert_eq!((md.p50, md.p90), (51.0, 90.0));
-        assert!(md.low >= 40.0 && md.low < 50.0 && md.high > 50.0 && md.high <= 61.0, "{md:?}");
+        assert!(
+            md.low >= 40.0 && md.low < 50.0 && md.high > 50.0 && md.high <= 61.0,
+            "{md:?}"
+        );
         assert_eq!(median(&[7.0]).low, 7.0);
     }
 
@@ -582,7 +595,11 @@ mod tests {
         });
         let r = report("x", 51, &samples);
         assert_eq!((r.candidate.failed, r.matches.n), (1, 50));
-        assert!(r.verdict.ends_with("; it failed 1 of 51 calls"), "{}", r.verdict);
+        assert!(
+            r.verdict.ends_with("; it failed 1 of 51 calls"),
+            "{}",
+            r.verdict
+        );
         assert_eq!(report("x", 0, &[]).verdict, "no samples yet for x");
     }
 }

@@ -121,8 +121,14 @@ mod tests {
         );
         assert_eq!(kv.ops(), (0, 0));
         let c = caps(size, size * 2);
-        assert!(matches!(fill(&kv, "t", "a", &e, &c, NOW).unwrap(), Filled::Stored(_)));
-        assert!(matches!(fill(&kv, "t", "b", &e, &c, NOW).unwrap(), Filled::Stored(_)));
+        assert!(matches!(
+            fill(&kv, "t", "a", &e, &c, NOW).unwrap(),
+            Filled::Stored(_)
+        ));
+        assert!(matches!(
+            fill(&kv, "t", "b", &e, &c, NOW).unwrap(),
+            Filled::Stored(_)
+        ));
         assert_eq!(
             fill(&kv, "t", "c", &e, &c, NOW).unwrap(),
             Filled::OverTenantCap(size)
@@ -135,7 +141,10 @@ mod tests {
             day: &day,
         };
         assert_eq!(kv::read_counter(&kv, &counter).unwrap(), (size * 2) as i64);
-        assert!(matches!(fill(&kv, "u", "c", &e, &c, NOW).unwrap(), Filled::Stored(_)));
+        assert!(matches!(
+            fill(&kv, "u", "c", &e, &c, NOW).unwrap(),
+            Filled::Stored(_)
+        ));
         assert!(matches!(
             fill(&kv, "t", "c", &e, &c, NOW + 86_400_000).unwrap(),
             Filled::Stored(_)

@@ -530,11 +530,7 @@ mod tests {
             ),
             (ShadowSeq("s").key(), "v1/shadow/s/seq"),
             (
-                ShadowSample {
-                    name: "s",
-                    slot: 3,
-                }
-                .key(),
+                ShadowSample { name: "s", slot: 3 }.key(),
                 "v1/shadow/s/sample/3",
             ),
             (

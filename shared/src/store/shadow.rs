@@ -64,12 +64,7 @@ pub fn admit(
 }
 
 /// Gives the seat back and settles the hold to `cost_nanos`.
-pub fn release(
-    store: &dyn Kv,
-    name: &str,
-    a: &Admission,
-    cost_nanos: i64,
-) -> Result<(), KvError> {
+pub fn release(store: &dyn Kv, name: &str, a: &Admission, cost_nanos: i64) -> Result<(), KvError> {
     kv::incr(
         store,
         &ShadowInflight {

@@ -84,8 +84,14 @@ struct Got {
 
 impl Client {
     fn new(origin: &str, key: &str) -> anyhow::Result<Client> {
-        let uri: Uri = origin.parse().with_context(|| format!("bad URL {origin}"))?;
-        let authority = uri.authority().context("URL without host")?.as_str().to_owned();
+        let uri: Uri = origin
+            .parse()
+            .with_context(|| format!("bad URL {origin}"))?;
+        let authority = uri
+            .authority()
+            .context("URL without host")?
+            .as_str()
+            .to_owned();
         Ok(Client {
             host: HeaderValue::from_str(&authority)?,
             authority,
@@ -99,7 +105,8 @@ impl Client {
         if stale {
             let stream = TcpStream::connect(&self.authority).await?;
             stream.set_nodelay(true)?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -108,7 +115,12 @@ impl Client {
         Ok(self.sender.as_mut().expect("connected"))
     }
 
-    async fn send(&mut self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Got> {
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Got> {
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let mut req = Request::new(Full::new(bytes));
         *req.method_mut() = method.parse()?;
@@ -118,9 +130,12 @@ impl Client {
         h.insert(AUTHORIZATION, self.auth.clone());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let start = Instant::now();
-        let resp = tokio::time::timeout(Duration::from_secs(60), self.conn().await?.send_request(req))
-            .await
-            .context("no response within 60 s")??;
+        let resp = tokio::time::timeout(
+            Duration::from_secs(60),
+            self.conn().await?.send_request(req),
+        )
+        .await
+        .context("no response within 60 s")??;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let mut body = Vec::new();
@@ -167,12 +182,21 @@ async fn phase(
     let mut lat = Vec::with_capacity(n);
     let mut all = Vec::with_capacity(n);
     for i in 0..n {
-        let got = client.send("POST", "/v1/chat/completions", Some(&body(i))).await?;
+        let got = client
+            .send("POST", "/v1/chat/completions", Some(&body(i)))
+            .await?;
         if got.status != 200 {
-            bail!("HTTP {}: {}", got.status, String::from_utf8_lossy(&got.body));
+            bail!(
+                "HTTP {}: {}",
+                got.status,
+                String::from_utf8_lossy(&got.body)
+            );
         }
         if let Some(want) = expect_cache {
-            let seen = got.headers.get("x-lumen-cache").and_then(|v| v.to_str().ok());
+            let seen = got
+                .headers
+                .get("x-lumen-cache")
+                .and_then(|v| v.to_str().ok());
             if seen != Some(want) {
                 bail!("expected x-lumen-cache {want}, got {seen:?}");
             }
@@ -211,16 +235,37 @@ async fn main() -> anyhow::Result<()> {
 
     // Cache.
     let words = "[mock tokens=8]";
-    let warm = |c: &str| chat("gpt-4o-mini", &format!("warm {c} {words}"), json!({"temperature": 1}));
+    let warm = |c: &str| {
+        chat(
+            "gpt-4o-mini",
+            &format!("warm {c} {words}"),
+            json!({"temperature": 1}),
+        )
+    };
     for i in 0..20 {
-        gw.send("POST", "/v1/chat/completions", Some(&warm(&i.to_string()))).await?;
-        direct.send("POST", "/v1/chat/completions", Some(&warm(&i.to_string()))).await?;
+        gw.send("POST", "/v1/chat/completions", Some(&warm(&i.to_string())))
+            .await?;
+        direct
+            .send("POST", "/v1/chat/completions", Some(&warm(&i.to_string())))
+            .await?;
     }
-    let (d, _) = phase(&mut direct, n, |_| chat("gpt-4o-mini", &format!("bench {words}"), json!({})), None).await?;
+    let (d, _) = phase(
+        &mut direct,
+        n,
+        |_| chat("gpt-4o-mini", &format!("bench {words}"), json!({})),
+        None,
+    )
+    .await?;
     let (plain, _) = phase(
         &mut gw,
         n,
-        |_| chat("gpt-4o-mini", &format!("bench {words}"), json!({"temperature": 1})),
+        |_| {
+            chat(
+                "gpt-4o-mini",
+                &format!("bench {words}"),
+                json!({"temperature": 1}),
+            )
+        },
         Some("bypass"),
     )
     .await?;
@@ -228,17 +273,29 @@ async fn main() -> anyhow::Result<()> {
     let (miss, _) = phase(
         &mut gw,
         n,
-        |i| chat("gpt-4o-mini", &format!("bench miss {run} {i} {words}"), json!({"temperature": 0})),
+        |i| {
+            chat(
+                "gpt-4o-mini",
+                &format!("bench miss {run} {i} {words}"),
+                json!({"temperature": 0}),
+            )
+        },
         Some("miss"),
     )
     .await?;
-    let hit_body = chat("gpt-4o-mini", &format!("bench hit {run} {words}"), json!({"temperature": 0}));
-    gw.send("POST", "/v1/chat/completions", Some(&hit_body)).await?;
+    let hit_body = chat(
+        "gpt-4o-mini",
+        &format!("bench hit {run} {words}"),
+        json!({"temperature": 0}),
+    );
+    gw.send("POST", "/v1/chat/completions", Some(&hit_body))
+        .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (hit, _) = phase(&mut gw, n, |_| hit_body.clone(), Some("hit")).await?;
     let stream_body = json!({"model": "gpt-4o-mini", "temperature": 0, "stream": true,
         "messages": [{"role": "user", "content": format!("bench stream hit {run} {words}")}]});
-    gw.send("POST", "/v1/chat/completions", Some(&stream_body)).await?;
+    gw.send("POST", "/v1/chat/completions", Some(&stream_body))
+        .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (shit, _) = phase(&mut gw, n, |_| stream_body.clone(), Some("hit")).await?;
     out.push_str(&format!(
@@ -249,11 +306,20 @@ async fn main() -> anyhow::Result<()> {
 | gateway, cache miss (lookup, model, fill after the answer) | {} | {} | {} over not cacheable |\n\
 | gateway, cache hit | {} | {} | {} over the mock |\n\
 | gateway, cache hit, stream | {} | {} | {} over the mock |\n\n",
-        p50(&d), ms(d.p99),
-        p50(&plain), ms(plain.p99), delta(plain.p50, d.p50),
-        p50(&miss), ms(miss.p99), delta(miss.p50, plain.p50),
-        p50(&hit), ms(hit.p99), delta(hit.p50, d.p50),
-        p50(&shit), ms(shit.p99), delta(shit.p50, d.p50),
+        p50(&d),
+        ms(d.p99),
+        p50(&plain),
+        ms(plain.p99),
+        delta(plain.p50, d.p50),
+        p50(&miss),
+        ms(miss.p99),
+        delta(miss.p50, plain.p50),
+        p50(&hit),
+        ms(hit.p99),
+        delta(hit.p50, d.p50),
+        p50(&shit),
+        ms(shit.p99),
+        delta(shit.p50, d.p50),
     ));
 
     // Shadow.
@@ -261,20 +327,34 @@ async fn main() -> anyhow::Result<()> {
     let (base, _) = phase(
         &mut gw,
         sn,
-        |i| chat("gpt-4o", &format!("no shadow {i} [mock tokens=8]"), json!({})),
+        |i| {
+            chat(
+                "gpt-4o",
+                &format!("no shadow {i} [mock tokens=8]"),
+                json!({}),
+            )
+        },
         None,
     )
     .await?;
     let (shadowed, _) = phase(
         &mut gw,
         sn,
-        |i| chat("gpt-4o-mini", &format!("shadowed {i} [mock tokens=8 ttft_ms=2000 only=gpt-4o]"), json!({})),
+        |i| {
+            chat(
+                "gpt-4o-mini",
+                &format!("shadowed {i} [mock tokens=8 ttft_ms=2000 only=gpt-4o]"),
+                json!({}),
+            )
+        },
         None,
     )
     .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
-        let r = admin.send("GET", &format!("/admin/shadow/{}", args.shadow), None).await?;
+        let r = admin
+            .send("GET", &format!("/admin/shadow/{}", args.shadow), None)
+            .await?;
         let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
         if v["samples"].as_u64() >= Some(sn as u64) || Instant::now() > deadline {
             break v;
@@ -306,7 +386,12 @@ Difference at p50: {} ms. `GET /admin/shadow/{}` after the run: {} samples; prim
     let fused = |_| json!({"model": "lumen/fusion", "stream": true, "messages": [{"role": "user", "content": fusion_text}]});
     let (fus, fuses) = phase(&mut gw, fnn, fused, None).await?;
     let ttft = |gots: &[Got]| {
-        Summary::of(&gots.iter().filter_map(|g| g.first_content).collect::<Vec<_>>())
+        Summary::of(
+            &gots
+                .iter()
+                .filter_map(|g| g.first_content)
+                .collect::<Vec<_>>(),
+        )
     };
     let mut panel_ms = Vec::new();
     let mut legs: Vec<Vec<f64>> = Vec::new();
@@ -320,7 +405,9 @@ Difference at p50: {} ms. `GET /admin/shadow/{}` after the run: {} samples; prim
             .and_then(|d| serde_json::from_str::<Value>(d).ok());
         if let Some(l) = last {
             let f = &l["lumen"]["fusion"];
-            panel_ms.push(Duration::from_secs_f64(f["panel_ms"].as_f64().unwrap_or(0.0) / 1000.0));
+            panel_ms.push(Duration::from_secs_f64(
+                f["panel_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+            ));
             for (i, m) in f["panel"].as_array().into_iter().flatten().enumerate() {
                 if legs.len() <= i {
                     legs.push(Vec::new());
@@ -351,10 +438,16 @@ Where the fusion time went (p50): panel {} ms (members {} ms, run at once), then
         match (tf, panel) { (Some(t), Some(p)) => ms(t.p50.saturating_sub(p.p50)), _ => "n/a".into() },
         panel.map_or("n/a".into(), |p| ms(fus.p50.saturating_sub(p.p50))),
     ));
-    out.push_str(&format!("Wall time {:.1} s.\n", started.elapsed().as_secs_f64()));
+    out.push_str(&format!(
+        "Wall time {:.1} s.\n",
+        started.elapsed().as_secs_f64()
+    ));
     print!("{out}");
     if let Some(path) = args.out {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
         f.write_all(out.as_bytes())?;
     }
     Ok(())

@@ -24,11 +24,8 @@ impl Config {
     pub fn new(catalog: &str, plans: &str) -> Config {
         let mut b = [0u8; 8];
         getrandom_bytes(&mut b);
-        let dir = std::env::temp_dir().join(format!(
-            "lumen-config-{}-{}",
-            std::process::id(),
-            hex(&b)
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("lumen-config-{}-{}", std::process::id(), hex(&b)));
         let cfg = dir.join("config");
         std::fs::create_dir_all(&cfg).unwrap();
         for entry in std::fs::read_dir(repo().join("config")).unwrap() {
@@ -45,7 +42,10 @@ impl Config {
         let root = repo().canonicalize().unwrap();
         let manifest = std::fs::read_to_string(root.join("spin.toml"))
             .unwrap()
-            .replace("source = \"config\"", &format!("source = \"{}\"", cfg.display()))
+            .replace(
+                "source = \"config\"",
+                &format!("source = \"{}\"", cfg.display()),
+            )
             .replace("source = \"", &format!("source = \"{}/", root.display()))
             .replace(
                 &format!("source = \"{}/{}", root.display(), cfg.display()),
