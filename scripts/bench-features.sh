@@ -25,6 +25,7 @@ for bin in lumen-mock lumen-host lumen-bench-features; do
 done
 
 tmp="$(mktemp -d)"
+app_cfg="" manifest=""
 pids=()
 cleanup() {
   local pid
@@ -34,16 +35,20 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  rm -rf "$tmp"
+  rm -rf "$tmp" "$app_cfg" "$manifest"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # The shipped configuration plus the benchmark's shadow experiment, and a spin.toml pointing
 # at it (and back into the repository for everything else).
-mkdir -p "$tmp/app/config"
-cp -a config/. "$tmp/app/config/"
-cat >>"$tmp/app/config/catalog.toml" <<'EOF'
+# Spin maps only files inside the application's directory: the manifest goes next to spin.toml
+# (removed on exit) and the configuration under target/.
+app_cfg="target/bench-features-config-$$"
+manifest="$ROOT/.bench-features-$$.toml"
+mkdir -p "$app_cfg"
+cp -a config/. "$app_cfg/"
+cat >>"$app_cfg/catalog.toml" <<'EOF'
 
 [shadows.bench-shadow]
 route = "gpt-4o-mini"
@@ -51,8 +56,7 @@ candidate = "gpt-4o"
 share = 100
 max_concurrent = 256
 EOF
-sed -e "s#source = \"config\"#source = \"$tmp/app/config\"#" \
-    -e "s#source = \"\\([^/][^\"]*\\)\"#source = \"$ROOT/\\1\"#" spin.toml >"$tmp/app/spin.toml"
+sed -e "s#source = \"config\"#source = \"$app_cfg\"#" spin.toml >"$manifest"
 
 wait_for() { # NAME PID TIMEOUT_S PATTERN-FILE: prints the first http://ADDR the process logs
   local name=$1 pid=$2 deadline=$((SECONDS + $3)) addr
@@ -91,11 +95,11 @@ if [[ "${RUNTIME:-host}" == spin ]]; then
   SPIN="${SPIN:-$(../shared/tools/get-spin.sh)}"
   rc=()
   [[ -n "${SPIN_RUNTIME_CONFIG:-}" ]] && rc=(--runtime-config-file "$SPIN_RUNTIME_CONFIG")
-  "$SPIN" up -f "$tmp/app/spin.toml" --listen "127.0.0.1:$port" --state-dir "$tmp/state" "${rc[@]}" \
+  "$SPIN" up -f "$manifest" --listen "127.0.0.1:$port" --state-dir "$tmp/state" "${rc[@]}" \
     >"$tmp/gw.out" 2>"$tmp/gw.err" &
   runtime="spin ($("$SPIN" --version | head -n 1))"
 else
-  "$BIN/lumen-host" up --listen "127.0.0.1:$port" --manifest "$tmp/app/spin.toml" --state-dir "$tmp/state" \
+  "$BIN/lumen-host" up --listen "127.0.0.1:$port" --manifest "$manifest" --state-dir "$tmp/state" \
     >"$tmp/gw.out" 2>"$tmp/gw.err" &
   runtime="lumen-host"
 fi
