@@ -158,6 +158,23 @@ pub struct Plan {
     pub fusion: Option<crate::domain::fusion::FusionPlan>,
 }
 
+impl Plan {
+    /// The plan of a request answered from the response cache before any planning: no
+    /// candidates (nothing is called).
+    pub fn cached(requested: &str) -> Plan {
+        Plan {
+            requested: requested.to_string(),
+            reason: "served from the response cache".into(),
+            candidates: Vec::new(),
+            defaults: serde_json::Map::new(),
+            cascade: false,
+            route: None,
+            shadow: None,
+            fusion: None,
+        }
+    }
+}
+
 /// Which upstream endpoint a call is for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -94,10 +94,12 @@ async fn fusion_streams_the_synthesis_with_every_leg_reported_and_metered() {
         .unwrap();
     let msgs = synth["messages"].as_array().unwrap();
     assert_eq!(msgs[0]["role"], "system");
-    assert!(msgs.last().unwrap()["content"]
-        .as_str()
-        .unwrap()
-        .starts_with("Panel answers:"));
+    let last = msgs.last().unwrap()["content"].as_str().unwrap();
+    assert!(last.starts_with("The request:\nIs 17 prime?"), "{last}");
+    assert!(
+        last.contains("\n\nPanel answers:\n\n[1] gpt-4o-mini:\n"),
+        "{last}"
+    );
 
     // Metered once, with every leg at its own price.
     let recs = gw.usage_until(&key, |u| u["total"]["requests"] == 1).await;

@@ -21,8 +21,18 @@ use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
 use spin_sdk::http::ResponseOutparam;
 
-/// The model part of a request's cache key: the resolved model, and for fusion its panel.
-fn model_key(plan: &Plan) -> String {
+/// Whether the cache is looked up before planning: for a pinned model (its string, as asked,
+/// is the model part of the key) of a key and plan without model restrictions or per-model
+/// limits, the router has nothing to refuse, so a hit skips it too.
+pub fn before_plan(key: &ApiKeyRecord, key_plan: Option<&plans::Plan>, chat: &ChatRequest) -> bool {
+    !lumen_shared::domain::route::needs_body(&chat.model)
+        && key.allowed_models.is_empty()
+        && key_plan.is_none_or(|p| p.allowed_models.is_empty() && p.models.is_empty())
+}
+
+/// The model part of a request's cache key after planning: the resolved model, and for fusion
+/// its panel.
+pub fn model_key(plan: &Plan) -> String {
     let first = plan
         .candidates
         .first()
@@ -48,7 +58,7 @@ pub fn admit(
     key_plan: Option<&plans::Plan>,
     ask: &RequestCache,
     chat: &ChatRequest,
-    plan: &Plan,
+    model: &str,
 ) -> Option<CacheEntry> {
     let decision = cache::decide(&cache::Inputs {
         key: key.cache.as_ref(),
@@ -66,7 +76,7 @@ pub fn admit(
         Decision::Use(u) => u,
     };
     let tenant = key.tenant_id().to_string();
-    let hash = cache::request_hash(&tenant, &model_key(plan), chat.stream, &chat.body);
+    let hash = cache::request_hash(&tenant, model, chat.stream, &chat.body);
     if caps.lookup {
         match lumen_shared::store::cache::lookup(kv, &tenant, &hash, now_ms(), caps.ttl_s) {
             Ok(Some(e)) => {

@@ -84,6 +84,33 @@ pub async fn admit_chat(
     if let Some(t) = taken.iter().find(|t| t.kind == Kind::KeyTpm) {
         ctx.set_token_rate(&t.status);
     }
+    // A pinned model's answer is looked up before planning: a hit needs no router.
+    let early = chat_completion && crate::cache::before_plan(&key, key_plan.as_ref(), &chat);
+    if early {
+        let model = chat.model.clone();
+        let hit = crate::cache::admit(
+            ctx,
+            &kv,
+            info,
+            &key,
+            key_plan.as_ref(),
+            &cache_ask,
+            &chat,
+            &model,
+        );
+        if let Some(e) = hit {
+            ctx.after.borrow_mut().hit = Some(Box::new(e));
+            return Ok(Admitted {
+                plan: Plan::cached(&chat.model),
+                key,
+                chat,
+                hold: None,
+                tenant: TenantRecord::default(),
+                held_output,
+                taken,
+            });
+        }
+    }
     let allowed_models = if key.allowed_models.is_empty() {
         key_plan
             .as_ref()
@@ -150,16 +177,21 @@ pub async fn admit_chat(
     )?);
     if chat_completion {
         // A hit is served without a model, a budget hold or a shadow (`chat::handle`).
-        let hit = crate::cache::admit(
-            ctx,
-            &kv,
-            info,
-            &key,
-            key_plan.as_ref(),
-            &cache_ask,
-            &chat,
-            &plan,
-        );
+        let hit = if early {
+            None
+        } else {
+            let model = crate::cache::model_key(&plan);
+            crate::cache::admit(
+                ctx,
+                &kv,
+                info,
+                &key,
+                key_plan.as_ref(),
+                &cache_ask,
+                &chat,
+                &model,
+            )
+        };
         if let Some(e) = hit {
             ctx.after.borrow_mut().hit = Some(Box::new(e));
             return Ok(Admitted {

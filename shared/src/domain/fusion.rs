@@ -463,8 +463,29 @@ pub struct PanelOutcome {
     pub tokens: u64,
 }
 
+/// The text of the last user message of a request.
+fn last_user_text(body: &Map<String, Value>) -> String {
+    let last = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| {
+            m.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        });
+    match last.and_then(|m| m.get("content")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
 /// The synthesizer's request: the client's, with a system instruction first and a last user
-/// turn holding the panel's answers (and who was dropped).
+/// turn restating the request and holding the panel's answers (and who was dropped).
 pub fn synthesis_body(body: &Map<String, Value>, panel: &[PanelOutcome]) -> Map<String, Value> {
     let mut out = body.clone();
     let mut messages: Vec<Value> = vec![json!({
@@ -477,7 +498,10 @@ pub fn synthesis_body(body: &Map<String, Value>, panel: &[PanelOutcome]) -> Map<
             .cloned()
             .unwrap_or_default(),
     );
-    let mut text = String::from("Panel answers:\n");
+    let mut text = format!(
+        "The request:\n{}\n\nPanel answers:\n",
+        last_user_text(body).trim()
+    );
     let mut n = 0;
     for p in panel {
         if let Some(a) = &p.answer {
@@ -736,6 +760,10 @@ price = { input = 0.0, output = 0.0, source = "s", as_of = "2026-01-01" }
         assert_eq!(msgs.len(), 3);
         assert_eq!(msgs[0]["role"], "system");
         let last = msgs[2]["content"].as_str().unwrap();
+        assert!(
+            last.starts_with("The request:\n2+2?\n\nPanel answers:\n"),
+            "{last}"
+        );
         assert!(
             last.contains("[1] a-small:\n4") && last.contains("Dropped, no answer: b-mid"),
             "{last}"

@@ -115,7 +115,25 @@ impl Client {
         Ok(self.sender.as_mut().expect("connected"))
     }
 
+    /// One call; a connection the server closed in between is reopened once.
     async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Got> {
+        match self.send_once(method, path, body).await {
+            Ok(g) => Ok(g),
+            Err(first) => {
+                self.sender = None;
+                self.send_once(method, path, body)
+                    .await
+                    .with_context(|| format!("{method} {path} (after: {first:#})"))
+            }
+        }
+    }
+
+    async fn send_once(
         &mut self,
         method: &str,
         path: &str,
@@ -233,11 +251,11 @@ async fn main() -> anyhow::Result<()> {
         cpu_model()
     ));
 
-    // Cache.
+    // Cache: on gpt-4o, which no shadow mirrors.
     let words = "[mock tokens=8]";
     let warm = |c: &str| {
         chat(
-            "gpt-4o-mini",
+            "gpt-4o",
             &format!("warm {c} {words}"),
             json!({"temperature": 1}),
         )
@@ -252,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
     let (d, _) = phase(
         &mut direct,
         n,
-        |_| chat("gpt-4o-mini", &format!("bench {words}"), json!({})),
+        |_| chat("gpt-4o", &format!("bench {words}"), json!({})),
         None,
     )
     .await?;
@@ -261,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
         n,
         |_| {
             chat(
-                "gpt-4o-mini",
+                "gpt-4o",
                 &format!("bench {words}"),
                 json!({"temperature": 1}),
             )
@@ -275,7 +293,7 @@ async fn main() -> anyhow::Result<()> {
         n,
         |i| {
             chat(
-                "gpt-4o-mini",
+                "gpt-4o",
                 &format!("bench miss {run} {i} {words}"),
                 json!({"temperature": 0}),
             )
@@ -284,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let hit_body = chat(
-        "gpt-4o-mini",
+        "gpt-4o",
         &format!("bench hit {run} {words}"),
         json!({"temperature": 0}),
     );
@@ -292,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (hit, _) = phase(&mut gw, n, |_| hit_body.clone(), Some("hit")).await?;
-    let stream_body = json!({"model": "gpt-4o-mini", "temperature": 0, "stream": true,
+    let stream_body = json!({"model": "gpt-4o", "temperature": 0, "stream": true,
         "messages": [{"role": "user", "content": format!("bench stream hit {run} {words}")}]});
     gw.send("POST", "/v1/chat/completions", Some(&stream_body))
         .await?;
