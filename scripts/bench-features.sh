@@ -5,7 +5,8 @@
 #   SKIP_BUILD=1      reuse the binaries already in target/release
 #   BENCH_OUT=FILE    where results are appended (default bench/RESULTS.md)
 #   RUNTIME=spin      run the gateway under real Spin ($SPIN, or ../shared/tools/get-spin.sh)
-#                     instead of lumen-host; SPIN_RUNTIME_CONFIG=FILE for e.g. Redis
+#                     instead of lumen-host
+#   SPIN_RUNTIME_CONFIG=FILE  a runtime config for either (e.g. Redis, or an in-memory store)
 # Starts lumen-mock and the gateway on loopback ports with the shipped configuration plus one
 # shadow experiment (gpt-4o-mini mirrored 100 % to gpt-4o), creates an API key, runs
 # lumen-bench-features and stops both on exit.
@@ -99,7 +100,9 @@ if [[ "${RUNTIME:-host}" == spin ]]; then
     >"$tmp/gw.out" 2>"$tmp/gw.err" &
   runtime="spin ($("$SPIN" --version | head -n 1))"
 else
-  "$BIN/lumen-host" up --listen "127.0.0.1:$port" --manifest "$manifest" --state-dir "$tmp/state" \
+  rc=()
+  [[ -n "${SPIN_RUNTIME_CONFIG:-}" ]] && rc=(--runtime-config-file "$SPIN_RUNTIME_CONFIG")
+  "$BIN/lumen-host" up --listen "127.0.0.1:$port" --manifest "$manifest" --state-dir "$tmp/state" "${rc[@]}" \
     >"$tmp/gw.out" 2>"$tmp/gw.err" &
   runtime="lumen-host"
 fi

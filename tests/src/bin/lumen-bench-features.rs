@@ -225,6 +225,40 @@ async fn phase(
     Ok((Summary::of(&lat).context("no samples")?, all))
 }
 
+/// One call's latency, checking `x-lumen-cache`.
+async fn expect(client: &mut Client, body: &Value, cache: &str) -> anyhow::Result<Duration> {
+    let got = client
+        .send("POST", "/v1/chat/completions", Some(body))
+        .await?;
+    let seen = got
+        .headers
+        .get("x-lumen-cache")
+        .and_then(|v| v.to_str().ok());
+    if got.status != 200 || seen != Some(cache) {
+        bail!(
+            "expected 200 with x-lumen-cache {cache}, got {} with {seen:?}: {}",
+            got.status,
+            String::from_utf8_lossy(&got.body)
+        );
+    }
+    Ok(got.total)
+}
+
+/// One call's latency; anything but a 200 is an error.
+async fn one(client: &mut Client, body: &Value) -> anyhow::Result<Duration> {
+    let got = client
+        .send("POST", "/v1/chat/completions", Some(body))
+        .await?;
+    if got.status != 200 {
+        bail!(
+            "HTTP {}: {}",
+            got.status,
+            String::from_utf8_lossy(&got.body)
+        );
+    }
+    Ok(got.total)
+}
+
 fn p50(s: &Summary) -> String {
     ms(s.p50)
 }
@@ -267,55 +301,39 @@ async fn main() -> anyhow::Result<()> {
             .send("POST", "/v1/chat/completions", Some(&warm(&i.to_string())))
             .await?;
     }
-    let (d, _) = phase(
-        &mut direct,
-        n,
-        |_| chat("gpt-4o", &format!("bench {words}"), json!({})),
-        None,
-    )
-    .await?;
-    let (plain, _) = phase(
-        &mut gw,
-        n,
-        |_| {
-            chat(
-                "gpt-4o",
-                &format!("bench {words}"),
-                json!({"temperature": 1}),
-            )
-        },
-        Some("bypass"),
-    )
-    .await?;
     let run = started.elapsed().as_nanos();
-    let (miss, _) = phase(
-        &mut gw,
-        n,
-        |i| {
-            chat(
-                "gpt-4o",
-                &format!("bench miss {run} {i} {words}"),
-                json!({"temperature": 0}),
-            )
-        },
-        Some("miss"),
-    )
-    .await?;
     let hit_body = chat(
         "gpt-4o",
         &format!("bench hit {run} {words}"),
         json!({"temperature": 0}),
     );
-    gw.send("POST", "/v1/chat/completions", Some(&hit_body))
-        .await?;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (hit, _) = phase(&mut gw, n, |_| hit_body.clone(), Some("hit")).await?;
     let stream_body = json!({"model": "gpt-4o", "temperature": 0, "stream": true,
         "messages": [{"role": "user", "content": format!("bench stream hit {run} {words}")}]});
+    gw.send("POST", "/v1/chat/completions", Some(&hit_body))
+        .await?;
     gw.send("POST", "/v1/chat/completions", Some(&stream_body))
         .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (shit, _) = phase(&mut gw, n, |_| stream_body.clone(), Some("hit")).await?;
+    // Interleaved, so that every path sees the same background.
+    let mut lat: [Vec<Duration>; 5] = Default::default();
+    for i in 0..n {
+        let plain = chat(
+            "gpt-4o",
+            &format!("bench {i} {words}"),
+            json!({"temperature": 1}),
+        );
+        let miss = chat(
+            "gpt-4o",
+            &format!("bench miss {run} {i} {words}"),
+            json!({"temperature": 0}),
+        );
+        lat[0].push(one(&mut direct, &plain).await?);
+        lat[1].push(expect(&mut gw, &plain, "bypass").await?);
+        lat[2].push(expect(&mut gw, &miss, "miss").await?);
+        lat[3].push(expect(&mut gw, &hit_body, "hit").await?);
+        lat[4].push(expect(&mut gw, &stream_body, "hit").await?);
+    }
+    let [d, plain, miss, hit, shit] = lat.map(|l| Summary::of(&l).expect("samples in every path"));
     out.push_str(&format!(
         "**Response cache** ({n} requests per row, non-stream, 8 tokens):\n\n\
 | path | p50 (ms) | p99 (ms) | vs. |\n|---|---:|---:|---|\n\
@@ -340,41 +358,43 @@ async fn main() -> anyhow::Result<()> {
         delta(shit.p50, d.p50),
     ));
 
-    // Shadow.
+    // Shadow: interleaved (each shadowed request between two without: the same background for
+    // both), then one phase of each (a shadowed request's after-answer work lands on the next).
     let sn = args.shadow_requests;
-    let (base, _) = phase(
-        &mut gw,
-        sn,
-        |i| {
-            chat(
-                "gpt-4o",
-                &format!("no shadow {i} [mock tokens=8]"),
-                json!({}),
-            )
-        },
-        None,
-    )
-    .await?;
-    let (shadowed, _) = phase(
-        &mut gw,
-        sn,
-        |i| {
-            chat(
-                "gpt-4o-mini",
-                &format!("shadowed {i} [mock tokens=8 ttft_ms=2000 only=gpt-4o]"),
-                json!({}),
-            )
-        },
-        None,
-    )
-    .await?;
+    let base_body = |i: usize| {
+        chat(
+            "gpt-4o",
+            &format!("no shadow {i} [mock tokens=8]"),
+            json!({}),
+        )
+    };
+    let shadow_body = |i: usize| {
+        chat(
+            "gpt-4o-mini",
+            &format!("shadowed {i} [mock tokens=8 ttft_ms=2000 only=gpt-4o]"),
+            json!({}),
+        )
+    };
+    let (mut ia, mut ib) = (Vec::new(), Vec::new());
+    for i in 0..sn {
+        ia.push(one(&mut gw, &base_body(i + 1000)).await?);
+        ib.push(one(&mut gw, &shadow_body(i + 1000)).await?);
+    }
+    let (ia, ib) = (
+        Summary::of(&ia).context("no samples")?,
+        Summary::of(&ib).context("no samples")?,
+    );
+    // Let the interleaved shadow calls finish before the separate phases.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (base, _) = phase(&mut gw, sn, base_body, None).await?;
+    let (shadowed, _) = phase(&mut gw, sn, shadow_body, None).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
         let r = admin
             .send("GET", &format!("/admin/shadow/{}", args.shadow), None)
             .await?;
         let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
-        if v["samples"].as_u64() >= Some(sn as u64) || Instant::now() > deadline {
+        if v["samples"].as_u64() >= Some(2 * sn as u64) || Instant::now() > deadline {
             break v;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -382,11 +402,16 @@ async fn main() -> anyhow::Result<()> {
     out.push_str(&format!(
         "**Shadow traffic** ({sn} requests per row; the candidate answers after 2 s):\n\n\
 | route | client p50 (ms) | client p90 (ms) | max (ms) |\n|---|---:|---:|---:|\n\
-| `gpt-4o`, no shadow | {} | {} | {} |\n\
-| `gpt-4o-mini`, shadowed 100 % to `gpt-4o` | {} | {} | {} |\n\n\
-Difference at p50: {} ms. `GET /admin/shadow/{}` after the run: {} samples; primary total p50 {:.1} ms, candidate total p50 {:.1} ms (time to first token {:.1} ms); verdict: \"{}\".\n\n",
+| interleaved: `gpt-4o`, no shadow | {} | {} | {} |\n\
+| interleaved: `gpt-4o-mini`, shadowed 100 % to `gpt-4o` | {} | {} | {} |\n\
+| separate phase: `gpt-4o`, no shadow | {} | {} | {} |\n\
+| separate phase: `gpt-4o-mini`, shadowed 100 % to `gpt-4o` | {} | {} | {} |\n\n\
+Difference at p50: {} ms interleaved, {} ms in separate phases. `GET /admin/shadow/{}` after the run: {} samples; primary total p50 {:.1} ms, candidate total p50 {:.1} ms (time to first token {:.1} ms); verdict: \"{}\".\n\n",
+        p50(&ia), ms(ia.p90), ms(ia.max),
+        p50(&ib), ms(ib.p90), ms(ib.max),
         p50(&base), ms(base.p90), ms(base.max),
         p50(&shadowed), ms(shadowed.p90), ms(shadowed.max),
+        delta(ib.p50, ia.p50),
         delta(shadowed.p50, base.p50),
         args.shadow,
         report["samples"],
