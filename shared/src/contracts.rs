@@ -72,6 +72,10 @@ pub struct PlanRequest {
     /// which applies); none = the plan's default ([`crate::domain::saved`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<crate::domain::saved::ReferenceAsk>,
+    /// The shadow experiment of the key's plan, as (plan name, settings): the router resolves
+    /// its models and rolls its share with the catalog's own experiments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<(String, crate::domain::shadow::ShadowConfig)>,
 }
 
 /// Where and how to call a provider.
@@ -157,6 +161,30 @@ pub struct Plan {
     /// The model `lumen.saved` is priced against ([`crate::domain::saved`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<crate::domain::saved::Reference>,
+    /// The shadow experiment this request also feeds, when its share picked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::domain::shadow::ShadowPlan>,
+    /// Fusion: the panel run before the synthesizer (whose candidates are `candidates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<crate::domain::fusion::FusionPlan>,
+}
+
+impl Plan {
+    /// The plan of a request answered from the response cache before any planning: no
+    /// candidates (nothing is called).
+    pub fn cached(requested: &str) -> Plan {
+        Plan {
+            requested: requested.to_string(),
+            reason: "served from the response cache".into(),
+            candidates: Vec::new(),
+            defaults: serde_json::Map::new(),
+            cascade: false,
+            route: None,
+            reference: None,
+            shadow: None,
+            fusion: None,
+        }
+    }
 }
 
 /// Which upstream endpoint a call is for.
@@ -194,6 +222,9 @@ pub struct CallRequest {
     /// Quality-floor cascade: check each non-final answer and escalate when the check fails.
     #[serde(default)]
     pub cascade: bool,
+    /// Fusion: run this panel first, then `candidates` as the synthesizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<crate::domain::fusion::FusionPlan>,
 }
 
 /// How a request ended.
@@ -246,6 +277,10 @@ pub struct Leg {
     pub estimated: bool,
     /// The leg's prices.
     pub price: Price,
+    /// What the leg was for, when not the answer itself: `panel` (a fusion panel member) or
+    /// `synthesizer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// auth → meter: settle one request (auth settles each request once).
@@ -278,6 +313,34 @@ pub struct SettleRequest {
     /// log entry for feedback to join.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<crate::store::log::RouteRecord>,
+    /// What the response cache or a shadow experiment made of the request.
+    #[serde(default, skip_serializing_if = "Mark::is_empty")]
+    pub mark: Mark,
+}
+
+/// How a settled request used the response cache, or which shadow experiment it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Mark {
+    /// `hit` (served from the cache: cost 0) or `miss` (answered upstream and cached).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache: String,
+    /// On a hit: what the original answer cost, nano-dollars (what the hit saved).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_cost_nanos: i64,
+    /// A shadow call of this experiment (metered on its own, never billed to the tenant).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shadow: String,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+impl Mark {
+    /// Nothing marked.
+    pub fn is_empty(&self) -> bool {
+        self == &Mark::default()
+    }
 }
 
 /// One row of `GET /v1/usage`.
@@ -308,6 +371,20 @@ pub struct UsageRow {
     /// served cost more than their references).
     #[serde(default)]
     pub saved_usd: f64,
+    /// Requests served from the response cache.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub cache_hits: u64,
+    /// What the cache hits saved (their original cost), US dollars.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub cache_saved_usd: f64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_f64(n: &f64) -> bool {
+    *n == 0.0
 }
 
 /// `GET /v1/usage`.

@@ -507,7 +507,8 @@ async fn gemini(
             .map(|c| parts_text(c.get("parts")))
             .unwrap_or_default(),
     ) {
-        Ok(d) => d.unwrap_or_default(),
+        // `only=` scopes faults here too (`gemini` or the upstream model id).
+        Ok(d) => crate::mock::scoped(state, d.unwrap_or_default(), "gemini", model),
         Err(m) => return Ok(gemini_error(400, "INVALID_ARGUMENT", &m)),
     };
     if let Some(ms) = d.ttft_ms.filter(|&ms| ms > 0) {

@@ -153,7 +153,9 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
     // Let the attack build up: every slowloris held, slow bodies held up to the cap on
     // unauthenticated requests in flight, the rest refused (and coming back every second).
     let deadline = Instant::now() + Duration::from_secs(8);
-    while gw.host().expect("lumen-host").open_connections() < PER_KIND + 200 && Instant::now() < deadline {
+    while gw.host().expect("lumen-host").open_connections() < PER_KIND + 200
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let held_at_start = gw.host().expect("lumen-host").open_connections();

@@ -310,7 +310,12 @@ async fn a_slow_head_gets_408_and_an_idle_connection_is_closed() {
         "idle connection not closed: {closed:?}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || gw.host().expect("lumen-host").open_connections() == 0).await,
+        eventually(Duration::from_secs(5), || gw
+            .host()
+            .expect("lumen-host")
+            .open_connections()
+            == 0)
+        .await,
         "{} connections still open",
         gw.host().expect("lumen-host").open_connections()
     );
@@ -347,7 +352,14 @@ async fn connection_caps_answer_429_per_client_and_503_in_all() {
     .await;
     let _a = connect_from(OTHER, gw.addr()).await.unwrap();
     let _b = connect_from(OTHER, gw.addr()).await.unwrap();
-    assert!(eventually(Duration::from_secs(5), || gw.host().expect("lumen-host").open_connections() == 2).await);
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .host()
+            .expect("lumen-host")
+            .open_connections()
+            == 2)
+        .await
+    );
     let mut c = connect_from(OTHER, gw.addr()).await.unwrap();
     let r = read_response(&mut c, Duration::from_secs(5)).await.unwrap();
     assert_eq!(
@@ -357,7 +369,14 @@ async fn connection_caps_answer_429_per_client_and_503_in_all() {
     assert_eq!(r.header("retry-after"), Some("1"));
     // Another address still gets in, up to the global cap.
     let mut d = connect_from(THIRD, gw.addr()).await.unwrap();
-    assert!(eventually(Duration::from_secs(5), || gw.host().expect("lumen-host").open_connections() == 3).await);
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .host()
+            .expect("lumen-host")
+            .open_connections()
+            == 3)
+        .await
+    );
     let mut e = connect_from(LOCAL, gw.addr()).await.unwrap();
     let r = read_response(&mut e, Duration::from_secs(5)).await.unwrap();
     assert_eq!(r.openai_error(503)["code"], "too_many_connections");

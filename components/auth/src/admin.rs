@@ -84,6 +84,7 @@ pub async fn create(info: &ReqInfo, req: IncomingRequest) -> Result<Reply, ApiEr
         if ask.allowed_models.is_empty() {
             ask.allowed_models = plan.allowed_models.clone();
         }
+        ask.zero_retention |= plan.zero_retention;
     }
     if !ask.allowed_models.is_empty() || ask.reference_model.is_some() {
         let models = deps::models()?;

@@ -22,6 +22,9 @@ use lumen_spin::util::now_ms;
 use lumen_spin::{Reply, SpinKv};
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 
+/// The route that uses the response cache and shadow experiments.
+const CHAT_PATH: &str = "/v1/chat/completions";
+
 /// A request that was admitted and planned.
 pub struct Admitted {
     /// The caller's key.
@@ -101,16 +104,20 @@ async fn admit(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Result<Ad
     let body = read_body(req, info).await?;
     let chat = openai::parse_chat_request(&body)?;
     drop(body);
-    admit_chat(ctx, &kv, caller, chat).await
+    admit_chat(ctx, &kv, info, caller, chat).await
 }
 
 /// Plans, limits and holds budget for an authenticated caller's validated chat request.
 pub async fn admit_chat(
     ctx: &mut Ctx,
     kv: &SpinKv,
+    info: &ReqInfo,
     caller: Caller,
-    chat: ChatRequest,
+    mut chat: ChatRequest,
 ) -> Result<Admitted, ApiError> {
+    // `lumen.cache` never goes further; only chat completions use the response cache.
+    let cache_ask = lumen_shared::domain::cache::take_request_option(&mut chat.body)?;
+    let chat_completion = info.path == CHAT_PATH;
     let key_plan = limits::key_plan(&caller.key)?;
     let reference = crate::explain::reference_ask(&chat.body, &caller.key, key_plan.as_ref())?;
     let held_output = ledger::max_output_tokens(&chat.body);
@@ -118,6 +125,34 @@ pub async fn admit_chat(
     // Both are bounded (the body's size, MAX_OUTPUT_TOKENS): the sum cannot wrap.
     let reserve = prompt_estimate.saturating_add(held_output.0);
     let key = &caller.key;
+    // A pinned model's answer is looked up before planning: a hit needs no router (and takes
+    // no windows: nothing is generated).
+    let early = chat_completion && crate::cache::before_plan(key, key_plan.as_ref(), &chat);
+    if early {
+        let model = chat.model.clone();
+        let hit = crate::cache::admit(
+            ctx,
+            kv,
+            info,
+            key,
+            key_plan.as_ref(),
+            &cache_ask,
+            &chat,
+            &model,
+        );
+        if let Some(e) = hit {
+            ctx.after.borrow_mut().hit = Some(Box::new(e));
+            return Ok(Admitted {
+                plan: Plan::cached(&chat.model),
+                key: caller.key,
+                chat,
+                hold: None,
+                tenant: TenantRecord::default(),
+                held_output,
+                taken: Vec::new(),
+            });
+        }
+    }
     let allowed_models = if key.allowed_models.is_empty() {
         key_plan
             .as_ref()
@@ -132,6 +167,11 @@ pub async fn admit_chat(
         request: None,
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
         reference,
+        shadow: key_plan
+            .as_ref()
+            .and_then(|p| p.shadow.clone())
+            .filter(|_| chat_completion)
+            .map(|s| (key.plan.clone(), s)),
     };
     // Only virtual models are planned from the body; a pinned model's body stays here and the
     // router gets its routing fields alone (provider preferences).
@@ -194,14 +234,52 @@ pub async fn admit_chat(
     )
     .map_err(|r| refused(ctx, *r))?;
     taken.extend(more);
-    // The hold comes after planning: only the plan knows which prices can apply.
+    if chat_completion {
+        // A hit is served without a model, a budget hold or a shadow (`chat::handle`).
+        let hit = if early {
+            None
+        } else {
+            let model = crate::cache::model_key(&plan);
+            crate::cache::admit(
+                ctx,
+                kv,
+                info,
+                key,
+                key_plan.as_ref(),
+                &cache_ask,
+                &chat,
+                &model,
+            )
+        };
+        if let Some(e) = hit {
+            ctx.after.borrow_mut().hit = Some(Box::new(e));
+            return Ok(Admitted {
+                key: caller.key,
+                chat,
+                plan,
+                hold: None,
+                tenant: TenantRecord::default(),
+                held_output,
+                taken,
+            });
+        }
+        if let Some(s) = plan.shadow.clone() {
+            let zero_retention =
+                key.zero_retention || key_plan.as_ref().is_some_and(|p| p.zero_retention);
+            ctx.after.borrow_mut().shadow = Some(crate::shadow::Job {
+                retain: s.retain_answers && !zero_retention,
+                plan: s,
+                body: chat.body.clone(),
+                stream: chat.stream,
+                tokens: (prompt_estimate, held_output.0),
+            });
+        }
+    }
+    // The hold comes after planning: only the plan knows which prices can apply (for fusion,
+    // every panel member and the synthesizer).
     let tenant_id = key.tenant_id().to_string();
     let tenant = limits::tenant_budget(kv, &tenant_id, key_plan.as_ref())?;
-    let nanos = ledger::max_cost_nanos(
-        prompt_estimate,
-        held_output.0,
-        plan.candidates.iter().map(|c| &c.price),
-    );
+    let nanos = lumen_shared::domain::fusion::max_cost_nanos(&plan, prompt_estimate, held_output.0);
     let hold = match ledger::hold(kv, &tenant_id, &tenant, now_ms(), nanos) {
         Ok(h) => h,
         Err(e) => {
@@ -224,7 +302,13 @@ pub async fn admit_chat(
 /// requests go to the provider and are settled exactly once.
 pub async fn handle(mut ctx: Ctx, info: ReqInfo, req: IncomingRequest, out: ResponseOutparam) {
     match admit(&mut ctx, &info, req).await {
-        Ok(admitted) => relay::run(ctx, admitted, out).await,
+        Ok(admitted) => {
+            let hit = ctx.after.borrow_mut().hit.take();
+            match hit {
+                Some(e) => crate::cache::serve_hit(ctx, admitted, *e, out).await,
+                None => relay::run(ctx, admitted, out).await,
+            }
+        }
         Err(e) => respond(out, ctx.stamp(Reply::error(&e))).await,
     }
 }
@@ -244,7 +328,7 @@ pub async fn handle_messages(
         let msg = openai::parse_json_object(&body)?;
         let chat_body = lumen_shared::wire::dialect::messages::request(&msg)?;
         let chat = openai::parse_chat_request(&serde_json::to_vec(&chat_body).unwrap_or_default())?;
-        admit_chat(&mut ctx, &kv, caller, chat).await
+        admit_chat(&mut ctx, &kv, &info, caller, chat).await
     }
     .await;
     match admitted {
@@ -266,7 +350,7 @@ pub async fn handle_embeddings(
         let caller = gate(&mut ctx, &kv, &info)?;
         let body = read_body(req, &info).await?;
         let chat = lumen_shared::wire::embeddings::parse_embeddings_request(&body)?;
-        admit_chat(&mut ctx, &kv, caller, chat).await
+        admit_chat(&mut ctx, &kv, &info, caller, chat).await
     }
     .await;
     match admitted {

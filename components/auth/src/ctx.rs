@@ -2,6 +2,7 @@
 //! (`x-request-id`, `x-lumen-model`, `x-lumen-provider`, `x-lumen-overhead-ms`, rate-limit
 //! headers once known), and what was read from the incoming request before its body.
 
+use crate::after::After;
 use lumen_shared::store::limits::RateStatus;
 use lumen_shared::wire::openai::check_json_content_type;
 use lumen_shared::ApiError;
@@ -13,6 +14,7 @@ use lumen_spin::util::{
 use lumen_spin::Reply;
 use spin_sdk::http::IncomingRequest;
 use spin_sdk::variables;
+use std::cell::RefCell;
 use std::time::Instant;
 
 /// `x-lumen-model` / `x-lumen-provider` when no model was involved.
@@ -39,6 +41,9 @@ pub struct Ctx {
     pub rate: Vec<(String, String)>,
     /// `x-lumen-route`, once planned.
     pub route: Option<String>,
+    /// What happens after the answer (response cache fill, shadow call) and what it needs from
+    /// the answer as it passes (`crate::after`).
+    pub after: RefCell<After>,
 }
 
 impl Default for Ctx {
@@ -61,7 +66,28 @@ impl Ctx {
             waited_ms: 0.0,
             rate: Vec::new(),
             route: None,
+            after: RefCell::new(After::default()),
         }
+    }
+
+    /// One event of a streamed answer on its way to the client (the response cache and a
+    /// shadow comparison keep what they need; nothing when neither is on).
+    pub fn tap(&self, ev: &lumen_shared::wire::sse::Event) {
+        if let Ok(mut a) = self.after.try_borrow_mut() {
+            a.on_event(self.started, ev);
+        }
+    }
+
+    /// The settle request, kept for what runs after the answer.
+    pub fn settled(&self, req: &lumen_shared::contracts::SettleRequest) {
+        if let Ok(mut a) = self.after.try_borrow_mut() {
+            a.on_settled(self.started, req);
+        }
+    }
+
+    /// How the request used the response cache, for its settlement.
+    pub fn mark(&self) -> lumen_shared::contracts::Mark {
+        self.after.borrow().mark()
     }
 
     /// Records the rate-limit state for the `x-ratelimit-*` headers.
@@ -111,6 +137,9 @@ impl Ctx {
         if let Some(r) = &self.route {
             h.push(("x-lumen-route".to_string(), r.clone()));
         }
+        if let Some(c) = self.after.borrow().cache_header() {
+            h.push(("x-lumen-cache".to_string(), c.to_string()));
+        }
         h
     }
 
@@ -140,6 +169,8 @@ pub struct ReqInfo {
     pub content_length: Option<String>,
     /// `Content-Type` header.
     pub content_type: Option<String>,
+    /// `Cache-Control` header (`no-store`, `no-cache` steer the response cache).
+    pub cache_control: Option<String>,
 }
 
 impl ReqInfo {
@@ -157,6 +188,7 @@ impl ReqInfo {
             }),
             content_length: request_header(req, "content-length"),
             content_type: request_header(req, "content-type"),
+            cache_control: request_header(req, "cache-control"),
         }
     }
 }

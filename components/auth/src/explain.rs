@@ -42,6 +42,7 @@ pub async fn route(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Resul
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
         reference: reference_ask(&chat.body, &key, key_plan.as_ref())?,
         request: Some(chat.body),
+        shadow: None,
     };
     match deps::plan(&ask) {
         Ok(plan) => Ok(Reply::json(200, &plan)),

@@ -5,7 +5,9 @@
 
 mod account;
 mod admin;
+mod after;
 mod byok;
+mod cache;
 mod chat;
 mod ctx;
 mod deps;
@@ -16,6 +18,7 @@ mod limits;
 mod relay;
 mod routes;
 mod saved;
+mod shadow;
 
 use ctx::{Ctx, ReqInfo};
 use lumen_spin::http::respond;
@@ -51,6 +54,7 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::AuditHead) => admin::audit_head(&info),
         Ok(Route::AdminHealth) => health::admin_health(&info),
         Ok(Route::AuditVerify) => admin::audit_verify(&info),
+        Ok(Route::AdminShadow(name)) => shadow::admin_report(&info, &name),
         Ok(Route::ListProviderKeys(id)) => byok::list(&info, &id),
         Ok(Route::PutProviderKey(id, p)) => byok::put(&info, req, &id, &p).await,
         Ok(Route::DeleteProviderKey(id, p)) => byok::delete(&info, &id, &p),

@@ -122,6 +122,7 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
         include_usage: chat.include_usage,
         body: chat.body,
         cascade: plan.cascade,
+        fusion: plan.fusion.clone(),
     };
     let sent = deps::call(&call);
     drop(call);
@@ -167,6 +168,7 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             } else {
                 let (reply, report) =
                     whole(&ctx, resp, prompt_estimate, &content_type, shape).await;
+                let reply = crate::after::on_whole(&ctx, reply);
                 settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
                 let reply = saved::finish_whole(reply, route.as_ref(), budget.saved.as_ref());
                 respond(out, ctx.stamp(reply)).await;
@@ -179,6 +181,8 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             eprintln!("lumen: could not seal the log: {}", e.message);
         }
     }
+    // Then the response cache fill and the shadow call, if the request has them.
+    crate::after::finish(&ctx);
 }
 
 /// Reads a whole answer (success or error) into the reply to relay, with its status, content
@@ -341,7 +345,12 @@ async fn stream(
     let mut fin = saved::FinalChunk::default();
     {
         'read: while let Some(chunk) = resp.next_piece() {
-            for ev in parser.push(&chunk).into_iter().flat_map(|ev| fin.pass(ev)) {
+            for ev in parser
+                .push(&chunk)
+                .into_iter()
+                .inspect(|ev| ctx.tap(ev))
+                .flat_map(|ev| fin.pass(ev))
+            {
                 if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
                     if bytes == done_event {
                         held_done = Some(bytes);
@@ -469,7 +478,9 @@ async fn settle(
         hold,
         reference: plan.reference.clone(),
         route,
+        mark: ctx.mark(),
     };
+    ctx.settled(&req);
     let mut last = None;
     for _ in 0..2 {
         match deps::settle(&req) {

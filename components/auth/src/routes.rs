@@ -53,6 +53,8 @@ pub enum Route {
     AuditVerify,
     /// `GET /admin/health`: provider health records.
     AdminHealth,
+    /// `GET /admin/shadow/{name}`: a shadow experiment's report.
+    AdminShadow(String),
     /// `GET /admin/keys/{id}/provider-keys`.
     ListProviderKeys(String),
     /// `PUT /admin/keys/{id}/provider-keys/{provider}`.
@@ -156,6 +158,9 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
                     };
                 }
             }
+            if let Some(name) = path.strip_prefix("/admin/shadow/").and_then(segment) {
+                return only("GET", Route::AdminShadow(decoded(name, "shadow name")?));
+            }
             if let Some(rest) = path.strip_prefix("/admin/tenants/") {
                 if let Some(t) = rest.strip_suffix("/credits").and_then(segment) {
                     return only("POST", Route::GrantCredits(decoded(t, "tenant")?));
@@ -226,6 +231,14 @@ mod tests {
             404
         );
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
+        assert_eq!(
+            match_route("GET", "/admin/shadow/mini-vs-4o"),
+            Ok(Route::AdminShadow("mini-vs-4o".into()))
+        );
+        assert_eq!(
+            match_route("POST", "/admin/shadow/x").unwrap_err().status,
+            405
+        );
         assert_eq!(match_route("POST", "/v1/route"), Ok(Route::Plan));
         assert_eq!(match_route("POST", "/v1/feedback"), Ok(Route::Feedback));
         assert_eq!(match_route("GET", "/v1/feedback").unwrap_err().status, 405);

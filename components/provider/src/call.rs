@@ -412,7 +412,7 @@ fn record_health(attempts: &[Attempt]) {
 }
 
 /// Serves one call; returns its attempts.
-async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
+pub(crate) async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
     let parsed = serde_json::from_slice::<CallRequest>(&request).map_err(|e| {
         ApiError::invalid_request(format!("invalid call request: {e}"), None, "invalid_json")
     });
@@ -435,6 +435,9 @@ async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
             return Vec::new();
         }
     };
+    if let Some(plan) = call.fusion.take() {
+        return crate::fusion::serve(out, call, plan, prompt_estimate).await;
+    }
 
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut last: Option<(&Candidate, Failure)> = None;

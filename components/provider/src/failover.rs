@@ -545,6 +545,7 @@ pub(crate) async fn serve_stream(
             provider: c.provider.name.clone(),
             usage,
             estimated,
+            role: None,
             price: c.price.clone(),
         });
         let outcome = match &end {

@@ -6,6 +6,7 @@
 mod call;
 mod cascade;
 mod failover;
+mod fusion;
 mod queue;
 mod spin_llm;
 mod timer;

@@ -4,13 +4,14 @@
 //! exports `lumen:gateway/planner` (`components/wit/lumen.wit`) and is composed into auth at
 //! build time.
 
-use lumen_shared::contracts::{Plan, PlanRequest};
+use lumen_shared::contracts::{Candidate, Plan, PlanRequest};
 use lumen_shared::domain::catalog::Catalog;
 use lumen_shared::domain::fallback;
 use lumen_shared::domain::health::{Availability, Policy};
-use lumen_shared::domain::route::{decide, keep_providers, Inputs, Prefs};
+use lumen_shared::domain::route::{self, decide, keep_providers, Inputs, Prefs};
 use lumen_shared::domain::saved;
 use lumen_shared::domain::scorer::Weights;
+use lumen_shared::domain::shadow;
 use lumen_shared::store::{health, Target};
 use lumen_shared::ApiError;
 use lumen_spin::util::{now_ms, to_wire as wire};
@@ -151,6 +152,16 @@ fn plan(body: &[u8]) -> Result<Plan, ApiError> {
         keep_providers(&mut rest, &prefs.provider);
         plan.candidates.extend(rest);
     }
+    // A shadow experiment (the key's plan's, then the catalog's) rolls its share here.
+    if let Some((name, cfg)) = &ask.shadow {
+        cfg.check(&format!("plans.{name}.shadow"), cat, false)
+            .map_err(|e| ApiError::internal(format!("config/plans.toml: {e}")))?;
+    }
+    let requested = route::parse_model(&ask.model, cat)
+        .map(|s| s.name)
+        .unwrap_or_default();
+    let plan_shadow = ask.shadow.as_ref().map(|(p, c)| (p.as_str(), c));
+    plan.shadow = shadow::select(cat, &requested, &plan, plan_shadow, roll());
     order_by_health(&mut plan);
     Ok(plan)
 }
@@ -226,17 +237,29 @@ fn order_by_health(plan: &mut Plan) {
     };
     let policy = Policy::default();
     let now = now_ms();
-    let targets: Vec<Target> = plan
-        .candidates
+    // Fusion panel members and a shadow candidate get their snapshots in the same batch.
+    let mut extra: Vec<&mut Candidate> = Vec::new();
+    if let Some(f) = plan.fusion.as_mut() {
+        extra.extend(f.panel.iter_mut().flat_map(|m| m.candidates.iter_mut()));
+    }
+    if let Some(s) = plan.shadow.as_mut() {
+        extra.extend(s.candidates.iter_mut());
+    }
+    let target = |c: &Candidate| (c.provider.name.clone(), c.model.clone());
+    let extra_targets: Vec<(String, String)> = extra.iter().map(|c| target(c)).collect();
+    let main_targets: Vec<(String, String)> = plan.candidates.iter().map(target).collect();
+    let all: Vec<Target> = main_targets
         .iter()
-        .map(|c| Target {
-            provider: &c.provider.name,
-            model: &c.model,
-        })
+        .chain(&extra_targets)
+        .map(|(provider, model)| Target { provider, model })
         .collect();
-    let Ok(snaps) = health::snapshots(&kv, &policy, &targets, now) else {
+    let Ok(mut snaps) = health::snapshots(&kv, &policy, &all, now) else {
         return;
     };
+    for (c, s) in extra.into_iter().zip(snaps.split_off(main_targets.len())) {
+        c.health = Some(s);
+    }
+    let targets: Vec<Target> = all[..main_targets.len()].to_vec();
     let avail: Vec<Availability> = targets
         .iter()
         .zip(&snaps)

@@ -161,7 +161,8 @@ pub async fn start_stream(
 }
 
 /// The body of a streamed response; dropping it ends the response.
-pub type ResponseSink = std::pin::Pin<Box<dyn Sink<Vec<u8>, Error = wasi::io::streams::StreamError>>>;
+pub type ResponseSink =
+    std::pin::Pin<Box<dyn Sink<Vec<u8>, Error = wasi::io::streams::StreamError>>>;
 
 /// The first value of a header, as text.
 pub fn header(fields: &Fields, name: &str) -> Option<String> {
@@ -258,7 +259,10 @@ pub async fn send_request(req: Request) -> Result<IncomingResponse, SendError> {
             _ => Ok(()),
         };
         drop(sink);
-        return match (spin_sdk::http::send::<_, IncomingResponse>(outgoing).await, written) {
+        return match (
+            spin_sdk::http::send::<_, IncomingResponse>(outgoing).await,
+            written,
+        ) {
             (Ok(resp), _) => Ok(resp),
             (Err(SendError::Io(_)), Err(e)) => Err(SendError::Io(e)),
             (Err(e), _) => Err(e),

@@ -38,6 +38,21 @@ pub struct Out {
 pub type BodySink = mpsc::Sender<Vec<u8>>;
 
 impl Out {
+    /// An `Out` whose head and body another future of the same instance reads, to pass the
+    /// answer on changed (fusion adds its report to the synthesizer's answer this way).
+    pub fn channel() -> (Out, oneshot::Receiver<Head>, mpsc::Receiver<Vec<u8>>) {
+        let (head_tx, head_rx) = oneshot::channel();
+        let (body_tx, body_rx) = mpsc::channel(BUFFERED_PIECES);
+        (
+            Out {
+                head: head_tx,
+                body: body_tx,
+            },
+            head_rx,
+            body_rx,
+        )
+    }
+
     /// Sends a whole reply (with `content-length`) and ends the body.
     pub async fn respond(self, reply: Reply) {
         let headers = reply.wire_headers();

@@ -221,6 +221,12 @@ pub struct Catalog {
     /// Weighted splits by virtual model name.
     #[serde(default)]
     pub splits: BTreeMap<String, SplitConfig>,
+    /// Shadow experiments by name: a route's traffic mirrored to a candidate model.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadows: BTreeMap<String, crate::domain::shadow::ShadowConfig>,
+    /// The default fusion panel (`lumen/fusion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<crate::domain::fusion::FusionConfig>,
 }
 
 fn rule_target(target: &str) -> String {
@@ -387,6 +393,21 @@ impl Catalog {
                 }
             }
         }
+        for (name, s) in &self.shadows {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err(format!(
+                    "shadow name \"{name}\" may hold only letters, digits, '-' and '_'"
+                ));
+            }
+            s.check(&format!("shadows.{name}"), self, true)?;
+        }
+        if let Some(f) = &self.fusion {
+            f.check(self)?;
+        }
         for (id, p) in &self.providers {
             if p.dialect == Dialect::SpinLlm {
                 if !self.spin_llm {
@@ -505,6 +526,8 @@ impl Catalog {
             cascade: false,
             route: None,
             reference: None,
+            shadow: None,
+            fusion: None,
         })
     }
 
@@ -578,6 +601,16 @@ impl Catalog {
                 "aliases": aliases,
             }));
         }
+        data.push(serde_json::json!({
+            "id": crate::domain::fusion::FUSION_MODEL,
+            "object": "model",
+            "created": created,
+            "owned_by": "lumen",
+            "virtual": true,
+            "description": "a panel of models answers, then a synthesizer writes one answer from theirs",
+            "fusion": self.fusion.clone().unwrap_or_default(),
+            "aliases": [],
+        }));
         serde_json::json!({"object": "list", "data": data})
     }
 }

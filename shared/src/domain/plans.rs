@@ -40,6 +40,13 @@ pub struct Plan {
     /// route's own ([`crate::domain::saved`]).
     #[serde(default)]
     pub reference_model: Option<String>,
+    /// Response cache settings of the plan's keys (a key's own come first).
+    #[serde(default)]
+    pub cache: Option<crate::domain::cache::CachePolicy>,
+    /// A shadow experiment over the plan's requests (`plan-<name>` in `/admin/shadow`); its
+    /// models are checked against the catalog by the router.
+    #[serde(default)]
+    pub shadow: Option<crate::domain::shadow::ShadowConfig>,
 }
 
 /// Limits of a key on one model.
@@ -77,6 +84,10 @@ pub fn parse(text: &str, name: &str) -> Result<Plans, String> {
             return Err(format!(
                 "{name}: plans.{n}: token limits must be at least 1"
             ));
+        }
+        if let Some(c) = &p.cache {
+            c.check(&format!("plans.{n}.cache"))
+                .map_err(|e| format!("{name}: {e}"))?;
         }
         if p.monthly_budget_usd
             .is_some_and(|b| !b.is_finite() || b < 0.0)

@@ -36,7 +36,7 @@ pub const ROUTING_FIELDS: &[&str] = &[
 
 /// Keys of the request's `lumen` object the router reads; the others (`fallbacks`, `retries`,
 /// `deadlines`) are the provider's and travel on to it.
-pub const LUMEN_ROUTING_KEYS: &[&str] = &["cascade", "session", "reference_model"];
+pub const LUMEN_ROUTING_KEYS: &[&str] = &["cascade", "session", "reference_model", "fusion"];
 
 /// Model-string parameters that may not be set as defaults.
 const FORBIDDEN_PARAMS: &[&str] = &["model", "messages", "stream", "stream_options"];
@@ -218,12 +218,13 @@ impl Prefs {
                         }
                         // Auth reads and checks it (pinned models never reach here).
                         "reference_model" => {}
-                        // The provider's options, validated there.
-                        "fallbacks" | "retries" | "deadlines" => {}
+                        // The provider's options, validated there; fusion by
+                        // `fusion::FusionAsk`, cache by auth.
+                        "fallbacks" | "retries" | "deadlines" | "fusion" | "cache" => {}
                         _ => {
                             return Err(bad(
                                 &format!("lumen.{k}"),
-                                format!("unknown field 'lumen.{k}'; known: cascade, session, reference_model, fallbacks, retries, deadlines"),
+                                format!("unknown field 'lumen.{k}'; known: cascade, session, reference_model, fusion, cache, fallbacks, retries, deadlines"),
                             ))
                         }
                     }
@@ -591,6 +592,8 @@ fn split_plan(
         candidates,
         defaults: spec.params,
         cascade: prefs.cascade,
+        shadow: None,
+        fusion: None,
         route: Some(RouteExplain {
             model: winner,
             reason,
@@ -605,7 +608,8 @@ fn blended(m: &ModelConfig) -> f64 {
     m.price.input + m.price.output
 }
 
-fn needs(body: &Map<String, Value>) -> Vec<&'static str> {
+/// The capabilities a request needs (`stream`, `tools`, JSON modes, `vision`).
+pub fn needs(body: &Map<String, Value>) -> Vec<&'static str> {
     let mut caps = vec![];
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         caps.push("stream");
@@ -656,6 +660,10 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
     let body = inp.body.unwrap_or(&empty);
     let prefs = Prefs::from_body(body)?;
     let spec = parse_model(inp.model, cat)?;
+    let fusion = crate::domain::fusion::FusionAsk::from_body(body)?;
+    if crate::domain::fusion::is_fusion_model(&spec.name) {
+        return fusion_plan(cat, inp, spec, body, &fusion);
+    }
     if cat.splits.contains_key(&spec.name) {
         let name = spec.name.clone();
         return split_plan(cat, &name, spec, &prefs, inp, body);
@@ -941,6 +949,8 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         cascade: prefs.cascade,
         route: None,
         reference,
+        shadow: None,
+        fusion: None,
     };
     plan.route = Some(RouteExplain {
         tier: Some(format!("{TIER_PREFIX}{tier}")),
@@ -953,6 +963,38 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         cascade: prefs.cascade,
         served: None,
     });
+    if fusion.on {
+        return crate::domain::fusion::on_tier(cat, plan, &fusion);
+    }
+    Ok(plan)
+}
+
+/// `lumen/fusion`: allowed for the key like a tier; the panel bounded by the key's concrete
+/// models.
+fn fusion_plan(
+    cat: &Catalog,
+    inp: &Inputs,
+    spec: ModelSpec,
+    body: &Map<String, Value>,
+    ask: &crate::domain::fusion::FusionAsk,
+) -> Result<Plan, ApiError> {
+    let name = crate::domain::fusion::FUSION_MODEL;
+    if !inp.allowed.is_empty() && !inp.allowed.iter().any(|a| a == name) {
+        return Err(ApiError::permission(
+            format!(
+                "this API key may not use model \"{name}\"; allowed models: {}",
+                inp.allowed.join(", ")
+            ),
+            "model_not_allowed",
+        ));
+    }
+    let concrete: Vec<&str> = inp
+        .allowed
+        .iter()
+        .filter_map(|a| cat.lookup(a).map(|(id, _)| id))
+        .collect();
+    let mut plan = crate::domain::fusion::plan(cat, inp.model, &concrete, &needs(body), ask)?;
+    plan.defaults = spec.params;
     Ok(plan)
 }
 

@@ -245,6 +245,7 @@ mod tests {
             usage: usage(p, c),
             estimated: false,
             price: price(0.15, 0.6),
+            role: None,
         };
         let legs = [leg(1000, 200), leg(1000, 300)];
         let cost: i64 = legs.iter().map(|l| cost_nanos(&l.usage, &l.price)).sum();

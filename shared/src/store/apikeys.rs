@@ -102,6 +102,13 @@ pub struct CreateKey {
     /// route's own, see [`crate::domain::saved`]).
     #[serde(default)]
     pub reference_model: Option<String>,
+    /// Nothing of the key's content is ever stored (no response cache writes).
+    #[serde(default)]
+    pub zero_retention: bool,
+    /// Response cache settings (`{"enabled", "ttl_s", "mode", "max_entry_bytes",
+    /// "max_tenant_bytes_per_day"}`).
+    #[serde(default)]
+    pub cache: Option<crate::domain::cache::CachePolicy>,
 }
 
 /// Parses a `POST /admin/keys` body, naming what is wrong.
@@ -111,7 +118,7 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
         let path = e.path().to_string();
         let param = (path != ".").then_some(path.as_str());
         ApiError::invalid_request(
-            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds, \"plan\": string, \"reference_model\": string}}", e.inner()),
+            format!("invalid key request: {}; expected {{\"name\": string, \"rpm_limit\": integer, \"allowed_models\": [string], \"tenant\": string, \"expires_at\": unix seconds, \"plan\": string, \"reference_model\": string, \"zero_retention\": bool, \"cache\": {{\"enabled\", \"ttl_s\", \"mode\", \"max_entry_bytes\", \"max_tenant_bytes_per_day\"}}}}", e.inner()),
             param,
             "invalid_value",
         )
@@ -135,6 +142,10 @@ pub fn parse_create(bytes: &[u8]) -> Result<CreateKey, ApiError> {
                 "invalid_value",
             ));
         }
+    }
+    if let Some(c) = &req.cache {
+        c.check("cache")
+            .map_err(|m| ApiError::invalid_request(m, Some("cache"), "invalid_value"))?;
     }
     if req.rpm_limit == Some(0) {
         return Err(ApiError::invalid_request(
@@ -223,6 +234,8 @@ pub fn create(
         byok: Vec::new(),
         previous_hash: None,
         reference_model: req.reference_model,
+        zero_retention: req.zero_retention,
+        cache: req.cache,
     };
     kv::store(store, &KeyByHash(&rec.hash), &rec).map_err(kv_failure)?;
     kv::store(store, &KeyById(&rec.id), &rec.hash).map_err(kv_failure)?;
@@ -356,7 +369,7 @@ fn no_such_key(id: &str) -> ApiError {
 
 /// The public view of a key (never the secret or its hash).
 pub fn public_view(rec: &ApiKeyRecord) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "id": rec.id,
         "object": "api_key",
         "name": rec.name,
@@ -368,9 +381,13 @@ pub fn public_view(rec: &ApiKeyRecord) -> serde_json::Value {
         "expires_at": rec.expires_at,
         "rotated": rec.rotated,
         "reference_model": rec.reference_model,
-        // Lumen stores no prompt or response content for any key.
-        "zero_retention": true,
-    })
+        // Content is stored only in the response cache, never for a zero-retention key.
+        "zero_retention": rec.zero_retention,
+    });
+    if let Some(c) = &rec.cache {
+        v["cache"] = serde_json::to_value(c).unwrap_or_default();
+    }
+    v
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@
 //! | `v1/coldstart/{provider}` | value | provider | queue backends only |
 //! | `v1/feedback/claim/{key}/{request_id}` | counter | auth (`POST /v1/feedback`) | – (the first to reach 1 owns the request's feedback) |
 //! | `v1/feedback/seq`, `v1/feedback/item/{n}` → [`crate::store::feedback::FeedbackRecord`] | counter, value | auth (`POST /v1/feedback`) | – |
+//! | `v1/cache/{tenant}/{sha256}` → [`crate::domain::cache::CacheEntry`] | value | auth | cacheable requests: 1 get; a miss also 1 set |
+//! | `v1/cache-bytes/{tenant}/{YYYY-MM-DD}` | counter | auth | 1 increment per entry written |
+//! | `v1/shadow/{name}/seq`, `v1/shadow/{name}/sample/{n mod 1024}` → [`crate::domain::shadow::Sample`] | counter, value | auth | shadowed requests: 1 increment + 1 set |
+//! | `v1/shadow/{name}/inflight/{minute}`, `v1/shadow/{name}/spent/{YYYY-MM-DD}` | counter | auth | shadowed requests: 2 increments each (take, give back) |
 
 use super::{Counter, Family};
 use schemars::JsonSchema;
@@ -65,6 +69,13 @@ pub struct ApiKeyRecord {
     /// route's own ([`crate::domain::saved`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_model: Option<String>,
+    /// Nothing of this key's content is ever stored (the response cache is off for it); set at
+    /// creation, or by its plan's `zero_retention`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zero_retention: bool,
+    /// The key's response-cache settings (before its plan's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::domain::cache::CachePolicy>,
 }
 
 impl ApiKeyRecord {
@@ -382,6 +393,85 @@ impl Family for FeedbackItem {
     }
 }
 
+/// `v1/cache/{tenant}/{sha256}` → [`crate::domain::cache::CacheEntry`]: one cached answer,
+/// expiring by the time stored in it (the store has no TTL).
+pub struct CacheSlot<'a> {
+    /// Tenant: entries are never shared across tenants.
+    pub tenant: &'a str,
+    /// [`crate::domain::cache::request_hash`] of the request.
+    pub hash: &'a str,
+}
+impl Family for CacheSlot<'_> {
+    type Value = crate::domain::cache::CacheEntry;
+    fn key(&self) -> String {
+        format!("v1/cache/{}/{}", self.tenant, self.hash)
+    }
+}
+
+/// `v1/cache-bytes/{tenant}/{YYYY-MM-DD}` — bytes the tenant wrote to the cache that UTC day.
+pub struct CacheBytes<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// `YYYY-MM-DD` (UTC).
+    pub day: &'a str,
+}
+impl Counter for CacheBytes<'_> {
+    fn key(&self) -> String {
+        format!("v1/cache-bytes/{}/{}", self.tenant, self.day)
+    }
+}
+
+/// `v1/shadow/{name}/seq` — samples a shadow experiment has recorded.
+pub struct ShadowSeq<'a>(pub &'a str);
+impl Counter for ShadowSeq<'_> {
+    fn key(&self) -> String {
+        format!("v1/shadow/{}/seq", self.0)
+    }
+}
+
+/// `v1/shadow/{name}/sample/{slot}` → [`crate::domain::shadow::Sample`]: sample `n` lives in
+/// slot `n mod` [`crate::store::shadow::RING`], so the newest samples are kept.
+pub struct ShadowSample<'a> {
+    /// Shadow name.
+    pub name: &'a str,
+    /// Ring slot.
+    pub slot: u64,
+}
+impl Family for ShadowSample<'_> {
+    type Value = crate::domain::shadow::Sample;
+    fn key(&self) -> String {
+        format!("v1/shadow/{}/sample/{}", self.name, self.slot)
+    }
+}
+
+/// `v1/shadow/{name}/inflight/{minute_start_s}` — shadow calls running, counted in the minute
+/// they started (a call lost mid-way is forgotten with its minute).
+pub struct ShadowInflight<'a> {
+    /// Shadow name.
+    pub name: &'a str,
+    /// Unix seconds of the minute's start.
+    pub minute: u64,
+}
+impl Counter for ShadowInflight<'_> {
+    fn key(&self) -> String {
+        format!("v1/shadow/{}/inflight/{}", self.name, self.minute)
+    }
+}
+
+/// `v1/shadow/{name}/spent/{YYYY-MM-DD}` — nano-dollars a shadow experiment spent (and holds)
+/// that UTC day.
+pub struct ShadowSpent<'a> {
+    /// Shadow name.
+    pub name: &'a str,
+    /// `YYYY-MM-DD` (UTC).
+    pub day: &'a str,
+}
+impl Counter for ShadowSpent<'_> {
+    fn key(&self) -> String {
+        format!("v1/shadow/{}/spent/{}", self.name, self.day)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,6 +559,43 @@ mod tests {
             ),
             (FeedbackSeq.key(), "v1/feedback/seq"),
             (FeedbackItem(4).key(), "v1/feedback/item/4"),
+            (
+                CacheSlot {
+                    tenant: "t1",
+                    hash: "ab",
+                }
+                .key(),
+                "v1/cache/t1/ab",
+            ),
+            (
+                CacheBytes {
+                    tenant: "t1",
+                    day: "2026-11-21",
+                }
+                .key(),
+                "v1/cache-bytes/t1/2026-11-21",
+            ),
+            (ShadowSeq("s").key(), "v1/shadow/s/seq"),
+            (
+                ShadowSample { name: "s", slot: 3 }.key(),
+                "v1/shadow/s/sample/3",
+            ),
+            (
+                ShadowInflight {
+                    name: "s",
+                    minute: 60,
+                }
+                .key(),
+                "v1/shadow/s/inflight/60",
+            ),
+            (
+                ShadowSpent {
+                    name: "s",
+                    day: "2026-11-21",
+                }
+                .key(),
+                "v1/shadow/s/spent/2026-11-21",
+            ),
         ];
         for (got, want) in cases {
             assert_eq!(got, want);

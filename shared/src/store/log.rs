@@ -123,6 +123,20 @@ pub struct Entry {
     /// The route that was taken: tier, score at routing time, cascade outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteRecord>,
+    // Response cache, shadow and fusion (issue 14).
+    /// `hit` (served from the response cache, cost 0) or `miss` (answered and cached).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache: String,
+    /// On a cache hit: what the original answer cost, nano-dollars (what the hit saved).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_cost_nanos: i64,
+    /// A shadow call: the experiment's name (`key_id` is then `shadow:<name>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shadow: String,
+    /// Every upstream leg when there was more than one (fusion panel and synthesizer, a stream
+    /// continued on a fallback), each at its own price.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<EntryLeg>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -167,6 +181,25 @@ impl RouteRecord {
     }
 }
 
+/// One upstream leg of a request, as logged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntryLeg {
+    /// Catalog model.
+    pub model: String,
+    /// Provider.
+    pub provider: String,
+    /// `panel`, `synthesizer`, or empty for a leg of the answer itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Cost, nano-dollars.
+    pub cost_nanos: i64,
+}
+
 impl Entry {
     /// The fixed content of a voided slot.
     pub fn void(seq: u64) -> Entry {
@@ -208,6 +241,12 @@ pub struct Row {
     /// Requests that left a cascade label (how the feedback export finds them).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub cascades: u64,
+    /// Requests served from the response cache.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub cache_hits: u64,
+    /// What those hits saved, nano-dollars.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_saved_nanos: i64,
     /// The entries (blocks only; how records are found without an index per key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seqs: Vec<u64>,
@@ -223,6 +262,8 @@ impl Row {
         self.cost_nanos += o.cost_nanos;
         self.saved_nanos += o.saved_nanos;
         self.cascades += o.cascades;
+        self.cache_hits += o.cache_hits;
+        self.cache_saved_nanos += o.cache_saved_nanos;
     }
 
     /// The row of one request entry.
@@ -240,6 +281,12 @@ impl Row {
             cost_nanos: e.cost_nanos,
             saved_nanos: e.saved_nanos,
             cascades: u64::from(e.route.as_ref().is_some_and(RouteRecord::has_cascade_label)),
+            cache_hits: u64::from(e.cache == "hit"),
+            cache_saved_nanos: if e.cache == "hit" {
+                e.cached_cost_nanos
+            } else {
+                0
+            },
             seqs: vec![e.seq],
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod apikeys;
 pub mod byok;
+pub mod cache;
 pub mod coldstart;
 pub mod feedback;
 pub mod health;
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod log;
+pub mod shadow;
 pub mod usage;
 
 pub use keys::*;

@@ -52,6 +52,22 @@ pub struct UsageRecord {
     /// The route that was taken: tier, score at routing time, cascade outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<crate::store::log::RouteRecord>,
+    /// `hit` or `miss` when the response cache was used.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache: String,
+    /// On a cache hit: what the original answer cost (saved), nano-dollars.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_cost_nanos: i64,
+    /// The shadow experiment of a shadow call.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shadow: String,
+    /// Every upstream leg, when there was more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<crate::store::log::EntryLeg>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl UsageRecord {
@@ -76,6 +92,10 @@ impl UsageRecord {
             saved_nanos: e.saved_nanos,
             reference_model: (!e.reference_model.is_empty()).then(|| e.reference_model.clone()),
             route: e.route.clone(),
+            cache: e.cache.clone(),
+            cached_cost_nanos: e.cached_cost_nanos,
+            shadow: e.shadow.clone(),
+            legs: e.legs.clone(),
         }
     }
 }
@@ -143,6 +163,21 @@ pub fn settle(store: &dyn Kv, req: &SettleRequest, now_ms: u64) -> Result<Settle
             .map(|s| s.reference_model.clone())
             .unwrap_or_default(),
         route: req.route.clone(),
+        cache: req.mark.cache.clone(),
+        cached_cost_nanos: req.mark.cached_cost_nanos,
+        shadow: req.mark.shadow.clone(),
+        legs: r
+            .legs
+            .iter()
+            .map(|l| log::EntryLeg {
+                model: l.model.clone(),
+                provider: l.provider.clone(),
+                role: l.role.clone().unwrap_or_default(),
+                prompt_tokens: l.usage.prompt_tokens,
+                completion_tokens: l.usage.completion_tokens,
+                cost_nanos: cost_nanos(&l.usage, &l.price),
+            })
+            .collect(),
     };
     if let Some(h) = &req.hold {
         ledger::settle(store, h, cost)?;
@@ -238,6 +273,7 @@ pub fn query(
         row: UsageRow,
         nanos: i64,
         saved: i64,
+        cache_saved: i64,
     }
     let mut groups: std::collections::BTreeMap<Group, Acc> = std::collections::BTreeMap::new();
     let mut total = Acc::default();
@@ -263,13 +299,16 @@ pub fn query(
             acc.row.prompt_tokens += row.prompt_tokens;
             acc.row.completion_tokens += row.completion_tokens;
             acc.row.cached_tokens += row.cached_tokens;
+            acc.row.cache_hits += row.cache_hits;
             acc.nanos += row.cost_nanos;
             acc.saved += row.saved_nanos;
+            acc.cache_saved += row.cache_saved_nanos;
         }
     }
     let render = |a: Acc| UsageRow {
         cost_usd: a.nanos as f64 / NANOS_PER_USD,
         saved_usd: a.saved as f64 / NANOS_PER_USD,
+        cache_saved_usd: a.cache_saved as f64 / NANOS_PER_USD,
         ..a.row
     };
     Ok(UsageSummary {
@@ -367,6 +406,7 @@ mod tests {
             hold: None,
             reference: None,
             route: None,
+            mark: Default::default(),
         }
     }
 
@@ -396,6 +436,7 @@ mod tests {
                 output,
                 ..r.price.clone().unwrap()
             },
+            role: None,
         };
         r.report.legs = vec![leg("openai", 40, 2.0), leg("azure", 80, 4.0)];
         let done = settle(&kv, &r, NOW).unwrap();

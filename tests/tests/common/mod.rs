@@ -3,6 +3,7 @@
 //! [`runtime`]), plus a small HTTP client that records when each body frame arrives.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod config;
 pub mod procs;
 pub mod raw;
 pub mod runtime;
