@@ -130,11 +130,26 @@ pub struct SqliteKv {
 
 impl SqliteKv {
     /// Opens (creating if needed) the database at `path`.
+    /// The store holds key hashes, usage and the audit log: a directory it creates is `0700`
+    /// and the database file (with SQLite's `-wal`/`-shm`, which take its mode) `0600`.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(|e| wasmtime::format_err!("cannot create {}: {e}", dir.display()))?;
         }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| {
+                wasmtime::format_err!("cannot open key-value database {}: {e}", path.display())
+            })?;
         let conn = Connection::open(path).map_err(|e| {
             wasmtime::format_err!("cannot open key-value database {}: {e}", path.display())
         })?;
@@ -369,6 +384,27 @@ impl KvBackend for RedisKv {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn the_state_dir_and_database_are_private() {
+        // D14: they were 0755 and 0644 (the umask's), readable by every local user.
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = std::env::temp_dir().join(format!("lumen-perm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let path = root.join("state").join("sqlite_key_value.db");
+        let kv = SqliteKv::open(&path).unwrap();
+        kv.set("default", "a", b"1").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root.join("state")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // An existing database with a loose mode is tightened when opened.
+        drop(kv);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let kv = SqliteKv::open(&path).unwrap();
+        assert_eq!(kv.get("default", "a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(mode(&path), 0o600);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     fn exercise(kv: &dyn KvBackend) {
         assert_eq!(kv.get("default", "a").unwrap(), None);

@@ -74,7 +74,7 @@ pub async fn put(
             }
             let mut nonce = [0u8; 12];
             fill_random(&mut nonce)?;
-            byok::seal(master.trim(), id, provider, &secret, nonce)
+            byok::seal(master.trim(), id, provider, &secret, nonce).map_err(ApiError::internal)?
         }
         ByokAsk::Variable(name) => {
             check_reference(&name)?;

@@ -1,6 +1,7 @@
 //! Bring-your-own provider keys, per Lumen API key: a tenant's own upstream key for a provider,
-//! stored either encrypted (ChaCha20-Poly1305 under a key derived from the secret
-//! `byok_encryption_key` Spin variable, bound to its API key and provider as associated data) or
+//! stored either encrypted (ChaCha20-Poly1305 under a key derived per record with HKDF-SHA256
+//! from the secret `byok_encryption_key` Spin variable, salted with the record's random nonce,
+//! bound to its API key and provider as associated data) or
 //! as a reference to a Spin variable. Records never hold a plaintext key, views never show one,
 //! and nothing here logs.
 //!
@@ -28,6 +29,11 @@ pub enum ByokRecord {
         nonce: String,
         /// Ciphertext with its tag.
         ciphertext: String,
+        /// How the record's key was derived from `byok_encryption_key`: `hkdf-sha256` (salted
+        /// with the nonce, per record); absent on records written before, whose key is the
+        /// unsalted sha256 of the variable (still read, never written).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        kdf: String,
     },
     /// The name of a Spin variable (declared for the provider component) that holds the key.
     Variable {
@@ -36,24 +42,38 @@ pub enum ByokRecord {
     },
 }
 
-fn cipher(master: &str) -> ChaCha20Poly1305 {
-    let k = Sha256::digest(master.as_bytes());
-    ChaCha20Poly1305::new(Key::from_slice(&k))
+/// The key derivation of records written now.
+const KDF: &str = "hkdf-sha256";
+
+/// The record's cipher: HKDF-SHA256 of the master secret, salted with the record's nonce (so
+/// every record has its own key), or — for records written before, `kdf` empty — the unsalted
+/// sha256 of the master secret.
+fn cipher(master: &str, kdf: &str, salt: &[u8]) -> Result<ChaCha20Poly1305, String> {
+    let mut k = [0u8; 32];
+    match kdf {
+        "" => k.copy_from_slice(&Sha256::digest(master.as_bytes())),
+        KDF => hkdf::Hkdf::<Sha256>::new(Some(salt), master.as_bytes())
+            .expand(b"lumen-byok-v2", &mut k)
+            .map_err(|_| "key derivation failed".to_string())?,
+        other => return Err(format!("unknown key derivation '{other}'")),
+    }
+    Ok(ChaCha20Poly1305::new(Key::from_slice(&k)))
 }
 
 fn aad(key_id: &str, provider: &str) -> Vec<u8> {
     format!("lumen-byok-v1\0{key_id}\0{provider}").into_bytes()
 }
 
-/// Encrypts `secret` for (`key_id`, `provider`) with a fresh 12-byte `nonce`.
+/// Encrypts `secret` for (`key_id`, `provider`) with a fresh 12-byte `nonce`, which also salts
+/// the record's key.
 pub fn seal(
     master: &str,
     key_id: &str,
     provider: &str,
     secret: &str,
     nonce: [u8; 12],
-) -> ByokRecord {
-    let ct = cipher(master)
+) -> Result<ByokRecord, String> {
+    let ct = cipher(master, KDF, &nonce)?
         .encrypt(
             Nonce::from_slice(&nonce),
             Payload {
@@ -61,11 +81,12 @@ pub fn seal(
                 aad: &aad(key_id, provider),
             },
         )
-        .unwrap_or_default();
-    ByokRecord::Encrypted {
+        .map_err(|_| "the provider key could not be encrypted".to_string())?;
+    Ok(ByokRecord::Encrypted {
         nonce: B64.encode(nonce),
         ciphertext: B64.encode(ct),
-    }
+        kdf: KDF.to_string(),
+    })
 }
 
 /// Decrypts a record for (`key_id`, `provider`); a record moved to another slot, a wrong master
@@ -76,7 +97,12 @@ pub fn open(
     provider: &str,
     rec: &ByokRecord,
 ) -> Result<String, String> {
-    let ByokRecord::Encrypted { nonce, ciphertext } = rec else {
+    let ByokRecord::Encrypted {
+        nonce,
+        ciphertext,
+        kdf,
+    } = rec
+    else {
         return Err("not an encrypted record".into());
     };
     let nonce = B64.decode(nonce).map_err(|_| "corrupt nonce".to_string())?;
@@ -86,7 +112,7 @@ pub fn open(
     if nonce.len() != 12 {
         return Err("corrupt nonce".into());
     }
-    let pt = cipher(master)
+    let pt = cipher(master, kdf, &nonce)?
         .decrypt(
             Nonce::from_slice(&nonce),
             Payload {
@@ -206,7 +232,7 @@ mod tests {
 
     #[test]
     fn sealed_keys_open_only_in_their_slot_with_the_master_key() {
-        let rec = seal("master", "key_a", "openai", "sk-tenant", [7; 12]);
+        let rec = seal("master", "key_a", "openai", "sk-tenant", [7; 12]).unwrap();
         let text = serde_json::to_string(&rec).unwrap();
         assert!(!text.contains("sk-tenant"), "{text}");
         assert_eq!(
@@ -225,6 +251,57 @@ mod tests {
     }
 
     #[test]
+    fn every_record_has_its_own_salted_key_and_old_records_still_open() {
+        // D14: the key was the unsalted sha256 of the variable, one key for every record.
+        let a = seal("master-secret-16ch", "k", "openai", "sk-same", [1; 12]).unwrap();
+        let b = seal("master-secret-16ch", "k", "openai", "sk-same", [2; 12]).unwrap();
+        let (ByokRecord::Encrypted { kdf, .. }, ByokRecord::Encrypted { .. }) = (&a, &b) else {
+            panic!("sealed records are encrypted")
+        };
+        assert_eq!(kdf, "hkdf-sha256");
+        // A record's nonce swapped for another's (its salt, so its key) does not open.
+        let (ByokRecord::Encrypted { nonce: na, .. }, ByokRecord::Encrypted { ciphertext: cb, .. }) =
+            (&a, &b)
+        else {
+            unreachable!()
+        };
+        let mixed = ByokRecord::Encrypted {
+            nonce: na.clone(),
+            ciphertext: cb.clone(),
+            kdf: "hkdf-sha256".into(),
+        };
+        assert!(open("master-secret-16ch", "k", "openai", &mixed).is_err());
+        // A record written before (key = sha256 of the variable, no kdf field) still opens.
+        let legacy_key = Sha256::digest(b"master-secret-16ch");
+        let ct = ChaCha20Poly1305::new(Key::from_slice(&legacy_key))
+            .encrypt(
+                Nonce::from_slice(&[3; 12]),
+                Payload {
+                    msg: b"sk-old",
+                    aad: &aad("k", "openai"),
+                },
+            )
+            .unwrap();
+        let old: ByokRecord = serde_json::from_value(serde_json::json!({
+            "kind": "encrypted", "nonce": B64.encode([3u8; 12]), "ciphertext": B64.encode(ct)
+        }))
+        .unwrap();
+        assert_eq!(
+            open("master-secret-16ch", "k", "openai", &old).unwrap(),
+            "sk-old"
+        );
+        // An unknown derivation is refused by name.
+        let odd = ByokRecord::Encrypted {
+            nonce: B64.encode([3u8; 12]),
+            ciphertext: B64.encode([0u8; 20]),
+            kdf: "rot13".into(),
+        };
+        assert!(open("m", "k", "openai", &odd)
+            .unwrap_err()
+            .contains("rot13"));
+    }
+
+    #[test]
     fn put_list_remove_and_views() {
         let store = MemKv::default();
         let (key, _) = apikeys::create(
@@ -240,7 +317,7 @@ mod tests {
             &store,
             &key.id,
             "openai",
-            &seal("m", &key.id, "openai", "sk", [1; 12]),
+            &seal("m", &key.id, "openai", "sk", [1; 12]).unwrap(),
         )
         .unwrap();
         put(
