@@ -138,7 +138,10 @@ mod tests {
             )]
             .into_iter(),
         );
-        assert_eq!(otel["otel_exporter_otlp_endpoint"], "http://collector:4318/base");
+        assert_eq!(
+            otel["otel_exporter_otlp_endpoint"],
+            "http://collector:4318/base"
+        );
         assert_eq!(otel["otel_allowed_host"], "http://collector:4318");
         assert!(vars
             .expand("{{ c }}")

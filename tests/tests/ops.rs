@@ -6,7 +6,7 @@
 mod common;
 
 use common::procs::{temp_dir, RedisServer};
-use common::runtime::{Runtime, skip_under_spin};
+use common::runtime::{skip_under_spin, Runtime};
 use common::{chat_body, Gateway, ADMIN, UPSTREAM_KEY};
 use lumen_tests::mock::MockConfig;
 use serde_json::json;
@@ -28,7 +28,10 @@ async fn probes_need_no_credentials_and_metrics_needs_the_admin_token() {
     assert_eq!(r.status, 401);
 
     let (key, _) = gw.create_key(600, &[]).await;
-    assert_eq!(gw.chat(&key, chat_body("gpt-4o-mini", "hi")).await.status, 200);
+    assert_eq!(
+        gw.chat(&key, chat_body("gpt-4o-mini", "hi")).await.status,
+        200
+    );
     let r = gw.call("GET", "/metrics", Some(ADMIN), None).await;
     assert_eq!(r.status, 200);
     assert!(r

@@ -35,12 +35,12 @@ pub async fn route(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Resul
         return Ok(Reply::json(200, &list));
     }
     let chat = parse_chat_request(&body)?;
-    let key_plan = crate::limits::key_plan(&key)?;
+    let key_plan = crate::limits::key_plan(key)?;
     let ask = PlanRequest {
         model: chat.model.clone(),
         allowed_models: key.allowed_models.clone(),
         models: lumen_shared::domain::fallback::request_models(&chat.body)?,
-        reference: reference_ask(&chat.body, &key, key_plan.as_ref())?,
+        reference: reference_ask(&chat.body, key, key_plan.as_ref())?,
         request: Some(chat.body),
         shadow: None,
     };

@@ -59,7 +59,8 @@ pub fn metrics(info: &ReqInfo) -> Result<Reply, ApiError> {
         .iter()
         .map(|(provider, model)| Target { provider, model })
         .collect();
-    let m = metrics::gather(&kv, now_ms(), &targets).map_err(|e| lumen_spin::kv::unavailable(&e))?;
+    let m =
+        metrics::gather(&kv, now_ms(), &targets).map_err(|e| lumen_spin::kv::unavailable(&e))?;
     Ok(Reply::new(
         200,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -401,7 +401,7 @@ pub fn run(ctx: &Ctx, job: Job, primary: Primary) {
             .ok
             .then(|| compare::compare(&job.body, &primary.answer, &got.answer)),
         judge: verdict,
-        answers: (job.retain && got.ok).then(|| (primary.answer.text, got.answer.text)),
+        answers: (job.retain && got.ok).then_some((primary.answer.text, got.answer.text)),
     };
     if let Err(e) = store::record(&kv, &name, &sample) {
         eprintln!("lumen: shadow {name}: could not record the sample: {e}");

@@ -86,10 +86,7 @@ impl Trace {
             .trim()
             .trim_end_matches('/')
             .to_string();
-        let incoming = info
-            .traceparent
-            .as_deref()
-            .and_then(t::parse_traceparent);
+        let incoming = info.traceparent.as_deref().and_then(t::parse_traceparent);
         let on = !endpoint.is_empty() || incoming.is_some();
         let (trace_id, remote_parent) = match incoming {
             Some(p) => (p.trace_id, Some(p.parent_id)),

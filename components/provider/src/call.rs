@@ -145,7 +145,10 @@ pub(crate) async fn attempt(
     }
     // The request's trace continues upstream: this attempt's span is the parent.
     if let Some(t) = &call.trace_id {
-        req.set_header("traceparent", trace::traceparent(t, &trace::attempt_span_id(t, n)));
+        req.set_header(
+            "traceparent",
+            trace::traceparent(t, &trace::attempt_span_id(t, n)),
+        );
     }
 
     let sent = Instant::now();
@@ -489,7 +492,17 @@ pub(crate) async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                 Some(w) if checked => (w, false),
                 _ => (&call.body, stream),
             };
-            match attempt(c, &call, body, this_stream, prompt_estimate, &d, attempts.len()).await {
+            match attempt(
+                c,
+                &call,
+                body,
+                this_stream,
+                prompt_estimate,
+                &d,
+                attempts.len(),
+            )
+            .await
+            {
                 Ok((
                     Success::Whole {
                         mut answer,

@@ -436,8 +436,8 @@ pub fn report(name: &str, recorded: u64, samples: &[Sample]) -> Report {
     let cost_ratio = (primary.cost_usd.n > 0 && primary.cost_usd.mean > 0.0 && candidate.ok > 0)
         .then(|| candidate.cost_usd.mean / primary.cost_usd.mean);
     let both = primary.ok > 0 && candidate.ok > 0;
-    let p50_delta_ms = both.then(|| candidate.total_ms.p50 - primary.total_ms.p50);
-    let ttft_p50_delta_ms = both.then(|| candidate.ttft_ms.p50 - primary.ttft_ms.p50);
+    let p50_delta_ms = both.then_some(candidate.total_ms.p50 - primary.total_ms.p50);
+    let ttft_p50_delta_ms = both.then_some(candidate.ttft_ms.p50 - primary.ttft_ms.p50);
     let examples: Vec<Sample> = samples
         .iter()
         .rev()

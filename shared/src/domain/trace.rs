@@ -18,7 +18,8 @@ pub struct TraceParent {
 
 fn is_hex_id(s: &str, len: usize) -> bool {
     s.len() == len
-        && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         && s.bytes().any(|b| b != b'0')
 }
 
@@ -177,7 +178,10 @@ mod tests {
     #[test]
     fn traceparent_round_trip_and_refusals() {
         let p = parse_traceparent(&format!("00-{T}-00f067aa0ba902b7-01")).unwrap();
-        assert_eq!((p.trace_id.as_str(), p.parent_id.as_str()), (T, "00f067aa0ba902b7"));
+        assert_eq!(
+            (p.trace_id.as_str(), p.parent_id.as_str()),
+            (T, "00f067aa0ba902b7")
+        );
         for bad in [
             "",
             "00-xyz-00f067aa0ba902b7-01",

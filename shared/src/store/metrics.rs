@@ -238,7 +238,8 @@ pub fn render(m: &Metrics) -> String {
             );
         }
     }
-    let hists: [(&str, &str, fn(&Today) -> &Histogram); 2] = [
+    type HistField = fn(&Today) -> &Histogram;
+    let hists: [(&str, &str, HistField); 2] = [
         ("lumen_today_request_duration_seconds", "Gateway latency (arrival to last byte) today (UTC) by model and provider, from the newest log entries (at most 4096).", |t| &t.latency),
         ("lumen_today_upstream_time_to_headers_seconds", "Upstream time to response headers of the serving attempt today (UTC) by model and provider (a stream's headers come before its first token).", |t| &t.upstream),
     ];
@@ -255,16 +256,41 @@ pub fn render(m: &Metrics) -> String {
             let _ = writeln!(out, "{name}_count{{{l}}} {}", h.count);
         }
     }
-    family(&mut out, "lumen_metrics_window_entries", "gauge", "Log entries of today read for the lumen_today_* metrics.");
+    family(
+        &mut out,
+        "lumen_metrics_window_entries",
+        "gauge",
+        "Log entries of today read for the lumen_today_* metrics.",
+    );
     let _ = writeln!(out, "lumen_metrics_window_entries {}", m.window_entries);
     family(&mut out, "lumen_metrics_window_truncated", "gauge", "1 when today had more than 4096 entries and the lumen_today_* metrics cover only the newest.");
-    let _ = writeln!(out, "lumen_metrics_window_truncated {}", u8::from(m.truncated));
+    let _ = writeln!(
+        out,
+        "lumen_metrics_window_truncated {}",
+        u8::from(m.truncated)
+    );
     type HealthField = fn(&ProviderHealth) -> Option<f64>;
     let health: [(&str, &str, HealthField); 4] = [
-        ("lumen_provider_breaker_open", "1 when the provider+model circuit breaker is open.", |h| Some(f64::from(u8::from(h.open)))),
-        ("lumen_provider_up", "1 when the router may use the provider+model now (availability up).", |h| Some(f64::from(u8::from(h.state == "up")))),
-        ("lumen_provider_window_failures", "Failures of the provider+model in the health sliding window.", |h| Some(h.window_failures as f64)),
-        ("lumen_provider_ttft_ewma_seconds", "EWMA time to first token of the provider+model, as the provider records it.", |h| h.ttft_ms.map(|ms| ms / 1000.0)),
+        (
+            "lumen_provider_breaker_open",
+            "1 when the provider+model circuit breaker is open.",
+            |h| Some(f64::from(u8::from(h.open))),
+        ),
+        (
+            "lumen_provider_up",
+            "1 when the router may use the provider+model now (availability up).",
+            |h| Some(f64::from(u8::from(h.state == "up"))),
+        ),
+        (
+            "lumen_provider_window_failures",
+            "Failures of the provider+model in the health sliding window.",
+            |h| Some(h.window_failures as f64),
+        ),
+        (
+            "lumen_provider_ttft_ewma_seconds",
+            "EWMA time to first token of the provider+model, as the provider records it.",
+            |h| h.ttft_ms.map(|ms| ms / 1000.0),
+        ),
     ];
     for (name, help, f) in health {
         family(&mut out, name, "gauge", help);
@@ -301,7 +327,11 @@ mod tests {
             cost_nanos: 1_500,
             latency_ms,
             upstream_ms: latency_ms / 2.0,
-            outcome: Some(if ok { Outcome::Ok } else { Outcome::UpstreamError }),
+            outcome: Some(if ok {
+                Outcome::Ok
+            } else {
+                Outcome::UpstreamError
+            }),
             ..Entry::default()
         }
     }
@@ -322,8 +352,14 @@ mod tests {
         assert_eq!(p1.outcomes["ok"], 1);
         assert_eq!(p1.latency.buckets[0], 1);
         let text = render(&m);
-        assert!(text.contains("lumen_requests_total{model=\"m1\"} 3\n"), "{text}");
-        assert!(text.contains("lumen_cost_usd_total{model=\"m1\"} 0.0000045\n"), "{text}");
+        assert!(
+            text.contains("lumen_requests_total{model=\"m1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lumen_cost_usd_total{model=\"m1\"} 0.0000045\n"),
+            "{text}"
+        );
         assert!(text.contains(
             "lumen_today_requests_total{model=\"m1\",provider=\"p2\",outcome=\"upstream_error\"} 1\n"
         ));
