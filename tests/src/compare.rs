@@ -205,7 +205,7 @@ pub async fn run(specs: Vec<TargetSpec>, s: &Settings) -> anyhow::Result<Results
     if !(1..=10).contains(&s.runs) {
         bail!("--runs must be in 1..=10");
     }
-    if !specs.first().is_some_and(|t| t.name == "direct") {
+    if specs.first().is_none_or(|t| t.name != "direct") {
         bail!("the first --target must be name=direct (the upstream itself, the floor)");
     }
     let mut targets = Vec::new();

@@ -118,8 +118,8 @@ async fn a_slow_candidate_never_delays_the_client_and_the_pairs_are_reported() {
     let usage = gw.usage_until(&key, |u| u["total"]["requests"] == 50).await;
     assert_eq!(usage["total"]["requests"], 50);
     // … and the experiment's calls are under its own key, at the candidate's price.
-    let q = format!("/admin/usage?key_id=shadow:mini-vs-4o");
-    let s = gw.call("GET", &q, Some(ADMIN), None).await.json();
+    let q = "/admin/usage?key_id=shadow:mini-vs-4o";
+    let s = gw.call("GET", q, Some(ADMIN), None).await.json();
     assert_eq!(s["total"]["requests"], 50, "{s}");
     assert!(
         s["total"]["cost_usd"].as_f64().unwrap() > usage["total"]["cost_usd"].as_f64().unwrap()
