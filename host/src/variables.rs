@@ -74,13 +74,35 @@ impl AppVariables {
     }
 }
 
-/// `SPIN_VARIABLE_FOO_BAR=x` → `foo_bar = x`.
+/// `SPIN_VARIABLE_FOO_BAR=x` → `foo_bar = x`. The standard OpenTelemetry variable
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL) sets `otel_exporter_otlp_endpoint` and, from its
+/// origin, `otel_allowed_host`, unless `SPIN_VARIABLE_*` sets them.
 pub fn from_env(env: impl Iterator<Item = (String, String)>) -> HashMap<String, String> {
-    env.filter_map(|(k, v)| {
-        k.strip_prefix("SPIN_VARIABLE_")
-            .map(|n| (n.to_ascii_lowercase(), v))
-    })
-    .collect()
+    let mut otel = None;
+    let mut vars: HashMap<String, String> = env
+        .filter_map(|(k, v)| {
+            if k == "OTEL_EXPORTER_OTLP_ENDPOINT" && !v.trim().is_empty() {
+                otel = Some(v.trim().to_string());
+            }
+            k.strip_prefix("SPIN_VARIABLE_")
+                .map(|n| (n.to_ascii_lowercase(), v))
+        })
+        .collect();
+    if let Some(url) = otel {
+        if let Some(origin) = origin_of(&url) {
+            vars.entry("otel_allowed_host".into()).or_insert(origin);
+        }
+        vars.entry("otel_exporter_otlp_endpoint".into())
+            .or_insert(url);
+    }
+    vars
+}
+
+/// `scheme://host[:port]` of a URL (Spin's allowed outbound hosts take no path).
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    (!host.is_empty()).then(|| format!("{scheme}://{host}"))
 }
 
 #[cfg(test)]
@@ -109,6 +131,18 @@ mod tests {
         );
         let vars = AppVariables::resolve(&m, &env).unwrap();
         assert_eq!(vars.expand("x{{ a }}-{{b}}y").unwrap(), "x1-twoy");
+        let otel = from_env(
+            vec![(
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                "http://collector:4318/base".to_string(),
+            )]
+            .into_iter(),
+        );
+        assert_eq!(
+            otel["otel_exporter_otlp_endpoint"],
+            "http://collector:4318/base"
+        );
+        assert_eq!(otel["otel_allowed_host"], "http://collector:4318");
         assert!(vars
             .expand("{{ c }}")
             .unwrap_err()

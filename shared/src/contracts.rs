@@ -48,6 +48,10 @@ pub mod headers {
     /// provider → auth: the attempts before the answer, `provider/model=outcome` comma-separated
     /// (auth sends it as `x-lumen-fallbacks`).
     pub const FALLBACKS: &str = "lumen-fallbacks";
+    /// provider → auth: every attempt before the answer's head as JSON
+    /// (`[{"provider","model","outcome","latency_ms"}]`, the answer's `lumen.attempts`), for the
+    /// request's trace.
+    pub const ATTEMPTS: &str = "lumen-attempts";
 }
 
 /// The SSE event name of the provider's final, internal usage event (stripped by auth).
@@ -225,6 +229,11 @@ pub struct CallRequest {
     /// Fusion: run this panel first, then `candidates` as the synthesizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<crate::domain::fusion::FusionPlan>,
+    /// The request's trace id (32 hex digits) when it is traced: each upstream attempt then
+    /// carries `traceparent` with the attempt's derived span id
+    /// ([`crate::domain::trace::attempt_span_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// How a request ended.

@@ -284,6 +284,14 @@ def admin_token() -> str:
 def deployment(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """The gateway serving spin.toml under ``RUNTIME``, with the mock as every upstream."""
     state_dir = tmp_path_factory.mktemp("lumen-state")
+    env = gateway_env(mock_server, admin_token)
+    d = deploy("lumen-host" if RUNTIME == "host" else "lumen", env, log_dir, state_dir)
+    yield d
+    d.stop()
+
+
+def gateway_env(mock_server: Server, admin_token: str) -> dict[str, str]:
+    """The environment of a gateway with the mock as every upstream (``SPIN_VARIABLE_*``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPIN_VARIABLE_")}
     env.update(
         SPIN_VARIABLE_ADMIN_TOKEN=admin_token,
@@ -303,9 +311,7 @@ def deployment(mock_server: Server, admin_token: str, log_dir: Path, tmp_path_fa
         env[f"SPIN_VARIABLE_{name}_BASE_URL"] = base
         env[f"SPIN_VARIABLE_{name}_ALLOWED_HOST"] = mock_server.url
         env[f"SPIN_VARIABLE_{name}_API_KEY"] = UPSTREAM_KEY
-    d = deploy("lumen-host" if RUNTIME == "host" else "lumen", env, log_dir, state_dir)
-    yield d
-    d.stop()
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -193,7 +193,9 @@ pub async fn admit_chat(
         };
         (ask, chat)
     };
+    let route_from = crate::trace::mark(ctx.started);
     let planned = deps::plan(&ask);
+    ctx.trace.borrow_mut().route = Some((route_from, crate::trace::mark(ctx.started)));
     if let (true, Some(body)) = (virtual_model, ask.request) {
         chat.body = body;
     }

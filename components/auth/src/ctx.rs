@@ -44,6 +44,8 @@ pub struct Ctx {
     /// What happens after the answer (response cache fill, shadow call) and what it needs from
     /// the answer as it passes (`crate::after`).
     pub after: RefCell<After>,
+    /// The request's trace (`crate::trace`), kept past the handler for the export.
+    pub trace: crate::trace::Shared,
 }
 
 impl Default for Ctx {
@@ -67,6 +69,7 @@ impl Ctx {
             rate: Vec::new(),
             route: None,
             after: RefCell::new(After::default()),
+            trace: Default::default(),
         }
     }
 
@@ -143,8 +146,18 @@ impl Ctx {
         h
     }
 
+    /// Notes the response's status, model and provider in the trace.
+    pub fn note_response(&self, status: u16) {
+        if let Ok(mut t) = self.trace.try_borrow_mut() {
+            t.status = status;
+            t.model = self.model.clone();
+            t.provider = self.provider.clone();
+        }
+    }
+
     /// Adds the headers to a whole reply.
     pub fn stamp(&self, mut reply: Reply) -> Reply {
+        self.note_response(reply.status);
         for (n, v) in self.headers() {
             reply.set_header(&n, v);
         }
@@ -171,6 +184,8 @@ pub struct ReqInfo {
     pub content_type: Option<String>,
     /// `Cache-Control` header (`no-store`, `no-cache` steer the response cache).
     pub cache_control: Option<String>,
+    /// W3C `traceparent` (`crate::trace`).
+    pub traceparent: Option<String>,
 }
 
 impl ReqInfo {
@@ -189,6 +204,7 @@ impl ReqInfo {
             content_length: request_header(req, "content-length"),
             content_type: request_header(req, "content-type"),
             cache_control: request_header(req, "cache-control"),
+            traceparent: request_header(req, "traceparent"),
         }
     }
 }

@@ -12,12 +12,8 @@ use lumen_spin::util::now_ms;
 use lumen_spin::{Reply, SpinKv};
 use serde_json::{json, Value};
 
-/// `GET /admin/health`: one row per (provider, model) that has a record.
-pub fn admin_health(info: &ReqInfo) -> Result<Reply, ApiError> {
-    check_admin(info)?;
-    let kv = SpinKv::open_or_503()?;
-    let policy = Policy::default();
-    let now = now_ms();
+/// Every (provider, model) the catalog offers, sorted.
+pub fn catalog_pairs() -> Result<Vec<(String, String)>, ApiError> {
     let models = deps::models()?;
     let mut pairs: Vec<(String, String)> = Vec::new();
     for m in models["data"].as_array().into_iter().flatten() {
@@ -33,6 +29,16 @@ pub fn admin_health(info: &ReqInfo) -> Result<Reply, ApiError> {
     }
     pairs.sort();
     pairs.dedup();
+    Ok(pairs)
+}
+
+/// `GET /admin/health`: one row per (provider, model) that has a record.
+pub fn admin_health(info: &ReqInfo) -> Result<Reply, ApiError> {
+    check_admin(info)?;
+    let kv = SpinKv::open_or_503()?;
+    let policy = Policy::default();
+    let now = now_ms();
+    let pairs = catalog_pairs()?;
     let targets: Vec<Target> = pairs
         .iter()
         .map(|(provider, model)| Target { provider, model })

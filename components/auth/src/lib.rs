@@ -15,10 +15,12 @@ mod explain;
 mod feedback;
 mod health;
 mod limits;
+mod ops;
 mod relay;
 mod routes;
 mod saved;
 mod shadow;
+mod trace;
 
 use ctx::{Ctx, ReqInfo};
 use lumen_spin::http::respond;
@@ -26,11 +28,39 @@ use lumen_spin::Reply;
 use routes::{match_route, Route};
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 async fn route(req: IncomingRequest, out: ResponseOutparam) {
     let mut ctx = Ctx::new();
     let info = ReqInfo::read(&req);
-    let reply = match match_route(&info.method, &info.path) {
+    let route = match_route(&info.method, &info.path);
+    // Probes and scrapes are not traced.
+    let reply = match route {
+        Ok(Route::Healthz) => Ok(ops::healthz()),
+        Ok(Route::Readyz) => ops::readyz(),
+        Ok(Route::Metrics) => ops::metrics(&info),
+        route => {
+            let trace = Rc::new(RefCell::new(trace::Trace::begin(&info, &ctx.request_id)));
+            ctx.trace = trace.clone();
+            let (started_ms, started) = (ctx.started_ms, ctx.started);
+            serve(ctx, info, route, req, out).await;
+            // After the response is finished: never delays the client.
+            trace::export(&trace, started_ms, started).await;
+            return;
+        }
+    };
+    respond(out, ctx.stamp(reply.unwrap_or_else(Reply::from))).await;
+}
+
+async fn serve(
+    mut ctx: Ctx,
+    info: ReqInfo,
+    route: Result<Route, lumen_shared::ApiError>,
+    req: IncomingRequest,
+    out: ResponseOutparam,
+) {
+    let reply = match route {
         Ok(Route::Chat) => return chat::handle(ctx, info, req, out).await,
         Ok(Route::Messages) => return chat::handle_messages(ctx, info, req, out).await,
         Ok(Route::Embeddings) => return chat::handle_embeddings(ctx, info, req, out).await,
@@ -58,6 +88,9 @@ async fn route(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Route::ListProviderKeys(id)) => byok::list(&info, &id),
         Ok(Route::PutProviderKey(id, p)) => byok::put(&info, req, &id, &p).await,
         Ok(Route::DeleteProviderKey(id, p)) => byok::delete(&info, &id, &p),
+        Ok(Route::Healthz) => Ok(ops::healthz()),
+        Ok(Route::Readyz) => ops::readyz(),
+        Ok(Route::Metrics) => ops::metrics(&info),
         Err(e) => Err(e),
     };
     respond(out, ctx.stamp(reply.unwrap_or_else(Reply::from))).await;

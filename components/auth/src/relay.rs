@@ -123,7 +123,9 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
         body: chat.body,
         cascade: plan.cascade,
         fusion: plan.fusion.clone(),
+        trace_id: ctx.trace.borrow().propagate(),
     };
+    ctx.trace.borrow_mut().call_at = Some(crate::trace::mark(ctx.started));
     let sent = deps::call(&call);
     drop(call);
     match sent {
@@ -157,6 +159,11 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
                 .header(headers::UPSTREAM_MS)
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0);
+            {
+                let mut t = ctx.trace.borrow_mut();
+                t.set_attempts(resp.header(headers::ATTEMPTS));
+                t.upstream_ms = ctx.upstream_ms;
+            }
             let content_type = resp.header("content-type").unwrap_or_default();
             if content_type
                 .trim_start()
@@ -332,6 +339,7 @@ async fn stream(
     }
     // The head waits for the first event, so both leave in one write (see `start_stream`).
     let status = resp.status();
+    ctx.note_response(status);
     let mut out = Some(out);
     let mut sink: Option<ResponseSink> = None;
     let mut first: Vec<u8> = Vec::new();
@@ -481,6 +489,8 @@ async fn settle(
         mark: ctx.mark(),
     };
     ctx.settled(&req);
+    let settle_from = crate::trace::mark(ctx.started);
+    let _settled = SettleMark(ctx, settle_from);
     let mut last = None;
     for _ in 0..2 {
         match deps::settle(&req) {
@@ -499,5 +509,16 @@ async fn settle(
             "lumen: could not settle request {} of key {}: {} (usage not recorded)",
             req.request_id, req.key_id, e.message
         );
+    }
+}
+
+/// Notes the settlement's span in the trace when the settle returns (every path).
+struct SettleMark<'a>(&'a Ctx, f64);
+
+impl Drop for SettleMark<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.trace.try_borrow_mut() {
+            t.settle = Some((self.1, crate::trace::mark(self.0.started)));
+        }
     }
 }

@@ -61,6 +61,12 @@ pub enum Route {
     PutProviderKey(String, String),
     /// `DELETE /admin/keys/{id}/provider-keys/{provider}`.
     DeleteProviderKey(String, String),
+    /// `GET /healthz`: alive (no credentials, no KV).
+    Healthz,
+    /// `GET /readyz`: KV and catalog answer (no credentials).
+    Readyz,
+    /// `GET /metrics`: Prometheus text (admin token).
+    Metrics,
 }
 
 /// One raw path segment (non-empty, no `/`).
@@ -123,6 +129,9 @@ pub fn match_route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/v1/feedback" => only("POST", Route::Feedback),
         "/admin/feedback" => only("GET", Route::AdminFeedback),
         "/admin/health" => only("GET", Route::AdminHealth),
+        "/healthz" => only("GET", Route::Healthz),
+        "/readyz" => only("GET", Route::Readyz),
+        "/metrics" => only("GET", Route::Metrics),
         "/admin/keys" => match method {
             "GET" => Ok(Route::ListKeys),
             "POST" => Ok(Route::CreateKey),
@@ -231,6 +240,10 @@ mod tests {
             404
         );
         assert_eq!(match_route("GET", "/v1/usage"), Ok(Route::Usage));
+        assert_eq!(match_route("GET", "/healthz"), Ok(Route::Healthz));
+        assert_eq!(match_route("GET", "/readyz"), Ok(Route::Readyz));
+        assert_eq!(match_route("GET", "/metrics"), Ok(Route::Metrics));
+        assert_eq!(match_route("POST", "/metrics").unwrap_err().status, 405);
         assert_eq!(
             match_route("GET", "/admin/shadow/mini-vs-4o"),
             Ok(Route::AdminShadow("mini-vs-4o".into()))

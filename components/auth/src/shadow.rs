@@ -86,6 +86,7 @@ fn call(request_id: String, candidates: &[Candidate], body: Map<String, Value>) 
         body,
         cascade: false,
         fusion: None,
+        trace_id: None,
     };
     let started = Instant::now();
     let failed = |why: String, started: Instant| Called {

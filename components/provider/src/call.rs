@@ -16,6 +16,7 @@ use lumen_shared::domain::deadline::Deadlines;
 use lumen_shared::domain::health;
 use lumen_shared::domain::pricing::{cost_header, lumen_object};
 use lumen_shared::domain::retry::FailureClass;
+use lumen_shared::domain::trace;
 use lumen_shared::store::byok::{self, ByokRecord};
 use lumen_shared::store::health as health_store;
 use lumen_shared::store::ledger::max_output_tokens;
@@ -99,6 +100,7 @@ pub(crate) async fn attempt(
     stream: bool,
     prompt_estimate: u64,
     d: &Deadlines,
+    n: usize,
 ) -> Result<(Success, f64), Failure> {
     let total_until = after_ms(d.total_ms);
     let p = &c.provider;
@@ -140,6 +142,13 @@ pub(crate) async fn attempt(
     let mut req = json_post(&up.url, body);
     for (name, value) in &up.headers {
         req.set_header(name, value.as_str());
+    }
+    // The request's trace continues upstream: this attempt's span is the parent.
+    if let Some(t) = &call.trace_id {
+        req.set_header(
+            "traceparent",
+            trace::traceparent(t, &trace::attempt_span_id(t, n)),
+        );
     }
 
     let sent = Instant::now();
@@ -483,7 +492,17 @@ pub(crate) async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                 Some(w) if checked => (w, false),
                 _ => (&call.body, stream),
             };
-            match attempt(c, &call, body, this_stream, prompt_estimate, &d).await {
+            match attempt(
+                c,
+                &call,
+                body,
+                this_stream,
+                prompt_estimate,
+                &d,
+                attempts.len(),
+            )
+            .await
+            {
                 Ok((
                     Success::Whole {
                         mut answer,
@@ -517,6 +536,7 @@ pub(crate) async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
                     if let Some(f) = fallbacks_header(&attempts) {
                         reply.set_header(headers::FALLBACKS, f);
                     }
+                    reply.set_header(headers::ATTEMPTS, attempts_json(&attempts).to_string());
                     reply.set_header(headers::COST, cost_header(&usage, &c.price));
                     reply.headers.extend(cascade_hs);
                     let reply = with_usage(reply, &report(c, usage, estimated, Outcome::Ok, ms));
@@ -592,6 +612,7 @@ pub(crate) async fn serve(request: Vec<u8>, out: Out) -> Vec<Attempt> {
             if let Some(h) = fallbacks_header(&attempts) {
                 reply.set_header(headers::FALLBACKS, h);
             }
+            reply.set_header(headers::ATTEMPTS, attempts_json(&attempts).to_string());
             with_usage(
                 reply,
                 &report(

@@ -455,7 +455,7 @@ async fn next_leg(
                 _ => call.body.clone(),
             };
             let start = Instant::now();
-            match attempt(c, call, &body, true, prompt_estimate, &d).await {
+            match attempt(c, call, &body, true, prompt_estimate, &d, attempts.len()).await {
                 Ok((Success::Stream(resp), _)) => {
                     return Some(Next {
                         index: j,
@@ -507,6 +507,10 @@ pub(crate) async fn serve_stream(
     if let Some(f) = fallbacks_header(&before) {
         hs.push((headers::FALLBACKS.to_string(), f));
     }
+    hs.push((
+        headers::ATTEMPTS.to_string(),
+        attempts_json(&before).to_string(),
+    ));
     let mut sink = out.start_stream(200, &hs);
     let mut st = Stitcher::new();
     let mut legs: Vec<Leg> = Vec::new();

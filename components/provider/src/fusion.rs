@@ -67,7 +67,9 @@ async fn run_member(
             let Some(d) = policy.as_ref().map(|p| p.deadlines(c)) else {
                 break;
             };
-            match attempt(c, call, body, false, prompt_estimate, &d).await {
+            // Panel members run at once: the index is the tries finished so far.
+            let n = attempts.borrow().len();
+            match attempt(c, call, body, false, prompt_estimate, &d, n).await {
                 Ok((
                     Success::Whole {
                         answer,

@@ -166,6 +166,10 @@ impl Served<'_> {
         if let Some(f) = fallbacks_header(all) {
             hs.push((headers::FALLBACKS.to_string(), f));
         }
+        hs.push((
+            headers::ATTEMPTS.to_string(),
+            attempts_json(all).to_string(),
+        ));
         hs
     }
 }

@@ -17,3 +17,4 @@ pub mod saved;
 pub mod scorer;
 pub mod shadow;
 pub mod stitch;
+pub mod trace;

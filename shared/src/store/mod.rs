@@ -22,6 +22,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod shadow;
 pub mod usage;
 
