@@ -221,6 +221,12 @@ pub fn spin_runner(f: LocalBoxFuture<'_, ()>) {
     spin_executor::run(f)
 }
 
+/// Natively — the components' unit tests — there is no host to poll: block on the future.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn spin_runner(f: LocalBoxFuture<'_, ()>) {
+    futures::executor::block_on(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
