@@ -53,7 +53,9 @@ impl Tally {
 }
 
 /// One attacker: connect, send `opening`, then drip one byte a second until the gateway
-/// answers or closes; record what it said; wait a second; again, until `stop`.
+/// answers or closes; record what it said; wait about a second (0.5 to 1.5 s, varied by `seed`
+/// so that a thousand attackers answered at once do not all come back in the same millisecond,
+/// which no real crowd does); again, until `stop`.
 async fn attacker(
     source: Ipv4Addr,
     addr: std::net::SocketAddr,
@@ -61,10 +63,19 @@ async fn attacker(
     drip: u8,
     tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
+    seed: u64,
 ) {
+    // xorshift64: a different pause each round and each attacker, no dependency.
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut pause = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        Duration::from_millis(500 + x % 1000)
+    };
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut s) = connect_from(source, addr).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(pause()).await;
             continue;
         };
         tally.open.fetch_add(1, Ordering::Relaxed);
@@ -95,7 +106,7 @@ async fn attacker(
             tally.record(&got);
         }
         drop(s);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(pause()).await;
     }
 }
 
@@ -148,10 +159,11 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
             drip,
             tally.clone(),
             stop.clone(),
+            i as u64,
         )));
     }
     // Let the attack build up: every slowloris held, slow bodies held up to the cap on
-    // unauthenticated requests in flight, the rest refused (and coming back every second).
+    // unauthenticated requests in flight, the rest refused (and coming back about a second later).
     let deadline = Instant::now() + Duration::from_secs(8);
     while gw.host().expect("lumen-host").open_connections() < PER_KIND + 200
         && Instant::now() < deadline
