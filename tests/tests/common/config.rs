@@ -51,6 +51,14 @@ impl Config {
                 &format!("source = \"{}/{}", root.display(), cfg.display()),
                 &format!("source = \"{}", cfg.display()),
             );
+        // Spin maps only files inside the application directory: the dashboard's static files
+        // are copied next to the manifest (the wasm sources may stay absolute).
+        let statics = "components/dashboard/static";
+        copy_dir(&root.join(statics), &dir.join(statics));
+        let manifest = manifest.replace(
+            &format!("source = \"{}/{statics}\"", root.display()),
+            &format!("source = \"{statics}\""),
+        );
         std::fs::write(dir.join("spin.toml"), manifest).unwrap();
         Config { dir }
     }
@@ -58,6 +66,19 @@ impl Config {
     /// The manifest.
     pub fn manifest(&self) -> PathBuf {
         self.dir.join("spin.toml")
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }
 
