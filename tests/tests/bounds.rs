@@ -54,13 +54,13 @@ fn manifest_with_plans(plans: &str) -> PathBuf {
             &format!("source = \"{}/", abs("target")),
         )
         .replace(
-            "source = \"components/",
-            &format!("source = \"{}/", abs("components")),
-        )
-        .replace(
             "source = \"config\"",
             &format!("source = \"{}\"", config.display()),
         );
+    // Spin maps only files inside the application directory: the dashboard's static files are
+    // copied next to the manifest.
+    let statics = "components/dashboard/static";
+    common::config::copy_dir(&repo.join(statics), &dir.join(statics));
     let path = dir.join("spin.toml");
     std::fs::write(&path, manifest).unwrap();
     path

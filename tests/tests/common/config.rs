@@ -69,7 +69,8 @@ impl Config {
     }
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+/// Copies a directory tree.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

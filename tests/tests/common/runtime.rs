@@ -445,13 +445,19 @@ impl RawStore {
     /// Every key of the default store.
     pub fn keys(&self) -> Vec<String> {
         match self {
-            RawStore::Sqlite(p) => Self::sqlite(p)
-                .prepare("SELECT key FROM spin_key_value WHERE store = 'default'")
-                .expect("prepare")
-                .query_map([], |r| r.get(0))
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows"),
+            RawStore::Sqlite(p) => {
+                let conn = Self::sqlite(p);
+                // Spin creates its table on the store's first use: none yet is no key.
+                let Ok(mut q) =
+                    conn.prepare("SELECT key FROM spin_key_value WHERE store = 'default'")
+                else {
+                    return Vec::new();
+                };
+                q.query_map([], |r| r.get(0))
+                    .expect("query")
+                    .collect::<Result<_, _>>()
+                    .expect("rows")
+            }
             RawStore::Redis(url) => redis::cmd("KEYS")
                 .arg("*")
                 .query(&mut Self::redis(url))
