@@ -131,6 +131,8 @@ pub struct AppConfig<'a> {
     pub cache_dir: &'a Path,
     /// Component instances alive at once (the pooling allocator's size).
     pub max_instances: u32,
+    /// KiB of a freed instance's memory kept resident for the next one (see `Limits`).
+    pub instance_keep_kib: u32,
     /// Where to append one JSON line per request with its key-value round trips.
     pub kv_log: Option<&'a Path>,
 }
@@ -138,7 +140,7 @@ pub struct AppConfig<'a> {
 impl App {
     /// Compiles (or loads from cache) and pre-links every component.
     pub fn load(cfg: AppConfig<'_>) -> Result<Arc<App>> {
-        let engine = engine::engine_for(cfg.max_instances)?;
+        let engine = engine::engine_for(cfg.max_instances, cfg.instance_keep_kib)?;
         let mut linker: Linker<Ctx> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;

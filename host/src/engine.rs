@@ -11,33 +11,42 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// once); `--max-instances` changes it.
 pub const POOL_INSTANCES: u32 = 1000;
 
+/// KiB of a freed instance's linear memory kept resident for the next request by default
+/// (tables keep half); `--instance-keep-kib` changes it.
+pub const KEEP_RESIDENT_KIB: u32 = 128;
+
 /// The process-wide engine of the default pool size.
 pub fn shared_engine() -> Result<Engine> {
-    engine_for(POOL_INSTANCES)
+    engine_for(POOL_INSTANCES, KEEP_RESIDENT_KIB)
 }
 
-/// The process-wide engine with a pool of `instances` instances: one pooling allocator per
-/// size, shared by every app this process loads with that size (each pool reserves address
-/// space for all its slots, so tests starting many hosts must not make one each).
-pub fn engine_for(instances: u32) -> Result<Engine> {
-    static ENGINES: std::sync::Mutex<Vec<(u32, Engine)>> = std::sync::Mutex::new(Vec::new());
+/// The process-wide engine with a pool of `instances` instances keeping `keep_kib` KiB of each
+/// freed memory warm: one pooling allocator per setting, shared by every app this process loads
+/// with it (each pool reserves address space for all its slots, so tests starting many hosts
+/// must not make one each).
+pub fn engine_for(instances: u32, keep_kib: u32) -> Result<Engine> {
+    type Engines = Vec<((u32, u32), Engine)>;
+    static ENGINES: std::sync::Mutex<Engines> = std::sync::Mutex::new(Vec::new());
     let mut engines = ENGINES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, e)) = engines.iter().find(|(n, _)| *n == instances) {
+    let setting = (instances, keep_kib);
+    if let Some((_, e)) = engines.iter().find(|(s, _)| *s == setting) {
         return Ok(e.clone());
     }
-    let engine = new_engine_with(instances.max(1))?;
-    engines.push((instances, engine.clone()));
+    let engine = new_engine_with(instances.max(1), keep_kib)?;
+    engines.push((setting, engine.clone()));
     Ok(engine)
 }
 
 /// Builds an engine with the default pool size.
 pub fn new_engine() -> Result<Engine> {
-    new_engine_with(POOL_INSTANCES)
+    new_engine_with(POOL_INSTANCES, KEEP_RESIDENT_KIB)
 }
 
-/// Builds an engine: pooling allocator sized for `instances` component instances; falls back
-/// to on-demand allocation where the machine cannot reserve the pool's address space.
-pub fn new_engine_with(instances: u32) -> Result<Engine> {
+/// Builds an engine: pooling allocator sized for `instances` component instances, keeping
+/// `keep_kib` KiB of each freed memory (half that of each table) resident for the next
+/// instance; falls back to on-demand allocation where the machine cannot reserve the pool's
+/// address space.
+pub fn new_engine_with(instances: u32, keep_kib: u32) -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     // Core instances, memories and tables: at least what one component may use, so that a
     // tiny pool still fits one instance of each component.
@@ -52,14 +61,23 @@ pub fn new_engine_with(instances: u32) -> Result<Engine> {
         .max_core_instances_per_component(50)
         .max_memories_per_component(10)
         .max_tables_per_component(20)
-        // Give every freed instance's memory back to the kernel at once (issue 13, D16). Keeping
-        // 128 KiB resident per slot and decommitting in batches of 16 saved a syscall per
-        // instance, but left each touched slot's 128 KiB and up to 15 whole memories per queue
-        // shard (megabytes each after a 4 MiB body) resident for good: RSS after a burst of
-        // large requests stayed 1.5–2.8× idle. Measured on 2 vCPU, the gateway's added p50
-        // and its throughput did not move beyond run-to-run noise (scripts/bench.sh).
-        .linear_memory_keep_resident(0)
-        .table_keep_resident(0)
+        // Resetting a freed instance is the largest cost of a request after the guest's own
+        // work. Returning every page to the kernel at once (madvise) made each request fault
+        // its pages back in and send a TLB-shootdown IPI to the other core per memory: 45 % of
+        // lumen-host's CPU was kernel time (1.9 ms per non-stream request, 2 vCPU). Instead,
+        // the kernel's PAGEMAP_SCAN (Linux >= 6.7; plain memset of the low bytes before that)
+        // finds the pages an instance dirtied and zeroes up to `keep_kib` of them in place;
+        // what lies beyond goes back to the kernel at once (batch of 1), so a 4 MiB body's
+        // memory still leaves as soon as its instance ends (issue 13, D16). Measured with wrk,
+        // 8 connections, 128 KiB: 0.87-1.05 ms CPU per request and 1.5-1.9k req/s, from
+        // 1.7-2.3 ms and 0.75-1.07k req/s. What stays resident is bounded by the peak
+        // concurrency: no unused warm slot is preferred, so the slots reused are the most
+        // recently freed, and each keeps at most `keep_kib` (about 0.75 MiB per request that
+        // ran at once with 128 KiB; scripts/bench-memory.sh reports it).
+        .linear_memory_keep_resident((keep_kib as usize) << 10)
+        .table_keep_resident((keep_kib as usize) << 9)
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .max_unused_warm_slots(0)
         .decommit_batch_size(1);
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);

@@ -175,6 +175,7 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         stores: &stores,
         cache_dir: &cache_dir,
         max_instances: opts.limits.max_instances,
+        instance_keep_kib: opts.limits.instance_keep_kib,
         kv_log: opts.kv_log.as_deref(),
     })?;
 

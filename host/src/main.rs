@@ -85,6 +85,9 @@ struct LimitArgs {
     /// Component instances alive at once (the instance pool; a request finding none gets 503)
     #[arg(long, env = "LUMEN_MAX_INSTANCES", default_value_t = Self::d().max_instances)]
     max_instances: u32,
+    /// KiB of a freed instance's memory kept warm for the next request (0: all given back)
+    #[arg(long, env = "LUMEN_INSTANCE_KEEP_KIB", default_value_t = Self::d().instance_keep_kib)]
+    instance_keep_kib: u32,
 }
 
 impl LimitArgs {
@@ -107,6 +110,7 @@ impl LimitArgs {
             drain_max_bytes: self.drain_max_bytes,
             drain_timeout: self.drain_timeout,
             max_instances: self.max_instances,
+            instance_keep_kib: self.instance_keep_kib,
         }
     }
 }
