@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks Lumen side by side with its peers, in one run against one mock upstream (the bundled
 # lumen-mock): the mock called directly (the floor), Lumen on lumen-host, Lumen under real Spin
-# (`spin up`, SQLite key-value store), Portkey's gateway from npm (pinned), and with --litellm
+# (`spin up`, SQLite key-value store: as Spin creates it, and prepared in WAL mode by
+# `lumen spin-kv`), Portkey's gateway from npm (pinned), and with --litellm
 # LiteLLM's proxy from PyPI (pinned). Per system: 16-concurrent non-stream and stream req/s, the
 # system's CPU ms per non-stream request (/proc), the latency it adds at 10 req/s (p50/p90/p99;
 # stream first-token p50), its memory; ratios vs Portkey and vs lumen-host. Then the key-value
@@ -48,7 +49,7 @@ done
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   scripts/build.sh  # the components, lumen-host, lumen-mock and lumen-bench
 fi
-for bin in lumen-mock lumen-host lumen-bench; do
+for bin in lumen-mock lumen-host lumen-bench lumen; do
   [[ -x "$BIN/$bin" ]] || { echo "bench: $BIN/$bin is missing; build first" >&2; exit 1; }
 done
 
@@ -174,27 +175,35 @@ elif command -v spin >/dev/null; then spin="$(command -v spin)"
 elif [[ -x "$ROOT/../shared/tools/get-spin.sh" ]]; then spin="$("$ROOT/../shared/tools/get-spin.sh")"
 else notes+=("spin-sqlite: skipped: no spin binary (SPIN_BIN, PATH, ../shared/tools/get-spin.sh)")
 fi
-if [[ -n "$spin" ]]; then
+# start_spin NAME [wal]: one `spin up` on its own state directory; with `wal`, the directory's
+# SQLite file is first prepared by `lumen spin-kv` (WAL journal, the setup README recommends).
+start_spin() {
+  local name=$1 mode=${2:-} port state="$tmp/$1-state" up_pid pid addr key
   port="$(free_port)"
-  mkdir -p "$tmp/spin-state"
+  mkdir -p "$state"
+  if [[ "$mode" == wal ]]; then "$BIN/lumen" spin-kv --state-dir "$state" >&2; fi
   env $(lumen_env "$mock_addr" "$admin_token") setsid "$spin" up -f "$ROOT/spin.toml" \
-    --listen "127.0.0.1:$port" --state-dir "$tmp/spin-state" >"$tmp/spin.out" 2>"$tmp/spin.err" &
-  spin_up_pid=$!
+    --listen "127.0.0.1:$port" --state-dir "$state" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  up_pid=$!
   # setsid made it a group leader (its trigger child stays in the group): stopped as a group.
-  if [[ "$(ps -o pgid= -p "$spin_up_pid" | tr -d ' ')" == "$spin_up_pid" ]]; then
-    groups+=("$spin_up_pid")
+  if [[ "$(ps -o pgid= -p "$up_pid" | tr -d ' ')" == "$up_pid" ]]; then
+    groups+=("$up_pid")
   else
-    pids+=("$spin_up_pid")
+    pids+=("$up_pid")
   fi
-  spin_addr="$(wait_serving spin "$spin_up_pid" 300)"
-  wait_port "$spin_addr" "$spin_up_pid" 30
+  addr="$(wait_serving "$name" "$up_pid" 300)"
+  wait_port "$addr" "$up_pid" 30
   # `spin up` serves from a child process (`spin trigger http`): that one's CPU and memory count.
-  spin_pid="$(pgrep -P "$spin_up_pid" | head -n 1 || true)"
-  spin_pid="${spin_pid:-$spin_up_pid}"
-  spin_key="$(create_key "$spin_addr" "$admin_token")"
-  targets+=(--target "name=spin-sqlite,url=http://$spin_addr/v1,key=$spin_key,pid=$spin_pid")
+  pid="$(pgrep -P "$up_pid" | head -n 1 || true)"
+  pid="${pid:-$up_pid}"
+  key="$(create_key "$addr" "$admin_token")"
+  targets+=(--target "name=$name,url=http://$addr/v1,key=$key,pid=$pid")
+  echo "bench: $name (pid $pid) on $addr" >&2
+}
+if [[ -n "$spin" ]]; then
+  start_spin spin-sqlite
+  start_spin spin-sqlite-wal wal
   versions+=("$("$spin" --version)")
-  echo "bench: spin (pid $spin_pid) on $spin_addr" >&2
 fi
 
 # Portkey's gateway from npm, pinned, installed once into the cache; upstream set per request.
