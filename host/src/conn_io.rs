@@ -119,6 +119,8 @@ enum Framing {
 
 /// Heads longer than this are passed through uninspected.
 const MAX_HEAD: usize = 64 * 1024;
+/// Body bytes that may join a held head in one write.
+const COALESCE_MAX: usize = 16 * 1024;
 
 /// A chunked body's decoder state (hyper writes `{size:X}\r\n{data}\r\n` … `0\r\n\r\n`, trailers
 /// possibly before the last empty line).
@@ -343,6 +345,24 @@ impl GuardedIo {
         )))
     }
 
+    /// Writes body bytes: while a head is still held (not yet on the socket), up to
+    /// [`COALESCE_MAX`] of them join it so that a head and a small body leave in one write (two
+    /// writes would cost a second segment, and Nagle's delay where the peer acks late);
+    /// otherwise what is held leaves first, then the bytes go straight to the socket.
+    fn poll_body_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        if self.out_pos < self.out.len() && self.out.len() < COALESCE_MAX {
+            let take = bytes.len().min(COALESCE_MAX - self.out.len());
+            self.out.extend_from_slice(&bytes[..take]);
+            // Send what the socket takes now; the rest goes on the next write or the flush.
+            if let Poll::Ready(Err(e)) = self.poll_out(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(take));
+        }
+        ready!(self.poll_out(cx))?;
+        self.poll_socket_write(cx, bytes)
+    }
+
     /// Puts the held bytes on the socket.
     fn poll_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_pos < self.out.len() {
@@ -423,15 +443,15 @@ impl AsyncWrite for GuardedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.poll_out(cx))?;
         if buf.is_empty() {
+            ready!(this.poll_out(cx))?;
             return Poll::Ready(Ok(0));
         }
         match &mut this.framing {
-            Framing::Through => this.poll_socket_write(cx, buf),
+            Framing::Through => this.poll_body_write(cx, buf),
             Framing::Fixed(left) => {
                 let end = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                let n = ready!(this.poll_socket_write(cx, &buf[..end]))?;
+                let n = ready!(this.poll_body_write(cx, &buf[..end]))?;
                 if let Framing::Fixed(left) = &mut this.framing {
                     *left -= n as u64;
                     if *left == 0 {
@@ -447,10 +467,10 @@ impl AsyncWrite for GuardedIo {
                     Advance::End(end) => end,
                     Advance::Invalid => {
                         this.framing = Framing::Through;
-                        return this.poll_socket_write(cx, buf);
+                        return this.poll_body_write(cx, buf);
                     }
                 };
-                let n = ready!(this.poll_socket_write(cx, &buf[..end]))?;
+                let n = ready!(this.poll_body_write(cx, &buf[..end]))?;
                 if let Framing::Chunked(state) = &mut this.framing {
                     if let Advance::End(_) = state.advance(&buf[..n]) {
                         this.framing = Framing::Head(Vec::new());
@@ -458,7 +478,12 @@ impl AsyncWrite for GuardedIo {
                 }
                 Poll::Ready(Ok(n))
             }
-            Framing::Head(head) => {
+            Framing::Head(_) => {
+                // What is still held of the last answer leaves before a new head is parsed.
+                ready!(this.poll_out(cx))?;
+                let Framing::Head(head) = &mut this.framing else {
+                    unreachable!("the framing was Head a moment ago")
+                };
                 let start = head.len().saturating_sub(3);
                 let taken = buf.len().min(MAX_HEAD + 4 - head.len().min(MAX_HEAD));
                 head.extend_from_slice(&buf[..taken]);
@@ -482,10 +507,8 @@ impl AsyncWrite for GuardedIo {
                 };
                 this.out_pos = 0;
                 this.framing = next;
-                // Start sending the head; what the socket does not take now goes on flush.
-                if let Poll::Ready(Err(e)) = this.poll_out(cx) {
-                    return Poll::Ready(Err(e));
-                }
+                // The head is held: the body's first bytes (hyper hands them over next when
+                // it has them) join it in one write, or the flush sends it alone (a stream).
                 Poll::Ready(Ok(consumed))
             }
         }
@@ -514,6 +537,52 @@ impl AsyncWrite for GuardedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head and its small body leave in one write: nothing reaches the peer until the body
+    /// joins the held head, then both arrive together (before, the head left alone first).
+    #[tokio::test]
+    async fn a_head_and_a_small_body_leave_in_one_write() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let shared = ConnShared::new();
+        let busy = shared.begin(http::Method::POST);
+        let timeouts = ConnTimeouts {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(10),
+            write: Duration::from_secs(10),
+        };
+        let mut io = GuardedIo::new(server, shared.clone(), timeouts);
+        let head = b"HTTP/1.1 200 OK\r\nx-request-id: r\r\ncontent-length: 5\r\n\r\n";
+        let mut all = head.to_vec();
+        all.extend_from_slice(b"hello");
+        // hyper hands over head and body in one buffer: the head is taken and held.
+        let n = io.write(&all).await.unwrap();
+        assert_eq!(n, head.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0u8; 256];
+        assert!(
+            matches!(peer.try_read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "the head left before its body"
+        );
+        // The body joins it: both arrive in one read.
+        io.write_all(&all[n..]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = peer.try_read(&mut buf).unwrap();
+        assert_eq!(&buf[..got], &all[..]);
+        // A head alone (a stream whose first event is not ready) leaves on flush.
+        drop(busy);
+        let _busy = shared.begin(http::Method::POST);
+        let head = b"HTTP/1.1 200 OK\r\nx-request-id: r\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(io.write(head).await.unwrap(), head.len());
+        io.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = peer.try_read(&mut buf).unwrap();
+        assert_eq!(&buf[..got], &head[..]);
+    }
 
     #[test]
     fn chunked_framing_finds_the_end_of_a_body() {
