@@ -16,7 +16,7 @@ use lumen_shared::store::usage::cost_of;
 use lumen_shared::wire::sse::Event;
 use lumen_spin::util::{elapsed_ms, now_ms};
 use lumen_spin::{Reply, SpinKv};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Instant;
 
 /// How a request uses the response cache.
@@ -131,30 +131,28 @@ impl After {
     }
 }
 
-/// A whole answer on its way to the client: kept for the cache and the shadow, and marked
-/// `lumen.cache` on a miss. Untouched (not even parsed) when neither is on.
-pub fn on_whole(ctx: &Ctx, mut reply: Reply) -> Reply {
+/// A whole answer on its way to the client, parsed once: kept for the cache and the shadow.
+/// Returns the `lumen.cache` status the answer is to carry ("miss"), which
+/// [`crate::saved::finish_whole`] stamps in its own pass. Untouched (not even parsed) when
+/// neither the cache nor a shadow is on.
+pub fn on_whole(ctx: &Ctx, reply: &Reply) -> Option<&'static str> {
     let mut a = ctx.after.borrow_mut();
     if !a.watching() || !(200..300).contains(&reply.status) {
-        return reply;
+        return None;
     }
     a.done = true;
+    let parsed = serde_json::from_slice::<Value>(&reply.body).ok();
     if a.shadow.is_some() {
-        if let Ok(v) = serde_json::from_slice::<Value>(&reply.body) {
-            a.answer = Answer::from_completion(&v);
+        if let Some(v) = &parsed {
+            a.answer = Answer::from_completion(v);
         }
         a.first_content_ms = Some(elapsed_ms(ctx.started));
     }
     if let CacheUse::Miss { whole, .. } = &mut a.cache {
-        *whole = cache::stored_whole(&reply.body);
-        if let Ok(Value::Object(mut v)) = serde_json::from_slice::<Value>(&reply.body) {
-            if let Some(Value::Object(l)) = v.get_mut("lumen") {
-                l.insert("cache".into(), json!({"status": "miss"}));
-            }
-            reply.body = Value::Object(v).to_string().into_bytes();
-        }
+        *whole = parsed.and_then(cache::stored_whole_value);
+        return Some("miss");
     }
-    reply
+    None
 }
 
 /// Runs the after-answer work: the cache fill, then the shadow call.

@@ -141,16 +141,16 @@ pub async fn admit_chat(
             &model,
         );
         if let Some(e) = hit {
-            ctx.after.borrow_mut().hit = Some(Box::new(e));
-            return Ok(Admitted {
-                plan: Plan::cached(&chat.model),
-                key: caller.key,
+            let plan = Plan::cached(&chat.model);
+            return Ok(admit_hit(
+                ctx,
+                e,
+                caller.key,
                 chat,
-                hold: None,
-                tenant: TenantRecord::default(),
+                plan,
                 held_output,
-                taken: Vec::new(),
-            });
+                Vec::new(),
+            ));
         }
     }
     let allowed_models = if key.allowed_models.is_empty() {
@@ -254,16 +254,15 @@ pub async fn admit_chat(
             )
         };
         if let Some(e) = hit {
-            ctx.after.borrow_mut().hit = Some(Box::new(e));
-            return Ok(Admitted {
-                key: caller.key,
+            return Ok(admit_hit(
+                ctx,
+                e,
+                caller.key,
                 chat,
                 plan,
-                hold: None,
-                tenant: TenantRecord::default(),
                 held_output,
                 taken,
-            });
+            ));
         }
         if let Some(s) = plan.shadow.clone() {
             let zero_retention =
@@ -298,6 +297,29 @@ pub async fn admit_chat(
         held_output,
         taken,
     })
+}
+
+/// A cache hit admitted: it is served without a model, a budget hold or a shadow
+/// ([`handle`] finds the entry in `ctx.after`).
+fn admit_hit(
+    ctx: &mut Ctx,
+    entry: lumen_shared::domain::cache::CacheEntry,
+    key: ApiKeyRecord,
+    chat: ChatRequest,
+    plan: Plan,
+    held_output: (u64, bool),
+    taken: Vec<Taken>,
+) -> Admitted {
+    ctx.after.borrow_mut().hit = Some(Box::new(entry));
+    Admitted {
+        key,
+        chat,
+        plan,
+        hold: None,
+        tenant: TenantRecord::default(),
+        held_output,
+        taken,
+    }
 }
 
 /// Handles the route: refusals before a plan are answered here and never settled; admitted

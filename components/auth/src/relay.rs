@@ -175,9 +175,14 @@ pub async fn run_shaped(mut ctx: Ctx, admitted: Admitted, out: ResponseOutparam,
             } else {
                 let (reply, report) =
                     whole(&ctx, resp, prompt_estimate, &content_type, shape).await;
-                let reply = crate::after::on_whole(&ctx, reply);
+                let cache = crate::after::on_whole(&ctx, &reply);
                 settle(&ctx, &key.id, chat.stream, report, &plan, &mut budget).await;
-                let reply = saved::finish_whole(reply, route.as_ref(), budget.saved.as_ref());
+                let stamps = saved::Stamps {
+                    route: route.as_ref(),
+                    saved: budget.saved.as_ref(),
+                    cache,
+                };
+                let reply = saved::finish_whole(reply, &stamps);
                 respond(out, ctx.stamp(reply)).await;
             }
         }

@@ -12,18 +12,32 @@ use lumen_shared::wire::sse::{self, Event};
 use lumen_spin::Reply;
 use serde_json::{json, Value};
 
-/// Adds `lumen.route` and the saving to a JSON answer (kept as is when it is not a JSON object).
-pub fn stamp_body(body: Vec<u8>, route: Option<&RouteExplain>, saved: Option<&Saved>) -> Vec<u8> {
-    if route.is_none() && saved.is_none() {
+/// What a settled whole answer is stamped with.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stamps<'a> {
+    /// `lumen.route` (a routed request).
+    pub route: Option<&'a RouteExplain>,
+    /// The saving (`lumen.saved` and friends, `x-lumen-saved`).
+    pub saved: Option<&'a Saved>,
+    /// `lumen.cache.status` (set where the answer has a `lumen` object).
+    pub cache: Option<&'a str>,
+}
+
+/// Adds the stamps to a JSON answer in one pass (kept as is when it is not a JSON object).
+pub fn stamp_body(body: Vec<u8>, stamps: &Stamps<'_>) -> Vec<u8> {
+    if stamps.route.is_none() && stamps.saved.is_none() && stamps.cache.is_none() {
         return body;
     }
     let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(&body) else {
         return body;
     };
-    if let Some(s) = saved {
+    if let (Some(status), Some(Value::Object(l))) = (stamps.cache, answer.get_mut("lumen")) {
+        l.insert("cache".into(), json!({ "status": status }));
+    }
+    if let Some(s) = stamps.saved {
         s.stamp(&mut answer);
     }
-    if let Some(r) = route {
+    if let Some(r) = stamps.route {
         let lumen = answer
             .entry("lumen")
             .or_insert_with(|| Value::Object(Default::default()));
@@ -34,17 +48,13 @@ pub fn stamp_body(body: Vec<u8>, route: Option<&RouteExplain>, saved: Option<&Sa
     serde_json::to_vec(&answer).unwrap_or(body)
 }
 
-/// A settled whole answer: a successful one gets `lumen.route`, the saving and `x-lumen-saved`.
-pub fn finish_whole(
-    mut reply: Reply,
-    route: Option<&RouteExplain>,
-    saved: Option<&Saved>,
-) -> Reply {
+/// A settled whole answer: a successful one gets its stamps and `x-lumen-saved`.
+pub fn finish_whole(mut reply: Reply, stamps: &Stamps<'_>) -> Reply {
     if !(200..300).contains(&reply.status) {
         return reply;
     }
-    reply.body = stamp_body(std::mem::take(&mut reply.body), route, saved);
-    if let Some(s) = saved {
+    reply.body = stamp_body(std::mem::take(&mut reply.body), stamps);
+    if let Some(s) = stamps.saved {
         reply.set_header("x-lumen-saved", s.header());
     }
     reply
@@ -174,12 +184,18 @@ mod tests {
             ..RouteExplain::default()
         };
         let reply = Reply::json_bytes(200, br#"{"id":"x","lumen":{"cost":1}}"#.to_vec());
-        let out = finish_whole(reply, Some(&r), Some(&saved(2_500)));
+        let stamps = Stamps {
+            route: Some(&r),
+            saved: Some(&saved(2_500)),
+            cache: Some("miss"),
+        };
+        let out = finish_whole(reply, &stamps);
         let v: Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(v["lumen"]["cost"], 1);
         assert_eq!(v["lumen"]["route"]["model"], "m");
         assert_eq!(v["lumen"]["saved"], 2.5e-6);
         assert_eq!(v["lumen"]["reference_model"], "gpt-4o");
+        assert_eq!(v["lumen"]["cache"]["status"], "miss");
         assert_eq!(
             out.headers
                 .iter()
@@ -188,15 +204,23 @@ mod tests {
             Some("0.000002500")
         );
         // Errors and non-objects are left alone.
-        let err = finish_whole(
-            Reply::json_bytes(502, b"{}".to_vec()),
-            Some(&r),
-            Some(&saved(1)),
-        );
+        let err = finish_whole(Reply::json_bytes(502, b"{}".to_vec()), &stamps);
         assert_eq!(err.body, b"{}".to_vec());
         assert!(err.headers.iter().all(|(n, _)| n != "x-lumen-saved"));
-        assert_eq!(stamp_body(b"[1]".to_vec(), Some(&r), None), b"[1]".to_vec());
-        assert_eq!(stamp_body(b"{}".to_vec(), None, None), b"{}".to_vec());
+        assert_eq!(stamp_body(b"[1]".to_vec(), &stamps), b"[1]".to_vec());
+        assert_eq!(
+            stamp_body(b"{}".to_vec(), &Stamps::default()),
+            b"{}".to_vec()
+        );
+        // The cache status goes only where the answer has a `lumen` object.
+        let only_cache = Stamps {
+            cache: Some("miss"),
+            ..Stamps::default()
+        };
+        assert_eq!(
+            stamp_body(br#"{"id":"x"}"#.to_vec(), &only_cache),
+            br#"{"id":"x"}"#.to_vec()
+        );
     }
 
     fn events(text: &str) -> Vec<Event> {

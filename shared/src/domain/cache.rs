@@ -406,11 +406,14 @@ impl Recorder {
 
 /// A whole answer as stored: the body without its `lumen` object.
 pub fn stored_whole(body: &[u8]) -> Option<Stored> {
-    let Ok(Value::Object(mut v)) = serde_json::from_slice::<Value>(body) else {
-        return None;
-    };
+    stored_whole_value(serde_json::from_slice::<Value>(body).ok()?)
+}
+
+/// [`stored_whole`] of an answer already parsed (`None` unless it is a JSON object).
+pub fn stored_whole_value(mut answer: Value) -> Option<Stored> {
+    let v = answer.as_object_mut()?;
     v.remove("lumen");
-    Some(Stored::Whole(Value::Object(v).to_string()))
+    Some(Stored::Whole(answer.to_string()))
 }
 
 /// The `lumen` object of a hit: no cost, what it saved, how old the entry is.
