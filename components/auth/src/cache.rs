@@ -136,7 +136,8 @@ fn settle(ctx: &Ctx, a: &Admitted, e: &CacheEntry) -> Option<u64> {
     None
 }
 
-/// Serves a hit: settled before the last bytes, like any answer.
+/// Serves a hit: a stream is settled before its last event, like any answer; a whole answer,
+/// whose bytes settlement does not change, is settled right after it leaves.
 pub async fn serve_hit(mut ctx: Ctx, a: Admitted, e: CacheEntry, out: ResponseOutparam) {
     ctx.model = e.model.clone();
     ctx.provider = e.provider.clone();
@@ -173,12 +174,13 @@ pub async fn serve_hit(mut ctx: Ctx, a: Admitted, e: CacheEntry, out: ResponseOu
         }
         seq
     } else {
+        // The answer carries nothing the settlement decides (cost 0, the entry's saving), so
+        // it leaves first and the log entry is written after it, off the client's wait.
         let body = cache::replay_whole(&e, now).unwrap_or_default();
-        let seq = settle(&ctx, &a, &e);
         let mut reply = Reply::new(200, "application/json", body);
         reply.set_header("x-lumen-cost", "0.000000000".to_string());
         respond(out, ctx.stamp(reply)).await;
-        seq
+        settle(&ctx, &a, &e)
     };
     if seq.is_some_and(log::ends_block) {
         if let Err(e) = deps::seal() {
