@@ -599,3 +599,44 @@ async fn an_invalid_body_limit_is_named_not_ignored() {
     assert_eq!(r.error(401)["code"], "invalid_api_key");
     assert_eq!(gw.mock.request_count(), 0);
 }
+
+/// The components run on a 256 KiB stack (`.cargo/config.toml`): JSON nested as deep as
+/// serde_json's recursion limit allows is served through every component (auth, router on
+/// `auto`, provider, meter), and deeper JSON is a 400, never a trap.
+#[tokio::test]
+async fn deeply_nested_json_is_served_or_refused_never_a_trap() {
+    let gw = Gateway::start().await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    let nested = |depth: usize| {
+        let mut v = json!("x");
+        for _ in 0..depth {
+            v = json!([v]);
+        }
+        v
+    };
+    for model in ["gpt-4o-mini", "auto"] {
+        let mut body = chat_body(model, "hi [mock tokens=2]");
+        body["tools"] = json!([{"type": "function", "function": {"name": "f",
+            "parameters": {"type": "object", "x": nested(120)}}}]);
+        let r = gw.chat(&key, body).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let mut body = chat_body(model, "hi");
+        body["messages"][0]["extra"] = nested(200);
+        let r = gw.chat(&key, body).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.error(400)["message"]
+            .as_str()
+            .unwrap()
+            .contains("recursion limit"));
+    }
+}
