@@ -486,3 +486,39 @@ async fn a_refused_request_expecting_100_continue_is_not_asked_for_its_body() {
         rest.map(|r| r.map(|b| String::from_utf8_lossy(&b).into_owned()))
     );
 }
+
+/// `Expect: 100-continue` with a key: the `100 Continue` head leaves at once on its own (the
+/// host holds a response head to send it with its body, and must not hold this one), then the
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_gets_its_100_at_once_then_the_answer() {
+    let gw = gateway(|_| {}).await;
+    let (key, _) = gw.create_key(600, &[]).await;
+    let body = big_chat(4096);
+    let head = post_head("/v1/chat/completions", body.len(), Some(&key))
+        .replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+    let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
+    write_all(&mut s, head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let started = Instant::now();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("the 100 Continue comes within 2 s")
+            .unwrap();
+        assert!(n > 0, "closed before 100 Continue");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    write_all(&mut s, &body).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
