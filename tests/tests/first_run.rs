@@ -67,12 +67,7 @@ impl Up {
     /// Starts `lumen up` with only PATH and HOME from this environment, plus `env`; returns once
     /// it prints `Serving http://ADDR` (at most 240 s: the first start may compile components).
     fn start(tag: &str, env: &[(&str, &str)]) -> Up {
-        let bin = repo().join("target/release/lumen");
-        assert!(
-            bin.is_file(),
-            "{} missing: run scripts/build.sh",
-            bin.display()
-        );
+        let bin = common::lumen_bin();
         let state = common::procs::temp_dir(&format!("first-run-{tag}"));
         let mut cmd = Command::new(bin);
         cmd.args(["up", "--listen", "127.0.0.1:0", "--manifest"])

@@ -4,19 +4,8 @@
 
 mod common;
 
-use common::{chat_body, Gateway, ADMIN};
+use common::{chat_body, lumen_bin, Gateway, ADMIN};
 use serde_json::Value;
-use std::path::PathBuf;
-
-fn lumen_bin() -> PathBuf {
-    let bin = common::repo().join("target/release/lumen");
-    assert!(
-        bin.is_file(),
-        "{} missing: run scripts/build.sh",
-        bin.display()
-    );
-    bin
-}
 
 struct Run {
     ok: bool,

@@ -5,20 +5,10 @@
 
 mod common;
 
-use common::{chat_body, Gateway, ADMIN};
+use common::{chat_body, lumen_bin, Gateway, ADMIN};
 use lumen_tests::mock::MockConfig;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn lumen_bin() -> PathBuf {
-    let bin = common::repo().join("target/release/lumen");
-    assert!(
-        bin.is_file(),
-        "{} missing: run scripts/build.sh",
-        bin.display()
-    );
-    bin
-}
 
 fn spin_kv(state: &Path) -> String {
     let out = Command::new(lumen_bin())
@@ -43,12 +33,9 @@ fn journal_mode(db: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_store_is_wal_and_the_gateway_serves_on_it() {
-    let state = std::path::PathBuf::from(common::runtime::unique(&format!(
-        "lumen-spin-kv-{}",
-        std::process::id()
-    )));
-    let state = std::env::temp_dir().join(state);
-    let _ = std::fs::remove_dir_all(&state);
+    let dir = common::procs::temp_dir("spin-kv");
+    // `lumen spin-kv` makes the state directory itself.
+    let state = dir.join("state");
     let db = state.join("sqlite_key_value.db");
     let said = spin_kv(&state);
     assert!(said.contains("WAL"), "{said}");
@@ -108,5 +95,5 @@ async fn a_prepared_store_is_wal_and_the_gateway_serves_on_it() {
         assert_eq!(journal_mode(&db), "wal");
     }
     drop(gw);
-    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&dir);
 }

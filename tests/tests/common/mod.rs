@@ -28,6 +28,17 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The `lumen` command built by scripts/build.sh.
+pub fn lumen_bin() -> PathBuf {
+    let bin = repo().join("target/release/lumen");
+    assert!(
+        bin.is_file(),
+        "{} missing: run scripts/build.sh",
+        bin.display()
+    );
+    bin
+}
+
 fn check_built() {
     let wasm = repo().join("target/wasm32-wasip2/release/lumen_gateway.wasm");
     assert!(
