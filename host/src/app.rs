@@ -342,6 +342,7 @@ impl App {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(scheme, req)?;
         let out = store.data_mut().http().new_response_outparam(tx)?;
+        store.data_mut().spin.outparam = Some(out.rep());
         let pre = comp.pre.clone();
         let id = comp.id.clone();
         let task = tokio::spawn(async move {
@@ -444,6 +445,7 @@ impl App {
                 stores: comp.stores.clone(),
                 variables: comp.variables.clone(),
                 ops: KvOps::default(),
+                outparam: None,
             },
         };
         Ok(Store::new(&self.engine, ctx))

@@ -52,6 +52,22 @@ pub struct HostOptions {
     /// Append one JSON line per request with its key-value round trips here
     /// (`LUMEN_HOST_KV_LOG`): how the KV-operation ceilings are tested and reported.
     pub kv_log: Option<PathBuf>,
+    /// Wraps each key-value store as it is opened (tests: a store that stalls on chosen keys);
+    /// the CLI sets none.
+    pub kv_layer: Option<KvLayer>,
+}
+
+/// What wraps a store: given its label and the store, the store instances will use.
+pub type WrapStore = dyn Fn(&str, Arc<dyn KvBackend>) -> Arc<dyn KvBackend> + Send + Sync;
+
+/// A wrapper put around every key-value store when the host opens it.
+#[derive(Clone)]
+pub struct KvLayer(pub Arc<WrapStore>);
+
+impl std::fmt::Debug for KvLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvLayer(..)")
+    }
 }
 
 impl HostOptions {
@@ -67,6 +83,7 @@ impl HostOptions {
             cache_dir: None,
             limits: Limits::default(),
             kv_log: None,
+            kv_layer: None,
         }
     }
 }
@@ -162,6 +179,10 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
             KvStoreConfig::Memory => Arc::new(MemoryKv::default()),
             KvStoreConfig::Sqlite(path) => Arc::new(SqliteKv::open(&path)?),
             KvStoreConfig::Redis(url) => Arc::new(RedisKv::open(&url)?),
+        };
+        let backend = match &opts.kv_layer {
+            Some(KvLayer(wrap)) => wrap(&label, backend),
+            None => backend,
         };
         stores.insert(label, backend);
     }

@@ -19,6 +19,22 @@ pub mod bindings {
             "wasi:keyvalue/store.bucket": super::OpenStore,
             "wasi:keyvalue/atomics.cas": super::Cas,
         },
+        // Key-value data operations may suspend the instance once, after its response is set
+        // (`SpinView::on`); everything else runs to completion.
+        imports: {
+            "fermyon:spin/key-value.[method]store.get": async,
+            "fermyon:spin/key-value.[method]store.set": async,
+            "fermyon:spin/key-value.[method]store.delete": async,
+            "fermyon:spin/key-value.[method]store.exists": async,
+            "wasi:keyvalue/store.[method]bucket.get": async,
+            "wasi:keyvalue/store.[method]bucket.set": async,
+            "wasi:keyvalue/store.[method]bucket.delete": async,
+            "wasi:keyvalue/store.[method]bucket.exists": async,
+            "wasi:keyvalue/atomics.increment": async,
+            "wasi:keyvalue/batch.get-many": async,
+            "wasi:keyvalue/batch.set-many": async,
+            "wasi:keyvalue/batch.delete-many": async,
+        },
     });
 }
 
@@ -47,6 +63,8 @@ pub struct SpinState {
     pub variables: Arc<HashMap<String, String>>,
     /// Key-value round trips this instance made.
     pub ops: KvOps,
+    /// The request's response outparam (its table index), while the guest has not set it.
+    pub outparam: Option<u32>,
 }
 
 /// Key-value round trips of one instance, by operation: what each request costs a store where
@@ -109,6 +127,24 @@ enum OpenError {
 }
 
 impl SpinView<'_> {
+    /// Suspends the instance once, at its first key-value operation after its response is set,
+    /// so the response leaves before the work the guest does after it (settlement, the cache
+    /// fill, the audit log). Without it, the connection task woken by the response waits in the
+    /// same worker's next-task slot, which no other worker may take, until the guest ends: a
+    /// cache hit's settlement ran before its answer left (issue 14).
+    async fn yield_after_response(&mut self) {
+        let Some(rep) = self.state.outparam else {
+            return;
+        };
+        // Setting the response consumes the outparam: its index is then free or another type.
+        let out = Resource::<wasmtime_wasi_http::p2::types::HostResponseOutparam>::new_borrow(rep);
+        if self.table.get(&out).is_ok() {
+            return;
+        }
+        self.state.outparam = None;
+        tokio::task::yield_now().await;
+    }
+
     /// Opens `label` when the component may use it.
     fn open_store(&mut self, label: String) -> Result<Resource<OpenStore>, OpenError> {
         let backend = self
@@ -147,28 +183,36 @@ impl spin_kv::HostStore for SpinView<'_> {
             OpenError::Table(_) => spin_kv::Error::StoreTableFull,
         })
     }
-    fn get(
+    async fn get(
         &mut self,
         s: Resource<OpenStore>,
         key: String,
     ) -> Result<Option<Vec<u8>>, spin_kv::Error> {
+        self.yield_after_response().await;
         self.on(&s, |o| &mut o.get, |kv, l| kv.get(l, &key))
             .map_err(spin_kv::Error::Other)
     }
-    fn set(
+    async fn set(
         &mut self,
         s: Resource<OpenStore>,
         key: String,
         value: Vec<u8>,
     ) -> Result<(), spin_kv::Error> {
+        self.yield_after_response().await;
         self.on(&s, |o| &mut o.set, |kv, l| kv.set(l, &key, &value))
             .map_err(spin_kv::Error::Other)
     }
-    fn delete(&mut self, s: Resource<OpenStore>, key: String) -> Result<(), spin_kv::Error> {
+    async fn delete(&mut self, s: Resource<OpenStore>, key: String) -> Result<(), spin_kv::Error> {
+        self.yield_after_response().await;
         self.on(&s, |o| &mut o.delete, |kv, l| kv.delete(l, &key))
             .map_err(spin_kv::Error::Other)
     }
-    fn exists(&mut self, s: Resource<OpenStore>, key: String) -> Result<bool, spin_kv::Error> {
+    async fn exists(
+        &mut self,
+        s: Resource<OpenStore>,
+        key: String,
+    ) -> Result<bool, spin_kv::Error> {
+        self.yield_after_response().await;
         self.on(&s, |o| &mut o.exists, |kv, l| kv.exists(l, &key))
             .map_err(spin_kv::Error::Other)
     }
@@ -219,28 +263,36 @@ impl wasi_kv::Host for SpinView<'_> {
 }
 
 impl wasi_kv::HostBucket for SpinView<'_> {
-    fn get(
+    async fn get(
         &mut self,
         b: Resource<OpenStore>,
         key: String,
     ) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
+        self.yield_after_response().await;
         self.on(&b, |o| &mut o.get, |kv, l| kv.get(l, &key))
             .map_err(wasi_kv::Error::Other)
     }
-    fn set(
+    async fn set(
         &mut self,
         b: Resource<OpenStore>,
         key: String,
         value: Vec<u8>,
     ) -> Result<(), wasi_kv::Error> {
+        self.yield_after_response().await;
         self.on(&b, |o| &mut o.set, |kv, l| kv.set(l, &key, &value))
             .map_err(wasi_kv::Error::Other)
     }
-    fn delete(&mut self, b: Resource<OpenStore>, key: String) -> Result<(), wasi_kv::Error> {
+    async fn delete(&mut self, b: Resource<OpenStore>, key: String) -> Result<(), wasi_kv::Error> {
+        self.yield_after_response().await;
         self.on(&b, |o| &mut o.delete, |kv, l| kv.delete(l, &key))
             .map_err(wasi_kv::Error::Other)
     }
-    fn exists(&mut self, b: Resource<OpenStore>, key: String) -> Result<bool, wasi_kv::Error> {
+    async fn exists(
+        &mut self,
+        b: Resource<OpenStore>,
+        key: String,
+    ) -> Result<bool, wasi_kv::Error> {
+        self.yield_after_response().await;
         self.on(&b, |o| &mut o.exists, |kv, l| kv.exists(l, &key))
             .map_err(wasi_kv::Error::Other)
     }
@@ -266,12 +318,13 @@ impl wasi_kv::HostBucket for SpinView<'_> {
 }
 
 impl atomics::Host for SpinView<'_> {
-    fn increment(
+    async fn increment(
         &mut self,
         b: Resource<OpenStore>,
         key: String,
         delta: i64,
     ) -> Result<i64, wasi_kv::Error> {
+        self.yield_after_response().await;
         self.on(
             &b,
             |o| &mut o.increment,
@@ -336,11 +389,12 @@ impl atomics::HostCas for SpinView<'_> {
 }
 
 impl batch::Host for SpinView<'_> {
-    fn get_many(
+    async fn get_many(
         &mut self,
         b: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error> {
+        self.yield_after_response().await;
         self.on(
             &b,
             |o| &mut o.get_many,
@@ -352,11 +406,12 @@ impl batch::Host for SpinView<'_> {
         )
         .map_err(wasi_kv::Error::Other)
     }
-    fn set_many(
+    async fn set_many(
         &mut self,
         b: Resource<OpenStore>,
         kvs: Vec<(String, Vec<u8>)>,
     ) -> Result<(), wasi_kv::Error> {
+        self.yield_after_response().await;
         self.on(
             &b,
             |o| &mut o.set_many,
@@ -364,11 +419,12 @@ impl batch::Host for SpinView<'_> {
         )
         .map_err(wasi_kv::Error::Other)
     }
-    fn delete_many(
+    async fn delete_many(
         &mut self,
         b: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> Result<(), wasi_kv::Error> {
+        self.yield_after_response().await;
         self.on(
             &b,
             |o| &mut o.delete_many,
@@ -461,6 +517,7 @@ mod tests {
             stores: Arc::new(HashMap::from([("default".to_string(), backend.clone())])),
             variables: Arc::new(HashMap::new()),
             ops: KvOps::default(),
+            outparam: None,
         };
         let mut state = state;
         let mut table = ResourceTable::new();

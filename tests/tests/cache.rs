@@ -7,7 +7,12 @@
 mod common;
 
 use common::*;
+use lumen_host::kv::KvBackend;
+use lumen_host::KvLayer;
+use lumen_tests::mock::MockConfig;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 fn det(text: &str) -> Value {
@@ -368,4 +373,123 @@ async fn what_the_cache_costs_in_key_value_operations() {
     // A hit: the lookup instead of the model; no hold, no entry written.
     assert!(n(&hit, "total") <= n(&plain, "total") + 1, "{hit}");
     let _ = std::fs::remove_file(&log);
+}
+
+/// A store that holds every write to the audit log (`v2/log/`) until the test opens the gate
+/// (or 20 s pass), counting the writes it holds.
+struct HeldLog {
+    inner: Arc<dyn KvBackend>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    held: Arc<AtomicUsize>,
+}
+
+impl HeldLog {
+    fn hold(&self, key: &str) {
+        if !key.starts_with("v2/log/") {
+            return;
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        let (open, cv) = &*self.gate;
+        let open = open.lock().unwrap();
+        let _ = cv
+            .wait_timeout_while(open, Duration::from_secs(20), |open| !*open)
+            .unwrap();
+    }
+}
+
+impl KvBackend for HeldLog {
+    fn get(&self, s: &str, k: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.inner.get(s, k)
+    }
+    fn set(&self, s: &str, k: &str, v: &[u8]) -> wasmtime::Result<()> {
+        self.hold(k);
+        self.inner.set(s, k, v)
+    }
+    fn delete(&self, s: &str, k: &str) -> wasmtime::Result<()> {
+        self.inner.delete(s, k)
+    }
+    fn keys(&self, s: &str) -> wasmtime::Result<Vec<String>> {
+        self.inner.keys(s)
+    }
+    fn increment(&self, s: &str, k: &str, d: i64) -> wasmtime::Result<i64> {
+        self.hold(k);
+        self.inner.increment(s, k, d)
+    }
+    fn compare_and_swap(
+        &self,
+        s: &str,
+        k: &str,
+        e: Option<&[u8]>,
+        n: &[u8],
+    ) -> wasmtime::Result<bool> {
+        self.inner.compare_and_swap(s, k, e, n)
+    }
+}
+
+/// A hit's answer leaves before its settlement is written (nothing in it depends on the
+/// settlement). Before lumen-host suspended an instance at its first key-value operation after
+/// its response was set, the woken connection task waited in the worker's next-task slot until
+/// the guest ended, so the hit's answer waited for its audit-log writes; here those writes are
+/// held until the answer has arrived, and the answer must arrive meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_answers_before_its_settlement_is_written() {
+    let rt = common::runtime::Runtime::current();
+    if rt.is_spin() {
+        eprintln!(
+            "skipped under {}: the held store is lumen-host's (Spin's key-value calls already \
+             suspend the instance)",
+            rt.name()
+        );
+        return;
+    }
+    let gate = Arc::new((Mutex::new(true), Condvar::new()));
+    let held = Arc::new(AtomicUsize::new(0));
+    let (g, h) = (gate.clone(), held.clone());
+    let layer = KvLayer(Arc::new(move |_label: &str, inner| {
+        Arc::new(HeldLog {
+            inner,
+            gate: g.clone(),
+            held: h.clone(),
+        }) as Arc<dyn KvBackend>
+    }));
+    let gw = Gateway::start_with(
+        MockConfig {
+            api_key: Some(UPSTREAM_KEY.into()),
+            ..MockConfig::default()
+        },
+        move |o| o.kv_layer = Some(layer),
+    )
+    .await;
+    let key = create(&gw, json!({"name": "held"})).await;
+    for stream in [false, true] {
+        let mut body = det(&format!("held {stream} [mock tokens=3]"));
+        body["stream"] = json!(stream);
+        let miss = gw.chat(&key, body.clone()).await;
+        assert_eq!(miss.header("x-lumen-cache"), Some("miss"));
+        assert_eq!(
+            entries(&gw, 1 + usize::from(stream)).await.len(),
+            1 + usize::from(stream)
+        );
+        // Close the gate: from now on, audit-log writes wait.
+        *gate.0.lock().unwrap() = false;
+        let before = held.load(Ordering::SeqCst);
+        let hit = tokio::time::timeout(Duration::from_secs(5), gw.chat(&key, body.clone())).await;
+        let waiting = held.load(Ordering::SeqCst) - before;
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let hit = hit.unwrap_or_else(|_| {
+            panic!("stream {stream}: the hit's answer waited for its audit-log writes")
+        });
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.header("x-lumen-cache"), Some("hit"));
+        assert!(
+            waiting >= 1,
+            "stream {stream}: the hit wrote no log entry while answering"
+        );
+    }
+    // Released, both settlements land: the hits are in /v1/usage.
+    let usage = gw
+        .usage_until(&key, |v| v["total"]["cache_hits"] == 2)
+        .await;
+    assert_eq!(usage["total"]["cache_hits"], 2, "{usage}");
 }

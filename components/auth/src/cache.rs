@@ -9,13 +9,12 @@ use crate::after::CacheUse;
 use crate::chat::Admitted;
 use crate::ctx::{Ctx, ReqInfo};
 use crate::{deps, limits};
-use futures::SinkExt;
 use lumen_shared::contracts::{Outcome, Plan, SettleRequest, UsageReport};
 use lumen_shared::domain::cache::{self, CacheEntry, Control, Decision, RequestCache};
 use lumen_shared::domain::plans;
 use lumen_shared::store::{log, ApiKeyRecord};
 use lumen_shared::wire::openai::ChatRequest;
-use lumen_spin::http::{respond, start_stream};
+use lumen_spin::http::respond;
 use lumen_spin::util::{elapsed_ms, now_ms};
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
@@ -136,52 +135,33 @@ fn settle(ctx: &Ctx, a: &Admitted, e: &CacheEntry) -> Option<u64> {
     None
 }
 
-/// Serves a hit: a stream is settled before its last event, like any answer; a whole answer,
-/// whose bytes settlement does not change, is settled right after it leaves.
+/// Serves a hit: nothing in its bytes depends on the settlement (cost 0, the entry's saving),
+/// so a whole answer or a replayed stream is settled right after it leaves.
 pub async fn serve_hit(mut ctx: Ctx, a: Admitted, e: CacheEntry, out: ResponseOutparam) {
     ctx.model = e.model.clone();
     ctx.provider = e.provider.clone();
     // A hit uses no upstream tokens: give the token reservations back.
     limits::reconcile(&a.taken, 0);
     let now = now_ms();
-    let seq = if a.chat.stream {
+    // Nothing in a hit's bytes depends on its settlement (cost 0, the entry's saving), so the
+    // answer leaves first — a replayed stream as one body, its events (the original chunking)
+    // with the head instead of one write each — and the log entry is written after it.
+    let (content_type, body) = if a.chat.stream {
         let events = cache::replay_stream(&e, a.chat.include_usage, now).unwrap_or_default();
-        let mut hs = vec![
-            ("content-type".to_string(), "text/event-stream".to_string()),
-            ("cache-control".to_string(), "no-cache".to_string()),
-        ];
-        hs.extend(ctx.headers());
-        let (last, body) = events
-            .split_last()
-            .map_or((None, &[][..]), |(l, b)| (Some(l), b));
-        // The head leaves with the first event (`start_stream`).
-        let (first, body) = body
-            .split_first()
-            .map_or((Vec::new(), &[][..]), |(f, b)| (f.clone(), b));
-        let mut sink = start_stream(out, 200, &hs, first).await;
-        let mut gone = false;
-        for ev in body {
-            if sink.send(ev.clone()).await.is_err() {
-                gone = true;
-                break;
-            }
-        }
-        let seq = settle(&ctx, &a, &e);
-        if let (false, Some(last)) = (gone, last) {
-            if sink.send(last.clone()).await.is_ok() {
-                let _ = sink.close().await;
-            }
-        }
-        seq
+        ("text/event-stream", events.concat())
     } else {
-        // The answer carries nothing the settlement decides (cost 0, the entry's saving), so
-        // it leaves first and the log entry is written after it, off the client's wait.
-        let body = cache::replay_whole(&e, now).unwrap_or_default();
-        let mut reply = Reply::new(200, "application/json", body);
-        reply.set_header("x-lumen-cost", "0.000000000".to_string());
-        respond(out, ctx.stamp(reply)).await;
-        settle(&ctx, &a, &e)
+        (
+            "application/json",
+            cache::replay_whole(&e, now).unwrap_or_default(),
+        )
     };
+    let mut reply = Reply::new(200, content_type, body);
+    if a.chat.stream {
+        reply.set_header("cache-control", "no-cache");
+    }
+    reply.set_header("x-lumen-cost", "0.000000000".to_string());
+    respond(out, ctx.stamp(reply)).await;
+    let seq = settle(&ctx, &a, &e);
     if seq.is_some_and(log::ends_block) {
         if let Err(e) = deps::seal() {
             eprintln!("lumen: could not seal the log: {}", e.message);
