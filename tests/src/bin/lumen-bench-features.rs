@@ -280,7 +280,7 @@ async fn main() -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     out.push_str(&format!(
-        "\n## Cache, shadow, fusion (issue 14), {} UTC\n\nCPU: {}. lumen-host, SQLite KV, the mock on loopback; concurrency 1; `scripts/bench-features.sh`.\n\n",
+        "\n## Cache, shadow, fusion (issue 14), {}\n\nCPU: {}. lumen-host, SQLite KV, the mock on loopback; concurrency 1; `scripts/bench-features.sh`.\n\n",
         utc_timestamp(now),
         cpu_model()
     ));
