@@ -474,6 +474,12 @@ async fn a_hit_answers_before_its_settlement_is_written() {
         *gate.0.lock().unwrap() = false;
         let before = held.load(Ordering::SeqCst);
         let hit = tokio::time::timeout(Duration::from_secs(5), gw.chat(&key, body.clone())).await;
+        // The settlement reaches its first log write after the answer has left: wait for it
+        // to be held (the gate still closed) before opening the gate.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while held.load(Ordering::SeqCst) == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let waiting = held.load(Ordering::SeqCst) - before;
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
