@@ -20,7 +20,7 @@ pub mod bindings {
             "wasi:keyvalue/atomics.cas": super::Cas,
         },
         // Key-value data operations may suspend the instance once, after its response is set
-        // (`SpinView::on`); everything else runs to completion.
+        // (`SpinView::yield_after_response`); everything else runs to completion.
         imports: {
             "fermyon:spin/key-value.[method]store.get": async,
             "fermyon:spin/key-value.[method]store.set": async,
@@ -63,7 +63,8 @@ pub struct SpinState {
     pub variables: Arc<HashMap<String, String>>,
     /// Key-value round trips this instance made.
     pub ops: KvOps,
-    /// The request's response outparam (its table index), while the guest has not set it.
+    /// The request's response outparam (its table index), until the instance has yielded
+    /// after the guest set it.
     pub outparam: Option<u32>,
 }
 
