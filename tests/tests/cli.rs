@@ -3,24 +3,13 @@
 
 mod common;
 
-use common::repo;
+use common::{release_bin, repo};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn host_bin() -> PathBuf {
-    let bin = repo().join("target/release/lumen-host");
-    assert!(
-        bin.is_file(),
-        "{} missing: run scripts/build.sh",
-        bin.display()
-    );
-    bin
-}
-
 fn up(state: &std::path::Path) -> std::process::Child {
-    Command::new(host_bin())
+    Command::new(release_bin("lumen-host"))
         .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
         .arg(repo().join("spin.toml"))
         .arg("--state-dir")
@@ -105,7 +94,7 @@ fn a_bad_manifest_is_refused_naming_the_problem() {
         "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\nai_models = [\"llama2-chat\"]\n",
     )
     .unwrap();
-    let out = Command::new(host_bin())
+    let out = Command::new(release_bin("lumen-host"))
         .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
         .arg(&manifest)
         .output()

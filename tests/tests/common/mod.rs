@@ -28,15 +28,20 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `lumen` command built by scripts/build.sh.
-pub fn lumen_bin() -> PathBuf {
-    let bin = repo().join("target/release/lumen");
+/// A binary scripts/build.sh builds into `target/release`.
+pub fn release_bin(name: &str) -> PathBuf {
+    let bin = repo().join("target/release").join(name);
     assert!(
         bin.is_file(),
         "{} missing: run scripts/build.sh",
         bin.display()
     );
     bin
+}
+
+/// The `lumen` command built by scripts/build.sh.
+pub fn lumen_bin() -> PathBuf {
+    release_bin("lumen")
 }
 
 fn check_built() {
