@@ -146,7 +146,6 @@ fn the_scorer_orders_at_least_90_percent_of_the_pairs() {
 }
 
 #[test]
-#[ignore = "not met yet (bench/ROUTER.md, probe suite): with the catalog's auto floor 0.6, 20 of 50 hard sides still score below 0.4 and go to the cheapest model too"]
 fn auto_sends_the_trivial_side_to_a_cheaper_model() {
     let r = Router::new();
     let mut bad = Vec::new();
@@ -181,7 +180,6 @@ fn the_issues_hand_probes_reach_the_right_class_of_model() {
 }
 
 #[test]
-#[ignore = "not met yet (bench/ROUTER.md, probe suite): the proofs reach gpt-4o-mini, not gpt-4o"]
 fn proofs_reach_the_strongest_model() {
     let r = Router::new();
     for proof in [

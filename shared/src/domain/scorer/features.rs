@@ -38,6 +38,9 @@ pub const DENSE: &[&str] = &[
     "open_steps",
     "open_constraints",
     "open_long_words",
+    "open_asks",
+    "open_brief",
+    "open_parts",
 ];
 
 /// Index of a dense feature by name (a compile-time constant where it is used).
@@ -112,10 +115,13 @@ enum Class {
     Test,
     SmallTalk,
     Transform,
+    Ask,
+    /// A reasoning step that also asks for an analysis ("evaluate", "compare", …): counts as both.
+    StepAsk,
 }
 
 /// Keyword table: (hash, class), sorted by hash at compile time for a binary search.
-const KEYWORDS: [(u64, Class); 96] = sort_keywords([
+const KEYWORDS: [(u64, Class); KEYWORD_COUNT] = sort_keywords([
     // Reasoning steps.
     (word_hash("step"), Class::Step),
     (word_hash("steps"), Class::Step),
@@ -123,18 +129,18 @@ const KEYWORDS: [(u64, Class); 96] = sort_keywords([
     (word_hash("finally"), Class::Step),
     (word_hash("compute"), Class::Step),
     (word_hash("calculate"), Class::Step),
-    (word_hash("derive"), Class::Step),
+    (word_hash("derive"), Class::StepAsk),
     (word_hash("determine"), Class::Step),
-    (word_hash("evaluate"), Class::Step),
+    (word_hash("evaluate"), Class::StepAsk),
     (word_hash("solve"), Class::Step),
     (word_hash("simplify"), Class::Step),
     (word_hash("integral"), Class::Step),
     (word_hash("derivative"), Class::Step),
     (word_hash("estimate"), Class::Step),
-    (word_hash("analyze"), Class::Step),
-    (word_hash("analyse"), Class::Step),
-    (word_hash("compare"), Class::Step),
-    (word_hash("design"), Class::Step),
+    (word_hash("analyze"), Class::StepAsk),
+    (word_hash("analyse"), Class::StepAsk),
+    (word_hash("compare"), Class::StepAsk),
+    (word_hash("design"), Class::StepAsk),
     (word_hash("tradeoffs"), Class::Step),
     (word_hash("trade"), Class::Step),
     // Proofs.
@@ -167,6 +173,10 @@ const KEYWORDS: [(u64, Class); 96] = sort_keywords([
     (word_hash("edge"), Class::Constraint),
     (word_hash("never"), Class::Constraint),
     (word_hash("preserve"), Class::Constraint),
+    (word_hash("preserving"), Class::Constraint),
+    (word_hash("keeping"), Class::Constraint),
+    (word_hash("avoid"), Class::Constraint),
+    (word_hash("avoiding"), Class::Constraint),
     // Systems and concurrency.
     (word_hash("lock"), Class::Systems),
     (word_hash("concurrent"), Class::Systems),
@@ -217,10 +227,64 @@ const KEYWORDS: [(u64, Class); 96] = sort_keywords([
     (word_hash("summarise"), Class::Transform),
     (word_hash("extract"), Class::Transform),
     (word_hash("rewrite"), Class::Transform),
-    (word_hash("list"), Class::Transform),
     (word_hash("spell"), Class::Transform),
-    (word_hash("capital"), Class::Transform),
+    // Asking for an analysis or an explanation (several languages: a request is rarely
+    // translated before it is routed). Words of Chinese and Japanese, written without spaces,
+    // are found by `ASK_WIDE` instead.
+    (word_hash("explain"), Class::Ask),
+    (word_hash("explaining"), Class::Ask),
+    (word_hash("contrast"), Class::Ask),
+    (word_hash("discuss"), Class::Ask),
+    (word_hash("argue"), Class::Ask),
+    (word_hash("justify"), Class::Ask),
+    (word_hash("distinguish"), Class::Ask),
+    (word_hash("distinguishing"), Class::Ask),
+    (word_hash("critique"), Class::Ask),
+    (word_hash("assess"), Class::Ask),
+    (word_hash("interpret"), Class::Ask),
+    (word_hash("reconcile"), Class::Ask),
+    (word_hash("implications"), Class::Ask),
+    (word_hash("trace"), Class::Ask),
+    (word_hash("walk"), Class::Ask),
+    (word_hash("explique"), Class::Ask),
+    (word_hash("expliquez"), Class::Ask),
+    (word_hash("analysant"), Class::Ask),
+    (word_hash("comparez"), Class::Ask),
+    (word_hash("démontrez"), Class::Ask),
+    (word_hash("démontre"), Class::Ask),
+    (word_hash("explica"), Class::Ask),
+    (word_hash("compara"), Class::Ask),
+    (word_hash("analiza"), Class::Ask),
+    (word_hash("demuestra"), Class::Ask),
+    (word_hash("erkläre"), Class::Ask),
+    (word_hash("erklären"), Class::Ask),
+    (word_hash("vergleiche"), Class::Ask),
+    (word_hash("beweise"), Class::Ask),
+    (word_hash("leite"), Class::Ask),
+    (word_hash("spiega"), Class::Ask),
+    (word_hash("dimostra"), Class::Ask),
+    (word_hash("confronta"), Class::Ask),
+    (word_hash("объясните"), Class::Ask),
+    (word_hash("объясни"), Class::Ask),
+    (word_hash("докажите"), Class::Ask),
+    (word_hash("сравните"), Class::Ask),
+    (word_hash("различая"), Class::Ask),
+    // Sentence-initial capitals: the scan lowercases ASCII letters only.
+    (word_hash("Объясните"), Class::Ask),
+    (word_hash("Объясни"), Class::Ask),
+    (word_hash("Докажите"), Class::Ask),
+    (word_hash("Сравните"), Class::Ask),
 ]);
+
+/// Entries of [`KEYWORDS`].
+const KEYWORD_COUNT: usize = 140;
+
+/// Words asking for an analysis, an explanation or a proof in Chinese and Japanese (prove,
+/// explain, discuss, compare, analyse, derive), found as substrings: these scripts put no
+/// spaces between words.
+const ASK_WIDE: &[&str] = &[
+    "证明", "証明", "解释", "説明", "说明", "論じ", "论述", "比较", "比較", "分析", "推导", "導出",
+];
 
 const fn sort_keywords<const N: usize>(mut k: [(u64, Class); N]) -> [(u64, Class); N] {
     let mut i = 1;
@@ -275,7 +339,11 @@ struct Scan {
     questions: usize,
     words: usize,
     long_words: usize,
-    classes: [usize; 8],
+    /// Characters of scripts written without spaces (CJK ideographs, kana, their punctuation).
+    wide: usize,
+    classes: [usize; 10],
+    /// Commas and semicolons: the parts of a many-part request.
+    commas: usize,
 }
 
 /// Features of a text with its structure.
@@ -302,7 +370,8 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
                 c.long_words += 1;
             }
             *ascii = true;
-            if *len <= 12 {
+            // Keywords are at most 18 bytes (Cyrillic takes two a letter).
+            if *len <= 18 {
                 if let Some(k) = class_of(*h) {
                     c.classes[k as usize] += 1;
                 }
@@ -337,6 +406,10 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
                 if b >= 0xc0 {
                     c.non_ascii += 1;
                 }
+                // Lead bytes of U+3000..U+9FFF (CJK punctuation, kana, ideographs).
+                if (0xe3..=0xe9).contains(&b) {
+                    c.wide += 1;
+                }
             }
             continue;
         }
@@ -351,6 +424,7 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
             b'.' | b'!' if bytes.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) => {
                 c.sentences += 1
             }
+            b',' | b';' => c.commas += 1,
             _ if is_math(b) => c.math += 1,
             _ => {}
         }
@@ -363,10 +437,12 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
         }
     }
 
+    // A CJK character carries about what three letters of English do (a word is ~2 of them
+    // against ~6 letters), so length counts it three times.
     let total_chars = if text.len() == scan.len() {
-        c.chars
+        c.chars + 2 * c.wide
     } else {
-        c.chars + (text.len() - scan.len())
+        c.chars + 2 * c.wide + (text.len() - scan.len())
     };
     let share = |n: usize| n as f32 / c.chars.max(1) as f32;
     let class = |k: Class| c.classes[k as usize];
@@ -381,13 +457,34 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
         || has("return ");
     let code_task = class(Class::CodeTask) > 0 || code;
     let tests = code_task && class(Class::Test) > 0;
-    let steps = class(Class::Step);
+    let steps = class(Class::Step) + class(Class::StepAsk);
     let proof = class(Class::Proof);
+    let asks = class(Class::Ask)
+        + class(Class::StepAsk)
+        + if c.wide > 0 {
+            ASK_WIDE.iter().filter(|w| has(w)).count()
+        } else {
+            0
+        };
     // Multiple choice (the training data's form): the open_* features are zero for it.
     let open = !(has("Options:") || has("\n(A)") || has("\nA)") || has("\nA."));
     let when_open = |v: f32| if open { v } else { 0.0 };
     let long_share = c.long_words as f32 / c.words.max(1) as f32 * 4.0;
     let log_len = ((1 + total_chars) as f32).ln() / 8.0;
+    // A light transformation of text the request gives (quoted, after a colon, on lines of its
+    // own); "summarize this 40-page decision" without it is not light.
+    let transform = class(Class::Transform) > 0
+        && (c.lines > s.turns.max(1) || has(":") || has(" '") || has("\"") || has("“") || has("«"));
+    // A short open request with nothing that makes it hard (greetings, one-fact lookups,
+    // small conversions): the training data has none, its level sits at the questions'.
+    let brief = c.words <= 8
+        && c.wide < 16
+        && proof == 0
+        && steps == 0
+        && asks == 0
+        && !code_task
+        && class(Class::Systems) == 0
+        && c.math == 0;
     let latex = has("\\frac") || has("$$") || has("\\(") || has("\\int") || has("\\sum");
     let dense = [
         log_len,
@@ -405,17 +502,30 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
         ((1 + c.numbers) as f32).ln() / 3.0,
         ((1 + c.sentences) as f32).ln() / 3.0,
         (c.questions as f32 / 4.0).min(1.0),
-        (proof as f32 / 2.0).min(1.0),
+        // An open request with one "prove" already asks for a proof; in a multiple-choice
+        // question a single "theorem" says less (it would be over-confident there).
+        if open {
+            f32::from(u8::from(proof > 0))
+        } else {
+            (proof as f32 / 2.0).min(1.0)
+        },
         (class(Class::Constraint) as f32 / 4.0).min(1.0),
         (class(Class::Systems) as f32 / 3.0).min(1.0),
         long_share,
         f32::from(u8::from(code_task)),
         f32::from(u8::from(class(Class::SmallTalk) > 0 && c.words <= 12)),
-        f32::from(u8::from(class(Class::Transform) > 0)),
+        f32::from(u8::from(transform)),
         when_open((log_len - 0.5).max(0.0)),
         when_open((steps as f32 / 3.0).min(1.0)),
         when_open((class(Class::Constraint) as f32 / 4.0).min(1.0)),
         when_open(long_share),
+        when_open((asks as f32 / 2.0).min(1.0)),
+        when_open(f32::from(u8::from(brief))),
+        when_open(if code {
+            0.0
+        } else {
+            (c.commas as f32 / 4.0).min(1.0)
+        }),
     ];
     for (i, v) in dense.iter().enumerate() {
         if *v != 0.0 {
@@ -464,5 +574,56 @@ mod tests {
                 > get("She has apples.", "numbers")
         );
         assert!(get("Как дела? 你好", "non_ascii_share") > 0.3);
+    }
+
+    #[test]
+    fn open_requests_carry_asks_brevity_parts_and_given_text() {
+        let s = Structure {
+            turns: 1,
+            ..Structure::default()
+        };
+        let get = |text: &str, name: &str| {
+            featurize(text, &s)
+                .iter()
+                .find(|(i, _)| *i as usize == HASHED + dense(name))
+                .map_or(0.0, |f| f.1)
+        };
+        // Asks, in several languages; Chinese and Japanese by substring.
+        let asks = [
+            "Explain the CAP theorem and contrast it with PACELC.",
+            "Explique la différence et comparez les deux.",
+            "Erkläre die Architektur und vergleiche sie.",
+            "Объясните причины и сравните их.",
+            "请证明存在无穷多个素数，并解释原因。",
+        ];
+        for a in asks {
+            assert_eq!(get(a, "open_asks"), 1.0, "{a}");
+        }
+        assert_eq!(get("Tell me a joke.", "open_asks"), 0.0);
+        // Multiple choice carries none of the open features.
+        let mcq = "Explain and contrast.\nOptions:\n(A) one\n(B) two";
+        assert_eq!(get(mcq, "open_asks"), 0.0);
+        // Brief: short, open, nothing that makes it hard.
+        assert_eq!(get("What's your name?", "open_brief"), 1.0);
+        assert_eq!(get("Prove Fermat's last theorem.", "open_brief"), 0.0);
+        assert_eq!(get("What is 7*8?", "open_brief"), 0.0);
+        assert_eq!(get("Implement a queue.", "open_brief"), 0.0);
+        // Parts count commas outside code only.
+        assert_eq!(get("Compare A, B, C, D, E and F.", "open_parts"), 1.0);
+        assert_eq!(get("def f(a, b, c, d, e): return a", "open_parts"), 0.0);
+        // A transformation is light only when the request gives the text.
+        assert_eq!(get("Summarize: 'I went to the shop.'", "transform"), 1.0);
+        assert_eq!(
+            get(
+                "Summarize this 40-page court decision's reasoning",
+                "transform"
+            ),
+            0.0
+        );
+        // One "prove" in an open request is a proof; a CJK character counts as three letters.
+        assert_eq!(get("Prove it.", "proof"), 1.0);
+        assert!(
+            get("证明这个定理成立并说明原因", "log_chars") > get("prove it please", "log_chars")
+        );
     }
 }

@@ -53,6 +53,9 @@ pub const PRIOR: &[(&str, f32)] = &[
     ("open_steps", 1.5),
     ("open_constraints", 0.8),
     ("open_long_words", 0.5),
+    ("open_asks", 1.2),
+    ("open_brief", -0.8),
+    ("open_parts", 0.5),
 ];
 
 /// Prior weight of dense feature `i`, if it has one.
