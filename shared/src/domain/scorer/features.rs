@@ -539,6 +539,14 @@ pub fn featurize(text: &str, s: &Structure) -> Features {
 mod tests {
     use super::*;
 
+    /// Dense feature `name` of `text` (0 when absent).
+    fn value(text: &str, s: &Structure, name: &str) -> f32 {
+        featurize(text, s)
+            .iter()
+            .find(|(i, _)| *i as usize == HASHED + dense(name))
+            .map_or(0.0, |f| f.1)
+    }
+
     #[test]
     fn keyword_table_is_sorted_and_unique() {
         assert!(KEYWORDS.windows(2).all(|w| w[0].0 < w[1].0));
@@ -549,12 +557,7 @@ mod tests {
     #[test]
     fn dense_features_read_what_they_say() {
         let s = Structure::default();
-        let get = |text: &str, name: &str| {
-            featurize(text, &s)
-                .iter()
-                .find(|(i, _)| *i as usize == HASHED + dense(name))
-                .map_or(0.0, |f| f.1)
-        };
+        let get = |text: &str, name: &str| value(text, &s, name);
         assert_eq!(
             get("Prove that there are infinitely many primes.", "proof"),
             1.0
@@ -582,12 +585,7 @@ mod tests {
             turns: 1,
             ..Structure::default()
         };
-        let get = |text: &str, name: &str| {
-            featurize(text, &s)
-                .iter()
-                .find(|(i, _)| *i as usize == HASHED + dense(name))
-                .map_or(0.0, |f| f.1)
-        };
+        let get = |text: &str, name: &str| value(text, &s, name);
         // Asks, in several languages; Chinese and Japanese by substring.
         let asks = [
             "Explain the CAP theorem and contrast it with PACELC.",
