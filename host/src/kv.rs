@@ -152,6 +152,9 @@ impl SqliteKv {
     /// [`SqliteKv::open`] with the checkpointer's period.
     fn open_with(path: &Path, checkpoint_every: std::time::Duration) -> Result<Self> {
         use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+        let cannot_open = |e: &dyn std::fmt::Display| {
+            wasmtime::format_err!("cannot open key-value database {}: {e}", path.display())
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -165,12 +168,8 @@ impl SqliteKv {
             .mode(0o600)
             .open(path)
             .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
-            .map_err(|e| {
-                wasmtime::format_err!("cannot open key-value database {}: {e}", path.display())
-            })?;
-        let conn = Connection::open(path).map_err(|e| {
-            wasmtime::format_err!("cannot open key-value database {}: {e}", path.display())
-        })?;
+            .map_err(|e| cannot_open(&e))?;
+        let conn = Connection::open(path).map_err(|e| cannot_open(&e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -182,9 +181,7 @@ impl SqliteKv {
             [],
         )
         .map_err(sql)?;
-        let checkpointer = Connection::open(path).map_err(|e| {
-            wasmtime::format_err!("cannot open key-value database {}: {e}", path.display())
-        })?;
+        let checkpointer = Connection::open(path).map_err(|e| cannot_open(&e))?;
         // Only once the checkpointer is there may the request connection stop checkpointing.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sql)?;
