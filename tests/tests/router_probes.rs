@@ -7,7 +7,7 @@
 
 use lumen_shared::domain::catalog::Catalog;
 use lumen_shared::domain::route::{decide, Inputs};
-use lumen_shared::domain::scorer::Weights;
+use lumen_shared::domain::scorer::Packed;
 use serde_json::{json, Map, Value};
 
 const PROBES: &str = include_str!("../fixtures/router-probes.jsonl");
@@ -36,14 +36,14 @@ fn body(side: &Value) -> Map<String, Value> {
 
 struct Router {
     cat: Catalog,
-    weights: Weights,
+    weights: Packed,
 }
 
 impl Router {
     fn new() -> Router {
         Router {
             cat: Catalog::from_toml(CATALOG, "config/catalog.toml").unwrap(),
-            weights: Weights::from_bytes(WEIGHTS).unwrap(),
+            weights: Packed::from_bytes(WEIGHTS.to_vec()).unwrap(),
         }
     }
 

@@ -10,7 +10,7 @@ use lumen_shared::domain::fallback;
 use lumen_shared::domain::health::{Availability, Policy};
 use lumen_shared::domain::route::{self, decide, keep_providers, Inputs, Prefs};
 use lumen_shared::domain::saved;
-use lumen_shared::domain::scorer::Weights;
+use lumen_shared::domain::scorer::Packed;
 use lumen_shared::domain::shadow;
 use lumen_shared::store::{health, Target};
 use lumen_shared::ApiError;
@@ -49,13 +49,13 @@ fn catalog() -> Result<&'static Catalog, ApiError> {
         .map_err(|e| ApiError::internal(format!("the model catalog is invalid: {e}")))
 }
 
-/// The scorer's weights, read once per instance that routes a tier (a 64 KiB file; decoding
-/// measured 13–20 µs natively).
-fn weights() -> Option<&'static Weights> {
-    static WEIGHTS: OnceLock<Option<Weights>> = OnceLock::new();
+/// The scorer's weights, read once per instance that routes a tier (a 64 KiB file, used in
+/// place: see [`Packed`]).
+fn weights() -> Option<&'static Packed> {
+    static WEIGHTS: OnceLock<Option<Packed>> = OnceLock::new();
     WEIGHTS
         .get_or_init(|| match std::fs::read(WEIGHTS_PATH) {
-            Ok(b) => Weights::from_bytes(&b)
+            Ok(b) => Packed::from_bytes(b)
                 .map_err(|e| eprintln!("lumen router: config/router-weights.bin: {e}"))
                 .ok(),
             Err(e) => {

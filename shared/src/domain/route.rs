@@ -18,7 +18,7 @@
 use crate::contracts::{Candidate, Plan};
 use crate::domain::catalog::{Catalog, ModelConfig};
 use crate::domain::saved::{Reference, ReferenceFrom};
-use crate::domain::scorer::Weights;
+use crate::domain::scorer::Packed;
 use crate::error::ApiError;
 use crate::wire::openai::estimate_prompt_tokens;
 use schemars::JsonSchema;
@@ -486,7 +486,7 @@ pub struct Inputs<'a> {
     /// The request body (routing fields included), when known.
     pub body: Option<&'a Map<String, Value>>,
     /// The scorer, loaded only when a tier needs it (a pinned model never pays for it).
-    pub weights: &'a dyn Fn() -> Option<&'a Weights>,
+    pub weights: &'a dyn Fn() -> Option<&'a Packed>,
     /// Observed latency (ms) of a provider+model, if any.
     pub latency: &'a dyn Fn(&str, &str) -> Option<f64>,
     /// The monotonic clock in microseconds (to time the scorer).
@@ -1001,7 +1001,7 @@ fn fusion_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::scorer::PairTerm;
+    use crate::domain::scorer::{PairTerm, Weights};
     use serde_json::json;
 
     const CAT: &str = r#"
@@ -1062,14 +1062,18 @@ targets = [{ model = "small", weight = 1 }, { model = "big", weight = 1 }]
         let cat = Catalog::from_toml(CAT, "t").unwrap();
         // No text features: P(falls short) = σ(2Δ − 2.5) for an ability gap Δ, whatever the
         // request; vs big (2.0): mid σ(−0.5) = 0.38, small σ(1.1) = 0.75.
-        let w = Weights {
-            pair: PairTerm {
-                bias: -2.5,
-                gap: 2.0,
-                ..PairTerm::default()
-            },
-            ..Weights::zero()
-        };
+        let w = Packed::from_bytes(
+            Weights {
+                pair: PairTerm {
+                    bias: -2.5,
+                    gap: 2.0,
+                    ..PairTerm::default()
+                },
+                ..Weights::zero()
+            }
+            .to_bytes(),
+        )
+        .unwrap();
         let none = |_: &str, _: &str| None;
         let slow = |_: &str, m: &str| (m == "mid").then_some(900.0);
         let body = body.as_object().cloned().unwrap();

@@ -89,6 +89,28 @@ pub struct PairTerm {
     pub centre: f32,
 }
 
+impl PairTerm {
+    /// Logit of `P(cheap falls short of strong)` for abilities `cheap < strong`.
+    pub fn short_logit(&self, s: &Scored, cheap: f64, strong: f64) -> f32 {
+        let gap = ((strong - cheap) as f32).max(MIN_GAP);
+        let level = ((cheap + strong) / 2.0) as f32 - self.centre;
+        self.bias
+            + self.gap * gap
+            + self.ln_gap * gap.ln()
+            + self.level * level
+            + s.base
+            + level * s.level
+    }
+
+    /// `P(cheap falls short of strong)`; 0 when `cheap` is not weaker.
+    pub fn short_prob(&self, s: &Scored, cheap: f64, strong: f64) -> f64 {
+        if cheap >= strong {
+            return 0.0;
+        }
+        f64::from(sigmoid(self.short_logit(s, cheap, strong)))
+    }
+}
+
 /// Trained weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
@@ -125,19 +147,13 @@ impl Weights {
 
     /// Logit of `P(cheap falls short of strong)` for abilities `cheap < strong`.
     pub fn short_logit(&self, s: &Scored, cheap: f64, strong: f64) -> f32 {
-        let p = &self.pair;
-        let gap = ((strong - cheap) as f32).max(MIN_GAP);
-        let level = ((cheap + strong) / 2.0) as f32 - p.centre;
-        p.bias + p.gap * gap + p.ln_gap * gap.ln() + p.level * level + s.base + level * s.level
+        self.pair.short_logit(s, cheap, strong)
     }
 
     /// `P(cheap falls short of strong)`: the probability that a model of ability `cheap` fails a
     /// request a model of ability `strong` gets right. 0 when `cheap` is not weaker.
     pub fn short_prob(&self, s: &Scored, cheap: f64, strong: f64) -> f64 {
-        if cheap >= strong {
-            return 0.0;
-        }
-        f64::from(sigmoid(self.short_logit(s, cheap, strong)))
+        self.pair.short_prob(s, cheap, strong)
     }
 
     /// The dot products of a chat completion body.
@@ -177,33 +193,7 @@ impl Weights {
 
     /// Reads the compact file, refusing one made for other features.
     pub fn from_bytes(b: &[u8]) -> Result<Weights, String> {
-        let u32_at = |i: usize| -> u32 { u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) };
-        let f32_at = |i: usize| f32::from_bits(u32_at(i));
-        if b.len() < HEADER || &b[..8] != MAGIC {
-            return Err("not a Lumen router weights file of this version (bad magic); retrain with scripts/train-router.sh".into());
-        }
-        let (bits, dense) = (u32_at(8), u32_at(12));
-        if bits != HASH_BITS || dense as usize != DENSE.len() {
-            return Err(format!(
-                "weights were trained for {bits} hash bits and {dense} structural features; this build uses {HASH_BITS} and {}; retrain with scripts/train-router.sh",
-                DENSE.len()
-            ));
-        }
-        if b.len() != HEADER + 4 * DIM {
-            return Err(format!(
-                "weights file has {} bytes, expected {}",
-                b.len(),
-                HEADER + 4 * DIM
-            ));
-        }
-        let pair = PairTerm {
-            bias: f32_at(16),
-            gap: f32_at(20),
-            ln_gap: f32_at(24),
-            level: f32_at(28),
-            centre: f32_at(32),
-        };
-        let (sw, su) = (f32_at(36), f32_at(40));
+        let (pair, sw, su) = header(b)?;
         let read = |from: usize, s: f32| -> Vec<f32> {
             b[from..from + 2 * DIM]
                 .chunks_exact(2)
@@ -215,6 +205,98 @@ impl Weights {
             w: read(HEADER, sw),
             u: read(HEADER + 2 * DIM, su),
         })
+    }
+}
+
+/// Checks a compact weights file and reads its header: the pair term and the scales of `w`
+/// and `u`.
+fn header(b: &[u8]) -> Result<(PairTerm, f32, f32), String> {
+    let u32_at = |i: usize| -> u32 { u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) };
+    let f32_at = |i: usize| f32::from_bits(u32_at(i));
+    if b.len() < HEADER || &b[..8] != MAGIC {
+        return Err("not a Lumen router weights file of this version (bad magic); retrain with scripts/train-router.sh".into());
+    }
+    let (bits, dense) = (u32_at(8), u32_at(12));
+    if bits != HASH_BITS || dense as usize != DENSE.len() {
+        return Err(format!(
+            "weights were trained for {bits} hash bits and {dense} structural features; this build uses {HASH_BITS} and {}; retrain with scripts/train-router.sh",
+            DENSE.len()
+        ));
+    }
+    if b.len() != HEADER + 4 * DIM {
+        return Err(format!(
+            "weights file has {} bytes, expected {}",
+            b.len(),
+            HEADER + 4 * DIM
+        ));
+    }
+    let pair = PairTerm {
+        bias: f32_at(16),
+        gap: f32_at(20),
+        ln_gap: f32_at(24),
+        level: f32_at(28),
+        centre: f32_at(32),
+    };
+    Ok((pair, f32_at(36), f32_at(40)))
+}
+
+/// The compact weights file used where it lies: what the router scores with. An instance lives
+/// for one request, so decoding all `DIM` pairs of weights into 128 KiB of floats (as
+/// [`Weights::from_bytes`] does, for training and evaluation) would be paid on every request for
+/// the few dozen features a request has; here each feature's two weights are read from the
+/// file's bytes with the same arithmetic, so scores are bit for bit those of [`Weights`].
+#[derive(Debug, Clone)]
+pub struct Packed {
+    bytes: Vec<u8>,
+    pair: PairTerm,
+    sw: f32,
+    su: f32,
+}
+
+impl Packed {
+    /// Takes a compact weights file, refusing one made for other features.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Packed, String> {
+        let (pair, sw, su) = header(&bytes)?;
+        Ok(Packed {
+            bytes,
+            pair,
+            sw,
+            su,
+        })
+    }
+
+    /// The pair term.
+    pub fn pair(&self) -> &PairTerm {
+        &self.pair
+    }
+
+    fn weight(&self, from: usize, i: usize, scale: f32) -> f32 {
+        let at = from + 2 * i;
+        f32::from(i16::from_le_bytes([self.bytes[at], self.bytes[at + 1]])) * scale
+    }
+
+    /// The dot products of a feature vector ([`Weights::prepare`]).
+    pub fn prepare(&self, f: &Features) -> Scored {
+        let mut s = Scored::default();
+        for (i, v) in f {
+            let i = *i as usize;
+            if i < DIM {
+                s.base += self.weight(HEADER, i, self.sw) * v;
+                s.level += self.weight(HEADER + 2 * DIM, i, self.su) * v;
+            }
+        }
+        s
+    }
+
+    /// The dot products of a chat completion body.
+    pub fn score_body(&self, body: &Map<String, Value>) -> Scored {
+        let (text, s) = body_text(body);
+        self.prepare(&featurize(&text, &s))
+    }
+
+    /// `P(cheap falls short of strong)` ([`Weights::short_prob`]).
+    pub fn short_prob(&self, s: &Scored, cheap: f64, strong: f64) -> f64 {
+        self.pair.short_prob(s, cheap, strong)
     }
 }
 
@@ -323,6 +405,39 @@ mod tests {
         assert!((l - (-1.0 + 0.5 - 0.0625 + 1.0 + 0.25)).abs() < 1e-3, "{l}");
         assert_eq!(back.short_prob(&s, 1.5, 1.5), 0.0, "never short of itself");
         assert!((back.short_prob(&s, 0.5, 1.5) - f64::from(sigmoid(l))).abs() < 1e-6);
+    }
+
+    #[test]
+    fn packed_weights_score_bit_for_bit_as_decoded_ones() {
+        let file = include_bytes!("../../../../config/router-weights.bin");
+        let (w, p) = (
+            Weights::from_bytes(file).unwrap(),
+            Packed::from_bytes(file.to_vec()).unwrap(),
+        );
+        assert_eq!(p.pair(), &w.pair);
+        let bodies = [
+            json!({"messages":[{"role":"user","content":"What is the capital of France?"}]}),
+            json!({"messages":[{"role":"system","content":"Answer in JSON."},{"role":"user","content":"Prove that there are infinitely many primes, then write a Rust function that lists the first n of them.\n```rust\nfn primes(n: usize) -> Vec<u64> { todo!() }\n```"}],"tools":[{"type":"function"}]}),
+            json!({"messages":[{"role":"user","content":"请解释并比较快速排序和归并排序的时间复杂度。"}]}),
+        ];
+        for b in &bodies {
+            let (a, c) = (
+                w.score_body(b.as_object().unwrap()),
+                p.score_body(b.as_object().unwrap()),
+            );
+            assert_eq!(
+                (a.base.to_bits(), a.level.to_bits()),
+                (c.base.to_bits(), c.level.to_bits())
+            );
+            assert_eq!(w.short_prob(&a, 0.32, 1.7), p.short_prob(&c, 0.32, 1.7));
+        }
+        // Every index reads the weight the decoded vectors hold; past the end counts nothing.
+        for i in (0..DIM).step_by(97).chain([DIM - 1]) {
+            let s = p.prepare(&vec![(i as u32, 1.0)]);
+            assert_eq!((s.base, s.level), (w.w[i], w.u[i]), "index {i}");
+        }
+        assert_eq!(p.prepare(&vec![(DIM as u32, 1.0)]), Scored::default());
+        assert!(Packed::from_bytes(b"nonsense".to_vec()).is_err());
     }
 
     #[test]
