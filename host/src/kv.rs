@@ -680,11 +680,17 @@ mod tests {
         assert!(RedisKv::open("redis+unix:///nonexistent/redis.sock").is_err());
     }
 
+    /// An empty directory of this test's own for a database file: (the directory, `kv.db` in it).
+    fn fresh_db(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("lumen-kv-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("kv.db");
+        (dir, path)
+    }
+
     #[test]
     fn concurrent_cas_is_exact_on_memory_and_sqlite() {
-        let dir = std::env::temp_dir().join(format!("lumen-kv-cas-{}", std::process::id()));
-        let path = dir.join("kv.db");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = fresh_db("cas");
         concurrent_cas_is_exact(Arc::new(MemoryKv::default()));
         concurrent_cas_is_exact(Arc::new(SqliteKv::open(&path).unwrap()));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -694,9 +700,7 @@ mod tests {
     /// store's own thread does, off the request path.
     #[test]
     fn sqlite_checkpoints_off_the_write_path() {
-        let dir = std::env::temp_dir().join(format!("lumen-kv-ckpt-{}", std::process::id()));
-        let path = dir.join("kv.db");
-        let _ = std::fs::remove_dir_all(&dir);
+        let (dir, path) = fresh_db("ckpt");
         let page = vec![7u8; 4096];
         let db_bytes = || std::fs::metadata(&path).unwrap().len();
         // A checkpointer that never comes: 3,000 pages of writes stay in the log.
@@ -733,9 +737,7 @@ mod tests {
     /// catches up with the writer, so the log would take all 8,000 writes (~140 MB).
     #[test]
     fn sqlite_log_stays_bounded_under_steady_writes() {
-        let dir = std::env::temp_dir().join(format!("lumen-kv-wal-{}", std::process::id()));
-        let path = dir.join("kv.db");
-        let _ = std::fs::remove_dir_all(&dir);
+        let (dir, path) = fresh_db("wal");
         let wal = dir.join("kv.db-wal");
         let kv = SqliteKv::open_with(&path, std::time::Duration::from_millis(5), 256).unwrap();
         let page = vec![7u8; 4096];
@@ -762,9 +764,7 @@ mod tests {
 
     #[test]
     fn sqlite_semantics_and_persistence() {
-        let dir = std::env::temp_dir().join(format!("lumen-kv-test-{}", std::process::id()));
-        let path = dir.join("kv.db");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = fresh_db("test");
         exercise(&SqliteKv::open(&path).unwrap());
         let again = SqliteKv::open(&path).unwrap();
         assert_eq!(
@@ -777,9 +777,7 @@ mod tests {
 
     #[test]
     fn concurrent_increments_are_exact() {
-        let dir = std::env::temp_dir().join(format!("lumen-kv-conc-{}", std::process::id()));
-        let path = dir.join("kv.db");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = fresh_db("conc");
         let backends: Vec<Arc<dyn KvBackend>> = vec![
             Arc::new(MemoryKv::default()),
             Arc::new(SqliteKv::open(&path).unwrap()),
