@@ -31,6 +31,19 @@ pub trait KvBackend: Send + Sync {
     fn exists(&self, store: &str, key: &str) -> Result<bool> {
         Ok(self.get(store, key)?.is_some())
     }
+    /// Reads several values, in the order of `keys` (`None` for an absent one): one round trip
+    /// where the backend has one for it (SQLite: one read transaction; Redis: `MGET`).
+    fn get_many(&self, store: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(store, k)).collect()
+    }
+    /// Writes several values (SQLite: one transaction; Redis: `MSET`).
+    fn set_many(&self, store: &str, kvs: &[(String, Vec<u8>)]) -> Result<()> {
+        kvs.iter().try_for_each(|(k, v)| self.set(store, k, v))
+    }
+    /// Removes several values (SQLite: one transaction; Redis: one `DEL`).
+    fn delete_many(&self, store: &str, keys: &[String]) -> Result<()> {
+        keys.iter().try_for_each(|k| self.delete(store, k))
+    }
     /// All keys of a store.
     fn keys(&self, store: &str) -> Result<Vec<String>>;
     /// Atomically adds `delta` to the i64 at `key` (absent = 0); fails on a non-counter value.
@@ -202,6 +215,11 @@ impl SqliteKv {
         checkpointer
             .busy_timeout(std::time::Duration::from_millis(50))
             .map_err(sql)?;
+        // Its own writes (the log's restart, below) sync as the requests' do.
+        checkpointer
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        conn.execute(RESTART_TABLE, []).map_err(sql)?;
         // Only once the checkpointer is there may the request connection stop checkpointing.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sql)?;
@@ -240,8 +258,9 @@ fn checkpoint_loop(
     restart_frames: i64,
 ) {
     let mut failing = false;
+    let mut seen = None;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-        match checkpoint_once(conn, requests, restart_frames) {
+        match checkpoint_once(conn, requests, restart_frames, &mut seen) {
             Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;
@@ -252,15 +271,28 @@ fn checkpoint_loop(
     }
 }
 
-/// One tick of the checkpointer: a passive checkpoint; when the log holds `restart_frames` or
-/// more, passive ones again while each still has many frames to copy (those written during the
-/// one before), then a restarting one under the store's lock, which copies the last few and
-/// has the next write start the log over.
+/// One tick of the checkpointer: nothing when no other connection wrote since the last tick
+/// (`seen`: SQLite's `data_version`); otherwise a passive checkpoint, and when the log holds
+/// `restart_frames` or more, passive ones again while each still has many frames to copy (those
+/// written during the one before), then a restarting one under the store's lock, which copies
+/// the last few.
+///
+/// Once a checkpoint has copied the whole log, the next write starts the log over, and doing
+/// so writes the log's new header and syncs it: one `fsync` (3.8 ms measured on this VM) in
+/// whichever request wrote next — at 10 requests a second, about one request in ten, since an
+/// idle store's passive checkpoint copies everything every tick. The checkpointer makes that
+/// write itself ([`restart_log`]), under the store's lock, so no request's answer waits for it.
 fn checkpoint_once(
     conn: &Connection,
     requests: &Mutex<Connection>,
     restart_frames: i64,
+    seen: &mut Option<i64>,
 ) -> rusqlite::Result<()> {
+    // Changes when another connection commits; the checkpointer's own writes leave it be.
+    let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))?;
+    if seen.replace(version) == Some(version) {
+        return Ok(());
+    }
     // Its row: (busy, frames in the log, frames copied); busy = 1 when it gave up waiting.
     let checkpoint = |mode: &str| {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
@@ -269,6 +301,10 @@ fn checkpoint_once(
     };
     let (mut frames, mut copied) = checkpoint("PASSIVE")?;
     if frames < restart_frames {
+        if frames > 0 && copied == frames {
+            let _held = requests.lock().unwrap_or_else(|e| e.into_inner());
+            restart_log(conn)?;
+        }
         return Ok(());
     }
     for _ in 0..4 {
@@ -278,7 +314,30 @@ fn checkpoint_once(
         (frames, copied) = checkpoint("PASSIVE")?;
     }
     let _held = requests.lock().unwrap_or_else(|e| e.into_inner());
-    checkpoint("RESTART")?;
+    let (busy, ..) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    if busy == 0 {
+        restart_log(conn)?;
+    }
+    Ok(())
+}
+
+/// The table whose one row the checkpointer rewrites to start the log over (Spin's key-value
+/// code reads only `spin_key_value`, so the file stays interchangeable with `spin up`).
+const RESTART_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS lumen_log_restart (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)";
+
+/// Starts a fully copied log over by writing one small row (SQLite restarts the log in the
+/// first write after a complete checkpoint, and syncs the new header there); the requests'
+/// writes after it append to the new log. Called with the store's lock held, so no request's
+/// write can be first.
+fn restart_log(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO lumen_log_restart (id, n) VALUES (1, 1) \
+         ON CONFLICT(id) DO UPDATE SET n = n + 1",
+    )?
+    .execute([])?;
     Ok(())
 }
 
@@ -287,6 +346,7 @@ fn checkpoint_once(
 const LEFT_UNDER_LOCK: i64 = 64;
 
 const SELECT: &str = "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2";
+const DELETE: &str = "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2";
 const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3) \
      ON CONFLICT(store, key) DO UPDATE SET value = excluded.value";
 
@@ -310,11 +370,54 @@ impl KvBackend for SqliteKv {
     }
     fn delete(&self, store: &str, key: &str) -> Result<()> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")
-            .map_err(sql)?;
+        let mut stmt = conn.prepare_cached(DELETE).map_err(sql)?;
         stmt.execute(params![store, key]).map_err(sql)?;
         Ok(())
+    }
+    fn get_many(&self, store: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        // One read transaction: one snapshot, and one lock and unlock of the log's index for
+        // all of them (each statement on its own takes both: a chat's health read of 12 keys
+        // made 24 `fcntl` calls).
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql)?;
+        let values = {
+            let mut stmt = tx.prepare_cached(SELECT).map_err(sql)?;
+            keys.iter()
+                .map(|k| {
+                    stmt.query_row(params![store, k], |r| r.get(0))
+                        .optional()
+                        .map_err(sql)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        tx.commit().map_err(sql)?;
+        Ok(values)
+    }
+    fn set_many(&self, store: &str, kvs: &[(String, Vec<u8>)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        {
+            let mut stmt = tx.prepare_cached(UPSERT).map_err(sql)?;
+            for (k, v) in kvs {
+                stmt.execute(params![store, k, v]).map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+    fn delete_many(&self, store: &str, keys: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        {
+            let mut stmt = tx.prepare_cached(DELETE).map_err(sql)?;
+            for k in keys {
+                stmt.execute(params![store, k]).map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
     }
     fn keys(&self, store: &str) -> Result<Vec<String>> {
         let conn = self.conn();
@@ -448,6 +551,28 @@ impl KvBackend for RedisKv {
     }
     fn exists(&self, _store: &str, key: &str) -> Result<bool> {
         self.with(|c| redis::cmd("EXISTS").arg(key).query(c))
+    }
+    fn get_many(&self, _store: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(|c| redis::cmd("MGET").arg(keys).query(c))
+    }
+    fn set_many(&self, _store: &str, kvs: &[(String, Vec<u8>)]) -> Result<()> {
+        if kvs.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("MSET");
+        for (k, v) in kvs {
+            cmd.arg(k).arg(v);
+        }
+        self.with(|c| cmd.query(c))
+    }
+    fn delete_many(&self, _store: &str, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| redis::cmd("DEL").arg(keys).query(c))
     }
     fn keys(&self, _store: &str) -> Result<Vec<String>> {
         self.with(|c| {
@@ -680,6 +805,60 @@ mod tests {
         assert!(RedisKv::open("redis+unix:///nonexistent/redis.sock").is_err());
     }
 
+    fn batch_semantics(kv: &dyn KvBackend) {
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert!(kv.get_many("default", &[]).unwrap().is_empty());
+        kv.set_many("default", &[]).unwrap();
+        kv.delete_many("default", &[]).unwrap();
+        kv.set_many(
+            "default",
+            &[("b1".into(), b"1".to_vec()), ("b2".into(), b"2".to_vec())],
+        )
+        .unwrap();
+        assert_eq!(
+            kv.get_many("default", &keys(&["b2", "absent", "b1"]))
+                .unwrap(),
+            vec![Some(b"2".to_vec()), None, Some(b"1".to_vec())]
+        );
+        kv.delete_many("default", &keys(&["b1", "absent"])).unwrap();
+        assert_eq!(
+            kv.get_many("default", &keys(&["b1", "b2"])).unwrap(),
+            vec![None, Some(b"2".to_vec())]
+        );
+    }
+
+    #[test]
+    fn batches_read_and_write_alike_on_every_backend() {
+        batch_semantics(&MemoryKv::default());
+        let (dir, path) = fresh_db("batch");
+        batch_semantics(&SqliteKv::open(&path).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Redis: one command per batch (a chat's health read is 12 keys), not one per key.
+        let server = Redis::start("batch");
+        let kv = RedisKv::open(&server.url()).unwrap();
+        let mut admin = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut calls = |name: &str| -> u64 {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut admin)
+                .unwrap();
+            let tag = format!("cmdstat_{name}:calls=");
+            info.lines()
+                .find_map(|l| l.strip_prefix(tag.as_str()))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse().unwrap())
+        };
+        batch_semantics(&kv);
+        assert_eq!(
+            (calls("get"), calls("set"), calls("mget"), calls("mset")),
+            (0, 0, 2, 1),
+            "get-many and set-many are one MGET / MSET each"
+        );
+    }
+
     /// An empty directory of this test's own for a database file: (the directory, `kv.db` in it).
     fn fresh_db(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("lumen-kv-{tag}-{}", std::process::id()));
@@ -735,6 +914,40 @@ mod tests {
 
     /// Under a steady stream of writes the log stays bounded: a passive checkpoint alone never
     /// catches up with the writer, so the log would take all 8,000 writes (~140 MB).
+    #[test]
+    fn the_checkpointer_starts_the_log_over_before_a_request_writes() {
+        // The log's header (its first 32 bytes) changes only when the log starts over, and that
+        // write syncs it: after a few idle ticks the next request's write must find the log
+        // already started over by the checkpointer, and append to it.
+        let (dir, path) = fresh_db("restart");
+        let wal = dir.join("kv.db-wal");
+        let kv = SqliteKv::open_with(&path, std::time::Duration::from_millis(20), 4096).unwrap();
+        let header = || std::fs::read(&wal).unwrap()[..32].to_vec();
+        for round in 0..3 {
+            kv.set("default", "a", format!("{round}").as_bytes())
+                .unwrap();
+            kv.increment("default", "n", 1).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            // A request's write, under the store's lock as every request's is (so no tick of
+            // the checkpointer can start the log over between the two reads of its header).
+            let conn = kv.conn();
+            let before = header();
+            conn.execute(UPSERT, params!["default", "b", b"x".to_vec()])
+                .unwrap();
+            let after = header();
+            drop(conn);
+            assert_eq!(
+                after, before,
+                "round {round}: a request's write started the log over (and synced it)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert_eq!(kv.increment("default", "n", 0).unwrap(), 3);
+        assert_eq!(kv.get("default", "a").unwrap().as_deref(), Some(&b"2"[..]));
+        drop(kv);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn sqlite_log_stays_bounded_under_steady_writes() {
         let (dir, path) = fresh_db("wal");

@@ -400,9 +400,8 @@ impl batch::Host for SpinView<'_> {
             &b,
             |o| &mut o.get_many,
             |kv, l| {
-                keys.into_iter()
-                    .map(|k| Ok((k.clone(), kv.get(l, &k)?)))
-                    .collect()
+                let values = kv.get_many(l, &keys)?;
+                Ok(keys.into_iter().zip(values).collect())
             },
         )
         .map_err(wasi_kv::Error::Other)
@@ -413,12 +412,8 @@ impl batch::Host for SpinView<'_> {
         kvs: Vec<(String, Vec<u8>)>,
     ) -> Result<(), wasi_kv::Error> {
         self.yield_after_response().await;
-        self.on(
-            &b,
-            |o| &mut o.set_many,
-            |kv, l| kvs.iter().try_for_each(|(k, v)| kv.set(l, k, v)),
-        )
-        .map_err(wasi_kv::Error::Other)
+        self.on(&b, |o| &mut o.set_many, |kv, l| kv.set_many(l, &kvs))
+            .map_err(wasi_kv::Error::Other)
     }
     async fn delete_many(
         &mut self,
@@ -426,12 +421,8 @@ impl batch::Host for SpinView<'_> {
         keys: Vec<String>,
     ) -> Result<(), wasi_kv::Error> {
         self.yield_after_response().await;
-        self.on(
-            &b,
-            |o| &mut o.delete_many,
-            |kv, l| keys.iter().try_for_each(|k| kv.delete(l, k)),
-        )
-        .map_err(wasi_kv::Error::Other)
+        self.on(&b, |o| &mut o.delete_many, |kv, l| kv.delete_many(l, &keys))
+            .map_err(wasi_kv::Error::Other)
     }
 }
 
