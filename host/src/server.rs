@@ -353,20 +353,87 @@ impl Body for TrackedBody {
 
 /// Gives freed heap back to the kernel once the host has gone quiet after serving requests:
 /// glibc keeps freed memory in its arenas, which after a burst of large bodies left the host
-/// at 2× its idle RSS for good (issue 13, D16).
+/// at 2× its idle RSS for good (issue 13, D16). See [`Trimmer`] for when.
 pub fn spawn_memory_trimmer(activity: Arc<Activity>, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut trimmed_at = activity.served();
+        let mut trimmer = Trimmer::new(activity.served(), std::time::Instant::now());
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(TRIM_TICK) => {}
             }
-            let served = activity.served();
-            if served != trimmed_at && activity.in_flight() == 0 {
-                trimmed_at = served;
+            let now = std::time::Instant::now();
+            if trimmer.tick(activity.served(), activity.in_flight(), now) {
                 let _ = tokio::task::spawn_blocking(crate::sys::trim).await;
             }
         }
     });
+}
+
+/// How often the trimmer looks.
+const TRIM_TICK: Duration = Duration::from_secs(1);
+
+/// Under steady traffic that never leaves a quiet tick (a health probe every second), trims at
+/// most this often.
+const TRIM_WHILE_BUSY: Duration = Duration::from_secs(30);
+
+/// When to trim: after a tick in which no request arrived, once requests were served since the
+/// last trim (a burst has ended); while requests keep arriving, between two of them at most every
+/// [`TRIM_WHILE_BUSY`]. It used to trim at every tick that found no request in flight, which
+/// at a steady 10 requests a second is every second: `malloc_trim` hands back the free chunks of
+/// every arena (17 `madvise` calls measured, each a TLB shootdown on the other core), and the
+/// next requests fault the same pages back in.
+#[derive(Debug)]
+pub struct Trimmer {
+    trimmed_at: u64,
+    last_seen: u64,
+    last_trim: std::time::Instant,
+}
+
+impl Trimmer {
+    /// A trimmer that has seen `served` requests at `now`.
+    pub fn new(served: u64, now: std::time::Instant) -> Trimmer {
+        Trimmer {
+            trimmed_at: served,
+            last_seen: served,
+            last_trim: now,
+        }
+    }
+
+    /// One tick: whether to trim now, given requests served so far and in flight.
+    pub fn tick(&mut self, served: u64, in_flight: usize, now: std::time::Instant) -> bool {
+        let quiet = served == self.last_seen;
+        self.last_seen = served;
+        let due = quiet || now.duration_since(self.last_trim) >= TRIM_WHILE_BUSY;
+        if served != self.trimmed_at && in_flight == 0 && due {
+            self.trimmed_at = served;
+            self.last_trim = now;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trimmer_waits_for_a_quiet_tick_or_half_a_minute() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut t = Trimmer::new(0, t0);
+        assert!(!t.tick(0, 0, at(1)), "nothing served: nothing to trim");
+        // Steady low traffic (10 requests a second, none in flight at the ticks): no trim for
+        // 29 seconds, then one.
+        let trims: Vec<u64> = (2..=61).filter(|&s| t.tick(s * 10, 0, at(s))).collect();
+        assert_eq!(trims, vec![30, 60]);
+        // The burst ends: the first quiet tick trims, later ones have nothing new.
+        assert!(t.tick(610, 0, at(62)));
+        assert!(!t.tick(610, 0, at(63)));
+        // A quiet tick with a request still in flight waits for the next.
+        assert!(!t.tick(615, 0, at(64)));
+        assert!(!t.tick(615, 1, at(65)));
+        assert!(t.tick(615, 0, at(66)));
+    }
 }
