@@ -381,7 +381,7 @@ const TRIM_WHILE_BUSY: Duration = Duration::from_secs(30);
 /// last trim (a burst has ended); while requests keep arriving, between two of them at most every
 /// [`TRIM_WHILE_BUSY`]. It used to trim at every tick that found no request in flight, which
 /// at a steady 10 requests a second is every second: `malloc_trim` hands back the free chunks of
-/// every arena (17 `madvise` calls measured, each a TLB shootdown on the other core), and the
+/// every arena (17 `madvise` calls measured, each of which may flush the other core's TLB), and the
 /// next requests fault the same pages back in.
 #[derive(Debug)]
 pub struct Trimmer {
