@@ -244,6 +244,18 @@ impl SqliteKv {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction (serialised with other processes'
+    /// writers) and commits it; an error rolls it back.
+    fn write<T>(&self, body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let out = body(&tx)?;
+        tx.commit().map_err(sql)?;
+        Ok(out)
+    }
 }
 
 /// Checkpoints the log every `every` until the store is dropped, starting it over once it holds
@@ -296,10 +308,14 @@ fn checkpoint_once(
     // Its row: (busy, frames in the log, frames copied); busy = 1 when it gave up waiting.
     let checkpoint = |mode: &str| {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })
     };
-    let (mut frames, mut copied) = checkpoint("PASSIVE")?;
+    let (_, mut frames, mut copied) = checkpoint("PASSIVE")?;
     if frames < restart_frames {
         if frames > 0 && copied == frames {
             let _held = requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -311,12 +327,10 @@ fn checkpoint_once(
         if frames - copied <= LEFT_UNDER_LOCK {
             break;
         }
-        (frames, copied) = checkpoint("PASSIVE")?;
+        (_, frames, copied) = checkpoint("PASSIVE")?;
     }
     let _held = requests.lock().unwrap_or_else(|e| e.into_inner());
-    let (busy, ..) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-    })?;
+    let (busy, ..) = checkpoint("RESTART")?;
     if busy == 0 {
         restart_log(conn)?;
     }
@@ -394,30 +408,22 @@ impl KvBackend for SqliteKv {
         Ok(values)
     }
     fn set_many(&self, store: &str, kvs: &[(String, Vec<u8>)]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        {
+        self.write(|tx| {
             let mut stmt = tx.prepare_cached(UPSERT).map_err(sql)?;
             for (k, v) in kvs {
                 stmt.execute(params![store, k, v]).map_err(sql)?;
             }
-        }
-        tx.commit().map_err(sql)
+            Ok(())
+        })
     }
     fn delete_many(&self, store: &str, keys: &[String]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        {
+        self.write(|tx| {
             let mut stmt = tx.prepare_cached(DELETE).map_err(sql)?;
             for k in keys {
                 stmt.execute(params![store, k]).map_err(sql)?;
             }
-        }
-        tx.commit().map_err(sql)
+            Ok(())
+        })
     }
     fn keys(&self, store: &str) -> Result<Vec<String>> {
         let conn = self.conn();
@@ -429,29 +435,26 @@ impl KvBackend for SqliteKv {
             .map_err(sql)
     }
     fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
-        let cur: Option<Vec<u8>> = tx
-            .prepare_cached(SELECT)
-            .map_err(sql)?
-            .query_row(params![store, key], |r| r.get(0))
-            .optional()
-            .map_err(sql)?;
-        let cur = match cur {
-            Some(b) => decode_counter(key, &b)?,
-            None => 0,
-        };
-        let next = cur
-            .checked_add(delta)
-            .ok_or_else(|| wasmtime::format_err!("counter {key:?} overflowed"))?;
-        tx.prepare_cached(UPSERT)
-            .map_err(sql)?
-            .execute(params![store, key, next.to_le_bytes().to_vec()])
-            .map_err(sql)?;
-        tx.commit().map_err(sql)?;
-        Ok(next)
+        self.write(|tx| {
+            let cur: Option<Vec<u8>> = tx
+                .prepare_cached(SELECT)
+                .map_err(sql)?
+                .query_row(params![store, key], |r| r.get(0))
+                .optional()
+                .map_err(sql)?;
+            let cur = match cur {
+                Some(b) => decode_counter(key, &b)?,
+                None => 0,
+            };
+            let next = cur
+                .checked_add(delta)
+                .ok_or_else(|| wasmtime::format_err!("counter {key:?} overflowed"))?;
+            tx.prepare_cached(UPSERT)
+                .map_err(sql)?
+                .execute(params![store, key, next.to_le_bytes().to_vec()])
+                .map_err(sql)?;
+            Ok(next)
+        })
     }
     fn compare_and_swap(
         &self,
@@ -912,8 +915,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Under a steady stream of writes the log stays bounded: a passive checkpoint alone never
-    /// catches up with the writer, so the log would take all 8,000 writes (~140 MB).
     #[test]
     fn the_checkpointer_starts_the_log_over_before_a_request_writes() {
         // The log's header (its first 32 bytes) changes only when the log starts over, and that
@@ -948,6 +949,8 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Under a steady stream of writes the log stays bounded: a passive checkpoint alone never
+    /// catches up with the writer, so the log would take all 8,000 writes (~140 MB).
     #[test]
     fn sqlite_log_stays_bounded_under_steady_writes() {
         let (dir, path) = fresh_db("wal");
