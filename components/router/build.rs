@@ -7,7 +7,17 @@
 
 use std::path::PathBuf;
 
+/// The router's linear memory at start: 9 pages (576 KiB). wasm-ld sizes it to the stack and
+/// data (7 pages), and decoding the catalog then grew it by a page on every request: the grow
+/// made the page writable (`mprotect`), and the pooling allocator took it away again when the
+/// slot was reused (`mprotect` `PROT_NONE`, which flushes the other cores' TLBs: ~2 % of
+/// lumen-host's CPU under load). Two pages of headroom keep a chat's planning within it.
+const INITIAL_MEMORY: u32 = 9 * 65536;
+
 fn main() {
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("wasm32") {
+        println!("cargo:rustc-link-arg=--initial-memory={INITIAL_MEMORY}");
+    }
     let src = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
         .join("../../config/catalog.toml");
     println!("cargo:rerun-if-changed={}", src.display());

@@ -355,7 +355,14 @@ impl App {
                 .call_handle(&mut store, req, out)
                 .await
                 .map_err(InvokeError::Failed)?;
-            Ok::<KvOps, InvokeError>(store.data().spin.ops)
+            let ops = store.data().spin.ops;
+            // The connection task woken by the response waits in this worker's next-task slot
+            // until this task yields; dropping the store first (the pool's reset of every
+            // instance's memories and tables) held the answer back by that much. Yield once so
+            // the answer is written first, then tear down.
+            tokio::task::yield_now().await;
+            drop(store);
+            Ok::<KvOps, InvokeError>(ops)
         });
         match rx.await {
             Ok(Ok(resp)) => {
