@@ -25,6 +25,8 @@ const ADDRESSES: u8 = 20;
 #[derive(Default)]
 struct Tally {
     open: AtomicUsize,
+    /// Slowloris attackers connected now (a share of `open`).
+    slowloris_open: AtomicUsize,
     /// Answers the attackers got, by status.
     s401: AtomicUsize,
     s408: AtomicUsize,
@@ -52,6 +54,29 @@ impl Tally {
     }
 }
 
+/// What one attacker sends: an opening, then one byte a second.
+#[derive(Clone, Copy)]
+struct Style {
+    opening: &'static [u8],
+    drip: u8,
+    /// A head that never ends (counted in [`Tally::slowloris_open`]).
+    slowloris: bool,
+}
+
+/// A head that never ends.
+const SLOWLORIS: Style = Style {
+    opening: b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nX-a: ",
+    drip: b'a',
+    slowloris: true,
+};
+
+/// A whole head, then a byte a second of 60,000 (under the tests' 64 KiB body limit).
+const SLOW_BODY: Style = Style {
+    opening: b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{",
+    drip: b' ',
+    slowloris: false,
+};
+
 /// One attacker: connect, send `opening`, then drip one byte a second until the gateway
 /// answers or closes; record what it said; wait about a second (0.5 to 1.5 s, varied by `seed`
 /// so that a thousand attackers answered at once do not all come back in the same millisecond,
@@ -59,12 +84,16 @@ impl Tally {
 async fn attacker(
     source: Ipv4Addr,
     addr: std::net::SocketAddr,
-    opening: &'static [u8],
-    drip: u8,
+    style: Style,
     tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
     seed: u64,
 ) {
+    let Style {
+        opening,
+        drip,
+        slowloris,
+    } = style;
     // xorshift64: a different pause each round and each attacker, no dependency.
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut pause = move || {
@@ -79,6 +108,9 @@ async fn attacker(
             continue;
         };
         tally.open.fetch_add(1, Ordering::Relaxed);
+        if slowloris {
+            tally.slowloris_open.fetch_add(1, Ordering::Relaxed);
+        }
         let mut buf = [0u8; 512];
         let mut got = Vec::new();
         if s.write_all(opening).await.is_ok() {
@@ -102,6 +134,9 @@ async fn attacker(
             }
         }
         tally.open.fetch_sub(1, Ordering::Relaxed);
+        if slowloris {
+            tally.slowloris_open.fetch_sub(1, Ordering::Relaxed);
+        }
         if !stop.load(Ordering::Relaxed) {
             tally.record(&got);
         }
@@ -141,24 +176,11 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
     let attack_start = Instant::now();
     for i in 0..PER_KIND * 2 {
         let source = Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(ADDRESSES)) as u8);
-        let (opening, drip): (&'static [u8], u8) = if i % 2 == 0 {
-            // slowloris: a head that never ends
-            (
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nX-a: ",
-                b'a',
-            )
-        } else {
-            // slow body: a whole head, then a byte a second of 60,000 (under the tests' 64 KiB body limit)
-            (
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{",
-                b' ',
-            )
-        };
+        let style = if i % 2 == 0 { SLOWLORIS } else { SLOW_BODY };
         tasks.push(tokio::spawn(attacker(
             source,
             gw.addr(),
-            opening,
-            drip,
+            style,
             tally.clone(),
             stop.clone(),
             i as u64,
@@ -168,10 +190,16 @@ async fn slowloris_and_slow_bodies_do_not_starve_a_keyed_client() {
     // unauthenticated requests in flight, the rest refused (and coming back about a second later).
     // Slow bodies that auth answers from their headers (401) come and go, so 200 of them may not
     // be held at once: after 3 s the slowloris alone suffice. (Waiting longer once let the
-    // measurement run into the timeouts below and fail.)
+    // measurement run into the timeouts below and fail.) Every slowloris attacker must have
+    // connected too: 2,000 connects at once overflow the listen backlog, and a dropped SYN is
+    // sent again a second later; counting the host's connections alone once started the
+    // measurement with 7 slowloris attackers still connecting (993 held at its lowest).
     let open = || gw.host().expect("lumen-host").open_connections();
-    while (open() < PER_KIND + 200 && attack_start.elapsed() < Duration::from_secs(3))
-        || (open() < PER_KIND && attack_start.elapsed() < Duration::from_secs(6))
+    let all_slowloris = || tally.slowloris_open.load(Ordering::Relaxed) >= PER_KIND;
+    while ((open() < PER_KIND + 200 || !all_slowloris())
+        && attack_start.elapsed() < Duration::from_secs(3))
+        || ((open() < PER_KIND || !all_slowloris())
+            && attack_start.elapsed() < Duration::from_secs(6))
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
