@@ -25,6 +25,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# The systems run as their users run them, without Rust backtraces: where the environment sets
+# RUST_BACKTRACE=1 (this machine's does), Spin captures backtraces on its request path (libgcc's
+# unwinder: 2 % of its samples under load on 2026-12-04, none without it; no throughput
+# difference beyond noise in an interleaved A/B).
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 BIN="${LUMEN_BIN_DIR:-$ROOT/target/release}"
 OUT="${BENCH_OUT:-$ROOT/bench/RESULTS.md}"
 CACHE="${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lumen-bench}"
