@@ -133,6 +133,16 @@ impl RunningHost {
         self.admission.connections()
     }
 
+    /// Requests so far whose instance was made ahead of them, after the request before ended.
+    pub fn spares_used(&self) -> u64 {
+        self.app.spares_used()
+    }
+
+    /// Components with an instance made and waiting for their next request.
+    pub fn spares_waiting(&self) -> usize {
+        self.app.spares_waiting()
+    }
+
     /// Stops accepting, waits up to 5 s for requests in flight, then returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

@@ -195,6 +195,67 @@ async fn instance_pool_exhaustion_is_a_503_with_retry_after() {
     assert_eq!(r.header("retry-after"), Some("1"));
 }
 
+/// A `GET /v1/models` with a key that does not exist (401 from auth, one instance).
+async fn unknown_key_models(gw: &Gateway) -> u16 {
+    let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
+    write_all(
+        &mut s,
+        b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer lm_x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    read_response(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_request_finds_its_instance_made() {
+    let gw = gateway(|_| {}).await;
+    let host = gw.host().expect("lumen-host");
+    assert_eq!(unknown_key_models(&gw).await, 401);
+    assert!(
+        eventually(Duration::from_secs(5), || host.spares_waiting() == 1).await,
+        "no instance made after the first request ended"
+    );
+    let before = host.spares_used();
+    assert_eq!(unknown_key_models(&gw).await, 401);
+    assert_eq!(
+        host.spares_used(),
+        before + 1,
+        "the second request made its own"
+    );
+    // And the one after that again (the spare is made anew after each request).
+    assert!(eventually(Duration::from_secs(5), || host.spares_waiting() == 1).await);
+    assert_eq!(unknown_key_models(&gw).await, 401);
+    assert_eq!(host.spares_used(), before + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_instance_never_costs_another_component_its_instance() {
+    // One instance in the whole pool: the gateway's spare, made after its request, holds it.
+    let gw = gateway(|o| o.limits.max_instances = 1).await;
+    let host = gw.host().expect("lumen-host");
+    assert_eq!(unknown_key_models(&gw).await, 401);
+    assert!(
+        eventually(Duration::from_secs(5), || host.spares_waiting() == 1).await,
+        "no instance made after the first request ended"
+    );
+    // The dashboard is another component: it gets the instance, not a 503.
+    let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
+    write_all(
+        &mut s,
+        b"GET /app/dashboard HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hypers_own_parse_errors_are_openai_shaped() {
     let gw = gateway(|_| {}).await;
