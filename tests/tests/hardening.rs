@@ -179,48 +179,37 @@ async fn instance_pool_exhaustion_is_a_503_with_retry_after() {
     .unwrap();
     write_all(&mut holder, b"{").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
-    write_all(
-        &mut s,
-        b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer lm_x\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let r = read_response(&mut s, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let r = get(&gw, UNKNOWN_KEY_MODELS).await;
     let e = r.openai_error(503);
     assert_eq!(e["code"], "server_busy", "{e}");
     assert_eq!(e["type"], "server_error", "{e}");
     assert_eq!(r.header("retry-after"), Some("1"));
 }
 
-/// A `GET /v1/models` with a key that does not exist (401 from auth, one instance).
-async fn unknown_key_models(gw: &Gateway) -> u16 {
+/// Sends `request` on a new connection and reads the answer.
+async fn get(gw: &Gateway, request: &[u8]) -> common::raw::RawResponse {
     let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
-    write_all(
-        &mut s,
-        b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer lm_x\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    write_all(&mut s, request).await.unwrap();
     read_response(&mut s, Duration::from_secs(10))
         .await
         .unwrap()
-        .status
 }
+
+/// A `GET /v1/models` with a key that does not exist (401 from auth, one instance).
+const UNKNOWN_KEY_MODELS: &[u8] =
+    b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer lm_x\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_request_finds_its_instance_made() {
     let gw = gateway(|_| {}).await;
     let host = gw.host().expect("lumen-host");
-    assert_eq!(unknown_key_models(&gw).await, 401);
+    assert_eq!(get(&gw, UNKNOWN_KEY_MODELS).await.status, 401);
     assert!(
         eventually(Duration::from_secs(5), || host.spares_waiting() == 1).await,
         "no instance made after the first request ended"
     );
     let before = host.spares_used();
-    assert_eq!(unknown_key_models(&gw).await, 401);
+    assert_eq!(get(&gw, UNKNOWN_KEY_MODELS).await.status, 401);
     assert_eq!(
         host.spares_used(),
         before + 1,
@@ -228,7 +217,7 @@ async fn the_next_request_finds_its_instance_made() {
     );
     // And the one after that again (the spare is made anew after each request).
     assert!(eventually(Duration::from_secs(5), || host.spares_waiting() == 1).await);
-    assert_eq!(unknown_key_models(&gw).await, 401);
+    assert_eq!(get(&gw, UNKNOWN_KEY_MODELS).await.status, 401);
     assert_eq!(host.spares_used(), before + 2);
 }
 
@@ -237,22 +226,13 @@ async fn a_spare_instance_never_costs_another_component_its_instance() {
     // One instance in the whole pool: the gateway's spare, made after its request, holds it.
     let gw = gateway(|o| o.limits.max_instances = 1).await;
     let host = gw.host().expect("lumen-host");
-    assert_eq!(unknown_key_models(&gw).await, 401);
+    assert_eq!(get(&gw, UNKNOWN_KEY_MODELS).await.status, 401);
     assert!(
         eventually(Duration::from_secs(5), || host.spares_waiting() == 1).await,
         "no instance made after the first request ended"
     );
     // The dashboard is another component: it gets the instance, not a 503.
-    let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();
-    write_all(
-        &mut s,
-        b"GET /app/dashboard HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let r = read_response(&mut s, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let r = get(&gw, b"GET /app/dashboard HTTP/1.1\r\nHost: gateway\r\n\r\n").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
