@@ -49,9 +49,14 @@ pub struct ComponentRuntime {
 }
 
 impl ComponentRuntime {
+    /// The spare slot, locked.
+    fn spare(&self) -> std::sync::MutexGuard<'_, Option<Spare>> {
+        self.spare.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The spare instance, if one is waiting.
     fn take_spare(&self) -> Option<Spare> {
-        self.spare.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.spare().take()
     }
 }
 
@@ -457,22 +462,21 @@ impl App {
         self: &Arc<Self>,
         comp: &Arc<ComponentRuntime>,
     ) -> Result<Spare, InvokeError> {
-        let mut store = self.new_store(comp)?;
-        match comp.pre.instantiate_async(&mut store).await {
-            Ok(proxy) => Ok(Spare { store, proxy }),
+        // A failed attempt's store (and anything it allocated) is dropped before the retry.
+        match self.new_instance(comp).await {
             Err(e) if e.is::<wasmtime::PoolConcurrencyLimitError>() && self.drop_spares() => {
-                // Anything the failed attempt allocated goes with its store.
-                drop(store);
-                let mut store = self.new_store(comp)?;
-                let proxy = comp
-                    .pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(InvokeError::instantiation)?;
-                Ok(Spare { store, proxy })
+                self.new_instance(comp).await
             }
-            Err(e) => Err(InvokeError::instantiation(e)),
+            made => made,
         }
+        .map_err(InvokeError::instantiation)
+    }
+
+    /// A new store with `comp` instantiated in it.
+    async fn new_instance(self: &Arc<Self>, comp: &Arc<ComponentRuntime>) -> Result<Spare> {
+        let mut store = self.new_store(comp)?;
+        let proxy = comp.pre.instantiate_async(&mut store).await?;
+        Ok(Spare { store, proxy })
     }
 
     /// Makes `comp`'s next instance after a request ended, off any request's path: store and
@@ -481,25 +485,13 @@ impl App {
     /// request that finds the pool full takes back the other components' spares, see
     /// [`App::instantiate`]).
     async fn refill(self: &Arc<Self>, comp: &Arc<ComponentRuntime>) {
-        let has_spare = || {
-            comp.spare
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
-        };
-        if has_spare() || comp.refilling.swap(true, Ordering::AcqRel) {
+        if comp.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
-        if !has_spare() {
-            if let Ok(mut store) = self.new_store(comp) {
-                if let Ok(proxy) = comp.pre.instantiate_async(&mut store).await {
-                    let extra = comp
-                        .spare
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .replace(Spare { store, proxy });
-                    drop(extra);
-                }
+        // Only this task fills the slot, so it is still empty when the instance is made.
+        if comp.spare().is_none() {
+            if let Ok(spare) = self.new_instance(comp).await {
+                *comp.spare() = Some(spare);
             }
         }
         comp.refilling.store(false, Ordering::Release);
@@ -525,7 +517,7 @@ impl App {
     pub fn spares_waiting(&self) -> usize {
         self.components
             .values()
-            .filter(|c| c.spare.lock().unwrap_or_else(|e| e.into_inner()).is_some())
+            .filter(|c| c.spare().is_some())
             .count()
     }
 
