@@ -62,18 +62,22 @@ fn the_components_spin_runs_import_only_what_spin_provides() {
     }
 }
 
-/// Each part exports its contract from components/wit/lumen.wit; auth imports the three and
-/// otherwise only what Spin provides.
+/// Each part exports its contract from components/wit/lumen.wit (the router also the
+/// `wizer-initialize` that lumen-compose pre-initializes it with; the composed gateway exports
+/// only the handler, above); auth imports the three and otherwise only what Spin provides.
 #[test]
 fn the_four_parts_meet_through_their_contracts() {
     for (c, contract) in [
-        ("router", "lumen:gateway/planner@0.1.0"),
-        ("provider", "lumen:gateway/caller@0.1.0"),
-        ("meter", "lumen:gateway/ledger@0.1.0"),
+        (
+            "router",
+            &["wizer-initialize", "lumen:gateway/planner@0.1.0"][..],
+        ),
+        ("provider", &["lumen:gateway/caller@0.1.0"][..]),
+        ("meter", &["lumen:gateway/ledger@0.1.0"][..]),
     ] {
         let (imports, exports) = component_type(&format!("lumen_{c}.wasm"));
         assert_spin_only(c, &imports);
-        assert_eq!(exports, vec![contract.to_string()], "{c}");
+        assert_eq!(exports, contract, "{c}");
     }
     let (imports, exports) = component_type("lumen_auth.wasm");
     let (ours, spin): (Vec<String>, Vec<String>) =
@@ -92,5 +96,32 @@ fn the_four_parts_meet_through_their_contracts() {
     assert_eq!(
         exports,
         vec!["wasi:http/incoming-handler@0.2.0".to_string()]
+    );
+}
+
+/// lumen-compose pre-initializes the router (and only it: the one part that exports
+/// `wizer-initialize`), and the gateway spin.toml runs is that composition, byte for byte.
+#[test]
+fn the_gateway_runs_the_router_pre_initialized() {
+    let dir = common::repo().join("target/wasm32-wasip2/release");
+    let out = std::env::temp_dir().join(format!("lumen-compose-{}.wasm", std::process::id()));
+    let run = std::process::Command::new(common::release_bin("lumen-compose"))
+        .arg(&out)
+        .args(["auth", "router", "provider", "meter"].map(|c| dir.join(format!("lumen_{c}.wasm"))))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(run.status.success(), "{said}");
+    let initialized: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("pre-initialized"))
+        .collect();
+    assert_eq!(initialized.len(), 1, "{said}");
+    assert!(initialized[0].contains("lumen_router.wasm"), "{said}");
+    let composed = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        composed == std::fs::read(dir.join("lumen_gateway.wasm")).unwrap(),
+        "lumen_gateway.wasm is not this composition: run scripts/build.sh"
     );
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::config::Config;
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -840,4 +841,32 @@ async fn cascade_escalations_never_open_a_healthy_breaker() {
     // Still planned first.
     let r = gw.chat(&key, body("lumen/fast", EASY, json!({}))).await;
     assert_eq!(r.header("x-lumen-model"), Some(CHEAP));
+}
+
+/// The router takes a mounted catalog with the built file's size and modification time for the
+/// built one without reading it. A catalog edited in place to the same size (an alias renamed
+/// letter for letter) has another modification time: it is read, and the edit holds.
+#[tokio::test]
+async fn a_catalog_edited_to_the_same_size_is_read() {
+    let cfg = Config::new("", "");
+    let shipped = std::fs::read(repo().join("config/catalog.toml")).unwrap();
+    std::fs::write(cfg.dir.join("config/catalog.toml"), &shipped).unwrap();
+    cfg.replace(
+        "catalog.toml",
+        "\"openai/gpt-4o-mini\"",
+        "\"openai/gpt-4o-mino\"",
+    );
+    let edited = std::fs::metadata(cfg.dir.join("config/catalog.toml")).unwrap();
+    assert_eq!(edited.len(), shipped.len() as u64);
+    let gw = Gateway::start_config(&cfg, |_| {}).await;
+    let (key, _) = gw.create_key(10_000, &[]).await;
+    let r = gw
+        .chat(&key, body("openai/gpt-4o-mino", EASY, json!({})))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-lumen-model"), Some(MINI));
+    let r = gw
+        .chat(&key, body("openai/gpt-4o-mini", EASY, json!({})))
+        .await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
 }

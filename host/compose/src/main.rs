@@ -7,21 +7,37 @@
 //! ```
 //! Every import of `AUTH` that a plug exports is satisfied by that plug; every other import
 //! (WASI, Spin) stays an import of the result, shared by all four. It fails when a plug fills
-//! none of auth's imports or when one of auth's `lumen:` imports is left unfilled.
+//! none of auth's imports or when one of auth's `lumen:` imports is left unfilled. A component
+//! that exports `wizer-initialize` (the router) is pre-initialized first ([`preinit`]).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use wac_graph::types::Package;
 use wac_graph::{plug, CompositionGraph, EncodeOptions};
 
-/// Reads a component into the graph under a package name derived from its file name.
+mod preinit;
+
+/// Reads a component into the graph under a package name derived from its file name,
+/// pre-initialized when it exports `wizer-initialize`.
 fn register(graph: &mut CompositionGraph, path: &Path) -> Result<wac_graph::PackageId> {
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())
         .map(|s| format!("lumen:{}", s.replace('_', "-")))
         .context("component paths must have a file name")?;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Some(initialized) = preinit::preinit(&bytes)
+        .with_context(|| format!("cannot pre-initialize {}", path.display()))?
+    {
+        eprintln!(
+            "lumen-compose: {} pre-initialized ({} KiB → {} KiB)",
+            path.display(),
+            bytes.len() / 1024,
+            initialized.len() / 1024
+        );
+        bytes = initialized;
+    }
     let package = Package::from_bytes(&name, None, bytes, graph.types_mut())
         .with_context(|| format!("{} is not a component", path.display()))?;
     graph

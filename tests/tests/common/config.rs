@@ -63,6 +63,14 @@ impl Config {
         Config { dir }
     }
 
+    /// Replaces `from` with `to` in the copy of `config/{file}`, in place.
+    pub fn replace(&self, file: &str, from: &str, to: &str) {
+        let path = self.dir.join("config").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from:?} is not in config/{file}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+
     /// The manifest.
     pub fn manifest(&self) -> PathBuf {
         self.dir.join("spin.toml")
