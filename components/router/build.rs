@@ -7,6 +7,7 @@
 //! size and modification time are baked too: a mount that still has both is the baked file, and
 //! the router then only asks for its metadata instead of reading and comparing it.
 
+use lumen_shared::domain::catalog::file_stamp;
 use std::path::PathBuf;
 
 /// The router's linear memory at start: 9 pages (576 KiB). wasm-ld sizes it to the stack and
@@ -24,11 +25,11 @@ fn main() {
     let src = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
         .join("../../config/catalog.toml");
     println!("cargo:rerun-if-changed={}", src.display());
-    let before = stamp(&src);
+    let before = file_stamp(&src);
     let text = std::fs::read_to_string(&src)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", src.display()));
     // The file's size and modification time, when it did not change while it was read.
-    let stamp = before.filter(|b| stamp(&src).as_ref() == Some(b));
+    let stamp = before.filter(|b| file_stamp(&src).as_ref() == Some(b));
     let catalog = lumen_shared::domain::catalog::Catalog::from_toml(&text, "config/catalog.toml")
         .unwrap_or_else(|e| panic!("config/catalog.toml is invalid: {e}"));
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -39,16 +40,4 @@ fn main() {
         serde_json::to_vec(&catalog).unwrap(),
     )
     .unwrap();
-}
-
-/// A file's size and modification time (seconds and nanoseconds since the Unix epoch), as the
-/// router reads them through WASI at run time.
-fn stamp(path: &std::path::Path) -> Option<(u64, u64, u32)> {
-    let meta = std::fs::metadata(path).ok()?;
-    let since = meta
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    Some((meta.len(), since.as_secs(), since.subsec_nanos()))
 }

@@ -5,7 +5,7 @@
 //! build time.
 
 use lumen_shared::contracts::{Candidate, Plan, PlanRequest};
-use lumen_shared::domain::catalog::Catalog;
+use lumen_shared::domain::catalog::{file_stamp, Catalog, FileStamp};
 use lumen_shared::domain::fallback;
 use lumen_shared::domain::health::{Availability, Policy};
 use lumen_shared::domain::route::{self, decide, keep_providers, Inputs, Prefs};
@@ -17,6 +17,7 @@ use lumen_shared::ApiError;
 use lumen_spin::util::{now_ms, to_wire as wire};
 use lumen_spin::SpinKv;
 use serde_json::{Map, Value};
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// Where spin.toml mounts the catalog.
@@ -30,7 +31,7 @@ const WEIGHTS_PATH: &str = "/config/router-weights.bin";
 const BAKED_TOML: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.toml"));
 const BAKED_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.json"));
 /// The size and modification time (seconds, nanoseconds) the file had when it was baked.
-const BAKED_STAMP: Option<(u64, u64, u32)> = include!(concat!(env!("OUT_DIR"), "/catalog.stamp"));
+const BAKED_STAMP: Option<FileStamp> = include!(concat!(env!("OUT_DIR"), "/catalog.stamp"));
 
 /// The catalog, once per instance: the mounted file, decoded from the baked, checked form when
 /// it is the file the router was built with, parsed and checked otherwise. A mount with the
@@ -41,7 +42,10 @@ const BAKED_STAMP: Option<(u64, u64, u32)> = include!(concat!(env!("OUT_DIR"), "
 fn catalog() -> Result<&'static Catalog, ApiError> {
     static CATALOG: OnceLock<Result<Option<Catalog>, String>> = OnceLock::new();
     let loaded = CATALOG.get_or_init(|| {
-        if BAKED_STAMP.is_some() && mounted_stamp() == BAKED_STAMP && baked().is_some() {
+        if BAKED_STAMP.is_some()
+            && file_stamp(Path::new(CATALOG_PATH)) == BAKED_STAMP
+            && baked().is_some()
+        {
             return Ok(None);
         }
         let bytes = std::fs::read(CATALOG_PATH)
@@ -69,17 +73,6 @@ fn baked() -> Option<&'static Catalog> {
     BAKED
         .get_or_init(|| serde_json::from_str(BAKED_JSON).ok())
         .as_ref()
-}
-
-/// The mounted catalog's size and modification time, as build.rs records the baked file's.
-fn mounted_stamp() -> Option<(u64, u64, u32)> {
-    let meta = std::fs::metadata(CATALOG_PATH).ok()?;
-    let since = meta
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    Some((meta.len(), since.as_secs(), since.subsec_nanos()))
 }
 
 /// Whether `a` and `b` are equal, eight bytes at a time: slice equality is wasi-libc's

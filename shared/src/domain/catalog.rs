@@ -263,6 +263,22 @@ fn rule_target(target: &str) -> String {
     out
 }
 
+/// A file's size and modification time (seconds and nanoseconds since the Unix epoch): the
+/// router's build script records the catalog's when it bakes it, and the router compares the
+/// mounted file's with it (`components/router`), natively and through WASI alike.
+pub type FileStamp = (u64, u64, u32);
+
+/// `path`'s [`FileStamp`], if the file and its modification time can be read.
+pub fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    let since = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some((meta.len(), since.as_secs(), since.subsec_nanos()))
+}
+
 /// Whether `v` is a valid Spin variable name (lowercase letters, digits and '_', starting with a
 /// letter).
 pub fn is_variable_name(v: &str) -> bool {
