@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds Lumen: the four Spin components (wasm32-wasip2), composed (the router pre-initialized) into the one component
-# spin.toml runs (target/wasm32-wasip2/release/lumen_gateway.wasm), then the native host and the
-# test/bench binaries. CARGO_BUILD_JOBS sets the parallelism (default 2).
+# Builds Lumen: the four Spin components (wasm32-wasip2), composed into the one component
+# spin.toml runs (target/wasm32-wasip2/release/lumen_gateway.wasm; lumen-compose pre-initializes
+# the router first), then the native host and the test/bench binaries. CARGO_BUILD_JOBS sets
+# the parallelism (default 2).
 #
 #   scripts/build.sh             # everything
 #   scripts/build.sh components  # only the composed component (what `spin build` runs)
