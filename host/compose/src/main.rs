@@ -25,21 +25,26 @@ fn register(graph: &mut CompositionGraph, path: &Path) -> Result<wac_graph::Pack
         .and_then(|s| s.to_str())
         .map(|s| format!("lumen:{}", s.replace('_', "-")))
         .context("component paths must have a file name")?;
-    let mut bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if let Some(initialized) = preinit::preinit(&bytes)
-        .with_context(|| format!("cannot pre-initialize {}", path.display()))?
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let read = |bytes: Vec<u8>, graph: &mut CompositionGraph| {
+        Package::from_bytes(&name, None, bytes, graph.types_mut())
+            .with_context(|| format!("{} is not a component", path.display()))
+    };
+    let mut package = read(bytes, graph)?;
+    if graph.types()[package.ty()]
+        .exports
+        .contains_key(preinit::INIT)
     {
+        let initialized = preinit::preinit(package.bytes())
+            .with_context(|| format!("cannot pre-initialize {}", path.display()))?;
         eprintln!(
             "lumen-compose: {} pre-initialized ({} KiB → {} KiB)",
             path.display(),
-            bytes.len() / 1024,
+            package.bytes().len() / 1024,
             initialized.len() / 1024
         );
-        bytes = initialized;
+        package = read(initialized, graph)?;
     }
-    let package = Package::from_bytes(&name, None, bytes, graph.types_mut())
-        .with_context(|| format!("{} is not a component", path.display()))?;
     graph
         .register_package(package)
         .with_context(|| format!("cannot register {}", path.display()))

@@ -15,8 +15,8 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 /// The export a component pre-initializes itself with.
 pub const INIT: &str = "wizer-initialize";
 
-/// `wasm` pre-initialized, or `None` when it does not export [`INIT`].
-pub fn preinit(wasm: &[u8]) -> Result<Option<Vec<u8>>> {
+/// `wasm`, which exports [`INIT`], pre-initialized.
+pub fn preinit(wasm: &[u8]) -> Result<Vec<u8>> {
     let mut wizer = Wizer::new();
     wizer.init_func(INIT).keep_init_func(true);
     let (cx, instrumented) = wizer
@@ -25,9 +25,6 @@ pub fn preinit(wasm: &[u8]) -> Result<Option<Vec<u8>>> {
         .context("instrumenting the component for pre-initialization")?;
     let engine = Engine::default();
     let component = Component::new(&engine, &instrumented).map_err(|e| anyhow!("{e:?}"))?;
-    if component.get_export(None, INIT).is_none() {
-        return Ok(None);
-    }
     let mut linker = Linker::new(&engine);
     linker
         .define_unknown_imports_as_traps(&component)
@@ -50,7 +47,7 @@ pub fn preinit(wasm: &[u8]) -> Result<Option<Vec<u8>>> {
     ))
     .map_err(|e| anyhow!("{e:?}"))
     .context("snapshotting the pre-initialized component")?;
-    Ok(Some(snapshot))
+    Ok(snapshot)
 }
 
 /// The initialized instance, read by the pre-initializer through the accessors it added.
