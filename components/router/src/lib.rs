@@ -40,30 +40,28 @@ const BAKED_STAMP: Option<FileStamp> = include!(concat!(env!("OUT_DIR"), "/catal
 /// byte, so an edit (which moves the time), a copy or a deployment that does not keep the time
 /// only costs the read.
 fn catalog() -> Result<&'static Catalog, ApiError> {
-    static CATALOG: OnceLock<Result<Option<Catalog>, String>> = OnceLock::new();
-    let loaded = CATALOG.get_or_init(|| {
-        if BAKED_STAMP.is_some()
-            && file_stamp(Path::new(CATALOG_PATH)) == BAKED_STAMP
-            && baked().is_some()
-        {
-            return Ok(None);
-        }
-        let bytes = std::fs::read(CATALOG_PATH)
-            .map_err(|e| format!("could not read {CATALOG_NAME}: {e}"))?;
-        if same_bytes(&bytes, BAKED_TOML.as_bytes()) && baked().is_some() {
-            return Ok(None);
-        }
-        let text =
-            String::from_utf8(bytes).map_err(|e| format!("{CATALOG_NAME} is not UTF-8: {e}"))?;
-        Catalog::from_toml(&text, CATALOG_NAME).map(Some)
-    });
-    match loaded {
-        Ok(Some(parsed)) => Ok(parsed),
-        Ok(None) => baked().ok_or_else(|| ApiError::internal("the baked catalog did not decode")),
-        Err(e) => Err(ApiError::internal(format!(
-            "the model catalog is invalid: {e}"
-        ))),
-    }
+    static CATALOG: OnceLock<Result<&'static Catalog, String>> = OnceLock::new();
+    CATALOG
+        .get_or_init(|| {
+            let built = BAKED_STAMP.is_some() && file_stamp(Path::new(CATALOG_PATH)) == BAKED_STAMP;
+            if let Some(c) = built.then(baked).flatten() {
+                return Ok(c);
+            }
+            let bytes = std::fs::read(CATALOG_PATH)
+                .map_err(|e| format!("could not read {CATALOG_NAME}: {e}"))?;
+            if let Some(c) = same_bytes(&bytes, BAKED_TOML.as_bytes())
+                .then(baked)
+                .flatten()
+            {
+                return Ok(c);
+            }
+            let text = String::from_utf8(bytes)
+                .map_err(|e| format!("{CATALOG_NAME} is not UTF-8: {e}"))?;
+            // Kept for the instance's life, like the baked one.
+            Catalog::from_toml(&text, CATALOG_NAME).map(|c| &*Box::leak(Box::new(c)))
+        })
+        .clone()
+        .map_err(|e| ApiError::internal(format!("the model catalog is invalid: {e}")))
 }
 
 /// The catalog this router was built with, decoded once: at build time, when `lumen-compose`
