@@ -135,7 +135,6 @@ impl RouteEntry {
 pub struct App {
     engine: Engine,
     max_instances: u32,
-    outbound: OutboundHttp,
     components: HashMap<String, Arc<ComponentRuntime>>,
     routes: Vec<RouteEntry>,
     private: Vec<String>,
@@ -237,7 +236,6 @@ impl App {
         Ok(Arc::new(App {
             engine,
             max_instances: cfg.max_instances,
-            outbound: OutboundHttp::new(),
             components,
             routes,
             private,
@@ -389,8 +387,8 @@ impl App {
                 .await
                 .map_err(InvokeError::Failed)?;
             let ops = store.data().spin.ops;
-            // The connection task woken by the response waits in this worker's next-task slot
-            // until this task yields; dropping the store first (the pool's reset of every
+            // The connection task woken by the response waits on this worker's thread until
+            // this task yields; dropping the store first (the pool's reset of every
             // instance's memories and tables) held the answer back by that much. Yield once so
             // the answer is written first, then tear down, then make the next request's
             // instance.
@@ -735,7 +733,7 @@ impl WasiHttpHooks for Hooks {
                 }
             });
         }
-        let client = self.app.outbound.clone();
+        let client = OutboundHttp::this_thread();
         Box::new(async move {
             let resp = client.send(request, options).await?;
             Ok((

@@ -55,6 +55,15 @@ pub struct HostOptions {
     /// Wraps each key-value store as it is opened (tests: a store that stalls on chosen keys);
     /// the CLI sets none.
     pub kv_layer: Option<KvLayer>,
+    /// Threads serving connections (default: the CPUs this process may use). The first
+    /// accepts and hands each connection to the one with the fewest open; each serves its
+    /// connections on a single-threaded runtime, so a request runs start to end on one thread.
+    pub workers: usize,
+}
+
+/// The CPUs this process may use (1 when unknown): the default number of workers.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// What wraps a store: given its label and the store, the store instances will use.
@@ -84,6 +93,7 @@ impl HostOptions {
             limits: Limits::default(),
             kv_log: None,
             kv_layer: None,
+            workers: default_workers(),
         }
     }
 }
@@ -96,6 +106,8 @@ pub struct RunningHost {
     stores: HashMap<String, Arc<dyn KvBackend>>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Each worker's open connections, the listening worker first.
+    workers: Vec<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl RunningHost {
@@ -128,6 +140,15 @@ impl RunningHost {
         lines
     }
 
+    /// Client connections open now on each serving worker, the listening one first.
+    pub fn connections_per_worker(&self) -> Vec<usize> {
+        use std::sync::atomic::Ordering;
+        self.workers
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Client connections open now (refused ones excluded).
     pub fn open_connections(&self) -> usize {
         self.admission.connections()
@@ -147,6 +168,55 @@ impl RunningHost {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// What every serving worker shares.
+#[derive(Clone)]
+struct Worker {
+    served: server::Served,
+    activity: Arc<Activity>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// After the host stops: waits up to 5 s for the requests in flight.
+    async fn drain(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.activity.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Serves the connections handed to it on a thread of its own with a single-threaded
+    /// runtime; the receiver completes when that thread is done.
+    fn spawn_thread(self, n: usize) -> Result<(server::Door, tokio::sync::oneshot::Receiver<()>)> {
+        let (door, handed) = server::Door::remote();
+        let open = door.open();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("lumen-worker-{n}"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(async move {
+                        server::serve_handed(
+                            handed,
+                            self.served.clone(),
+                            open,
+                            self.stopped.clone(),
+                        )
+                        .await;
+                        self.drain().await;
+                    }),
+                    Err(e) => eprintln!("lumen-host: worker {n} cannot start its runtime: {e}"),
+                }
+                let _ = done.send(());
+            })
+            .map_err(|e| format_err!("cannot start worker thread {n}: {e}"))?;
+        Ok((door, finished))
     }
 }
 
@@ -217,14 +287,41 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
     let admission = limits::Admission::new(opts.limits.clone());
     let activity = Arc::new(Activity::default());
     server::spawn_memory_trimmer(activity.clone(), stopped.clone());
-    let task = tokio::spawn({
-        let (app, admission) = (app.clone(), admission.clone());
-        async move {
-            server::serve(listener, app, admission, activity.clone(), stopped).await;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while activity.in_flight() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+    let worker = Worker {
+        served: server::Served::new(app.clone(), admission.clone(), activity.clone(), addr),
+        activity,
+        stopped,
+    };
+    // Thread per core: the first worker listens, on the caller's runtime, and hands each new
+    // connection to the worker with the fewest open (itself on a tie); every other worker runs
+    // on a thread of its own with a single-threaded runtime. A connection stays with its
+    // worker, and so does each request on it, its component instances and its upstream
+    // connection: no request hops between threads (a multi-threaded runtime moved one to the
+    // other core about three times per request at 10 req/s — bench/RESULTS.md).
+    let mut others = Vec::new();
+    let mut finished = Vec::new();
+    for n in 1..opts.workers.max(1) {
+        let (door, done) = worker.clone().spawn_thread(n)?;
+        others.push(door);
+        finished.push(done);
+    }
+    let here = server::Door::default();
+    let workers = std::iter::once(&here)
+        .chain(&others)
+        .map(server::Door::open)
+        .collect();
+    let task = tokio::spawn(async move {
+        server::serve(
+            listener,
+            worker.served.clone(),
+            here,
+            others,
+            worker.stopped.clone(),
+        )
+        .await;
+        worker.drain().await;
+        for done in finished {
+            let _ = done.await;
         }
     });
     Ok(RunningHost {
@@ -234,5 +331,6 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
         stores,
         stop,
         task,
+        workers,
     })
 }

@@ -36,6 +36,10 @@ enum Command {
         /// Directory for compiled components (default: <state dir>/cache).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Threads serving connections, each with the requests it accepted start to end
+        /// (default: the CPUs this process may use)
+        #[arg(long, env = "LUMEN_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -118,7 +122,9 @@ impl LimitArgs {
 fn main() -> std::process::ExitCode {
     lumen_host::sys::tune_allocator();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // The main thread is the first worker; `lumen_host::start` starts the others, each on a
+    // single-threaded runtime of its own.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -144,6 +150,7 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
         runtime_config_file,
         state_dir,
         cache_dir,
+        workers,
         limits,
     } = cli.command;
     let fds = lumen_host::sys::raise_fd_limit();
@@ -159,6 +166,9 @@ async fn run(cli: Cli) -> wasmtime::Result<()> {
     opts.state_dir = state_dir;
     opts.cache_dir = cache_dir;
     opts.limits = limits.limits();
+    if let Some(n) = workers {
+        opts.workers = n.into();
+    }
     opts.variables = lumen_host::variables::from_env(std::env::vars());
     opts.kv_log = std::env::var_os("LUMEN_HOST_KV_LOG").map(std::path::PathBuf::from);
     let host = lumen_host::start(opts).await?;
@@ -203,6 +213,14 @@ mod tests {
         let Command::Up { limits, .. } = cli.command;
         let limits = limits.limits();
         assert_eq!(limits.header_timeout, Duration::from_millis(500));
+        let workers = |n: &str| match Cli::try_parse_from(["lumen-host", "up", "--workers", n]) {
+            Ok(Cli {
+                command: Command::Up { workers, .. },
+            }) => Ok(workers),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(workers("3"), Ok(Some(3)));
+        assert!(workers("0").unwrap_err().contains("--workers"));
         assert_eq!(limits.max_connections_per_ip, 7);
     }
 }

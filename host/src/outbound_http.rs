@@ -59,6 +59,19 @@ impl OutboundHttp {
     }
 }
 
+thread_local! {
+    static THIS_THREAD: OutboundHttp = OutboundHttp::new();
+}
+
+impl OutboundHttp {
+    /// This thread's client. Each serving thread has its own pool, so an upstream connection
+    /// is driven by the thread whose requests use it (the connection's task runs on the
+    /// runtime that opened it) and a request never waits on another thread to send.
+    pub fn this_thread() -> Self {
+        THIS_THREAD.with(Clone::clone)
+    }
+}
+
 impl Default for OutboundHttp {
     fn default() -> Self {
         Self::new()

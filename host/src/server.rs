@@ -7,7 +7,7 @@
 use crate::app::{error_response, App, HostResponse};
 use crate::body::{BodyLimits, GuardedBody};
 use crate::conn_io::{BusyGuard, ConnShared, ConnTimeouts, GuardedIo};
-use crate::limits::{credential_of, Admission, Limits, Refusal, RequestPermit};
+use crate::limits::{credential_of, Admission, ConnectionPermit, Limits, Refusal, RequestPermit};
 use crate::reply;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Requests in flight (to their last response byte) and requests served, process-wide per host.
 #[derive(Debug, Default)]
@@ -62,35 +62,98 @@ const MAX_LINGERING: usize = 512;
 
 /// Everything one connection task needs.
 #[derive(Clone)]
-struct Served {
+pub struct Served {
     app: Arc<App>,
     admission: Admission,
     activity: Arc<Activity>,
     local: SocketAddr,
 }
 
+impl Served {
+    pub fn new(
+        app: Arc<App>,
+        admission: Admission,
+        activity: Arc<Activity>,
+        local: SocketAddr,
+    ) -> Self {
+        Self {
+            app,
+            admission,
+            activity,
+            local,
+        }
+    }
+}
+
+/// A connection accepted by the listening worker and handed to another.
+pub struct Handed {
+    sock: std::net::TcpStream,
+    client: SocketAddr,
+    permit: ConnectionPermit,
+}
+
+/// How connections reach one serving worker, and how many it has open (the listening worker
+/// hands each new connection to the worker with the fewest).
+#[derive(Clone, Default)]
+pub struct Door {
+    open: Arc<AtomicUsize>,
+    handoff: Option<mpsc::UnboundedSender<Handed>>,
+}
+
+impl Door {
+    /// The door of a worker on another thread, and what that worker receives from.
+    pub fn remote() -> (Door, mpsc::UnboundedReceiver<Handed>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let door = Door {
+            open: Arc::default(),
+            handoff: Some(tx),
+        };
+        (door, rx)
+    }
+
+    /// The count of this worker's open connections.
+    pub fn open(&self) -> Arc<AtomicUsize> {
+        self.open.clone()
+    }
+}
+
+/// Counts a worker's open connection until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `sock` on this thread's runtime, counted in `open` (already incremented).
+fn spawn_connection(
+    sock: TcpStream,
+    client: SocketAddr,
+    permit: ConnectionPermit,
+    served: &Served,
+    stop: &watch::Receiver<bool>,
+    open: &Arc<AtomicUsize>,
+) {
+    let guard = OpenGuard(open.clone());
+    let (served, stop) = (served.clone(), stop.clone());
+    tokio::spawn(async move {
+        connection(sock, client, served, stop).await;
+        drop(permit);
+        drop(guard);
+    });
+}
+
 /// Accepts and serves until `stop` turns true, then lets each connection finish the request in
-/// progress.
+/// progress. Each admitted connection goes to the worker with the fewest open, `here` (this
+/// thread) on a tie; a connection and its requests then stay on that worker's thread.
 pub async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
-    admission: Admission,
-    activity: Arc<Activity>,
+    served: Served,
+    here: Door,
+    others: Vec<Door>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("lumen-host: listener has no address: {e}");
-            return;
-        }
-    };
-    let served = Served {
-        app,
-        admission,
-        activity,
-        local,
-    };
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     loop {
         let (sock, client) = tokio::select! {
@@ -109,12 +172,41 @@ pub async fn serve(
         let _ = sock.set_nodelay(true);
         match served.admission.connect(client.ip()) {
             Ok(permit) => {
-                let served = served.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    connection(sock, client, served, stop).await;
-                    drop(permit);
+                let door = others.iter().fold(&here, |best, d| {
+                    if d.open.load(Ordering::Relaxed) < best.open.load(Ordering::Relaxed) {
+                        d
+                    } else {
+                        best
+                    }
                 });
+                door.open.fetch_add(1, Ordering::Relaxed);
+                let Some(tx) = &door.handoff else {
+                    spawn_connection(sock, client, permit, &served, &stop, &here.open);
+                    continue;
+                };
+                let sock = match sock.into_std() {
+                    Ok(sock) => sock,
+                    Err(e) => {
+                        eprintln!("lumen-host: cannot hand over a connection: {e}");
+                        door.open.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                if let Err(mpsc::error::SendError(h)) = tx.send(Handed {
+                    sock,
+                    client,
+                    permit,
+                }) {
+                    // That worker's thread has ended: serve the connection here.
+                    door.open.fetch_sub(1, Ordering::Relaxed);
+                    match TcpStream::from_std(h.sock) {
+                        Ok(sock) => {
+                            here.open.fetch_add(1, Ordering::Relaxed);
+                            spawn_connection(sock, client, h.permit, &served, &stop, &here.open);
+                        }
+                        Err(e) => eprintln!("lumen-host: cannot serve a connection: {e}"),
+                    }
+                }
             }
             Err(refusal) => {
                 static LOG: AtomicU64 = AtomicU64::new(0);
@@ -136,6 +228,31 @@ pub async fn serve(
                         drop(slot);
                     });
                 }
+            }
+        }
+    }
+}
+
+/// Serves the connections the listening worker hands to this one until `stop` turns true.
+pub async fn serve_handed(
+    mut handed: mpsc::UnboundedReceiver<Handed>,
+    served: Served,
+    open: Arc<AtomicUsize>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let h = tokio::select! {
+            _ = stop.changed() => break,
+            h = handed.recv() => match h {
+                Some(h) => h,
+                None => break,
+            },
+        };
+        match TcpStream::from_std(h.sock) {
+            Ok(sock) => spawn_connection(sock, h.client, h.permit, &served, &stop, &open),
+            Err(e) => {
+                eprintln!("lumen-host: cannot serve a handed connection: {e}");
+                open.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }

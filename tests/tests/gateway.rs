@@ -575,6 +575,55 @@ async fn shutdown_closes_connections_and_the_port_is_reusable_at_once() {
     again.shutdown().await;
 }
 
+/// lumen-host serves on one thread per worker: the listening worker hands each new connection
+/// to the worker with the fewest open. Regression: with every worker accepting from the one
+/// listener, the first to wake took a burst of new connections whole and the other core sat
+/// idle (throughput fell to a single thread's).
+#[tokio::test]
+async fn connections_are_spread_over_the_workers() {
+    if runtime::skip_under_spin(
+        "connections_are_spread_over_the_workers",
+        "a test of lumen-host's own listener",
+    ) {
+        return;
+    }
+    let mock = mock::MockUpstream::start(mock::MockConfig::default())
+        .await
+        .unwrap();
+    let mut o = options(&mock);
+    o.workers = 3;
+    let host = lumen_host::start(o).await.unwrap();
+    let addr = host.addr();
+    assert_eq!(host.connections_per_worker(), vec![0, 0, 0]);
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+        conns.push((s, tokio::spawn(conn)));
+    }
+    // Each connection answers from whichever worker holds it.
+    for (s, _) in &mut conns {
+        let get = http::Request::get("/v1/models")
+            .header("host", addr.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        assert_eq!(s.send_request(get).await.unwrap().status(), 401);
+    }
+    assert_eq!(host.connections_per_worker(), vec![2, 2, 2]);
+    drop(conns);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while host.open_connections() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(host.connections_per_worker(), vec![0, 0, 0]);
+    // Stopping waits for every worker's thread.
+    tokio::time::timeout(std::time::Duration::from_secs(10), host.shutdown())
+        .await
+        .expect("every worker stops");
+}
+
 #[tokio::test]
 async fn an_invalid_body_limit_is_named_not_ignored() {
     let gw = Gateway::start_with(mock::MockConfig::default(), |o| {

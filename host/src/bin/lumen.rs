@@ -350,7 +350,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // `lumen up` serves on this thread and the worker threads lumen-host starts (one per CPU),
+    // each with a single-threaded runtime.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
