@@ -70,6 +70,8 @@ pub struct Served {
 }
 
 impl Served {
+    /// What the workers of one host share: the app, the caps, the activity count and the
+    /// listener's address.
     pub fn new(
         app: Arc<App>,
         admission: Admission,
