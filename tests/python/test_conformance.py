@@ -136,10 +136,9 @@ def test_errors_are_typed(client: OpenAI) -> None:
 def test_cold_start_streams_without_client_timeout(gateway, api_key: str) -> None:
     """A queue-style backend that takes 3 s to start, under a client whose read timeout is 2 s:
     the gateway's keep-alive comments keep the stream alive, and the cold start is reported."""
-    import httpx
-
+    # The SDK's own timeout type (its HTTP library's): httpx2 2.17 refuses httpx's.
     slow = OpenAI(base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0,
-                  timeout=httpx.Timeout(30.0, read=2.0))
+                  timeout=openai.Timeout(30.0, read=2.0))
     start = time.monotonic()
     chunks = list(slow.chat.completions.create(
         model="qwen2.5-7b-instruct", stream=True, stream_options={"include_usage": True},
