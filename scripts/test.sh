@@ -61,7 +61,8 @@ echo "== Python: the openai and anthropic SDKs, and the deploy/ manifests"
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt \
+  -c tests/python/constraints.txt
 .venv/bin/python -m pytest tests/python -q -m "not browser"
 
 echo "== dashboard in headless Chromium (screenshot: target/test-artifacts/dashboard.png)"
