@@ -531,6 +531,28 @@ async fn keys_persist_in_the_store_across_restarts() {
     std::fs::remove_dir_all(&state).unwrap();
 }
 
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// A keep-alive HTTP/1.1 connection to `addr`, its connection task running.
+async fn keep_alive(
+    addr: std::net::SocketAddr,
+) -> (Sender, tokio::task::JoinHandle<hyper::Result<()>>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    (s, tokio::spawn(conn))
+}
+
+/// The status of `GET /v1/models` (no key) on `s`.
+async fn models_status(s: &mut Sender, addr: std::net::SocketAddr) -> u16 {
+    let get = http::Request::get("/v1/models")
+        .header("host", addr.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    s.send_request(get).await.unwrap().status().as_u16()
+}
+
 /// Regression: the listener lacked SO_REUSEADDR, so a restart on the same port failed with
 /// "address already in use" while the previous run's connections sat in TIME_WAIT; and
 /// `shutdown` left keep-alive connections open, still served by the stopped app.
@@ -547,18 +569,8 @@ async fn shutdown_closes_connections_and_the_port_is_reusable_at_once() {
         .unwrap();
     let host = lumen_host::start(options(&mock)).await.unwrap();
     let addr = host.addr();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let get = || {
-        http::Request::get("/v1/models")
-            .header("host", addr.to_string())
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap()
-    };
-    assert_eq!(s.send_request(get()).await.unwrap().status(), 401);
+    let (mut s, conn) = keep_alive(addr).await;
+    assert_eq!(models_status(&mut s, addr).await, 401);
     // The server closes the idle keep-alive connection first, leaving TIME_WAIT on its port.
     host.shutdown().await;
     tokio::time::timeout(std::time::Duration::from_secs(5), conn)
@@ -597,19 +609,11 @@ async fn connections_are_spread_over_the_workers() {
     assert_eq!(host.connections_per_worker(), vec![0, 0, 0]);
     let mut conns = Vec::new();
     for _ in 0..6 {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-        conns.push((s, tokio::spawn(conn)));
+        conns.push(keep_alive(addr).await);
     }
     // Each connection answers from whichever worker holds it.
     for (s, _) in &mut conns {
-        let get = http::Request::get("/v1/models")
-            .header("host", addr.to_string())
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        assert_eq!(s.send_request(get).await.unwrap().status(), 401);
+        assert_eq!(models_status(s, addr).await, 401);
     }
     assert_eq!(host.connections_per_worker(), vec![2, 2, 2]);
     drop(conns);
