@@ -175,7 +175,6 @@ impl RunningHost {
 #[derive(Clone)]
 struct Worker {
     served: server::Served,
-    activity: Arc<Activity>,
     stopped: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -183,7 +182,7 @@ impl Worker {
     /// After the host stops: waits up to 5 s for the requests in flight.
     async fn drain(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.activity.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        while self.served.activity().in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -288,8 +287,7 @@ pub async fn start(opts: HostOptions) -> Result<RunningHost> {
     let activity = Arc::new(Activity::default());
     server::spawn_memory_trimmer(activity.clone(), stopped.clone());
     let worker = Worker {
-        served: server::Served::new(app.clone(), admission.clone(), activity.clone(), addr),
-        activity,
+        served: server::Served::new(app.clone(), admission.clone(), activity, addr),
         stopped,
     };
     // Thread per core: the first worker listens, on the caller's runtime, and hands each new

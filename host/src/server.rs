@@ -85,6 +85,11 @@ impl Served {
             local,
         }
     }
+
+    /// Requests in flight and served, across every worker.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
 }
 
 /// A connection accepted by the listening worker and handed to another.
