@@ -5,7 +5,9 @@
 //! instead of parsing TOML and compiling alias regexes (~0.5 ms natively, more in wasm) on every
 //! request. An edited mount that was not rebuilt is parsed at run time, as before. The file's
 //! size and modification time are baked too: a mount that still has both is the baked file, and
-//! the router then only asks for its metadata instead of reading and comparing it.
+//! the router then only asks for its metadata instead of reading and comparing it. The source's
+//! sha256 is baked as well: it is what a router records in the store for a mounted copy it
+//! found to hold the built file (see the router's `catalog_for_plan`).
 
 use lumen_shared::domain::catalog::file_stamp;
 use std::path::PathBuf;
@@ -34,6 +36,11 @@ fn main() {
         .unwrap_or_else(|e| panic!("config/catalog.toml is invalid: {e}"));
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     std::fs::write(out.join("catalog.toml"), &text).unwrap();
+    std::fs::write(
+        out.join("catalog.sha256"),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+    )
+    .unwrap();
     std::fs::write(out.join("catalog.stamp"), format!("{stamp:?}")).unwrap();
     std::fs::write(
         out.join("catalog.json"),

@@ -145,3 +145,48 @@ async fn every_route_stays_under_its_kv_ceiling() {
     drop(gw);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Where the mounted catalog is a copy of the built one (as Spin mounts it), the router learns
+/// that from a record in the health batch it reads anyway: the first chat reads the file and
+/// writes the record (one more write, once); the next one stays under the warm ceiling and
+/// writes only its log entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_catalog_costs_one_write_once() {
+    let dir = common::procs::temp_dir("kv-ops-copy");
+    let log = dir.join("kv.log");
+    let cfg = common::config::Config::new("", "");
+    let shipped = std::fs::read(common::repo().join("config/catalog.toml")).unwrap();
+    std::fs::write(cfg.dir.join("config/catalog.toml"), shipped).unwrap();
+    let manifest = cfg.manifest();
+    let gw = Gateway::start_with(
+        lumen_tests::mock::MockConfig {
+            api_key: Some(common::UPSTREAM_KEY.into()),
+            ..Default::default()
+        },
+        |o| {
+            o.manifest = manifest;
+            o.kv_log = Some(log.clone());
+        },
+    )
+    .await;
+    let (key, _) = gw.create_key(100, &[]).await;
+    let r = gw
+        .chat(&key, chat_body("gpt-4o-mini", "warm [mock tokens=2]"))
+        .await;
+    assert_eq!(r.status, 200);
+    ops_of(&log, &r);
+    assert_eq!(
+        gw.store_keys("v2/catalog/mount/").len(),
+        1,
+        "the first chat records the copy"
+    );
+    let r = gw
+        .chat(&key, chat_body("gpt-4o-mini", "hi [mock tokens=2]"))
+        .await;
+    assert_eq!(r.status, 200);
+    let next = ops_of(&log, &r);
+    check("warm chat on a copied catalog", &next, &WARM_CHAT);
+    assert_eq!(next["ops"]["set"], 1, "{next}");
+    drop(gw);
+    std::fs::remove_dir_all(&dir).ok();
+}

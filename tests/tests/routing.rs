@@ -870,3 +870,71 @@ async fn a_catalog_edited_to_the_same_size_is_read() {
         .await;
     assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// The store key a router records a mounted catalog under (`CatalogMount`): its size and
+/// modification time.
+fn mount_marker(path: &std::path::Path) -> String {
+    let m = std::fs::metadata(path).unwrap();
+    let t = m
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!(
+        "v2/catalog/mount/{}/{}.{:09}",
+        m.len(),
+        t.as_secs(),
+        t.subsec_nanos()
+    )
+}
+
+/// A copy of the built catalog (Spin mounts copies: new modification times) is read once: the
+/// router that reads it records, under the copy's size and time, the sha256 of the source it
+/// holds, and routers after it find that in the health batch. A record that names another
+/// source (a router built from another catalog) is not trusted: the file is read again and
+/// the record corrected.
+#[tokio::test]
+async fn a_copy_of_the_built_catalog_is_read_once_and_recorded() {
+    use sha2::Digest;
+    let cfg = Config::new("", "");
+    let shipped = std::fs::read(repo().join("config/catalog.toml")).unwrap();
+    let copy = cfg.dir.join("config/catalog.toml");
+    std::fs::write(&copy, &shipped).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&shipped));
+    let gw = Gateway::start_config(&cfg, |_| {}).await;
+    let (key, _) = gw.create_key(10_000, &[]).await;
+    // Spin mounts a copy of the copy: which stamp the guest sees is Spin's; find it by prefix.
+    let recorded = |gw: &Gateway| -> Vec<(String, String)> {
+        gw.store_keys("v2/catalog/mount/")
+            .into_iter()
+            .map(|k| {
+                let v = gw.store_get(&k).unwrap();
+                (k, serde_json::from_slice::<String>(&v).unwrap())
+            })
+            .collect()
+    };
+    assert!(recorded(&gw).is_empty(), "{:?}", recorded(&gw));
+    let r = gw.chat(&key, body(MINI, EASY, json!({}))).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let after = recorded(&gw);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].1, sha, "{after:?}");
+    if gw.host().is_some() {
+        assert_eq!(
+            after[0].0,
+            mount_marker(&copy),
+            "lumen-host mounts config/ in place"
+        );
+    }
+    // A record naming another source: read again, corrected, and the catalog still holds.
+    gw.store_set(&after[0].0, b"\"0000\"");
+    let r = gw.chat(&key, body(MINI, EASY, json!({}))).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-lumen-model"), Some(MINI));
+    assert_eq!(recorded(&gw), after);
+    // A model the built catalog lacks is a 404 on the copy too.
+    let r = gw
+        .chat(&key, body("openai/gpt-4o-mino", EASY, json!({})))
+        .await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+}

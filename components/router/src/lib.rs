@@ -7,12 +7,12 @@
 use lumen_shared::contracts::{Candidate, Plan, PlanRequest};
 use lumen_shared::domain::catalog::{file_stamp, Catalog, FileStamp};
 use lumen_shared::domain::fallback;
-use lumen_shared::domain::health::{Availability, Policy};
+use lumen_shared::domain::health::{Availability, Policy, Snapshot};
 use lumen_shared::domain::route::{self, decide, keep_providers, Inputs, Prefs};
 use lumen_shared::domain::saved;
 use lumen_shared::domain::scorer::Packed;
 use lumen_shared::domain::shadow;
-use lumen_shared::store::{health, Target};
+use lumen_shared::store::{self as kv, health, CatalogMount, Family, Target};
 use lumen_shared::ApiError;
 use lumen_spin::util::{now_ms, to_wire as wire};
 use lumen_spin::SpinKv;
@@ -33,35 +33,73 @@ const BAKED_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.json"))
 /// The size and modification time (seconds, nanoseconds) the file had when it was baked.
 const BAKED_STAMP: Option<FileStamp> = include!(concat!(env!("OUT_DIR"), "/catalog.stamp"));
 
+/// The built catalog source's sha256 (hex): what a router records for a mounted copy it found
+/// to hold that source ([`CatalogMount`]).
+const BAKED_SHA256: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.sha256"));
+
+/// The catalog this instance uses, once known.
+static CATALOG: OnceLock<Result<&'static Catalog, String>> = OnceLock::new();
+
+fn invalid_catalog(e: String) -> ApiError {
+    ApiError::internal(format!("the model catalog is invalid: {e}"))
+}
+
 /// The catalog, once per instance: the mounted file, decoded from the baked, checked form when
 /// it is the file the router was built with, parsed and checked otherwise. A mount with the
 /// baked file's size and modification time is that file (one metadata call instead of opening,
 /// reading and comparing 10 KB: five WASI calls); any other mount is read and compared byte for
 /// byte, so an edit (which moves the time), a copy or a deployment that does not keep the time
-/// only costs the read.
+/// only costs the read. Planning a chat avoids even the read on a copy: see [`plan`].
 fn catalog() -> Result<&'static Catalog, ApiError> {
-    static CATALOG: OnceLock<Result<&'static Catalog, String>> = OnceLock::new();
     CATALOG
-        .get_or_init(|| {
-            let built = BAKED_STAMP.is_some() && file_stamp(Path::new(CATALOG_PATH)) == BAKED_STAMP;
-            if let Some(c) = built.then(baked).flatten() {
-                return Ok(c);
-            }
-            let bytes = std::fs::read(CATALOG_PATH)
-                .map_err(|e| format!("could not read {CATALOG_NAME}: {e}"))?;
-            if let Some(c) = same_bytes(&bytes, BAKED_TOML.as_bytes())
-                .then(baked)
-                .flatten()
-            {
-                return Ok(c);
-            }
-            let text = String::from_utf8(bytes)
-                .map_err(|e| format!("{CATALOG_NAME} is not UTF-8: {e}"))?;
-            // Kept for the instance's life, like the baked one.
-            Catalog::from_toml(&text, CATALOG_NAME).map(|c| &*Box::leak(Box::new(c)))
-        })
+        .get_or_init(|| load_catalog(file_stamp(Path::new(CATALOG_PATH))))
         .clone()
-        .map_err(|e| ApiError::internal(format!("the model catalog is invalid: {e}")))
+        .map_err(invalid_catalog)
+}
+
+/// The catalog of the mount whose metadata is `stamp` (see [`catalog`]).
+fn load_catalog(stamp: Option<FileStamp>) -> Result<&'static Catalog, String> {
+    let built = BAKED_STAMP.is_some() && stamp == BAKED_STAMP;
+    if let Some(c) = built.then(baked).flatten() {
+        return Ok(c);
+    }
+    let bytes =
+        std::fs::read(CATALOG_PATH).map_err(|e| format!("could not read {CATALOG_NAME}: {e}"))?;
+    if let Some(c) = same_bytes(&bytes, BAKED_TOML.as_bytes())
+        .then(baked)
+        .flatten()
+    {
+        return Ok(c);
+    }
+    let text = String::from_utf8(bytes).map_err(|e| format!("{CATALOG_NAME} is not UTF-8: {e}"))?;
+    // Kept for the instance's life, like the baked one.
+    Catalog::from_toml(&text, CATALOG_NAME).map(|c| &*Box::leak(Box::new(c)))
+}
+
+/// The catalog a plan starts from.
+enum Start {
+    /// Known: the mount is the built file (its metadata says so) or was read.
+    Known(&'static Catalog),
+    /// The built catalog, taken on trust for a mount with other metadata (Spin mounts a copy,
+    /// with new times) until the store confirms that a router found this mount to hold it.
+    Guess(&'static Catalog, FileStamp),
+}
+
+/// The catalog for planning a chat: [`catalog`], except that a mount that may be a copy of the
+/// built file is not read yet (see [`plan`]).
+fn catalog_for_plan() -> Result<Start, ApiError> {
+    if let Some(known) = CATALOG.get() {
+        return known.clone().map(Start::Known).map_err(invalid_catalog);
+    }
+    let stamp = file_stamp(Path::new(CATALOG_PATH));
+    match (stamp, baked()) {
+        (Some(s), Some(b)) if stamp != BAKED_STAMP => Ok(Start::Guess(b, s)),
+        _ => CATALOG
+            .get_or_init(|| load_catalog(stamp))
+            .clone()
+            .map(Start::Known)
+            .map_err(invalid_catalog),
+    }
 }
 
 /// The catalog this router was built with, decoded once: at build time, when `lumen-compose`
@@ -156,19 +194,95 @@ fn wants_latency(body: Option<&Map<String, Value>>) -> bool {
     body.is_some_and(|b| b.get("max_latency_ms").is_some_and(|v| !v.is_null()))
 }
 
+/// Plans a chat. Where the mounted catalog may be a copy of the built one (its metadata differs:
+/// Spin mounts copies), the plan is made on the built catalog and the store is asked, in the
+/// same batch as the candidates' health, whether a router found this mount (by its size and
+/// modification time) to hold the built source; only when it does not know is the file read and
+/// compared, and what it holds recorded. A mount that holds something else is planned again on
+/// what it holds, and health is applied only to the plan that stands (a half-open probe is
+/// claimed once).
 fn plan(body: &[u8]) -> Result<Plan, ApiError> {
     let ask: PlanRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid_request(format!("invalid plan request: {e}"), None, "invalid_json")
     })?;
-    let kv = if wants_latency(ask.request.as_ref()) {
-        SpinKv::open().ok()
-    } else {
-        None
+    let kv = SpinKv::open().ok();
+    let start = catalog_for_plan()?;
+    let (&Start::Guess(baked, stamp), Some(kv)) = (&start, kv.as_ref()) else {
+        // A known catalog; or a guess without a store to confirm it with: the file decides.
+        let cat = match start {
+            Start::Known(cat) => cat,
+            Start::Guess(..) => catalog()?,
+        };
+        return plan_on(cat, &ask, kv.as_ref());
     };
+    let marker = CatalogMount(stamp);
+    let guessed = match plan_core(baked, &ask, Some(kv)) {
+        Ok(p) => p,
+        // A model the built catalog lacks may be in the mount: the file decides.
+        Err(e) => {
+            return match confirm_by_reading(kv, &marker, baked)? {
+                Some(cat) => plan_on(cat, &ask, Some(kv)),
+                None => Err(e),
+            }
+        }
+    };
+    let mut plan = guessed;
+    let read = read_health(kv, &plan, &[marker.key()]);
+    let confirmed = read
+        .as_ref()
+        .and_then(|(_, extra)| extra.first().cloned().flatten())
+        .and_then(|b| kv::decode::<String>(&marker.key(), &b).ok())
+        .is_some_and(|sha| sha == BAKED_SHA256);
+    if confirmed {
+        let _ = CATALOG.set(Ok(baked));
+    } else if let Some(cat) = confirm_by_reading(kv, &marker, baked)? {
+        return plan_on(cat, &ask, Some(kv));
+    }
+    if let Some((snaps, _)) = read {
+        apply_health(kv, &mut plan, snaps);
+    }
+    Ok(plan)
+}
+
+/// Reads the mount ([`catalog`]); when it holds the built source, records that for `marker`'s
+/// mount and answers `None` (the guess stands), else the catalog it holds.
+fn confirm_by_reading(
+    kv: &SpinKv,
+    marker: &CatalogMount,
+    baked: &'static Catalog,
+) -> Result<Option<&'static Catalog>, ApiError> {
     let cat = catalog()?;
+    if std::ptr::eq(cat, baked) {
+        if let Err(e) = kv::store(kv, marker, &BAKED_SHA256.to_owned()) {
+            eprintln!(
+                "lumen router: could not record the mounted catalog: {}",
+                e.0
+            );
+        }
+        Ok(None)
+    } else {
+        Ok(Some(cat))
+    }
+}
+
+/// Plans `ask` on a known catalog, health applied.
+fn plan_on(cat: &Catalog, ask: &PlanRequest, kv: Option<&SpinKv>) -> Result<Plan, ApiError> {
+    let mut plan = plan_core(cat, ask, kv)?;
+    if let Some(kv) = kv {
+        if let Some((snaps, _)) = read_health(kv, &plan, &[]) {
+            apply_health(kv, &mut plan, snaps);
+        }
+    }
+    Ok(plan)
+}
+
+/// The plan before health: the decision, the reference, fallbacks, provider preferences and a
+/// shadow experiment. Observed latencies are read only when the request sets a latency SLO.
+fn plan_core(cat: &Catalog, ask: &PlanRequest, kv: Option<&SpinKv>) -> Result<Plan, ApiError> {
+    let kv = kv.filter(|_| wants_latency(ask.request.as_ref()));
     let mut plan = plan_one(
         cat,
-        kv.as_ref(),
+        kv,
         &ask.model,
         &ask.allowed_models,
         ask.request.as_ref(),
@@ -204,7 +318,6 @@ fn plan(body: &[u8]) -> Result<Plan, ApiError> {
         .unwrap_or_default();
     let plan_shadow = ask.shadow.as_ref().map(|(p, c)| (p.as_str(), c));
     plan.shadow = shadow::select(cat, &requested, &plan, plan_shadow, roll());
-    order_by_health(&mut plan);
     Ok(plan)
 }
 
@@ -269,17 +382,45 @@ fn route_batch(body: &[u8]) -> Result<Value, ApiError> {
     Ok(serde_json::json!({"object": "list", "data": out}))
 }
 
-/// Reads the health of every candidate in one batch, claims a due half-open probe (one
-/// increment, only while a breaker is open), moves candidates that are down behind the healthy
-/// ones ([`lumen_shared::domain::fallback::order`]) and hands each its snapshot, against which
-/// the provider records what its call showed. Without KV, the catalog order stands.
-fn order_by_health(plan: &mut Plan) {
-    let Ok(kv) = SpinKv::open() else {
-        return;
-    };
+/// Every target whose health a plan reads: its candidates, then fusion panel members and a
+/// shadow candidate.
+fn health_targets(plan: &Plan) -> Vec<(String, String)> {
+    let target = |c: &Candidate| (c.provider.name.clone(), c.model.clone());
+    let mut all: Vec<(String, String)> = plan.candidates.iter().map(target).collect();
+    if let Some(f) = plan.fusion.as_ref() {
+        all.extend(f.panel.iter().flat_map(|m| m.candidates.iter()).map(target));
+    }
+    if let Some(s) = plan.shadow.as_ref() {
+        all.extend(s.candidates.iter().map(target));
+    }
+    all
+}
+
+/// The health of every target of `plan` and the values of `extra` keys, in one batch; `None`
+/// when the store cannot answer (health is advisory: the catalog order stands).
+fn read_health(
+    kv: &SpinKv,
+    plan: &Plan,
+    extra: &[String],
+) -> Option<(Vec<Snapshot>, health::Values)> {
+    let all = health_targets(plan);
+    let targets: Vec<Target> = all
+        .iter()
+        .map(|(provider, model)| Target { provider, model })
+        .collect();
+    health::snapshots_and(kv, &Policy::default(), &targets, now_ms(), extra).ok()
+}
+
+/// Claims a due half-open probe (one increment, only while a breaker is open), moves candidates
+/// that are down behind the healthy ones ([`lumen_shared::domain::fallback::order`]) and hands
+/// each its snapshot (`snaps`, from [`read_health`] of this plan), against which the provider
+/// records what its call showed.
+fn apply_health(kv: &SpinKv, plan: &mut Plan, mut snaps: Vec<Snapshot>) {
     let policy = Policy::default();
     let now = now_ms();
-    // Fusion panel members and a shadow candidate get their snapshots in the same batch.
+    let all = health_targets(plan);
+    let main = plan.candidates.len();
+    // Fusion panel members and a shadow candidate get their snapshots too.
     let mut extra: Vec<&mut Candidate> = Vec::new();
     if let Some(f) = plan.fusion.as_mut() {
         extra.extend(f.panel.iter_mut().flat_map(|m| m.candidates.iter_mut()));
@@ -287,25 +428,19 @@ fn order_by_health(plan: &mut Plan) {
     if let Some(s) = plan.shadow.as_mut() {
         extra.extend(s.candidates.iter_mut());
     }
-    let target = |c: &Candidate| (c.provider.name.clone(), c.model.clone());
-    let extra_targets: Vec<(String, String)> = extra.iter().map(|c| target(c)).collect();
-    let main_targets: Vec<(String, String)> = plan.candidates.iter().map(target).collect();
-    let all: Vec<Target> = main_targets
-        .iter()
-        .chain(&extra_targets)
-        .map(|(provider, model)| Target { provider, model })
-        .collect();
-    let Ok(mut snaps) = health::snapshots(&kv, &policy, &all, now) else {
-        return;
-    };
-    for (c, s) in extra.into_iter().zip(snaps.split_off(main_targets.len())) {
+    for (c, s) in extra
+        .into_iter()
+        .zip(snaps.split_off(main.min(snaps.len())))
+    {
         c.health = Some(s);
     }
-    let targets: Vec<Target> = all[..main_targets.len()].to_vec();
-    let avail: Vec<Availability> = targets
+    let avail: Vec<Availability> = all[..main]
         .iter()
         .zip(&snaps)
-        .map(|(&t, s)| health::availability(&kv, &policy, t, s, now).unwrap_or(Availability::Up))
+        .map(|((provider, model), s)| {
+            health::availability(kv, &policy, Target { provider, model }, s, now)
+                .unwrap_or(Availability::Up)
+        })
         .collect();
     for (c, s) in plan.candidates.iter_mut().zip(snaps) {
         c.health = Some(s);

@@ -12,6 +12,9 @@ use crate::store::{
 /// slot.
 const PER_TARGET: usize = 5;
 
+/// Raw values as a batch read returns them, in the order of the keys asked for.
+pub type Values = Vec<Option<Vec<u8>>>;
+
 /// The snapshots of `targets` at `now`, in one round trip.
 pub fn snapshots(
     store: &dyn Kv,
@@ -19,6 +22,17 @@ pub fn snapshots(
     targets: &[Target<'_>],
     now: u64,
 ) -> Result<Vec<Snapshot>, KvError> {
+    snapshots_and(store, p, targets, now, &[]).map(|(s, _)| s)
+}
+
+/// The snapshots of `targets` at `now` and the raw values of `extra` keys, in one round trip.
+pub fn snapshots_and(
+    store: &dyn Kv,
+    p: &Policy,
+    targets: &[Target<'_>],
+    now: u64,
+    extra: &[String],
+) -> Result<(Vec<Snapshot>, Values), KvError> {
     let slot = p.slot(now);
     let prev = slot.saturating_sub(p.slot_ms);
     let mut keys = Vec::with_capacity(targets.len() * PER_TARGET);
@@ -40,11 +54,13 @@ pub fn snapshots(
             );
         }
     }
-    let raw = if keys.is_empty() {
+    keys.extend_from_slice(extra);
+    let mut raw = if keys.is_empty() {
         Vec::new()
     } else {
         store.get_many(&keys)?
     };
+    let extra_values = raw.split_off(raw.len().saturating_sub(extra.len()));
     let mut out = Vec::with_capacity(targets.len());
     for (i, chunk) in raw.chunks(PER_TARGET).enumerate() {
         let record: Option<Record> = match &chunk[0] {
@@ -60,7 +76,7 @@ pub fn snapshots(
             oks: [n(3), n(4)],
         });
     }
-    Ok(out)
+    Ok((out, extra_values))
 }
 
 /// How the router may use a target now: a due probe is claimed with one increment, so one

@@ -16,6 +16,7 @@
 //! | `v2/health/{p}/{m}` → [`crate::domain::health::Record`] | value | provider | on change only |
 //! | `v2/health/{fail,ok}/{p}/{m}/{slot}` | counter | provider | failures (and successes while failing) |
 //! | `v2/health/probe/{p}/{m}/{since}/{period}` | counter | router | one per half-open probe |
+//! | `v2/catalog/mount/{size}/{secs}.{nanos}` → sha256 | value | router | read in the health batch where the mounted catalog is a copy (Spin); 1 set per copy |
 //! | `v1/byok/{key}/{provider}`, `v1/byok-index/{key}` | value | admin | read only for keys with one |
 //! | `v1/coldstart/{provider}` | value | provider | queue backends only |
 //! | `v1/feedback/claim/{key}/{request_id}` | counter | auth (`POST /v1/feedback`) | – (the first to reach 1 owns the request's feedback) |
@@ -289,6 +290,20 @@ impl Family for HealthKey<'_> {
     }
 }
 
+/// `v2/catalog/mount/{size}/{secs}.{nanos}` → the hex sha256 of the catalog source a router
+/// found, byte for byte, in a mounted `catalog.toml` of that size and modification time. Spin
+/// mounts a copy of `config/` (new times on every start), so the router cannot tell the built
+/// file by its metadata; the first to read the copy records what it holds, and routers after it
+/// read that in the health batch they read anyway instead of reading the file.
+pub struct CatalogMount(pub crate::domain::catalog::FileStamp);
+impl Family for CatalogMount {
+    type Value = String;
+    fn key(&self) -> String {
+        let (size, secs, nanos) = self.0;
+        format!("v2/catalog/mount/{size}/{secs}.{nanos:09}")
+    }
+}
+
 /// Which calls a health counter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tally {
@@ -522,6 +537,10 @@ mod tests {
             (LogSuperKey(0).key(), "v2/log/super/0"),
             (LogSealed.key(), "v2/log/sealed"),
             (HealthKey(t).key(), "v2/health/openai/gpt-4o"),
+            (
+                CatalogMount((10_240, 1_700_000_000, 5)).key(),
+                "v2/catalog/mount/10240/1700000000.000000005",
+            ),
             (
                 HealthCount {
                     tally: Tally::Fail,
