@@ -171,6 +171,31 @@ mod tests {
     }
 
     #[test]
+    fn extra_keys_come_back_from_the_same_batch_after_the_snapshots() {
+        let kv = MemKv::default();
+        let p = Policy::default();
+        let now = 1_000_000;
+        let s = snapshots(&kv, &p, &[T], now).unwrap().remove(0);
+        observe(&kv, &p, T, &s, now, ok()).unwrap();
+        kv.set("other/a", b"1").unwrap();
+        let before = kv.ops();
+        let extra = ["other/a".to_string(), "other/missing".to_string()];
+        let (snaps, values) = snapshots_and(&kv, &p, &[T, T], now, &extra).unwrap();
+        assert_eq!(
+            kv.ops(),
+            (before.0 + 1, before.1),
+            "one batch read, no write"
+        );
+        assert_eq!(snaps.len(), 2);
+        assert!(snaps.iter().all(|s| s.record.is_some()), "{snaps:?}");
+        assert_eq!(values, vec![Some(b"1".to_vec()), None]);
+        // No target: the extra keys alone.
+        let (snaps, values) = snapshots_and(&kv, &p, &[], now, &extra[..1]).unwrap();
+        assert!(snaps.is_empty());
+        assert_eq!(values, vec![Some(b"1".to_vec())]);
+    }
+
+    #[test]
     fn a_healthy_target_is_one_read_per_plan_and_no_write_per_call() {
         let kv = MemKv::default();
         let p = Policy::default();
