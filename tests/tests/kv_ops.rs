@@ -157,18 +157,7 @@ async fn a_copied_catalog_costs_one_write_once() {
     let cfg = common::config::Config::new("", "");
     let shipped = std::fs::read(common::repo().join("config/catalog.toml")).unwrap();
     std::fs::write(cfg.dir.join("config/catalog.toml"), shipped).unwrap();
-    let manifest = cfg.manifest();
-    let gw = Gateway::start_with(
-        lumen_tests::mock::MockConfig {
-            api_key: Some(common::UPSTREAM_KEY.into()),
-            ..Default::default()
-        },
-        |o| {
-            o.manifest = manifest;
-            o.kv_log = Some(log.clone());
-        },
-    )
-    .await;
+    let gw = Gateway::start_config(&cfg, |o| o.kv_log = Some(log.clone())).await;
     let (key, _) = gw.create_key(100, &[]).await;
     let r = gw
         .chat(&key, chat_body("gpt-4o-mini", "warm [mock tokens=2]"))

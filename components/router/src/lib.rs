@@ -51,8 +51,13 @@ fn invalid_catalog(e: String) -> ApiError {
 /// byte, so an edit (which moves the time), a copy or a deployment that does not keep the time
 /// only costs the read. Planning a chat avoids even the read on a copy: see [`plan`].
 fn catalog() -> Result<&'static Catalog, ApiError> {
+    catalog_at(file_stamp(Path::new(CATALOG_PATH)))
+}
+
+/// [`catalog`] for a mount whose metadata was already read: `stamp`.
+fn catalog_at(stamp: Option<FileStamp>) -> Result<&'static Catalog, ApiError> {
     CATALOG
-        .get_or_init(|| load_catalog(file_stamp(Path::new(CATALOG_PATH))))
+        .get_or_init(|| load_catalog(stamp))
         .clone()
         .map_err(invalid_catalog)
 }
@@ -94,11 +99,7 @@ fn catalog_for_plan() -> Result<Start, ApiError> {
     let stamp = file_stamp(Path::new(CATALOG_PATH));
     match (stamp, baked()) {
         (Some(s), Some(b)) if stamp != BAKED_STAMP => Ok(Start::Guess(b, s)),
-        _ => CATALOG
-            .get_or_init(|| load_catalog(stamp))
-            .clone()
-            .map(Start::Known)
-            .map_err(invalid_catalog),
+        _ => catalog_at(stamp).map(Start::Known),
     }
 }
 
@@ -211,12 +212,12 @@ fn plan(body: &[u8]) -> Result<Plan, ApiError> {
         // A known catalog; or a guess without a store to confirm it with: the file decides.
         let cat = match start {
             Start::Known(cat) => cat,
-            Start::Guess(..) => catalog()?,
+            Start::Guess(_, stamp) => catalog_at(Some(stamp))?,
         };
         return plan_on(cat, &ask, kv.as_ref());
     };
     let marker = CatalogMount(stamp);
-    let guessed = match plan_core(baked, &ask, Some(kv)) {
+    let mut plan = match plan_core(baked, &ask, Some(kv)) {
         Ok(p) => p,
         // A model the built catalog lacks may be in the mount: the file decides.
         Err(e) => {
@@ -226,12 +227,12 @@ fn plan(body: &[u8]) -> Result<Plan, ApiError> {
             }
         }
     };
-    let mut plan = guessed;
-    let read = read_health(kv, &plan, &[marker.key()]);
+    let marker_key = marker.key();
+    let read = read_health(kv, &plan, std::slice::from_ref(&marker_key));
     let confirmed = read
         .as_ref()
         .and_then(|(_, extra)| extra.first().cloned().flatten())
-        .and_then(|b| kv::decode::<String>(&marker.key(), &b).ok())
+        .and_then(|b| kv::decode::<String>(&marker_key, &b).ok())
         .is_some_and(|sha| sha == BAKED_SHA256);
     if confirmed {
         let _ = CATALOG.set(Ok(baked));
@@ -244,14 +245,15 @@ fn plan(body: &[u8]) -> Result<Plan, ApiError> {
     Ok(plan)
 }
 
-/// Reads the mount ([`catalog`]); when it holds the built source, records that for `marker`'s
-/// mount and answers `None` (the guess stands), else the catalog it holds.
+/// Reads the mount whose metadata `marker` holds ([`catalog_at`]); when it holds the built
+/// source, records that for the mount and answers `None` (the guess stands), else the catalog it
+/// holds.
 fn confirm_by_reading(
     kv: &SpinKv,
     marker: &CatalogMount,
     baked: &'static Catalog,
 ) -> Result<Option<&'static Catalog>, ApiError> {
-    let cat = catalog()?;
+    let cat = catalog_at(Some(marker.0))?;
     if std::ptr::eq(cat, baked) {
         if let Err(e) = kv::store(kv, marker, &BAKED_SHA256.to_owned()) {
             eprintln!(
@@ -382,11 +384,18 @@ fn route_batch(body: &[u8]) -> Result<Value, ApiError> {
     Ok(serde_json::json!({"object": "list", "data": out}))
 }
 
+/// The provider and model a candidate calls.
+fn target(c: &Candidate) -> Target<'_> {
+    Target {
+        provider: &c.provider.name,
+        model: &c.model,
+    }
+}
+
 /// Every target whose health a plan reads: its candidates, then fusion panel members and a
-/// shadow candidate.
-fn health_targets(plan: &Plan) -> Vec<(String, String)> {
-    let target = |c: &Candidate| (c.provider.name.clone(), c.model.clone());
-    let mut all: Vec<(String, String)> = plan.candidates.iter().map(target).collect();
+/// shadow candidate ([`apply_health`] hands the snapshots out in this order).
+fn health_targets(plan: &Plan) -> Vec<Target<'_>> {
+    let mut all: Vec<Target> = plan.candidates.iter().map(target).collect();
     if let Some(f) = plan.fusion.as_ref() {
         all.extend(f.panel.iter().flat_map(|m| m.candidates.iter()).map(target));
     }
@@ -403,12 +412,14 @@ fn read_health(
     plan: &Plan,
     extra: &[String],
 ) -> Option<(Vec<Snapshot>, health::Values)> {
-    let all = health_targets(plan);
-    let targets: Vec<Target> = all
-        .iter()
-        .map(|(provider, model)| Target { provider, model })
-        .collect();
-    health::snapshots_and(kv, &Policy::default(), &targets, now_ms(), extra).ok()
+    health::snapshots_and(
+        kv,
+        &Policy::default(),
+        &health_targets(plan),
+        now_ms(),
+        extra,
+    )
+    .ok()
 }
 
 /// Claims a due half-open probe (one increment, only while a breaker is open), moves candidates
@@ -418,9 +429,16 @@ fn read_health(
 fn apply_health(kv: &SpinKv, plan: &mut Plan, mut snaps: Vec<Snapshot>) {
     let policy = Policy::default();
     let now = now_ms();
-    let all = health_targets(plan);
-    let main = plan.candidates.len();
-    // Fusion panel members and a shadow candidate get their snapshots too.
+    // The candidates' snapshots first, then fusion panel members' and a shadow candidate's.
+    let rest = snaps.split_off(plan.candidates.len().min(snaps.len()));
+    let avail: Vec<Availability> = plan
+        .candidates
+        .iter()
+        .zip(&snaps)
+        .map(|(c, s)| {
+            health::availability(kv, &policy, target(c), s, now).unwrap_or(Availability::Up)
+        })
+        .collect();
     let mut extra: Vec<&mut Candidate> = Vec::new();
     if let Some(f) = plan.fusion.as_mut() {
         extra.extend(f.panel.iter_mut().flat_map(|m| m.candidates.iter_mut()));
@@ -428,20 +446,9 @@ fn apply_health(kv: &SpinKv, plan: &mut Plan, mut snaps: Vec<Snapshot>) {
     if let Some(s) = plan.shadow.as_mut() {
         extra.extend(s.candidates.iter_mut());
     }
-    for (c, s) in extra
-        .into_iter()
-        .zip(snaps.split_off(main.min(snaps.len())))
-    {
+    for (c, s) in extra.into_iter().zip(rest) {
         c.health = Some(s);
     }
-    let avail: Vec<Availability> = all[..main]
-        .iter()
-        .zip(&snaps)
-        .map(|((provider, model), s)| {
-            health::availability(kv, &policy, Target { provider, model }, s, now)
-                .unwrap_or(Availability::Up)
-        })
-        .collect();
     for (c, s) in plan.candidates.iter_mut().zip(snaps) {
         c.health = Some(s);
     }
