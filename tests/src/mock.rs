@@ -14,6 +14,7 @@
 //! * `GET /mock/requests`: JSON array with the parsed JSON body of every recorded request that had
 //!   one (`?full=1` gives objects with `method`, `path`, `headers` and `body`); `DELETE
 //!   /mock/requests` clears the record. `GET /mock/stats` returns `{"requests":N,"disconnects":N}`.
+//!   Only the last [`KEPT_REQUESTS`] requests are kept; `requests` in the stats counts them all.
 //!   The `/mock/*` endpoints are never recorded and need no API key.
 //!
 //! # Steering a request
@@ -612,10 +613,37 @@ impl Plan {
     }
 }
 
+/// Recorded requests a mock keeps: the most recent ones. A standalone mock serving a benchmark
+/// sees millions of requests (tens of thousands a second); keeping every one grew `lumen-mock`
+/// to 24 GB until the kernel killed it mid-run.
+pub const KEPT_REQUESTS: usize = 10_000;
+
+/// The request record: the last [`KEPT_REQUESTS`] requests and how many were seen.
+#[derive(Default)]
+struct RequestLog {
+    kept: std::collections::VecDeque<RecordedRequest>,
+    seen: usize,
+}
+
+impl RequestLog {
+    fn record(&mut self, r: RecordedRequest) {
+        if self.kept.len() == KEPT_REQUESTS {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(r);
+        self.seen += 1;
+    }
+
+    fn clear(&mut self) {
+        self.kept.clear();
+        self.seen = 0;
+    }
+}
+
 /// Shared state of one running mock.
 pub(crate) struct State {
     pub(crate) cfg: MockConfig,
-    requests: Mutex<Vec<RecordedRequest>>,
+    requests: Mutex<RequestLog>,
     pub(crate) next_id: AtomicU64,
     /// Shared with stream producer tasks, which outlive the handler's borrow of `State`.
     pub(crate) disconnects: Arc<AtomicU64>,
@@ -665,7 +693,7 @@ impl MockUpstream {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             cfg,
-            requests: Mutex::new(Vec::new()),
+            requests: Mutex::new(RequestLog::default()),
             next_id: AtomicU64::new(1),
             disconnects: Arc::new(AtomicU64::new(0)),
             jobs: Mutex::new(std::collections::HashMap::new()),
@@ -691,22 +719,19 @@ impl MockUpstream {
         format!("http://{}/v1", self.addr)
     }
 
-    /// A copy of every recorded request, oldest first.
+    /// A copy of the recorded requests (the last [`KEPT_REQUESTS`]), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state
-            .requests
-            .lock()
-            .expect("request log poisoned")
-            .clone()
+        let log = self.state.requests.lock().expect("request log poisoned");
+        log.kept.iter().cloned().collect()
     }
 
-    /// How many requests were recorded.
+    /// How many requests were recorded (all of them, not only those kept).
     pub fn request_count(&self) -> usize {
         self.state
             .requests
             .lock()
             .expect("request log poisoned")
-            .len()
+            .seen
     }
 
     /// The most recent recorded request, if any.
@@ -715,7 +740,8 @@ impl MockUpstream {
             .requests
             .lock()
             .expect("request log poisoned")
-            .last()
+            .kept
+            .back()
             .cloned()
     }
 
@@ -950,7 +976,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
         .requests
         .lock()
         .expect("request log poisoned")
-        .push(RecordedRequest {
+        .record(RecordedRequest {
             method: parts.method.clone(),
             path: path_and_query,
             headers: parts.headers.clone(),
@@ -1020,9 +1046,9 @@ fn handle_control(
         (&Method::GET, "requests") => {
             let log = state.requests.lock().expect("request log poisoned");
             let items: Vec<Value> = if full {
-                log.iter().map(RecordedRequest::to_json).collect()
+                log.kept.iter().map(RecordedRequest::to_json).collect()
             } else {
-                log.iter().filter_map(|r| r.body.clone()).collect()
+                log.kept.iter().filter_map(|r| r.body.clone()).collect()
             };
             json_response(StatusCode::OK, Value::Array(items).to_string().into_bytes())
         }
@@ -1033,7 +1059,7 @@ fn handle_control(
             response
         }
         (&Method::GET, "stats") => {
-            let requests = state.requests.lock().expect("request log poisoned").len();
+            let requests = state.requests.lock().expect("request log poisoned").seen;
             let body = serde_json::json!({
                 "requests": requests,
                 "disconnects": state.disconnects.load(Ordering::SeqCst),
@@ -1412,6 +1438,24 @@ pub(crate) async fn abort_stream(tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_request_log_keeps_the_latest_and_counts_all() {
+        let mut log = RequestLog::default();
+        for i in 0..KEPT_REQUESTS + 5 {
+            log.record(RecordedRequest {
+                method: Method::POST,
+                path: format!("/v1/chat/completions?n={i}"),
+                headers: HeaderMap::new(),
+                body: None,
+            });
+        }
+        assert_eq!(log.seen, KEPT_REQUESTS + 5);
+        assert_eq!(log.kept.len(), KEPT_REQUESTS);
+        assert_eq!(log.kept.front().unwrap().path, "/v1/chat/completions?n=5");
+        log.clear();
+        assert_eq!((log.seen, log.kept.len()), (0, 0));
+    }
 
     #[test]
     fn parses_directive_with_all_keys() {
