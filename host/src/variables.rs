@@ -5,6 +5,12 @@ use crate::manifest::Manifest;
 use std::collections::{BTreeMap, HashMap};
 use wasmtime::{bail, Result};
 
+/// Defaults this host gives variables the app declares, ahead of the manifest's (an override
+/// still wins): `stream_burst_gap_us` holds a stream's events until the provider pauses, for
+/// hosts whose sockets leave Nagle's algorithm on (stock Spin); this host sets `TCP_NODELAY` on
+/// its sockets, so a small write leaves at once and holding would only delay the first token.
+pub const HOST_DEFAULTS: &[(&str, &str)] = &[("stream_burst_gap_us", "0")];
+
 /// Resolved application variables.
 #[derive(Debug, Clone, Default)]
 pub struct AppVariables {
@@ -17,9 +23,13 @@ impl AppVariables {
     pub fn resolve(manifest: &Manifest, overrides: &HashMap<String, String>) -> Result<Self> {
         let mut values = HashMap::new();
         for (name, var) in &manifest.variables {
-            match overrides.get(name).or(var.default.as_ref()) {
+            let host_default = HOST_DEFAULTS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_string());
+            match overrides.get(name).cloned().or(host_default).or(var.default.clone()) {
                 Some(v) => {
-                    values.insert(name.clone(), v.clone());
+                    values.insert(name.clone(), v);
                 }
                 None if var.required => bail!(
                     "variable {name:?} is required: set SPIN_VARIABLE_{} in the environment",
@@ -113,6 +123,17 @@ mod tests {
     fn manifest() -> Manifest {
         let text = "spin_manifest_version = 2\n[application]\nname = \"x\"\n[variables]\na = { default = \"1\" }\nb = { required = true, secret = true }\n";
         Manifest::parse(text, std::path::Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn the_host_defaults_come_before_the_manifests_and_after_overrides() {
+        let text = "spin_manifest_version = 2\n[application]\nname = \"x\"\n[variables]\nstream_burst_gap_us = { default = \"1000\" }\n";
+        let m = Manifest::parse(text, std::path::Path::new(".")).unwrap();
+        let vars = AppVariables::resolve(&m, &HashMap::new()).unwrap();
+        assert_eq!(vars.expand("{{ stream_burst_gap_us }}").unwrap(), "0");
+        let set = HashMap::from([("stream_burst_gap_us".to_string(), "500".to_string())]);
+        let vars = AppVariables::resolve(&m, &set).unwrap();
+        assert_eq!(vars.expand("{{ stream_burst_gap_us }}").unwrap(), "500");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Several gateways side by side against one upstream (`lumen-bench --target …`, run by
 //! `scripts/bench.sh`): per system, the 16-concurrent non-stream and stream throughput, the
 //! system's own CPU time per non-stream request (from `/proc`), the latency it adds at a fixed
-//! low rate (non-stream p50/p90/p99, stream first-token p50) over calling the upstream directly,
+//! low rate (non-stream p50/p90/p99, stream first-token p50, stream end p50/p90) over calling the upstream directly,
 //! and its memory; then ratios against named peers. Systems are measured one after another and
 //! the whole round is repeated (`--runs`), so a slow moment of the machine hits every system
 //! alike; each number is the median of the runs, with the spread when there are several.
@@ -102,6 +102,8 @@ pub struct Measured {
     pub latency: Option<Summary>,
     /// Stream time to first token at `rate`.
     pub ttft: Option<Summary>,
+    /// Stream time to the end of the answer at `rate` (a stall after the first token shows here).
+    pub stream_end: Option<Summary>,
     /// Failed requests over every phase.
     pub errors: usize,
     /// The first failure.
@@ -162,6 +164,7 @@ pub async fn measure(
     if streams {
         let ttft = open_loop(target, true, s.rate, s.latency, s.timeout).await;
         m.ttft = ttft.ttfts();
+        m.stream_end = ttft.totals();
         note(&ttft, &mut m);
     }
 
@@ -345,24 +348,32 @@ impl Results {
         let rate = s.rate;
         let _ = writeln!(
             out,
-            "| system | non-stream req/s (c={c}) | stream req/s (c={c}) | CPU ms / non-stream req | added p50 ms @{rate}/s | added p90 ms | added p99 ms | added first-token p50 ms @{rate}/s | RSS now / peak MiB |",
+            "| system | non-stream req/s (c={c}) | stream req/s (c={c}) | CPU ms / non-stream req | added p50 ms @{rate}/s | added p90 ms | added p99 ms | added first-token p50 ms @{rate}/s | added stream-end p50 / p90 ms | RSS now / peak MiB |",
             c = s.concurrency
         );
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let lat = |p: fn(&Summary) -> Duration| {
             move |m: &Measured| m.latency.as_ref().map(|l| secs_ms(p(l)))
         };
         let ttft = |m: &Measured| m.ttft.as_ref().map(|l| secs_ms(l.p50));
+        let end = |p: fn(&Summary) -> Duration| {
+            move |m: &Measured| m.stream_end.as_ref().map(|l| secs_ms(p(l)))
+        };
         for (i, spec) in self.specs.iter().enumerate() {
             let rps = cell(&self.series(i, |m| Some(m.rps)), 0);
             let srps = cell(&self.series(i, |m| Some(m.stream_rps)), 0);
             let cpu = cell(&self.series(i, |m| m.cpu_ms), 3);
-            let (p50, p90, p99, first) = if i == 0 {
+            let (p50, p90, p99, first, ends) = if i == 0 {
                 (
                     format!("floor {}", cell(&self.series(0, lat(|l| l.p50)), 2)),
                     format!("floor {}", cell(&self.series(0, lat(|l| l.p90)), 2)),
                     format!("floor {}", cell(&self.series(0, lat(|l| l.p99)), 2)),
                     format!("floor {}", cell(&self.series(0, ttft), 2)),
+                    format!(
+                        "floor {} / {}",
+                        cell(&self.series(0, end(|l| l.p50)), 2),
+                        cell(&self.series(0, end(|l| l.p90)), 2)
+                    ),
                 )
             } else {
                 (
@@ -370,6 +381,11 @@ impl Results {
                     signed_cell(&self.added(i, lat(|l| l.p90))),
                     signed_cell(&self.added(i, lat(|l| l.p99))),
                     signed_cell(&self.added(i, ttft)),
+                    format!(
+                        "{} / {}",
+                        signed_cell(&self.added(i, end(|l| l.p50))),
+                        signed_cell(&self.added(i, end(|l| l.p90)))
+                    ),
                 )
             };
             let mem = self.memory[i].map_or("n/a".into(), |(rss, hwm)| {
@@ -377,7 +393,7 @@ impl Results {
             });
             let _ = writeln!(
                 out,
-                "| {} | {rps} | {srps} | {cpu} | {p50} | {p90} | {p99} | {first} | {mem} |",
+                "| {} | {rps} | {srps} | {cpu} | {p50} | {p90} | {p99} | {first} | {ends} | {mem} |",
                 spec.name
             );
         }

@@ -35,7 +35,8 @@ async fn fusion_streams_the_synthesis_with_every_leg_reported_and_metered() {
         gw.addr(),
         "/v1/chat/completions",
         &key,
-        fusion("Is 17 prime? [mock tokens=5]", true),
+        // Paced: a stream whose events all come at once leaves in one write.
+        fusion("Is 17 prime? [mock tokens=5 delay_ms=20]", true),
         None,
     )
     .await;

@@ -276,7 +276,8 @@ async fn hypers_own_parse_errors_are_openai_shaped() {
     // After a streamed (chunked) answer on a keep-alive connection, a malformed request still
     // gets JSON: the layer followed the chunked framing to the next head.
     let (key, _) = gw.create_key(600, &[]).await;
-    let mut body = chat_body("gpt-4o-mini", "[mock tokens=20]");
+    // Paced, so the answer streams chunked (a burst would leave whole, with a length).
+    let mut body = chat_body("gpt-4o-mini", "[mock tokens=20 delay_ms=3]");
     body["stream"] = json!(true);
     let body = body.to_string();
     let mut s = connect_from(LOCAL, gw.addr()).await.unwrap();

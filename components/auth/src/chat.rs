@@ -115,6 +115,9 @@ pub async fn admit_chat(
     caller: Caller,
     mut chat: ChatRequest,
 ) -> Result<Admitted, ApiError> {
+    if chat.stream {
+        ctx.burst_gap_us = crate::ctx::stream_burst_gap_us()?;
+    }
     // `lumen.cache` never goes further; only chat completions use the response cache.
     let cache_ask = lumen_shared::domain::cache::take_request_option(&mut chat.body)?;
     let chat_completion = info.path == CHAT_PATH;

@@ -46,6 +46,9 @@ pub struct Ctx {
     pub after: RefCell<After>,
     /// The request's trace (`crate::trace`), kept past the handler for the export.
     pub trace: crate::trace::Shared,
+    /// A streamed answer's burst gap in microseconds (`stream_burst_gap_us`), read when the
+    /// request asks for a stream.
+    pub burst_gap_us: u32,
 }
 
 impl Default for Ctx {
@@ -70,6 +73,7 @@ impl Ctx {
             route: None,
             after: RefCell::new(After::default()),
             trace: Default::default(),
+            burst_gap_us: 0,
         }
     }
 
@@ -208,6 +212,16 @@ impl ReqInfo {
         }
     }
 }
+
+/// The `stream_burst_gap_us` variable: how long a streamed answer's provider may pause before
+/// what is held is written (see `relay::stream`). Unset: 1 ms; anything but a whole number of
+/// microseconds up to 100,000 is a configuration error naming the variable.
+pub fn stream_burst_gap_us() -> Result<u32, ApiError> {
+    lumen_spin::util::parse_burst_gap(variables::get(BURST_GAP_VARIABLE).ok().as_deref())
+}
+
+/// The variable [`stream_burst_gap_us`] reads.
+pub const BURST_GAP_VARIABLE: &str = "stream_burst_gap_us";
 
 /// The `max_request_bytes` variable (4 MiB when unset; an invalid value is an error).
 pub fn max_request_bytes() -> Result<usize, ApiError> {

@@ -4,6 +4,7 @@
 
 use lumen_shared::contracts::{CallRequest, Plan, PlanRequest, SettleRequest, UsageSummary};
 use lumen_shared::ApiError;
+use lumen_spin::pipe::Polled;
 use lumen_spin::util::from_wire;
 use serde::Serialize;
 use serde_json::Value;
@@ -95,6 +96,15 @@ impl ProviderAnswer {
     /// The next body piece; `None` at the end.
     pub fn next_piece(&self) -> Option<Vec<u8>> {
         self.answer.next()
+    }
+
+    /// The next body piece if the provider has it within `wait_us` microseconds.
+    pub fn poll_piece(&self, wait_us: u32) -> Polled {
+        match self.answer.poll(wait_us) {
+            caller::Polled::Piece(p) => Polled::Piece(p),
+            caller::Polled::Pending => Polled::Pending,
+            caller::Polled::End => Polled::End,
+        }
     }
 
     /// The whole body, at most `limit` bytes.

@@ -27,6 +27,7 @@ use lumen_shared::wire::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::wire::sse::{self, Parser};
 use lumen_shared::ApiError;
 use lumen_spin::http::{respond, start_stream, ResponseSink};
+use lumen_spin::pipe::Polled;
 use lumen_spin::relay::{ClientRelay, Outgoing};
 use lumen_spin::util::elapsed_ms;
 use lumen_spin::{Reply, SpinKv};
@@ -319,8 +320,8 @@ fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
     }
 }
 
-/// Relays an SSE answer event by event; stops and drops the provider stream if the client goes.
-/// `[DONE]` is held back until the request is settled.
+/// Relays an SSE answer as it comes, a burst of events per write; stops and drops the provider
+/// stream if the client goes. `[DONE]` is held back until the request is settled.
 async fn stream(
     ctx: &Ctx,
     resp: ProviderAnswer,
@@ -342,12 +343,24 @@ async fn stream(
     if let Some(f) = resp.header(headers::FALLBACKS) {
         hs.push(("x-lumen-fallbacks".to_string(), f));
     }
-    // The head waits for the first event, so both leave in one write (see `start_stream`).
+    // Events are held while the provider keeps sending and written once it has been silent for
+    // the burst gap (`stream_burst_gap_us`, 1 ms by default), so a burst leaves in one write: on
+    // a host that leaves Nagle's algorithm on (stock Spin), a second small write within a round
+    // trip waits for the client's delayed ACK (~40 ms). The events of one upstream read reach
+    // auth one by one, each after a hop through the host (~0.1-0.2 ms apart under Spin on a
+    // 2-core machine), hence a gap longer than that; it is also the most a streamed token waits
+    // before it is written. The head waits for the first event, so both leave in one write (see
+    // `start_stream`); a stream whose provider ends within its first burst goes whole, after its
+    // settlement, with a `content-length` and no chunked ending. lumen-host sends small writes
+    // at once (`TCP_NODELAY`) and sets the gap to 0: what is there at once still leaves
+    // together.
     let status = resp.status();
     ctx.note_response(status);
     let mut out = Some(out);
     let mut sink: Option<ResponseSink> = None;
-    let mut first: Vec<u8> = Vec::new();
+    let mut held: Vec<u8> = Vec::new();
+    // Content events among `held`: counted as delivered once written.
+    let mut held_content = 0u64;
     let mut relay = ClientRelay::default();
     let mut parser = Parser::default();
     let mut disconnected = false;
@@ -356,57 +369,76 @@ async fn stream(
     let mut held_done: Option<Vec<u8>> = None;
     // The final chunk waits for the settlement's `saved`.
     let mut fin = saved::FinalChunk::default();
-    {
-        'read: while let Some(chunk) = resp.next_piece() {
-            for ev in parser
-                .push(&chunk)
-                .into_iter()
-                .inspect(|ev| ctx.tap(ev))
-                .flat_map(|ev| fin.pass(ev))
-            {
-                if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
-                    if bytes == done_event {
-                        held_done = Some(bytes);
-                        continue;
-                    }
-                    if content
-                        && !budget.held_output.1
-                        && relay.delivered_chunks() >= budget.held_output.0
-                        && !extend_hold(budget, plan, &ctx.model)
-                    {
-                        cut_by_budget = true;
-                        break 'read;
-                    }
-                    let bytes = match convert.as_mut() {
-                        Some(c) if !ev.comment_only => c.on_data(&ev.data),
-                        _ => bytes,
-                    };
-                    if bytes.is_empty() {
-                        continue;
-                    }
+    let mut started = false;
+    'read: loop {
+        let chunk = match resp.poll_piece(ctx.burst_gap_us) {
+            Polled::Piece(piece) => piece,
+            Polled::End => break 'read,
+            Polled::Pending => {
+                if started {
                     match sink.as_mut() {
-                        None => first.extend(bytes),
-                        Some(s) => {
-                            if s.send(bytes).await.is_err() {
+                        None => {
+                            if let Some(out) = out.take() {
+                                let first = std::mem::take(&mut held);
+                                sink = Some(start_stream(out, status, &hs, first).await);
+                            }
+                            relay.delivered_content(std::mem::take(&mut held_content));
+                        }
+                        Some(s) if !held.is_empty() => {
+                            if s.send(std::mem::take(&mut held)).await.is_err() {
                                 disconnected = true;
                                 break 'read;
                             }
+                            relay.delivered_content(std::mem::take(&mut held_content));
                         }
+                        Some(_) => {}
                     }
-                    relay.delivered(content);
+                }
+                match resp.next_piece() {
+                    Some(piece) => piece,
+                    None => break 'read,
                 }
             }
-            if let Some(out) = out.take() {
-                sink = Some(start_stream(out, status, &hs, std::mem::take(&mut first)).await);
+        };
+        started = true;
+        for ev in parser
+            .push(&chunk)
+            .into_iter()
+            .inspect(|ev| ctx.tap(ev))
+            .flat_map(|ev| fin.pass(ev))
+        {
+            if let Some(Outgoing { bytes, content }) = relay.on_event(&ev) {
+                if bytes == done_event {
+                    held_done = Some(bytes);
+                    continue;
+                }
+                if content
+                    && !budget.held_output.1
+                    && relay.delivered_chunks() + held_content >= budget.held_output.0
+                    && !extend_hold(budget, plan, &ctx.model)
+                {
+                    cut_by_budget = true;
+                    break 'read;
+                }
+                let bytes = match convert.as_mut() {
+                    Some(c) if !ev.comment_only => c.on_data(&ev.data),
+                    _ => bytes,
+                };
+                if bytes.is_empty() {
+                    continue;
+                }
+                held.extend(bytes);
+                if content {
+                    held_content += 1;
+                }
             }
         }
     }
-    let mut sink = match (sink, out) {
-        (Some(s), _) => s,
-        (None, Some(out)) => start_stream(out, status, &hs, first).await,
-        (None, None) => return,
-    };
     drop(resp);
+    // What is still held leaves with the last bytes.
+    if !disconnected {
+        relay.delivered_content(held_content);
+    }
     let fallback = (ctx.model.as_str(), ctx.provider.as_str(), ctx.upstream_ms);
     let (report, last) = if cut_by_budget {
         let report = UsageReport {
@@ -445,12 +477,27 @@ async fn stream(
         ),
         (last, _) => last,
     };
-    if let Some(last) = last {
-        if last.is_empty() || sink.send(last).await.is_ok() {
-            let _ = sink.close().await;
+    match (sink, out) {
+        (Some(mut sink), _) => {
+            if let Some(last) = last {
+                held.extend(last);
+                if held.is_empty() || sink.send(held).await.is_ok() {
+                    let _ = sink.close().await;
+                }
+            }
         }
+        (None, Some(out)) => {
+            // Nothing written yet: the whole stream in one response with its length.
+            held.extend(last.unwrap_or_default());
+            let reply = Reply {
+                status,
+                headers: hs,
+                body: held,
+            };
+            respond(out, reply).await;
+        }
+        (None, None) => {}
     }
-    drop(sink);
 }
 
 /// Settles once with the meter before the response's last bytes (retried once, then logged),

@@ -59,4 +59,13 @@ impl caller::GuestAnswer for Answer {
     fn next(&self) -> Option<Vec<u8>> {
         self.0.borrow_mut().next_piece()
     }
+
+    fn poll(&self, wait_us: u32) -> caller::Polled {
+        let until = timer::now_ns().saturating_add(u64::from(wait_us) * 1_000);
+        match self.0.borrow_mut().poll_piece(timer::sleep_until(until)) {
+            pipe::Polled::Piece(p) => caller::Polled::Piece(p),
+            pipe::Polled::Pending => caller::Polled::Pending,
+            pipe::Polled::End => caller::Polled::End,
+        }
+    }
 }

@@ -10,7 +10,7 @@
 
 use crate::http::Reply;
 use futures::channel::{mpsc, oneshot};
-use futures::future::LocalBoxFuture;
+use futures::future::{self, Either, LocalBoxFuture};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
@@ -79,6 +79,17 @@ impl Out {
 
 /// A blocking runner: drives a future to completion.
 pub type Runner = fn(LocalBoxFuture<'_, ()>);
+
+/// What [`Answer::poll_piece`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Polled {
+    /// The next piece.
+    Piece(Vec<u8>),
+    /// Nothing without waiting.
+    Pending,
+    /// The body has ended.
+    End,
+}
 
 /// The consumer's end.
 pub struct Answer {
@@ -197,6 +208,34 @@ impl Answer {
         piece
     }
 
+    /// The next body piece if it comes before `deadline` resolves; a deadline that is already
+    /// due takes only what the producer has at once (it runs until it would wait).
+    pub fn poll_piece<D: Future<Output = ()>>(&mut self, deadline: D) -> Polled {
+        let Some(body) = self.body.as_mut() else {
+            return Polled::End;
+        };
+        let mut got = None;
+        let producer = &mut self.producer;
+        (self.run)(
+            async {
+                let next = NextPiece { body, producer };
+                let deadline = std::pin::pin!(deadline);
+                if let Either::Left((piece, _)) = future::select(next, deadline).await {
+                    got = Some(piece);
+                }
+            }
+            .boxed_local(),
+        );
+        match got {
+            Some(Some(piece)) => Polled::Piece(piece),
+            Some(None) => {
+                self.body = None;
+                Polled::End
+            }
+            None => Polled::Pending,
+        }
+    }
+
     /// Stops taking pieces and lets the producer finish what it does after its answer (it sees
     /// its sink closed).
     pub fn finish(&mut self) {
@@ -255,6 +294,46 @@ mod tests {
             got.extend(p);
         }
         assert_eq!(got, (0..10).collect::<Vec<u8>>());
+        assert_eq!(a.next_piece(), None);
+    }
+
+    #[test]
+    fn polling_takes_what_is_there_and_never_waits() {
+        let (go, wait) = oneshot::channel::<()>();
+        let mut a = Answer::start("provider", block, move |out: Out| async move {
+            let mut sink = out.start_stream(200, &[]);
+            // More than the channel holds: the producer runs again as pieces are taken.
+            for i in 0..10u8 {
+                sink.send(vec![i]).await.unwrap();
+            }
+            let _ = wait.await;
+            sink.send(vec![10]).await.unwrap();
+        });
+        for i in 0..10u8 {
+            assert_eq!(a.poll_piece(future::ready(())), Polled::Piece(vec![i]));
+        }
+        assert_eq!(a.poll_piece(future::ready(())), Polled::Pending);
+        assert_eq!(a.poll_piece(future::ready(())), Polled::Pending);
+        go.send(()).unwrap();
+        assert_eq!(a.poll_piece(future::ready(())), Polled::Piece(vec![10]));
+        assert_eq!(a.poll_piece(future::ready(())), Polled::End);
+        assert_eq!(a.poll_piece(future::ready(())), Polled::End);
+        assert_eq!(a.next_piece(), None);
+    }
+
+    #[test]
+    fn waiting_after_polling_gets_the_rest() {
+        let (go, wait) = oneshot::channel::<()>();
+        let mut a = Answer::start("provider", block, move |out: Out| async move {
+            let mut sink = out.start_stream(200, &[]);
+            sink.send(vec![0]).await.unwrap();
+            let _ = wait.await;
+            sink.send(vec![1]).await.unwrap();
+        });
+        assert_eq!(a.poll_piece(future::ready(())), Polled::Piece(vec![0]));
+        assert_eq!(a.poll_piece(future::ready(())), Polled::Pending);
+        go.send(()).unwrap();
+        assert_eq!(a.next_piece(), Some(vec![1]));
         assert_eq!(a.next_piece(), None);
     }
 

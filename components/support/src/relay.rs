@@ -380,6 +380,11 @@ impl ClientRelay {
         }
     }
 
+    /// Records that `chunks` content events written together reached the client.
+    pub fn delivered_content(&mut self, chunks: u64) {
+        self.delivered_chunks += chunks;
+    }
+
     /// Content chunks that reached the client.
     pub fn delivered_chunks(&self) -> u64 {
         self.delivered_chunks

@@ -190,6 +190,30 @@ pub fn parse_byte_limit(
     }
 }
 
+/// Default of the `stream_burst_gap_us` variable: 1 ms.
+pub const DEFAULT_BURST_GAP_US: u32 = 1_000;
+
+/// The largest `stream_burst_gap_us` (100 ms): a streamed token waits at most this long.
+pub const MAX_BURST_GAP_US: u32 = 100_000;
+
+/// Reads the `stream_burst_gap_us` variable: unset or empty gives [`DEFAULT_BURST_GAP_US`]; a
+/// whole number of microseconds up to [`MAX_BURST_GAP_US`] (0: write what is there at once);
+/// anything else is a configuration error naming the variable.
+pub fn parse_burst_gap(value: Option<&str>) -> Result<u32, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(DEFAULT_BURST_GAP_US),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n <= MAX_BURST_GAP_US)
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "the stream_burst_gap_us variable must be a whole number of microseconds from 0 to {MAX_BURST_GAP_US}, got \"{v}\"; fix SPIN_VARIABLE_STREAM_BURST_GAP_US"
+                ))
+            }),
+    }
+}
+
 /// True when a `content-length` header announces more than `limit` bytes.
 pub fn content_length_exceeds(content_length: Option<&str>, limit: usize) -> bool {
     content_length
@@ -295,6 +319,24 @@ pub fn from_wire<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_burst_gap_variable_is_checked() {
+        assert_eq!(parse_burst_gap(None), Ok(DEFAULT_BURST_GAP_US));
+        assert_eq!(parse_burst_gap(Some(" ")), Ok(DEFAULT_BURST_GAP_US));
+        assert_eq!(parse_burst_gap(Some("0")), Ok(0));
+        assert_eq!(parse_burst_gap(Some(" 250 ")), Ok(250));
+        assert_eq!(parse_burst_gap(Some("100000")), Ok(MAX_BURST_GAP_US));
+        for bad in ["100001", "-1", "1.5", "1ms", "lots"] {
+            let e = parse_burst_gap(Some(bad)).unwrap_err();
+            assert_eq!(e.status, 500);
+            assert!(
+                e.message.contains("stream_burst_gap_us") && e.message.contains(bad),
+                "{}",
+                e.message
+            );
+        }
+    }
 
     #[test]
     fn dispatch_answers_404_and_405() {
