@@ -37,23 +37,43 @@ async fn first_read(gw: &Gateway, key: &str, body: &serde_json::Value) -> String
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// The first read of request `i` (its `prompt`, streamed or not), split into head and body; it
+/// must hold a whole head with status 200.
+async fn first_read_200(
+    gw: &Gateway,
+    key: &str,
+    i: usize,
+    prompt: &str,
+    stream: bool,
+) -> (String, String) {
+    let mut body = chat_body("gpt-4o-mini", prompt);
+    if stream {
+        body["stream"] = json!(true);
+    }
+    let got = first_read(gw, key, &body).await;
+    let (head, rest) = got
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("request {i}: the first read holds no whole head: {got:?}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+    (head.to_string(), rest.to_string())
+}
+
+/// The `content-length` a head announces.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
+    })
+}
+
 #[tokio::test]
 async fn a_small_answer_arrives_with_its_head() {
     let gw = Gateway::start().await;
     let (key, _) = gw.create_key(10_000, &[]).await;
     for i in 0..10 {
-        let got = first_read(&gw, &key, &chat_body("gpt-4o-mini", &format!("hi {i}"))).await;
-        let (head, body) = got
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("request {i}: the first read holds no whole head: {got:?}"));
-        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
+        let (head, body) = first_read_200(&gw, &key, i, &format!("hi {i}"), false).await;
+        let len = content_length(&head)
             .unwrap_or_else(|| panic!("request {i}: no content-length: {head}"));
         assert_eq!(
             body.len(),
@@ -71,20 +91,15 @@ async fn a_stream_head_arrives_with_its_first_event() {
     for i in 0..5 {
         // The upstream pauses after its first event: the head and that event leave at once,
         // the rest follows as it comes (chunked).
-        let mut body = chat_body("gpt-4o-mini", &format!("hi {i} [mock tokens=3 delay_ms=40]"));
-        body["stream"] = json!(true);
-        let got = first_read(&gw, &key, &body).await;
-        let (head, rest) = got
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("request {i}: the first read holds no whole head: {got:?}"));
-        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        let prompt = format!("hi {i} [mock tokens=3 delay_ms=40]");
+        let (head, rest) = first_read_200(&gw, &key, i, &prompt, true).await;
         assert!(
             rest.contains("data: {"),
-            "request {i}: the first read holds the head but no event: {got:?}"
+            "request {i}: the first read holds the head but no event: {rest:?}"
         );
         assert!(
             !rest.contains("[DONE]"),
-            "request {i}: the stream waited for its end instead of streaming: {got:?}"
+            "request {i}: the stream waited for its end instead of streaming: {rest:?}"
         );
         assert!(
             head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
@@ -110,20 +125,11 @@ async fn a_stream_that_ends_in_one_burst_leaves_whole_in_one_write() {
     let (key, _) = gw.create_key(10_000, &[]).await;
     let mut whole = 0;
     for i in 0..10 {
-        let mut body = chat_body("gpt-4o-mini", &format!("hi {i} [mock tokens=8]"));
-        body["stream"] = json!(true);
-        let got = first_read(&gw, &key, &body).await;
-        let (head, rest) = got
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("request {i}: the first read holds no whole head: {got:?}"));
-        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
-        let len = head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        });
+        let prompt = format!("hi {i} [mock tokens=8]");
+        let (head, rest) = first_read_200(&gw, &key, i, &prompt, true).await;
+        let len = content_length(&head);
         if let Some(len) = len {
-            assert_eq!(rest.len(), len, "request {i}: {got:?}");
+            assert_eq!(rest.len(), len, "request {i}: {head}\n{rest}");
             let events: Vec<&str> = rest
                 .split("\n\n")
                 .filter(|e| !e.is_empty())
