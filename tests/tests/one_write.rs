@@ -150,3 +150,29 @@ async fn a_stream_that_ends_in_one_burst_leaves_whole_in_one_write() {
     }
     assert!(whole >= 5, "only {whole} of 10 burst streams came whole in one write");
 }
+
+/// A provider that keeps sending without ever pausing for the burst gap is still written: no
+/// event is held longer than 20 ms. Here the gap is 20 ms and the mock sends an event every
+/// 5 ms for ~100 ms; without the bound the whole stream waited for its end.
+#[tokio::test]
+async fn a_stream_that_never_pauses_is_written_as_it_goes() {
+    let gw = Gateway::start_with(MockConfig::default(), |o| {
+        o.variables
+            .insert("stream_burst_gap_us".into(), "20000".into());
+    })
+    .await;
+    let (key, _) = gw.create_key(10_000, &[]).await;
+    for i in 0..3 {
+        let prompt = format!("hi {i} [mock tokens=20 delay_ms=5]");
+        let (head, rest) = first_read_200(&gw, &key, i, &prompt, true).await;
+        assert!(
+            head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+            "request {i}: {head}"
+        );
+        assert!(rest.contains("data: {"), "request {i}: {rest:?}");
+        assert!(
+            !rest.contains("[DONE]"),
+            "request {i}: the stream was held to its end: {rest:?}"
+        );
+    }
+}

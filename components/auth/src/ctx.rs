@@ -215,7 +215,7 @@ impl ReqInfo {
 
 /// The `stream_burst_gap_us` variable: how long a streamed answer's provider may pause before
 /// what is held is written (see `relay::stream`). Unset: 1 ms; anything but a whole number of
-/// microseconds up to 100,000 is a configuration error naming the variable.
+/// microseconds up to 20,000 is a configuration error naming the variable.
 pub fn stream_burst_gap_us() -> Result<u32, ApiError> {
     lumen_spin::util::parse_burst_gap(variables::get(BURST_GAP_VARIABLE).ok().as_deref())
 }

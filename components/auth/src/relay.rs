@@ -26,12 +26,13 @@ use lumen_shared::wire::dialect::messages;
 use lumen_shared::wire::openai::{estimate_prompt_tokens, Usage};
 use lumen_shared::wire::sse::{self, Parser};
 use lumen_shared::ApiError;
-use lumen_spin::http::{respond, start_stream, ResponseSink};
+use lumen_spin::http::{respond, start_stream, ResponseSink, ONE_WRITE_LIMIT};
 use lumen_spin::pipe::Polled;
 use lumen_spin::relay::{ClientRelay, Outgoing};
 use lumen_spin::util::elapsed_ms;
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
+use std::time::{Duration, Instant};
 use spin_sdk::http::ResponseOutparam;
 
 /// Largest non-streamed answer relayed.
@@ -320,6 +321,10 @@ fn extend_hold(budget: &mut Budget, plan: &Plan, model: &str) -> bool {
     }
 }
 
+/// The longest a streamed event is held for the rest of its burst (see `stream`): a provider
+/// that never pauses for the burst gap is still written this often.
+const MAX_HOLD: Duration = Duration::from_millis(20);
+
 /// Relays an SSE answer as it comes, a burst of events per write; stops and drops the provider
 /// stream if the client goes. `[DONE]` is held back until the request is settled.
 async fn stream(
@@ -351,7 +356,8 @@ async fn stream(
     // 2-core machine), hence a gap longer than that; it is also the most a streamed token waits
     // before it is written. The head waits for the first event, so both leave in one write (see
     // `start_stream`); a stream whose provider ends within its first burst goes whole, after its
-    // settlement, with a `content-length` and no chunked ending. lumen-host sends small writes
+    // settlement, with a `content-length` and no chunked ending. Nothing is held longer than
+    // `MAX_HOLD` or beyond `ONE_WRITE_LIMIT` bytes. lumen-host sends small writes
     // at once (`TCP_NODELAY`) and sets the gap to 0: what is there at once still leaves
     // together.
     let status = resp.status();
@@ -370,35 +376,43 @@ async fn stream(
     // The final chunk waits for the settlement's `saved`.
     let mut fin = saved::FinalChunk::default();
     let mut started = false;
+    // When the oldest of `held` was taken.
+    let mut held_since: Option<Instant> = None;
     'read: loop {
-        let chunk = match resp.poll_piece(ctx.burst_gap_us) {
-            Polled::Piece(piece) => piece,
+        let piece = match resp.poll_piece(ctx.burst_gap_us) {
+            Polled::Piece(piece) => Some(piece),
             Polled::End => break 'read,
-            Polled::Pending => {
-                if started {
-                    match sink.as_mut() {
-                        None => {
-                            if let Some(out) = out.take() {
-                                let first = std::mem::take(&mut held);
-                                sink = Some(start_stream(out, status, &hs, first).await);
-                            }
-                            relay.delivered_content(std::mem::take(&mut held_content));
-                        }
-                        Some(s) if !held.is_empty() => {
-                            if s.send(std::mem::take(&mut held)).await.is_err() {
-                                disconnected = true;
-                                break 'read;
-                            }
-                            relay.delivered_content(std::mem::take(&mut held_content));
-                        }
-                        Some(_) => {}
+            Polled::Pending => None,
+        };
+        // A provider that never pauses (a fast model, a long replay) still gets written.
+        let overdue = held.len() >= ONE_WRITE_LIMIT
+            || held_since.is_some_and(|t| t.elapsed() >= MAX_HOLD);
+        if started && (piece.is_none() || overdue) {
+            held_since = None;
+            match sink.as_mut() {
+                None => {
+                    if let Some(out) = out.take() {
+                        let first = std::mem::take(&mut held);
+                        sink = Some(start_stream(out, status, &hs, first).await);
                     }
+                    relay.delivered_content(std::mem::take(&mut held_content));
                 }
-                match resp.next_piece() {
-                    Some(piece) => piece,
-                    None => break 'read,
+                Some(s) if !held.is_empty() => {
+                    if s.send(std::mem::take(&mut held)).await.is_err() {
+                        disconnected = true;
+                        break 'read;
+                    }
+                    relay.delivered_content(std::mem::take(&mut held_content));
                 }
+                Some(_) => {}
             }
+        }
+        let chunk = match piece {
+            Some(piece) => piece,
+            None => match resp.next_piece() {
+                Some(piece) => piece,
+                None => break 'read,
+            },
         };
         started = true;
         for ev in parser
@@ -426,6 +440,9 @@ async fn stream(
                 };
                 if bytes.is_empty() {
                     continue;
+                }
+                if held.is_empty() {
+                    held_since = Some(Instant::now());
                 }
                 held.extend(bytes);
                 if content {

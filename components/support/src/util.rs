@@ -193,8 +193,8 @@ pub fn parse_byte_limit(
 /// Default of the `stream_burst_gap_us` variable: 1 ms.
 pub const DEFAULT_BURST_GAP_US: u32 = 1_000;
 
-/// The largest `stream_burst_gap_us` (100 ms): a streamed token waits at most this long.
-pub const MAX_BURST_GAP_US: u32 = 100_000;
+/// The largest `stream_burst_gap_us` (20 ms, the longest auth holds a streamed event anyway).
+pub const MAX_BURST_GAP_US: u32 = 20_000;
 
 /// Reads the `stream_burst_gap_us` variable: unset or empty gives [`DEFAULT_BURST_GAP_US`]; a
 /// whole number of microseconds up to [`MAX_BURST_GAP_US`] (0: write what is there at once);
@@ -326,8 +326,8 @@ mod tests {
         assert_eq!(parse_burst_gap(Some(" ")), Ok(DEFAULT_BURST_GAP_US));
         assert_eq!(parse_burst_gap(Some("0")), Ok(0));
         assert_eq!(parse_burst_gap(Some(" 250 ")), Ok(250));
-        assert_eq!(parse_burst_gap(Some("100000")), Ok(MAX_BURST_GAP_US));
-        for bad in ["100001", "-1", "1.5", "1ms", "lots"] {
+        assert_eq!(parse_burst_gap(Some("20000")), Ok(MAX_BURST_GAP_US));
+        for bad in ["20001", "-1", "1.5", "1ms", "lots"] {
             let e = parse_burst_gap(Some(bad)).unwrap_err();
             assert_eq!(e.status, 500);
             assert!(
