@@ -27,7 +27,12 @@ impl AppVariables {
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.to_string());
-            match overrides.get(name).cloned().or(host_default).or(var.default.clone()) {
+            match overrides
+                .get(name)
+                .cloned()
+                .or(host_default)
+                .or(var.default.clone())
+            {
                 Some(v) => {
                     values.insert(name.clone(), v);
                 }

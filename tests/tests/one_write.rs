@@ -102,7 +102,8 @@ async fn a_stream_head_arrives_with_its_first_event() {
             "request {i}: the stream waited for its end instead of streaming: {rest:?}"
         );
         assert!(
-            head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
             "request {i}: {head}"
         );
     }
@@ -130,10 +131,7 @@ async fn a_stream_that_ends_in_one_burst_leaves_whole_in_one_write() {
         let len = content_length(&head);
         if let Some(len) = len {
             assert_eq!(rest.len(), len, "request {i}: {head}\n{rest}");
-            let events: Vec<&str> = rest
-                .split("\n\n")
-                .filter(|e| !e.is_empty())
-                .collect();
+            let events: Vec<&str> = rest.split("\n\n").filter(|e| !e.is_empty()).collect();
             assert_eq!(events.last(), Some(&"data: [DONE]"), "request {i}: {rest}");
             let last: serde_json::Value =
                 serde_json::from_str(events[events.len() - 2].trim_start_matches("data: "))
@@ -141,14 +139,23 @@ async fn a_stream_that_ends_in_one_burst_leaves_whole_in_one_write() {
             assert!(last["lumen"]["cost"].is_number(), "request {i}: {last}");
             let text: String = events
                 .iter()
-                .filter_map(|e| serde_json::from_str::<serde_json::Value>(e.strip_prefix("data: ")?).ok())
-                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+                .filter_map(|e| {
+                    serde_json::from_str::<serde_json::Value>(e.strip_prefix("data: ")?).ok()
+                })
+                .filter_map(|c| {
+                    c["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(String::from)
+                })
                 .collect();
             assert_eq!(text.split_whitespace().count(), 8, "request {i}: {text:?}");
             whole += 1;
         }
     }
-    assert!(whole >= 5, "only {whole} of 10 burst streams came whole in one write");
+    assert!(
+        whole >= 5,
+        "only {whole} of 10 burst streams came whole in one write"
+    );
 }
 
 /// A provider that keeps sending without ever pausing for the burst gap is still written: no
@@ -166,7 +173,8 @@ async fn a_stream_that_never_pauses_is_written_as_it_goes() {
         let prompt = format!("hi {i} [mock tokens=20 delay_ms=5]");
         let (head, rest) = first_read_200(&gw, &key, i, &prompt, true).await;
         assert!(
-            head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
             "request {i}: {head}"
         );
         assert!(rest.contains("data: {"), "request {i}: {rest:?}");

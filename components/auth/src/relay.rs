@@ -32,8 +32,8 @@ use lumen_spin::relay::{ClientRelay, Outgoing};
 use lumen_spin::util::elapsed_ms;
 use lumen_spin::{Reply, SpinKv};
 use serde_json::Value;
-use std::time::{Duration, Instant};
 use spin_sdk::http::ResponseOutparam;
+use std::time::{Duration, Instant};
 
 /// Largest non-streamed answer relayed.
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -385,8 +385,8 @@ async fn stream(
             Polled::Pending => None,
         };
         // A provider that never pauses (a fast model, a long replay) still gets written.
-        let overdue = held.len() >= ONE_WRITE_LIMIT
-            || held_since.is_some_and(|t| t.elapsed() >= MAX_HOLD);
+        let overdue =
+            held.len() >= ONE_WRITE_LIMIT || held_since.is_some_and(|t| t.elapsed() >= MAX_HOLD);
         if started && (piece.is_none() || overdue) {
             held_since = None;
             match sink.as_mut() {
