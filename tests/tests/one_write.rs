@@ -58,6 +58,14 @@ async fn first_read_200(
     (head.to_string(), rest.to_string())
 }
 
+/// A gateway whose `stream_burst_gap_us` is `us` on every leg.
+async fn with_burst_gap(us: &str) -> Gateway {
+    Gateway::start_with(MockConfig::default(), |o| {
+        o.variables.insert("stream_burst_gap_us".into(), us.into());
+    })
+    .await
+}
+
 /// The `content-length` a head announces.
 fn content_length(head: &str) -> Option<usize> {
     head.lines().find_map(|l| {
@@ -118,11 +126,7 @@ async fn a_stream_head_arrives_with_its_first_event() {
 #[tokio::test]
 async fn a_stream_that_ends_in_one_burst_leaves_whole_in_one_write() {
     // Spin's default; lumen-host's own default is 0 (its sockets send small writes at once).
-    let gw = Gateway::start_with(MockConfig::default(), |o| {
-        o.variables
-            .insert("stream_burst_gap_us".into(), "1000".into());
-    })
-    .await;
+    let gw = with_burst_gap("1000").await;
     let (key, _) = gw.create_key(10_000, &[]).await;
     let mut whole = 0;
     for i in 0..10 {
@@ -163,11 +167,7 @@ async fn a_stream_that_ends_in_one_burst_leaves_whole_in_one_write() {
 /// 5 ms for ~100 ms; without the bound the whole stream waited for its end.
 #[tokio::test]
 async fn a_stream_that_never_pauses_is_written_as_it_goes() {
-    let gw = Gateway::start_with(MockConfig::default(), |o| {
-        o.variables
-            .insert("stream_burst_gap_us".into(), "20000".into());
-    })
-    .await;
+    let gw = with_burst_gap("20000").await;
     let (key, _) = gw.create_key(10_000, &[]).await;
     for i in 0..3 {
         let prompt = format!("hi {i} [mock tokens=20 delay_ms=5]");

@@ -217,11 +217,9 @@ impl ReqInfo {
 /// what is held is written (see `relay::stream`). Unset: 1 ms; anything but a whole number of
 /// microseconds up to 20,000 is a configuration error naming the variable.
 pub fn stream_burst_gap_us() -> Result<u32, ApiError> {
-    lumen_spin::util::parse_burst_gap(variables::get(BURST_GAP_VARIABLE).ok().as_deref())
+    use lumen_spin::util::{parse_burst_gap, BURST_GAP_VARIABLE};
+    parse_burst_gap(variables::get(BURST_GAP_VARIABLE).ok().as_deref())
 }
-
-/// The variable [`stream_burst_gap_us`] reads.
-pub const BURST_GAP_VARIABLE: &str = "stream_burst_gap_us";
 
 /// The `max_request_bytes` variable (4 MiB when unset; an invalid value is an error).
 pub fn max_request_bytes() -> Result<usize, ApiError> {

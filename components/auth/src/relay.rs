@@ -395,17 +395,17 @@ async fn stream(
                         let first = std::mem::take(&mut held);
                         sink = Some(start_stream(out, status, &hs, first).await);
                     }
-                    relay.delivered_content(std::mem::take(&mut held_content));
                 }
                 Some(s) if !held.is_empty() => {
                     if s.send(std::mem::take(&mut held)).await.is_err() {
                         disconnected = true;
                         break 'read;
                     }
-                    relay.delivered_content(std::mem::take(&mut held_content));
                 }
                 Some(_) => {}
             }
+            // Written (content events always hold bytes, so nothing held counts 0).
+            relay.delivered_content(std::mem::take(&mut held_content));
         }
         let chunk = match piece {
             Some(piece) => piece,

@@ -61,8 +61,15 @@ impl caller::GuestAnswer for Answer {
     }
 
     fn poll(&self, wait_us: u32) -> caller::Polled {
-        let until = timer::now_ns().saturating_add(u64::from(wait_us) * 1_000);
-        match self.0.borrow_mut().poll_piece(timer::sleep_until(until)) {
+        let mut answer = self.0.borrow_mut();
+        // No wait: only what is there, without reading the clock.
+        let polled = if wait_us == 0 {
+            answer.poll_piece(futures::future::ready(()))
+        } else {
+            let until = timer::now_ns().saturating_add(u64::from(wait_us) * 1_000);
+            answer.poll_piece(timer::sleep_until(until))
+        };
+        match polled {
             pipe::Polled::Piece(p) => caller::Polled::Piece(p),
             pipe::Polled::Pending => caller::Polled::Pending,
             pipe::Polled::End => caller::Polled::End,

@@ -193,19 +193,11 @@ impl Answer {
 
     /// The next body piece, or `None` at the end.
     pub fn next_piece(&mut self) -> Option<Vec<u8>> {
-        let body = self.body.as_mut()?;
-        let mut piece = None;
-        let producer = &mut self.producer;
-        (self.run)(
-            async {
-                piece = NextPiece { body, producer }.await;
-            }
-            .boxed_local(),
-        );
-        if piece.is_none() {
-            self.body = None;
+        match self.poll_piece(future::pending()) {
+            Polled::Piece(piece) => Some(piece),
+            // A deadline that never comes: only the end stops the wait.
+            Polled::Pending | Polled::End => None,
         }
-        piece
     }
 
     /// The next body piece if it comes before `deadline` resolves; a deadline that is already

@@ -190,6 +190,9 @@ pub fn parse_byte_limit(
     }
 }
 
+/// The variable [`parse_burst_gap`] reads.
+pub const BURST_GAP_VARIABLE: &str = "stream_burst_gap_us";
+
 /// Default of the `stream_burst_gap_us` variable: 1 ms.
 pub const DEFAULT_BURST_GAP_US: u32 = 1_000;
 
@@ -208,7 +211,8 @@ pub fn parse_burst_gap(value: Option<&str>) -> Result<u32, ApiError> {
             .filter(|&n| n <= MAX_BURST_GAP_US)
             .ok_or_else(|| {
                 ApiError::internal(format!(
-                    "the stream_burst_gap_us variable must be a whole number of microseconds from 0 to {MAX_BURST_GAP_US}, got \"{v}\"; fix SPIN_VARIABLE_STREAM_BURST_GAP_US"
+                    "the {BURST_GAP_VARIABLE} variable must be a whole number of microseconds from 0 to {MAX_BURST_GAP_US}, got \"{v}\"; fix SPIN_VARIABLE_{}",
+                    BURST_GAP_VARIABLE.to_ascii_uppercase()
                 ))
             }),
     }
