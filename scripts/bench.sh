@@ -2,7 +2,8 @@
 # Benchmarks Lumen side by side with its peers, in one run against one mock upstream (the bundled
 # lumen-mock): the mock called directly (the floor), Lumen on lumen-host, Lumen under real Spin
 # (`spin up`, SQLite key-value store: as Spin creates it, and prepared in WAL mode by
-# `lumen spin-kv`), Portkey's gateway from npm (pinned), and with --litellm
+# `lumen spin-kv`), Portkey's gateway from npm (pinned; its broken streams mended by
+# scripts/portkey-stream-headers.mjs, which leaves everything else as shipped), and with --litellm
 # LiteLLM's proxy from PyPI (pinned). Per system: 16-concurrent non-stream and stream req/s, the
 # system's CPU ms per non-stream request (/proc), the latency it adds at 10 req/s (p50/p90/p99;
 # stream first-token p50, stream end p50/p90), its memory; ratios vs Portkey and vs lumen-host. Then the key-value
@@ -227,13 +228,15 @@ else
   fi
   if [[ -f "$pk/node_modules/@portkey-ai/gateway/build/start-server.js" ]]; then
     port="$(free_port)"
-    (cd "$pk" && exec node node_modules/@portkey-ai/gateway/build/start-server.js --port="$port" --headless) \
+    # As shipped its streams all answer 500; the preload mends that one bug (see the file).
+    (cd "$pk" && exec node --import "$ROOT/scripts/portkey-stream-headers.mjs" \
+      node_modules/@portkey-ai/gateway/build/start-server.js --port="$port" --headless) \
       >"$tmp/portkey.out" 2>"$tmp/portkey.err" &
     portkey_pid=$!
     pids+=("$portkey_pid")
     if wait_port "127.0.0.1:$port" "$portkey_pid" 60; then
       targets+=(--target "name=portkey,url=http://127.0.0.1:$port/v1,key=$UPSTREAM_KEY,pid=$portkey_pid,header=x-portkey-provider:openai,header=x-portkey-custom-host:http://$mock_addr/v1")
-      versions+=("@portkey-ai/gateway $PORTKEY_VERSION on node $(node --version)")
+      versions+=("@portkey-ai/gateway $PORTKEY_VERSION on node $(node --version) (streams mended by scripts/portkey-stream-headers.mjs)")
       echo "bench: portkey (pid $portkey_pid) on 127.0.0.1:$port" >&2
     else
       notes+=("portkey: skipped: it did not listen within 60 s ($(tail -n 3 "$tmp/portkey.err" | tr '\n' ' '))")
