@@ -80,6 +80,11 @@ pub struct PlanRequest {
     /// its models and rolls its share with the catalog's own experiments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<(String, crate::domain::shadow::ShadowConfig)>,
+    /// Store keys the caller reads for this request anyway (auth: the tenant's record): the
+    /// router reads them in the batch of the candidates' health, so they cost no round trip of
+    /// their own, and hands their values back in [`Plan::read_also`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_also: Vec<String>,
 }
 
 /// Where and how to call a provider.
@@ -171,6 +176,11 @@ pub struct Plan {
     /// Fusion: the panel run before the synthesizer (whose candidates are `candidates`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<crate::domain::fusion::FusionPlan>,
+    /// The values of the request's [`PlanRequest::read_also`] keys, in their order (`null`: no
+    /// such key), as UTF-8 text; absent when the router did not read them (no store, a failed
+    /// read, a value that is not text): the caller then reads them itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_also: Option<Vec<Option<String>>>,
 }
 
 impl Plan {
@@ -187,6 +197,7 @@ impl Plan {
             reference: None,
             shadow: None,
             fusion: None,
+            read_also: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use lumen_shared::store::ledger::{self, Hold};
 use lumen_shared::store::limits::{
     check_rpm, refund_rpm as rpm_refund, Kind, RateStatus, Refused, Taken,
 };
-use lumen_shared::store::{ApiKeyRecord, TenantRecord};
+use lumen_shared::store::{ApiKeyRecord, Family as _, TenantKey, TenantRecord};
 use lumen_shared::wire::openai::{self, estimate_prompt_tokens, ChatRequest};
 use lumen_shared::ApiError;
 use lumen_spin::http::respond;
@@ -175,6 +175,8 @@ pub async fn admit_chat(
             .and_then(|p| p.shadow.clone())
             .filter(|_| chat_completion)
             .map(|s| (key.plan.clone(), s)),
+        // The tenant's record, read below for the budget hold, rides in the health batch.
+        read_also: vec![TenantKey(key.tenant_id()).key()],
     };
     // Only virtual models are planned from the body; a pinned model's body stays here and the
     // router gets its routing fields alone (provider preferences).
@@ -202,7 +204,7 @@ pub async fn admit_chat(
     if let (true, Some(body)) = (virtual_model, ask.request) {
         chat.body = body;
     }
-    let plan = match planned {
+    let mut plan = match planned {
         Ok(p) => p,
         Err(e) => {
             if e.status == 403 {
@@ -211,6 +213,8 @@ pub async fn admit_chat(
             return Err(e);
         }
     };
+    // The tenant's record as the router read it (it goes no further than the budget hold).
+    let read_with_plan = plan.read_also.take().and_then(|mut v| v.pop());
     // Model-string parameters become defaults; routing fields never go upstream.
     route::apply_defaults(&mut chat.body, &plan.defaults);
     route::strip_routing_fields(&mut chat.body);
@@ -282,7 +286,7 @@ pub async fn admit_chat(
     // The hold comes after planning: only the plan knows which prices can apply (for fusion,
     // every panel member and the synthesizer).
     let tenant_id = key.tenant_id().to_string();
-    let tenant = limits::tenant_budget(kv, &tenant_id, key_plan.as_ref())?;
+    let tenant = limits::tenant_budget(kv, &tenant_id, key_plan.as_ref(), read_with_plan)?;
     let nanos = lumen_shared::domain::fusion::max_cost_nanos(&plan, prompt_estimate, held_output.0);
     let hold = match ledger::hold(kv, &tenant_id, &tenant, now_ms(), nanos) {
         Ok(h) => h,

@@ -43,6 +43,7 @@ pub async fn route(ctx: &mut Ctx, info: &ReqInfo, req: IncomingRequest) -> Resul
         reference: reference_ask(&chat.body, key, key_plan.as_ref())?,
         request: Some(chat.body),
         shadow: None,
+        read_also: Vec::new(),
     };
     match deps::plan(&ask) {
         Ok(plan) => Ok(Reply::json(200, &plan)),

@@ -7,7 +7,7 @@
 use lumen_shared::domain::plans::{self, Plan, Plans};
 use lumen_shared::domain::pricing::NANOS_PER_USD;
 use lumen_shared::store::limits::{self, Kind, Refused, Taken};
-use lumen_shared::store::{self as kvs, ApiKeyRecord, TenantKey, TenantRecord};
+use lumen_shared::store::{self as kvs, ApiKeyRecord, Family as _, TenantKey, TenantRecord};
 use lumen_shared::ApiError;
 use lumen_spin::kv::unavailable;
 use lumen_spin::SpinKv;
@@ -36,12 +36,24 @@ pub fn key_plan(key: &ApiKeyRecord) -> Result<Option<Plan>, ApiError> {
 }
 
 /// The tenant's budget: its own record if set, else its plan's monthly budget, else none.
+/// `read`: the record as the router read it with the plan (`Some(None)`: there is none);
+/// `None` when it was not read there, and then it is read here.
 pub fn tenant_budget(
     kv: &SpinKv,
     tenant: &str,
     plan: Option<&Plan>,
+    read: Option<Option<String>>,
 ) -> Result<TenantRecord, ApiError> {
-    if let Some(rec) = kvs::load(kv, &TenantKey(tenant)).map_err(|e| unavailable(&e))? {
+    let family = TenantKey(tenant);
+    let own = match read {
+        Some(Some(text)) => Some(
+            kvs::decode::<TenantRecord>(&family.key(), text.as_bytes())
+                .map_err(|e| unavailable(&e))?,
+        ),
+        Some(None) => None,
+        None => kvs::load(kv, &family).map_err(|e| unavailable(&e))?,
+    };
+    if let Some(rec) = own {
         return Ok(rec);
     }
     Ok(TenantRecord {

@@ -227,22 +227,41 @@ fn plan(body: &[u8]) -> Result<Plan, ApiError> {
             }
         }
     };
-    let marker_key = marker.key();
-    let read = read_health(kv, &plan, std::slice::from_ref(&marker_key));
+    // The marker, then the keys the caller asked to have read.
+    let mut extra = Vec::with_capacity(1 + ask.read_also.len());
+    extra.push(marker.key());
+    extra.extend(ask.read_also.iter().cloned());
+    let read = read_health(kv, &plan, &extra);
     let confirmed = read
         .as_ref()
-        .and_then(|(_, extra)| extra.first().cloned().flatten())
-        .and_then(|b| kv::decode::<String>(&marker_key, &b).ok())
+        .and_then(|(_, values)| values.first().cloned().flatten())
+        .and_then(|b| kv::decode::<String>(&extra[0], &b).ok())
         .is_some_and(|sha| sha == BAKED_SHA256);
     if confirmed {
         let _ = CATALOG.set(Ok(baked));
     } else if let Some(cat) = confirm_by_reading(kv, &marker, baked)? {
         return plan_on(cat, &ask, Some(kv));
     }
-    if let Some((snaps, _)) = read {
+    if let Some((snaps, mut values)) = read {
         apply_health(kv, &mut plan, snaps);
+        plan.read_also = as_text(values.split_off(1));
     }
     Ok(plan)
+}
+
+/// The values of a request's `read_also` keys for [`Plan::read_also`]: none when it asked for
+/// none or one is not UTF-8 text (the caller then reads them itself).
+fn as_text(values: health::Values) -> Option<Vec<Option<String>>> {
+    if values.is_empty() {
+        return None;
+    }
+    values
+        .into_iter()
+        .map(|v| match v {
+            None => Some(None),
+            Some(b) => String::from_utf8(b).ok().map(Some),
+        })
+        .collect()
 }
 
 /// Reads the mount whose metadata `marker` holds ([`catalog_at`]); when it holds the built
@@ -267,12 +286,13 @@ fn confirm_by_reading(
     }
 }
 
-/// Plans `ask` on a known catalog, health applied.
+/// Plans `ask` on a known catalog, health applied, its `read_also` keys read in the same batch.
 fn plan_on(cat: &Catalog, ask: &PlanRequest, kv: Option<&SpinKv>) -> Result<Plan, ApiError> {
     let mut plan = plan_core(cat, ask, kv)?;
     if let Some(kv) = kv {
-        if let Some((snaps, _)) = read_health(kv, &plan, &[]) {
+        if let Some((snaps, values)) = read_health(kv, &plan, &ask.read_also) {
             apply_health(kv, &mut plan, snaps);
+            plan.read_also = as_text(values);
         }
     }
     Ok(plan)

@@ -559,6 +559,7 @@ impl Catalog {
             reference: None,
             shadow: None,
             fusion: None,
+            read_also: None,
         })
     }
 

@@ -594,6 +594,7 @@ fn split_plan(
         cascade: prefs.cascade,
         shadow: None,
         fusion: None,
+        read_also: None,
         route: Some(RouteExplain {
             model: winner,
             reason,
@@ -951,6 +952,7 @@ pub fn decide(cat: &Catalog, inp: &Inputs) -> Result<Plan, ApiError> {
         reference,
         shadow: None,
         fusion: None,
+        read_also: None,
     };
     plan.route = Some(RouteExplain {
         tier: Some(format!("{TIER_PREFIX}{tier}")),

@@ -8,7 +8,7 @@
 //! | `v1/key/revoked/{id}` → unix s | value | admin (DELETE) | – |
 //! | `v1/key/seq`, `v1/key/index/{n}` → id | counter, value | admin | – |
 //! | `v1/rl/{kind}/{id}/{window}` | counter | auth | 1 increment per limit the key has |
-//! | `v1/tenant/{tenant}` → [`TenantRecord`] | value | admin | read once (auth) |
+//! | `v1/tenant/{tenant}` → [`TenantRecord`] | value | admin | read once, in the router's health batch (auth's `read_also`) |
 //! | `v2/ledger/{tenant}/{YYYY-MM}/{committed,settled}` | counter | auth, meter | only with a budget |
 //! | `v1/credit/{tenant}/{granted,committed}` | counter | admin, auth, meter | only prepaid |
 //! | `v2/log/seq`, `v2/log/entry/{n}` | counter, value | meter, admin | 1 increment + 1 set |
