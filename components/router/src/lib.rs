@@ -517,3 +517,23 @@ impl bindings::exports::lumen::gateway::planner::Guest for Router {
         wire(catalog().map(|c| c.models_list(now_ms() / 1000)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::as_text;
+
+    #[test]
+    fn values_read_with_the_plan_are_text_or_not_handed_back() {
+        assert_eq!(as_text(vec![]), None, "nothing asked, nothing handed back");
+        assert_eq!(
+            as_text(vec![Some(b"{\"prepaid\":true}".to_vec()), None]),
+            Some(vec![Some("{\"prepaid\":true}".to_string()), None]),
+            "an absent key is a null, not a missing read"
+        );
+        assert_eq!(
+            as_text(vec![Some(vec![0xff, 0xfe]), None]),
+            None,
+            "a value that is not text: the caller reads every key itself"
+        );
+    }
+}
