@@ -130,6 +130,20 @@ mod tests {
         Manifest::parse(text, std::path::Path::new(".")).unwrap()
     }
 
+    /// A host default names a variable of the shipped app: renamed there, it would no longer apply.
+    #[test]
+    fn the_host_defaults_name_variables_of_the_shipped_manifest() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("spin.toml")).unwrap();
+        let m = Manifest::parse(&text, &root).unwrap();
+        for (name, _) in HOST_DEFAULTS {
+            assert!(
+                m.variables.contains_key(*name),
+                "spin.toml declares no variable {name:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_host_defaults_come_before_the_manifests_and_after_overrides() {
         let text = "spin_manifest_version = 2\n[application]\nname = \"x\"\n[variables]\nstream_burst_gap_us = { default = \"1000\" }\n";
