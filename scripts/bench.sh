@@ -2,11 +2,13 @@
 # Benchmarks Lumen side by side with its peers, in one run against one mock upstream (the bundled
 # lumen-mock): the mock called directly (the floor), Lumen on lumen-host, Lumen under real Spin
 # (`spin up`, SQLite key-value store: as Spin creates it, and prepared in WAL mode by
-# `lumen spin-kv`), Portkey's gateway from npm (pinned; its broken streams mended by
-# scripts/portkey-stream-headers.mjs, which leaves everything else as shipped), and with --litellm
-# LiteLLM's proxy from PyPI (pinned). Per system: 16-concurrent non-stream and stream req/s, the
-# system's CPU ms per non-stream request (/proc), the latency it adds at 10 req/s (p50/p90/p99;
-# stream first-token p50, stream end p50/p90), its memory; ratios vs Portkey and vs lumen-host. Then the key-value
+# `lumen spin-kv`), the Spin floor (bench/floor: a warm chat's key-value round trips and upstream
+# call with none of Lumen's logic, under the same Spin and WAL store), Portkey's gateway from npm
+# (pinned; its broken streams mended by scripts/portkey-stream-headers.mjs, which leaves
+# everything else as shipped), and with --litellm LiteLLM's proxy from PyPI (pinned). Per
+# system: 16-concurrent non-stream and stream req/s, the system's CPU ms per non-stream request
+# (/proc), the latency it adds at 10 req/s (p50/p90/p99; stream first-token p50, stream end
+# p50/p90), its memory; ratios vs Portkey, lumen-host and the Spin floor. Then the key-value
 # round trips of a warm chat, a stream, a 401 and a 429 (lumen-host's LUMEN_HOST_KV_LOG).
 # Appends a dated section (machine, versions, tables) to bench/RESULTS.md.
 #
@@ -181,14 +183,15 @@ elif command -v spin >/dev/null; then spin="$(command -v spin)"
 elif [[ -x "$ROOT/../shared/tools/get-spin.sh" ]]; then spin="$("$ROOT/../shared/tools/get-spin.sh")"
 else notes+=("spin-sqlite: skipped: no spin binary (SPIN_BIN, PATH, ../shared/tools/get-spin.sh)")
 fi
-# start_spin NAME [wal]: one `spin up` on its own state directory; with `wal`, the directory's
-# SQLite file is first prepared by `lumen spin-kv` (WAL journal, the setup README recommends).
+# start_spin NAME [wal] [MANIFEST]: one `spin up` on its own state directory; with `wal`, the
+# directory's SQLite file is first prepared by `lumen spin-kv` (WAL journal, the setup README
+# recommends). MANIFEST defaults to Lumen's spin.toml; another (the floor's) gets no API key.
 start_spin() {
-  local name=$1 mode=${2:-} port state="$tmp/$1-state" up_pid pid addr key
+  local name=$1 mode=${2:-} manifest=${3:-$ROOT/spin.toml} port state="$tmp/$1-state" up_pid pid addr key
   port="$(free_port)"
   mkdir -p "$state"
   if [[ "$mode" == wal ]]; then "$BIN/lumen" spin-kv --state-dir "$state" >&2; fi
-  env $(lumen_env "$mock_addr" "$admin_token") setsid "$spin" up -f "$ROOT/spin.toml" \
+  env $(lumen_env "$mock_addr" "$admin_token") setsid "$spin" up -f "$manifest" \
     --listen "127.0.0.1:$port" --state-dir "$state" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   up_pid=$!
   # setsid made it a group leader (its trigger child stays in the group): stopped as a group.
@@ -202,13 +205,24 @@ start_spin() {
   # `spin up` serves from a child process (`spin trigger http`): that one's CPU and memory count.
   pid="$(pgrep -P "$up_pid" | head -n 1 || true)"
   pid="${pid:-$up_pid}"
-  key="$(create_key "$addr" "$admin_token")"
+  if [[ "$manifest" == "$ROOT/spin.toml" ]]; then
+    key="$(create_key "$addr" "$admin_token")"
+  else
+    key=unused
+  fi
   targets+=(--target "name=$name,url=http://$addr/v1,key=$key,pid=$pid")
   echo "bench: $name (pid $pid) on $addr" >&2
 }
 if [[ -n "$spin" ]]; then
   start_spin spin-sqlite
   start_spin spin-sqlite-wal wal
+  # The Spin floor (bench/floor): a warm chat's key-value round trips and upstream call with
+  # none of Lumen's logic, on the same WAL store: what Spin itself costs for that work.
+  if [[ -f "$ROOT/target/wasm32-wasip2/release/lumen_spin_floor.wasm" ]]; then
+    start_spin spin-floor wal "$ROOT/bench/floor/spin.toml"
+  else
+    notes+=("spin-floor: skipped: target/wasm32-wasip2/release/lumen_spin_floor.wasm is not built (scripts/build.sh builds it)")
+  fi
   versions+=("$("$spin" --version)")
 fi
 
@@ -274,7 +288,8 @@ else
   shape=(--runs 2 --latency-s 20 --duration-s 6 --warmup 20)
 fi
 started=$SECONDS
-"$BIN/lumen-bench" "${targets[@]}" "${shape[@]}" --rate 10 --concurrency 16 --out "$tmp/table.md" "${extra[@]}" >&2
+"$BIN/lumen-bench" "${targets[@]}" "${shape[@]}" --rate 10 --concurrency 16 \
+  --ratio-vs portkey,lumen-host,spin-floor --out "$tmp/table.md" "${extra[@]}" >&2
 
 # Key-value round trips per request, from a lumen-host of its own (so the log costs the
 # benchmarked one nothing).

@@ -23,4 +23,6 @@ target/release/lumen-compose "$wasm/lumen_gateway.wasm" "$wasm/lumen_auth.wasm" 
     "$wasm/lumen_router.wasm" "$wasm/lumen_provider.wasm" "$wasm/lumen_meter.wasm"
 
 [[ "${1:-}" == components ]] && exit 0
+# The benchmark's Spin floor (bench/floor; scripts/bench.sh), not part of the app.
+cargo build --release -j "$JOBS" --target wasm32-wasip2 -p lumen-spin-floor
 cargo build --release -j "$JOBS" -p lumen-host -p lumen-tests --bins

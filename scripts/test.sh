@@ -43,12 +43,12 @@ echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy (host and wasm targets)"
 cargo clippy --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests --all-targets -- -D warnings
-cargo clippy --release -j "$jobs" --target wasm32-wasip2 -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard -p lumen-spin -- -D warnings
+cargo clippy --release -j "$jobs" --target wasm32-wasip2 -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard -p lumen-spin -p lumen-spin-floor -- -D warnings
 
 echo "== cargo test (unit, end-to-end through the host)"
 cargo test --release -j "$jobs" -p lumen-shared -p lumen-host -p lumen-tests
 echo "== component unit tests (native)"
-cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard
+cargo test --release -j "$jobs" -p lumen-spin -p lumen-auth -p lumen-router -p lumen-provider -p lumen-meter -p lumen-dashboard -p lumen-spin-floor
 
 echo "== router training reproduces the shipped weights"
 if [[ -f ../shared/data/mmlu-pro-outcomes.csv.gz ]]; then
