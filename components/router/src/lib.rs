@@ -5,7 +5,7 @@
 //! build time.
 
 use lumen_shared::contracts::{Candidate, Plan, PlanRequest};
-use lumen_shared::domain::catalog::{file_stamp, Catalog, FileStamp};
+use lumen_shared::domain::catalog::{Catalog, FileStamp};
 use lumen_shared::domain::fallback;
 use lumen_shared::domain::health::{Availability, Policy, Snapshot};
 use lumen_shared::domain::route::{self, decide, keep_providers, Inputs, Prefs};
@@ -17,7 +17,6 @@ use lumen_shared::ApiError;
 use lumen_spin::util::{now_ms, to_wire as wire};
 use lumen_spin::SpinKv;
 use serde_json::{Map, Value};
-use std::path::Path;
 use std::sync::OnceLock;
 
 /// Where spin.toml mounts the catalog.
@@ -51,7 +50,7 @@ fn invalid_catalog(e: String) -> ApiError {
 /// byte, so an edit (which moves the time), a copy or a deployment that does not keep the time
 /// only costs the read. Planning a chat avoids even the read on a copy: see [`plan`].
 fn catalog() -> Result<&'static Catalog, ApiError> {
-    catalog_at(file_stamp(Path::new(CATALOG_PATH)))
+    catalog_at(lumen_spin::mount::stamp(CATALOG_PATH))
 }
 
 /// [`catalog`] for a mount whose metadata was already read: `stamp`.
@@ -96,7 +95,7 @@ fn catalog_for_plan() -> Result<Start, ApiError> {
     if let Some(known) = CATALOG.get() {
         return known.clone().map(Start::Known).map_err(invalid_catalog);
     }
-    let stamp = file_stamp(Path::new(CATALOG_PATH));
+    let stamp = lumen_spin::mount::stamp(CATALOG_PATH);
     match (stamp, baked()) {
         (Some(s), Some(b)) if stamp != BAKED_STAMP => Ok(Start::Guess(b, s)),
         _ => catalog_at(stamp).map(Start::Known),

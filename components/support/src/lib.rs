@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod kv;
+pub mod mount;
 pub mod pipe;
 pub mod relay;
 pub mod util;
