@@ -45,7 +45,7 @@ fn invalid_catalog(e: String) -> ApiError {
 
 /// The catalog, once per instance: the mounted file, decoded from the baked, checked form when
 /// it is the file the router was built with, parsed and checked otherwise. A mount with the
-/// baked file's size and modification time is that file (one metadata call instead of opening,
+/// baked file's size and modification time is that file (one `stat-at` instead of opening,
 /// reading and comparing 10 KB: five WASI calls); any other mount is read and compared byte for
 /// byte, so an edit (which moves the time), a copy or a deployment that does not keep the time
 /// only costs the read. Planning a chat avoids even the read on a copy: see [`plan`].
