@@ -10,6 +10,7 @@
 //! gateway doing this work can reach on Spin.
 
 use lumen_shared::store::Kv;
+use lumen_shared::ApiError;
 use lumen_spin::http::{json_post, read_request_body, respond, send_request, Reply};
 use lumen_spin::kv::SpinKv;
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
@@ -32,18 +33,18 @@ fn wants_stream(body: &[u8]) -> bool {
         })
 }
 
+/// An OpenAI-shaped error with `status` (the project's envelope, [`Reply::error`]).
 fn error(status: u16, message: &str) -> Reply {
-    Reply::json_bytes(
-        status,
-        format!("{{\"error\":{{\"message\":\"{message}\",\"type\":\"floor\"}}}}").into_bytes(),
-    )
+    let mut e = ApiError::internal(message);
+    e.status = status;
+    Reply::error(&e)
 }
 
 async fn serve(req: IncomingRequest, out: ResponseOutparam) {
     let bearer = lumen_spin::http::request_header(&req, "authorization").unwrap_or_default();
     let body = match read_request_body(req, MAX_BODY).await {
         Ok(b) => b,
-        Err(_) => return respond(out, error(400, "could not read the request body")).await,
+        Err(e) => return respond(out, Reply::error(&e)).await,
     };
     let stream = wants_stream(&body);
     let Ok(kv) = SpinKv::open() else {

@@ -34,8 +34,9 @@ pub fn relative_to<'a>(name: &str, path: &'a str) -> Option<&'a str> {
     if !name.starts_with('/') {
         return None;
     }
-    let rest = path.strip_prefix(name.trim_end_matches('/'))?;
-    let rel = if name.trim_end_matches('/').is_empty() {
+    let base = name.trim_end_matches('/');
+    let rest = path.strip_prefix(base)?;
+    let rel = if base.is_empty() {
         rest
     } else if rest.is_empty() {
         return Some(".");
