@@ -12,7 +12,7 @@
 use lumen_shared::store::Kv;
 use lumen_shared::ApiError;
 use lumen_spin::http::{json_post, read_request_body, respond, send_request, Reply};
-use lumen_spin::kv::SpinKv;
+use lumen_spin::kv::{unavailable, SpinKv};
 use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::variables;
 
@@ -33,13 +33,6 @@ fn wants_stream(body: &[u8]) -> bool {
         })
 }
 
-/// An OpenAI-shaped error with `status` (the project's envelope, [`Reply::error`]).
-fn error(status: u16, message: &str) -> Reply {
-    let mut e = ApiError::internal(message);
-    e.status = status;
-    Reply::error(&e)
-}
-
 async fn serve(req: IncomingRequest, out: ResponseOutparam) {
     let bearer = lumen_spin::http::request_header(&req, "authorization").unwrap_or_default();
     let body = match read_request_body(req, MAX_BODY).await {
@@ -47,8 +40,9 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) {
         Err(e) => return respond(out, Reply::error(&e)).await,
     };
     let stream = wants_stream(&body);
-    let Ok(kv) = SpinKv::open() else {
-        return respond(out, error(503, "no key-value store")).await;
+    let kv = match SpinKv::open_or_503() {
+        Ok(kv) => kv,
+        Err(e) => return respond(out, Reply::error(&e)).await,
     };
     // Admission: the key's record, the plan's batch, the rate-limit counter.
     let key = format!("floor:key:{}", bearer.len());
@@ -60,37 +54,39 @@ async fn serve(req: IncomingRequest, out: ResponseOutparam) {
         .get(&key)
         .and_then(|_| kv.get_many(&batch))
         .and_then(|_| kv.increment("floor:rpm", 1));
-    if admitted.is_err() {
-        return respond(out, error(503, "the key-value store failed")).await;
+    if let Err(e) = admitted {
+        return respond(out, Reply::error(&unavailable(&e))).await;
     }
     let base = variables::get("openai_base_url").unwrap_or_default();
     let api_key = variables::get("openai_api_key").unwrap_or_default();
     let mut upstream_req = json_post(&format!("{base}/chat/completions"), body);
     upstream_req.set_header("authorization", format!("Bearer {api_key}"));
     let Ok(resp) = send_request(upstream_req).await else {
-        return respond(out, error(502, "the upstream call failed")).await;
+        let e = ApiError::upstream(502, "the upstream call failed", true);
+        return respond(out, Reply::error(&e)).await;
     };
     let status = resp.status();
     let settle = |len: usize| {
         // The audit: a sequence number, then the entry under it.
-        kv.increment("floor:log:seq", 1)
-            .and_then(|seq| {
-                kv.set(
-                    &format!("floor:log:{seq}"),
-                    format!("{{\"bytes\":{len}}}").as_bytes(),
-                )
-            })
-            .is_ok()
+        kv.increment("floor:log:seq", 1).and_then(|seq| {
+            kv.set(
+                &format!("floor:log:{seq}"),
+                format!("{{\"bytes\":{len}}}").as_bytes(),
+            )
+        })
     };
     // A stream is answered whole once the upstream has ended, as Lumen answers a stream whose
     // provider ends within its first burst (the bench mock's do): head and body in one write,
     // which stock Spin (no TCP_NODELAY) does not hold back for the client's delayed ACK.
     let answer = match lumen_spin::http::read_response_body(&resp, MAX_BODY).await {
         Ok(b) => b,
-        Err(_) => return respond(out, error(502, "the upstream answer broke off")).await,
+        Err(_) => {
+            let e = ApiError::upstream(502, "the upstream answer broke off", true);
+            return respond(out, Reply::error(&e)).await;
+        }
     };
-    if !settle(answer.len()) {
-        return respond(out, error(503, "the key-value store failed")).await;
+    if let Err(e) = settle(answer.len()) {
+        return respond(out, Reply::error(&unavailable(&e))).await;
     }
     let kind = if stream {
         "text/event-stream"
