@@ -1,8 +1,9 @@
 //! Several gateways side by side against one upstream (`lumen-bench --target …`, run by
 //! `scripts/bench.sh`): per system, the 16-concurrent non-stream and stream throughput, the
 //! system's own CPU time per non-stream request (from `/proc`), the latency it adds at a fixed
-//! low rate (non-stream p50/p90/p99, stream first-token p50, stream end p50/p90) over calling the upstream directly,
-//! and its memory; then ratios against named peers. Systems are measured one after another and
+//! low rate (non-stream p50/p90/p99, stream first-token p50, stream end p50/p90) and warm
+//! (sequential non-stream requests right after the warm-up: at a low rate an idle machine adds
+//! its own wake-up and cold caches) over calling the upstream directly, and its memory; then ratios against named peers. Systems are measured one after another and
 //! the whole round is repeated (`--runs`), so a slow moment of the machine hits every system
 //! alike; each number is the median of the runs, with the spread when there are several.
 
@@ -81,6 +82,9 @@ pub struct Settings {
     pub concurrency: usize,
     /// Unmeasured requests per system and kind before each run's phases.
     pub warmup: usize,
+    /// Sequential non-stream requests of the warm phase (right after the warm-up, one at a
+    /// time on one connection): the latency a system adds when nothing is idle.
+    pub warm: usize,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Model asked for.
@@ -100,6 +104,8 @@ pub struct Measured {
     pub cpu_ms: Option<f64>,
     /// Non-stream latency at `rate`.
     pub latency: Option<Summary>,
+    /// Non-stream latency of `warm` sequential requests (c=1).
+    pub warm: Option<Summary>,
     /// Stream time to first token at `rate`.
     pub ttft: Option<Summary>,
     /// Stream time to the end of the answer at `rate` (a stall after the first token shows here).
@@ -156,6 +162,11 @@ pub async fn measure(
     serial(target, false, s.warmup, 0, s.timeout).await;
     if streams {
         serial(target, true, s.warmup, 0, s.timeout).await;
+    }
+    if s.warm > 0 {
+        let warm = serial(target, false, 0, s.warm, s.timeout).await;
+        m.warm = warm.totals();
+        note(&warm, &mut m);
     }
 
     let lat = open_loop(target, false, s.rate, s.latency, s.timeout).await;
@@ -240,7 +251,7 @@ pub async fn run(specs: Vec<TargetSpec>, s: &Settings) -> anyhow::Result<Results
         for (i, (t, spec)) in targets.iter().zip(&specs).enumerate() {
             let m = measure(t, spec.pid, no_streams[i].is_none(), s).await;
             eprintln!(
-                "lumen-bench: run {}/{} {}: {:.0} req/s, stream {:.0} req/s, cpu {} ms/req, p50 {} ms, ttft p50 {} ms, {} errors{}",
+                "lumen-bench: run {}/{} {}: {:.0} req/s, stream {:.0} req/s, cpu {} ms/req, p50 {} ms, warm p50 {} ms, ttft p50 {} ms, {} errors{}",
                 run + 1,
                 s.runs,
                 spec.name,
@@ -248,6 +259,7 @@ pub async fn run(specs: Vec<TargetSpec>, s: &Settings) -> anyhow::Result<Results
                 m.stream_rps,
                 m.cpu_ms.map_or("n/a".into(), |c| format!("{c:.3}")),
                 m.latency.map_or("n/a".into(), |l| ms(l.p50)),
+                m.warm.map_or("n/a".into(), |l| ms(l.p50)),
                 m.ttft.map_or("n/a".into(), |l| ms(l.p50)),
                 m.errors,
                 m.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
@@ -348,14 +360,15 @@ impl Results {
         let rate = s.rate;
         let _ = writeln!(
             out,
-            "| system | non-stream req/s (c={c}) | stream req/s (c={c}) | CPU ms / non-stream req | added p50 ms @{rate}/s | added p90 ms | added p99 ms | added first-token p50 ms @{rate}/s | added stream-end p50 / p90 ms | RSS now / peak MiB |",
+            "| system | non-stream req/s (c={c}) | stream req/s (c={c}) | CPU ms / non-stream req | added p50 ms @{rate}/s | added p90 ms | added p99 ms | added p50 ms warm (c=1) | added first-token p50 ms @{rate}/s | added stream-end p50 / p90 ms | RSS now / peak MiB |",
             c = s.concurrency
         );
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let lat = |p: fn(&Summary) -> Duration| {
             move |m: &Measured| m.latency.as_ref().map(|l| secs_ms(p(l)))
         };
         let ttft = |m: &Measured| m.ttft.as_ref().map(|l| secs_ms(l.p50));
+        let warm = |m: &Measured| m.warm.as_ref().map(|l| secs_ms(l.p50));
         let end = |p: fn(&Summary) -> Duration| {
             move |m: &Measured| m.stream_end.as_ref().map(|l| secs_ms(p(l)))
         };
@@ -363,11 +376,12 @@ impl Results {
             let rps = cell(&self.series(i, |m| Some(m.rps)), 0);
             let srps = cell(&self.series(i, |m| Some(m.stream_rps)), 0);
             let cpu = cell(&self.series(i, |m| m.cpu_ms), 3);
-            let (p50, p90, p99, first, ends) = if i == 0 {
+            let (p50, p90, p99, hot, first, ends) = if i == 0 {
                 (
                     format!("floor {}", cell(&self.series(0, lat(|l| l.p50)), 2)),
                     format!("floor {}", cell(&self.series(0, lat(|l| l.p90)), 2)),
                     format!("floor {}", cell(&self.series(0, lat(|l| l.p99)), 2)),
+                    format!("floor {}", cell(&self.series(0, warm), 2)),
                     format!("floor {}", cell(&self.series(0, ttft), 2)),
                     format!(
                         "floor {} / {}",
@@ -380,6 +394,7 @@ impl Results {
                     signed_cell(&self.added(i, lat(|l| l.p50))),
                     signed_cell(&self.added(i, lat(|l| l.p90))),
                     signed_cell(&self.added(i, lat(|l| l.p99))),
+                    signed_cell(&self.added(i, warm)),
                     signed_cell(&self.added(i, ttft)),
                     format!(
                         "{} / {}",
@@ -393,7 +408,7 @@ impl Results {
             });
             let _ = writeln!(
                 out,
-                "| {} | {rps} | {srps} | {cpu} | {p50} | {p90} | {p99} | {first} | {ends} | {mem} |",
+                "| {} | {rps} | {srps} | {cpu} | {p50} | {p90} | {p99} | {hot} | {first} | {ends} | {mem} |",
                 spec.name
             );
         }
@@ -476,12 +491,13 @@ impl Results {
         }
         let _ = writeln!(
             out,
-            "\nMedian of {} run(s){}; model `{}`, {} completion tokens per answer; per system and run: {} warm-up requests of each kind, {:.0} s at {rate} req/s non-stream and again streamed (open loop), {:.0} s of {} closed-loop workers non-stream and again streamed. CPU is the system's own process (utime + stime from `/proc/<pid>/stat`) over the non-stream throughput phase; \"added\" is the system's latency minus the direct call's in the same run. Errors: {}. Wall time {:.0} s.",
+            "\nMedian of {} run(s){}; model `{}`, {} completion tokens per answer; per system and run: {} warm-up requests of each kind, {} sequential non-stream requests (warm, c=1), {:.0} s at {rate} req/s non-stream and again streamed (open loop), {:.0} s of {} closed-loop workers non-stream and again streamed. CPU is the system's own process (utime + stime from `/proc/<pid>/stat`) over the non-stream throughput phase; \"added\" is the system's latency minus the direct call's in the same run. Errors: {}. Wall time {:.0} s.",
             s.runs,
             if s.runs > 1 { ", (min–max) across runs" } else { "" },
             s.model,
             s.tokens,
             s.warmup,
+            s.warm,
             s.latency.as_secs_f64(),
             s.throughput.as_secs_f64(),
             s.concurrency,

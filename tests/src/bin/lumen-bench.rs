@@ -51,7 +51,8 @@ struct Args {
     /// Model to request.
     #[arg(long, default_value = "gpt-4o-mini")]
     model: String,
-    /// Measured requests per target for the concurrency-1 phases.
+    /// Measured requests per target for the concurrency-1 phases (side-by-side: the warm
+    /// phase, sequential non-stream requests right after the warm-up).
     #[arg(long, default_value_t = 300)]
     requests: usize,
     /// Unmeasured warm-up requests per target before the concurrency-1 phases.
@@ -292,6 +293,7 @@ async fn main() -> anyhow::Result<()> {
             throughput: duration,
             concurrency: args.concurrency,
             warmup: args.warmup,
+            warm: args.requests,
             timeout,
             model: args.model.clone(),
             tokens: args.tokens,
