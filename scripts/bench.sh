@@ -8,8 +8,9 @@
 # everything else as shipped), and with --litellm LiteLLM's proxy from PyPI (pinned). Per
 # system: 16-concurrent non-stream and stream req/s, the system's CPU ms per non-stream request
 # (/proc), the latency it adds at 10 req/s (p50/p90/p99; stream first-token p50, stream end
-# p50/p90) and warm (p50 of 300 sequential requests right after the warm-up), its memory; ratios vs Portkey, lumen-host and the Spin floor. Then the key-value
-# round trips of a warm chat, a stream, a 401 and a 429 (lumen-host's LUMEN_HOST_KV_LOG).
+# p50/p90) and warm (p50 of 300 sequential requests right after the warm-up), its memory;
+# ratios vs Portkey, lumen-host and the Spin floor. Then the key-value round trips of a warm
+# chat, a stream, a 401 and a 429 (lumen-host's LUMEN_HOST_KV_LOG).
 # Appends a dated section (machine, versions, tables) to bench/RESULTS.md.
 #
 # Usage: scripts/bench.sh [--quick] [--litellm] [extra lumen-bench flags, e.g. --runs 3]

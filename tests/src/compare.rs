@@ -3,9 +3,10 @@
 //! system's own CPU time per non-stream request (from `/proc`), the latency it adds at a fixed
 //! low rate (non-stream p50/p90/p99, stream first-token p50, stream end p50/p90) and warm
 //! (sequential non-stream requests right after the warm-up: at a low rate an idle machine adds
-//! its own wake-up and cold caches) over calling the upstream directly, and its memory; then ratios against named peers. Systems are measured one after another and
-//! the whole round is repeated (`--runs`), so a slow moment of the machine hits every system
-//! alike; each number is the median of the runs, with the spread when there are several.
+//! its own wake-up and cold caches) over calling the upstream directly, and its memory; then
+//! ratios against named peers. Systems are measured one after another and the whole round is
+//! repeated (`--runs`), so a slow moment of the machine hits every system alike; each number is
+//! the median of the runs, with the spread when there are several.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
