@@ -13,10 +13,14 @@
 # chat, a stream, a 401 and a 429 (lumen-host's LUMEN_HOST_KV_LOG).
 # Appends a dated section (machine, versions, tables) to bench/RESULTS.md.
 #
-# Usage: scripts/bench.sh [--quick] [--litellm] [extra lumen-bench flags, e.g. --runs 3]
+# Usage: scripts/bench.sh [--quick] [--litellm] [--spin-nosync] [extra lumen-bench flags, e.g. --runs 3]
 #        scripts/bench.sh --failover 1000   # lumen-host only, one of two providers hard down
 #   --quick           one short round (about 2 minutes; the default is 2 rounds, about 8)
 #   --litellm         also LiteLLM (installs litellm[proxy] into the cache on first use)
+#   --spin-nosync     diagnostic: also Lumen under Spin and the Spin floor on the WAL store with
+#                     fsync and fdatasync made no-ops by LD_PRELOAD (needs a C compiler): what
+#                     SQLite's synchronous=NORMAL would spare each commit; not durable, not a
+#                     setting users have
 #   SKIP_BUILD=1      reuse the binaries already in target/release
 #   LUMEN_BIN_DIR=DIR take lumen-host, lumen-mock and lumen-bench from DIR
 #   BENCH_OUT=FILE    where results are appended (default bench/RESULTS.md; /dev/null: nowhere)
@@ -44,12 +48,14 @@ LITELLM_VERSION="1.79.1"
 
 quick=0
 litellm=0
+nosync=0
 failover=0
 extra=()
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --litellm) litellm=1 ;;
+    --spin-nosync) nosync=1 ;;
     --failover|--failover=*) failover=1; extra+=("$arg") ;;
     *) extra+=("$arg") ;;
   esac
@@ -184,15 +190,16 @@ elif command -v spin >/dev/null; then spin="$(command -v spin)"
 elif [[ -x "$ROOT/../shared/tools/get-spin.sh" ]]; then spin="$("$ROOT/../shared/tools/get-spin.sh")"
 else notes+=("spin-sqlite: skipped: no spin binary (SPIN_BIN, PATH, ../shared/tools/get-spin.sh)")
 fi
-# start_spin NAME [wal] [MANIFEST]: one `spin up` on its own state directory; with `wal`, the
-# directory's SQLite file is first prepared by `lumen spin-kv` (WAL journal, the setup README
-# recommends). MANIFEST defaults to Lumen's spin.toml; another (the floor's) gets no API key.
+# start_spin NAME [wal] [MANIFEST] [PRELOAD]: one `spin up` on its own state directory; with
+# `wal`, the directory's SQLite file is first prepared by `lumen spin-kv` (WAL journal, the
+# setup README recommends). MANIFEST defaults to Lumen's spin.toml; another (the floor's) gets
+# no API key. PRELOAD: a shared object Spin runs with (LD_PRELOAD; --spin-nosync).
 start_spin() {
-  local name=$1 mode=${2:-} manifest=${3:-$ROOT/spin.toml} port state="$tmp/$1-state" up_pid pid addr key
+  local name=$1 mode=${2:-} manifest=${3:-$ROOT/spin.toml} preload=${4:-} port state="$tmp/$1-state" up_pid pid addr key
   port="$(free_port)"
   mkdir -p "$state"
   if [[ "$mode" == wal ]]; then "$BIN/lumen" spin-kv --state-dir "$state" >&2; fi
-  env $(lumen_env "$mock_addr" "$admin_token") setsid "$spin" up -f "$manifest" \
+  env $(lumen_env "$mock_addr" "$admin_token") ${preload:+LD_PRELOAD=$preload} setsid "$spin" up -f "$manifest" \
     --listen "127.0.0.1:$port" --state-dir "$state" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   up_pid=$!
   # setsid made it a group leader (its trigger child stays in the group): stopped as a group.
@@ -223,6 +230,19 @@ if [[ -n "$spin" ]]; then
     start_spin spin-floor wal "$ROOT/bench/floor/spin.toml"
   else
     notes+=("spin-floor: skipped: target/wasm32-wasip2/release/lumen_spin_floor.wasm is not built (scripts/build.sh builds it)")
+  fi
+  # --spin-nosync: the same two with every fsync a no-op, to show what Spin's syncs cost.
+  if ((nosync)) && ! command -v cc >/dev/null; then
+    notes+=("spin-*-nosync: skipped: --spin-nosync needs a C compiler (cc)")
+  elif ((nosync)); then
+    printf '%s\n' 'int fsync(int fd) { (void)fd; return 0; }' \
+      'int fdatasync(int fd) { (void)fd; return 0; }' >"$tmp/nosync.c"
+    cc -shared -fPIC -O2 -o "$tmp/nosync.so" "$tmp/nosync.c"
+    start_spin spin-sqlite-wal-nosync wal "$ROOT/spin.toml" "$tmp/nosync.so"
+    if [[ -f "$ROOT/target/wasm32-wasip2/release/lumen_spin_floor.wasm" ]]; then
+      start_spin spin-floor-nosync wal "$ROOT/bench/floor/spin.toml" "$tmp/nosync.so"
+    fi
+    notes+=("spin-*-nosync: diagnostic (--spin-nosync): Spin with fsync and fdatasync made no-ops by LD_PRELOAD, what SQLite's synchronous=NORMAL would spare each commit; not durable, not a setting users have")
   fi
   versions+=("$("$spin" --version)")
 fi
