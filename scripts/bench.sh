@@ -226,23 +226,26 @@ if [[ -n "$spin" ]]; then
   start_spin spin-sqlite-wal wal
   # The Spin floor (bench/floor): a warm chat's key-value round trips and upstream call with
   # none of Lumen's logic, on the same WAL store: what Spin itself costs for that work.
-  if [[ -f "$ROOT/target/wasm32-wasip2/release/lumen_spin_floor.wasm" ]]; then
+  floor_wasm=target/wasm32-wasip2/release/lumen_spin_floor.wasm
+  if [[ -f "$ROOT/$floor_wasm" ]]; then
     start_spin spin-floor wal "$ROOT/bench/floor/spin.toml"
   else
-    notes+=("spin-floor: skipped: target/wasm32-wasip2/release/lumen_spin_floor.wasm is not built (scripts/build.sh builds it)")
+    notes+=("spin-floor: skipped: $floor_wasm is not built (scripts/build.sh builds it)")
   fi
   # --spin-nosync: the same two with every fsync a no-op, to show what Spin's syncs cost.
-  if ((nosync)) && ! command -v cc >/dev/null; then
-    notes+=("spin-*-nosync: skipped: --spin-nosync needs a C compiler (cc)")
-  elif ((nosync)); then
-    printf '%s\n' 'int fsync(int fd) { (void)fd; return 0; }' \
-      'int fdatasync(int fd) { (void)fd; return 0; }' >"$tmp/nosync.c"
-    cc -shared -fPIC -O2 -o "$tmp/nosync.so" "$tmp/nosync.c"
-    start_spin spin-sqlite-wal-nosync wal "$ROOT/spin.toml" "$tmp/nosync.so"
-    if [[ -f "$ROOT/target/wasm32-wasip2/release/lumen_spin_floor.wasm" ]]; then
-      start_spin spin-floor-nosync wal "$ROOT/bench/floor/spin.toml" "$tmp/nosync.so"
+  if ((nosync)); then
+    if ! command -v cc >/dev/null; then
+      notes+=("spin-*-nosync: skipped: --spin-nosync needs a C compiler (cc)")
+    else
+      printf '%s\n' 'int fsync(int fd) { (void)fd; return 0; }' \
+        'int fdatasync(int fd) { (void)fd; return 0; }' >"$tmp/nosync.c"
+      cc -shared -fPIC -O2 -o "$tmp/nosync.so" "$tmp/nosync.c"
+      start_spin spin-sqlite-wal-nosync wal "$ROOT/spin.toml" "$tmp/nosync.so"
+      if [[ -f "$ROOT/$floor_wasm" ]]; then
+        start_spin spin-floor-nosync wal "$ROOT/bench/floor/spin.toml" "$tmp/nosync.so"
+      fi
+      notes+=("spin-*-nosync: diagnostic (--spin-nosync): Spin with fsync and fdatasync made no-ops by LD_PRELOAD, what SQLite's synchronous=NORMAL would spare each commit; not durable, not a setting users have")
     fi
-    notes+=("spin-*-nosync: diagnostic (--spin-nosync): Spin with fsync and fdatasync made no-ops by LD_PRELOAD, what SQLite's synchronous=NORMAL would spare each commit; not durable, not a setting users have")
   fi
   versions+=("$("$spin" --version)")
 fi

@@ -377,7 +377,7 @@ impl Results {
             let rps = cell(&self.series(i, |m| Some(m.rps)), 0);
             let srps = cell(&self.series(i, |m| Some(m.stream_rps)), 0);
             let cpu = cell(&self.series(i, |m| m.cpu_ms), 3);
-            let (p50, p90, p99, hot, first, ends) = if i == 0 {
+            let (p50, p90, p99, warm_p50, first, ends) = if i == 0 {
                 (
                     format!("floor {}", cell(&self.series(0, lat(|l| l.p50)), 2)),
                     format!("floor {}", cell(&self.series(0, lat(|l| l.p90)), 2)),
@@ -409,7 +409,7 @@ impl Results {
             });
             let _ = writeln!(
                 out,
-                "| {} | {rps} | {srps} | {cpu} | {p50} | {p90} | {p99} | {hot} | {first} | {ends} | {mem} |",
+                "| {} | {rps} | {srps} | {cpu} | {p50} | {p90} | {p99} | {warm_p50} | {first} | {ends} | {mem} |",
                 spec.name
             );
         }
